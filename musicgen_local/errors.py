@@ -1,0 +1,20 @@
+"""Errors that reach users. Each message says what went wrong and what to do next."""
+
+
+class MusicgenError(Exception):
+    """Base class for errors with a message meant for the person who made the request."""
+
+
+class UserError(MusicgenError):
+    """The request cannot be served as given (Replicate raises these as ValueError)."""
+
+
+class WeightsMissingError(MusicgenError):
+    """A checkpoint the request needs is not on disk (and may not be fetched)."""
+
+
+class Cancelled(MusicgenError):
+    """The caller cancelled the prediction; raised between decoding steps."""
+
+    def __init__(self) -> None:
+        super().__init__("Prediction was canceled.")
