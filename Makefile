@@ -1,0 +1,42 @@
+# Two commands do all set-up: `make serve` and `make test` (both install first when needed).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+HOST    ?= 127.0.0.1
+PORT    ?= 5000
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install ffmpeg test serve cog-serve predict tiny-weights lint clean
+
+install: $(STAMP) ffmpeg
+
+# Re-runs only when a requirements file or pyproject changes; a second `make install` takes seconds.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements-dev.txt
+	# audiocraft's own metadata pins torch 2.1 / av 11 (no wheels, no longer installable): skip its deps.
+	$(PY) -m pip install --no-deps audiocraft==1.3.0
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+ffmpeg:
+	@bash scripts/ensure-ffmpeg.sh
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: install
+	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
+
+cog-serve: install
+	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
+
+tiny-weights: install
+	$(VENV)/bin/musicgen-local weights tiny ./weights
+
+lint: install
+	$(VENV)/bin/ruff check musicgen_local tests predict.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real-format weights (written once, cached by the writer's source hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _writer_hash() -> str:
+    src = (ROOT / "musicgen_local" / "testing" / "tiny.py").read_bytes()
+    return hashlib.sha256(src).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> Path:
+    """A weights/ directory holding every tiny checkpoint, in the real layout and formats."""
+    from musicgen_local.testing.tiny import write_tiny_weights
+    from musicgen_local.weights import configure_environment
+
+    cache = ROOT / ".pytest_cache" / f"tiny-weights-{_writer_hash()}"
+    if not (cache / ".complete").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        write_tiny_weights(cache)
+        (cache / ".complete").touch()
+    configure_environment(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def settings(tiny_weights):
+    from musicgen_local.settings import Settings
+
+    return Settings(weights_dir=tiny_weights, device="cpu", data_dir=tiny_weights.parent / "data")
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    from musicgen_local.engine import load_engine
+
+    return load_engine(settings)
