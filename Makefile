@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -r requirements-dev.txt
 	# audiocraft's own metadata pins torch 2.1 / av 11 (no wheels, no longer installable): skip its deps.
 	$(PY) -m pip install --no-deps audiocraft==1.3.0
-	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 
 ffmpeg:
