@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MODEL = "meta/musicgen"
@@ -22,7 +22,7 @@ def new_id() -> str:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(t: datetime | None) -> str | None:
@@ -79,7 +79,7 @@ class Prediction:
         return rec
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Prediction":
+    def from_record(cls, rec: dict[str, Any]) -> Prediction:
         rec = dict(rec)
         for key in ("created_at", "started_at", "completed_at"):
             rec[key] = datetime.fromisoformat(rec[key]) if rec[key] else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
@@ -52,7 +52,7 @@ def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:
 
 
 @v1.post("/files", status_code=201)
-async def create_file(request: Request, content: UploadFile, metadata: str | None = None) -> dict[str, Any]:
+async def create_file(request: Request, content: UploadFile, metadata: str | None = Form(None)) -> dict[str, Any]:
     try:
         meta = json.loads(metadata) if metadata else {}
     except json.JSONDecodeError:

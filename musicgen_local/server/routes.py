@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Request
@@ -34,10 +34,10 @@ class InputInvalid(Exception):
 
 class CreateBody(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="ignore")
-    version: Optional[str] = None
+    version: str | None = None
     input: dict[str, Any] = {}
-    webhook: Optional[pydantic.AnyHttpUrl] = None
-    webhook_events_filter: Optional[list[Literal["start", "output", "logs", "completed"]]] = None
+    webhook: pydantic.AnyHttpUrl | None = None
+    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = None
 
 
 async def _json_body(request: Request) -> Any:

@@ -12,7 +12,7 @@ import queue
 import shutil
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 
