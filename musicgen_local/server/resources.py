@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 
 from ..schema import VERSION_IDS, openapi_schema
@@ -51,15 +52,31 @@ def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "urls": {"get": f"{request.base_url}v1/files/{record['id']}"}}
 
 
-@v1.post("/files", status_code=201)
-async def create_file(request: Request, content: UploadFile, metadata: str | None = Form(None)) -> dict[str, Any]:
+async def _metadata(part: Any) -> dict[str, Any]:
+    """`metadata` comes as a plain field (Python client) or as a JSON blob part (Node client)."""
+    raw = await part.read() if isinstance(part, StarletteUpload) else part
     try:
-        meta = json.loads(metadata) if metadata else {}
-    except json.JSONDecodeError:
-        raise HTTPException(400, "`metadata` must be a JSON object.") from None
-    data = await content.read()
+        meta = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise HTTPException(400, "`metadata` must be a JSON object.")
+    return meta
+
+
+@v1.post("/files", status_code=201)
+async def create_file(request: Request) -> dict[str, Any]:
+    """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs."""
+    try:
+        form = await request.form()
+    except Exception:  # not multipart, or a broken body; starlette raises several kinds
+        raise HTTPException(400, "Send the file as multipart/form-data with a `content` part.") from None
+    content = form.get("content")
+    if not isinstance(content, StarletteUpload):
+        raise HTTPException(422, "- content: a file part named `content` is required.")
     record = request.app.state.store.add_file(content.filename or "file", content.content_type
-                                              or "application/octet-stream", data, meta)
+                                              or "application/octet-stream", await content.read(),
+                                              await _metadata(form.get("metadata")))
     return _file_json(request, record)
 
 

@@ -65,3 +65,11 @@ def test_token_required_on_every_v1_route_when_set(tmp_path):
         assert c.get("/v1/predictions", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/predictions", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health-check").status_code == 200
+
+
+def test_bad_uploads_are_4xx(client):
+    assert client.post("/v1/files", json={"a": 1}).status_code in (400, 422)
+    resp = client.post("/v1/files", files={"other": ("a.wav", b"x")})
+    assert (resp.status_code, resp.json()["detail"]) == (422, "- content: a file part named `content` is required.")
+    resp = client.post("/v1/files", files={"content": ("a.wav", b"x")}, data={"metadata": "[1]"})
+    assert (resp.status_code, resp.json()["detail"]) == (400, "`metadata` must be a JSON object.")
