@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from ..schema import VERSION_IDS, openapi_schema
 from .prediction import MODEL, iso, now
@@ -69,7 +70,7 @@ async def create_file(request: Request) -> dict[str, Any]:
     """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs."""
     try:
         form = await request.form()
-    except Exception:  # not multipart, or a broken body; starlette raises several kinds
+    except MultiPartException:
         raise HTTPException(400, "Send the file as multipart/form-data with a `content` part.") from None
     content = form.get("content")
     if not isinstance(content, StarletteUpload):

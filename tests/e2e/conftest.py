@@ -13,6 +13,7 @@ import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -80,7 +81,7 @@ def node_client(action: str, **args) -> dict:
     if shutil.which("node") is None or not (E2E / "node_modules" / "replicate").exists():
         pytest.skip("npm replicate not installed: run `make install` (npm ci --prefix tests/e2e)")
     proc = subprocess.run(["node", str(E2E / "client.mjs"), action, json.dumps(args)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

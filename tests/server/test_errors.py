@@ -68,7 +68,9 @@ def test_token_required_on_every_v1_route_when_set(tmp_path):
 
 
 def test_bad_uploads_are_4xx(client):
-    assert client.post("/v1/files", json={"a": 1}).status_code in (400, 422)
+    assert client.post("/v1/files", json={"a": 1}).status_code == 422
+    broken = client.post("/v1/files", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data"})
+    assert broken.status_code == 400
     resp = client.post("/v1/files", files={"other": ("a.wav", b"x")})
     assert (resp.status_code, resp.json()["detail"]) == (422, "- content: a file part named `content` is required.")
     resp = client.post("/v1/files", files={"content": ("a.wav", b"x")}, data={"metadata": "[1]"})
