@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import TOKEN, audio_info, node_client
+from e2e_helpers import TOKEN, audio_info, node_client
 
 V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
 

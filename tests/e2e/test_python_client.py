@@ -6,7 +6,7 @@ import time
 
 import pytest
 import replicate
-from conftest import TOKEN, LiveServer, audio_info
+from e2e_helpers import TOKEN, LiveServer, audio_info
 from replicate.exceptions import ModelError, ReplicateError
 
 V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import V1, V2, make_client
+from server_helpers import V1, V2, make_client
 
 from musicgen_local.server import app as app_module
 

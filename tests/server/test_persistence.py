@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from conftest import V1, make_client
+from server_helpers import V1, make_client
 
 from musicgen_local.server.prediction import Prediction
 

@@ -7,7 +7,7 @@ import re
 import wave
 from pathlib import Path
 
-from conftest import V1, V2, make_client, wait_done
+from server_helpers import V1, V2, make_client, wait_done
 
 from musicgen_local.testing.fake_engine import FakeEngine
 

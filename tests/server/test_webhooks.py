@@ -6,7 +6,7 @@ import json
 
 import pytest
 import replicate.webhook
-from conftest import V1, Receiver, make_client
+from server_helpers import V1, Receiver, make_client
 
 from musicgen_local.server.webhooks import sign
 from musicgen_local.testing.fake_engine import FakeEngine
