@@ -33,7 +33,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: install
-	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/musicgen-local serve --host $(HOST) --port $(PORT)
 
 cog-serve: install
 	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
