@@ -49,11 +49,24 @@ class FetchSummary:
 # ---------------------------------------------------------------------------------------------- what to fetch
 
 
-def files_for(model_versions: Iterable[str], mbd: bool = False) -> list[W.HubFile]:
+def required_files(model_version: str, mbd: bool = False, checkpoint: str | None = None) -> tuple[W.HubFile, ...]:
+    """`weights.required_files`, with the LM repo replaced by a custom checkpoint's hub repo when one is
+    configured (MUSICGEN_CHECKPOINTS); a checkpoint that is a local directory needs nothing from the hub."""
+    files = W.required_files(model_version, mbd)
+    if checkpoint is None:
+        return files
+    lm = W.lm_repo(model_version)
+    if Path(checkpoint).is_dir():
+        return tuple(f for f in files if f.repo != lm)
+    return tuple(W.HubFile(checkpoint, f.filename) if f.repo == lm else f for f in files)
+
+
+def files_for(model_versions: Iterable[str], mbd: bool = False,
+              checkpoints: dict[str, str] | None = None) -> list[W.HubFile]:
     """Every file the given model_versions need, in order, without repeats."""
     files: dict[W.HubFile, None] = {}
     for version in model_versions:
-        files.update(dict.fromkeys(W.required_files(version, mbd)))
+        files.update(dict.fromkeys(required_files(version, mbd, (checkpoints or {}).get(version))))
     return list(files)
 
 
@@ -226,10 +239,12 @@ def log_progress_bar(log: Log, every_s: float = 5.0):
     return LogBar
 
 
-def ensure_available(weights_dir: Path, model_version: str, mbd: bool, log: Log) -> None:
-    """Download whatever `model_version` (and MBD) still needs; no network when nothing is missing."""
+def ensure_available(weights_dir: Path, model_version: str, mbd: bool, log: Log,
+                     checkpoint: str | None = None) -> None:
+    """Download whatever `model_version` (and MBD) still needs; no network when nothing is missing.
+    `checkpoint`: the MUSICGEN_CHECKPOINTS entry for this model_version, if any."""
     weights_dir = Path(weights_dir)
-    needed = with_pointed_codecs(weights_dir, W.required_files(model_version, mbd))
+    needed = with_pointed_codecs(weights_dir, required_files(model_version, mbd, checkpoint))
     absent = W.missing(weights_dir, tuple(needed))
     if not absent:
         return
@@ -277,7 +292,7 @@ def _cmd_fetch(args, settings) -> int:
     versions += [v for v in LM_VERSIONS if "melody" in v] if args.melody else []
     versions = list(dict.fromkeys(versions or ["stereo-melody-large"]))  # schema's default model_version
     try:
-        summary = fetch(settings.weights_dir, files_for(versions, args.mbd), log=logger.info)
+        summary = fetch(settings.weights_dir, files_for(versions, args.mbd, settings.checkpoints), log=logger.info)
     except FetchError as e:
         logger.error("%s", e)
         return 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
@@ -32,7 +33,7 @@ class Served:
     data: bytes
     lfs: bool
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
@@ -45,7 +46,7 @@ class Served:
 class Seen:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     server: str  # "hub" or "cdn"
 
 
@@ -119,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        self.hub.seen.append(Seen(self.command, path, dict(self.headers.items()), self.role))
+        self.hub.seen.append(Seen(self.command, path, {k.lower(): v for k, v in self.headers.items()}, self.role))
         if self.role == "cdn":
             return self._cdn(path.removeprefix("/cdn/"), body)
         repo, sep, rest = path.lstrip("/").partition("/resolve/")
