@@ -76,7 +76,10 @@ def codec_pointer(path: Path) -> str | None:
         return None  # a full EnCodec state, not a pointer: no need to unpickle 240 MB to know that
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- torch raises many types on a non-pickle; not a pointer either way
+        return None
     pretrained = state.get("pretrained") if isinstance(state, dict) else None
     return pretrained if isinstance(pretrained, str) else None
 
