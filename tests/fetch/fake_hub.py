@@ -100,7 +100,7 @@ def _serve(hub: FakeHub, role: str) -> ThreadingHTTPServer:
     handler = type(f"{role}Handler", (_Handler,), {"hub": hub, "role": role})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
