@@ -148,23 +148,25 @@ def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
 
 
-def _metadata(file: W.HubFile, endpoint: str):
+@contextmanager
+def _hub_errors(file: W.HubFile, endpoint: str) -> Iterator[None]:
+    """huggingface_hub's and its HTTP client's exceptions, as one FetchError that says what to do."""
     import httpx2  # huggingface_hub's HTTP client: connection failures surface as its errors
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return get_hf_file_metadata(hf_hub_url(file.repo, file.filename, endpoint=endpoint), endpoint=endpoint)
+        yield
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise FetchError(
             f"Repository `{file.repo}` was not found on {endpoint} (needed for {file.filename}). "
             "Check the name; for a private or gated repo set HF_TOKEN to a token that can read it.") from e
     except RemoteEntryNotFoundError as e:
         raise FetchError(f"`{file.filename}` is not in `{file.repo}` on {endpoint}.") from e
-    except (httpx2.TransportError, OSError) as e:
+    except (httpx2.TransportError, HfHubHTTPError, OSError) as e:
         raise FetchError(
-            f"Cannot reach {endpoint} to fetch {file}: {e}. Check the network (or HF_ENDPOINT), "
-            "or copy the weights into place and run with MUSICGEN_AUTO_FETCH=0.") from e
+            f"Could not fetch {file} from {endpoint}: {e}. Check the network (or HF_ENDPOINT) and run the fetch "
+            "again (files already complete are kept), or copy the weights into place and set MUSICGEN_AUTO_FETCH=0."
+        ) from e
 
 
 def _discard(path: Path) -> None:
@@ -176,11 +178,11 @@ def _discard(path: Path) -> None:
 
 def fetch_file(weights_dir: Path, file: W.HubFile, log: Log, tqdm_class=None) -> tuple[Path, bool]:
     """Make `file` present and verified; returns (path, whether it was downloaded)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 
     endpoint, cache = _endpoint(), W.hub_cache(weights_dir)
-    with _online():
-        meta = _metadata(file, endpoint)
+    with _online(), _hub_errors(file, endpoint):
+        meta = get_hf_file_metadata(hf_hub_url(file.repo, file.filename, endpoint=endpoint), endpoint=endpoint)
         local = try_to_load_from_cache(file.repo, file.filename, cache_dir=str(cache), revision=meta.commit_hash)
         if isinstance(local, str):
             problem = mismatch(Path(local), meta.size, meta.etag)

@@ -72,6 +72,13 @@ class FakeHub:
     def add(self, repo: str, filename: str, data: bytes) -> None:
         self.repos.setdefault(RENAMED.get(repo, repo), {})[filename] = Served(data, filename.endswith(LFS_SUFFIXES))
 
+    def serve_wrong_bytes(self, repo: str, filename: str) -> None:
+        """Keep announcing the file's sha256 and size but send zeros instead: a corrupt mirror or CDN."""
+        good = self.repos[repo][filename]
+        bad = Served(bytes(len(good.data)), good.lfs)
+        bad.__dict__["sha256"] = good.sha256  # seeds the cached_property: metadata and CDN path stay the same
+        self.repos[repo][filename] = bad
+
     def commit(self, repo: str) -> str:
         return hashlib.sha1(repo.encode()).hexdigest()
 

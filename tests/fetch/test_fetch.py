@@ -95,6 +95,19 @@ def test_partial_file_is_named(hub, weights_dir):
     assert W.cached_path(weights_dir, file).stat().st_size == size
 
 
+def test_a_download_that_does_not_match_the_hub_is_named_and_not_kept(hub, weights_dir):
+    advertised = hub.repos[W.ENCODEC]["model.safetensors"].sha256
+    hub.serve_wrong_bytes(W.ENCODEC, "model.safetensors")
+
+    with pytest.raises(FetchError) as corrupt:
+        fetch(weights_dir, [ENCODEC_WEIGHTS])
+
+    message = str(corrupt.value)
+    assert message.startswith(f"Downloaded facebook/encodec_32khz/model.safetensors from {hub.url} but it is corrupt: ")
+    assert message.endswith(f"the hub has {advertised[:16]}…. Run the fetch again.")
+    assert W.cached_path(weights_dir, ENCODEC_WEIGHTS) is None
+
+
 def test_missing_repo_and_missing_file_are_clear_errors(hub, weights_dir):
     with pytest.raises(FetchError) as missing_repo:
         fetch(weights_dir, [W.HubFile("facebook/musicgen-nope", "state_dict.bin")])
@@ -108,7 +121,7 @@ def test_missing_repo_and_missing_file_are_clear_errors(hub, weights_dir):
 
 def test_unreachable_hub_is_a_clear_error(weights_dir, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
-    with pytest.raises(FetchError, match=r"^Cannot reach http://127.0.0.1:9 to fetch t5-base/config.json: "):
+    with pytest.raises(FetchError, match=r"^Could not fetch t5-base/config.json from http://127.0.0.1:9: "):
         fetch(weights_dir, [W.HubFile(W.T5, "config.json")])
 
 
