@@ -288,6 +288,7 @@ def _cmd_list(args, settings) -> int:
 
 def _cmd_fetch(args, settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # no-op when the CLI set up logging
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HEAD/GET drowns the progress
     unknown = [v for v in args.model_versions if v not in MODEL_VERSIONS]
     if unknown:
         logger.error("Unknown model_version %s; choose from %s", ", ".join(unknown), ", ".join(MODEL_VERSIONS))
