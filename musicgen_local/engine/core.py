@@ -55,6 +55,7 @@ class MusicgenEngine:
         seed = resolve_seed(request.seed)
         hooks.on_log(f"Using seed {seed}")
         with self._lock, torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+            configure_environment(self.settings.weights_dir)  # the hub env is process-wide: make it ours
             clip = self._read_input(request, Path(tmp))
             weights_check(self.settings, request.model_version, request.multi_band_diffusion, hooks.on_log)
             model = self.models.get(request.model_version, hooks.on_log)
