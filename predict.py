@@ -10,13 +10,17 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
+from musicgen_local.cog_weights import settings_for_cog_weights
 from musicgen_local.engine import Hooks, Request, load_engine
 from musicgen_local.schema import cog_input_kwargs as spec, parse_input
+from musicgen_local.settings import Settings
 
 
 class Predictor(BaseRunner):
-    def setup(self) -> None:
-        self.engine = load_engine()
+    def setup(self, weights: Optional[str] = None) -> None:
+        # Cog passes COG_WEIGHTS (e.g. a training's tarball URL) or ./weights: a fine-tuned LM in it
+        # serves the model_version of its architecture; our own weights/ cache changes nothing.
+        self.engine = load_engine(settings_for_cog_weights(Settings.from_env(), weights))
 
     def run(
         self,

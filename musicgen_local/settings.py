@@ -21,6 +21,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_DATA": ("./data", "server: SQLite database and output files"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
+    # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
+    "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
+    "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
 }
 
 
