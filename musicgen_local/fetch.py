@@ -309,7 +309,8 @@ def _cmd_fetch(args, settings) -> int:
 
 def register_cli(weights_subparsers) -> None:
     """Add `weights fetch` and `weights list` to the CLI's `weights` subparsers."""
-    p = weights_subparsers.add_parser("fetch", help="download weights from the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)")
+    p = weights_subparsers.add_parser(
+        "fetch", help="download weights from the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)")
     p.add_argument("model_versions", nargs="*", metavar="MODEL_VERSION",
                    help=f"any of {', '.join(MODEL_VERSIONS)} (default: stereo-melody-large)")
     p.add_argument("--all", action="store_true", help="every MusicGen model_version")

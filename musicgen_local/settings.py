@@ -6,9 +6,9 @@ Read once, at start-up, into a frozen `Settings`; nothing reads the environment 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 # name -> (default, one-line meaning). `musicgen-local --help` and the README list these.
 ENV_VARS: dict[str, tuple[str, str]] = {
@@ -49,7 +49,7 @@ class Settings:
     checkpoints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str:
@@ -67,5 +67,5 @@ class Settings:
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
         )
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
