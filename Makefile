@@ -30,7 +30,7 @@ ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
 
 test: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
+	$(VENV)/bin/ruff check musicgen_local tests predict.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: install
