@@ -19,6 +19,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_DECODER": ("reference", "token decoder: reference (audiocraft's loop) or fast"),
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database and output files"),
+    "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
@@ -46,6 +47,7 @@ class Settings:
     auto_fetch: bool = False
     data_dir: Path = Path("./data")
     api_token: str = ""
+    output: str = "url"
     checkpoints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -64,6 +66,7 @@ class Settings:
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
+            output=get("MUSICGEN_OUTPUT"),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
         )
 
