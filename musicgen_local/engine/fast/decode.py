@@ -8,8 +8,8 @@ parameters and its own torch.Generator, so a request's tokens do not depend on i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
@@ -51,7 +51,7 @@ def _setup(lm, job: DecodeJob, device) -> None:
         job.prompt = torch.zeros((job.rows, lm.num_codebooks, 0), dtype=torch.long, device=device)
     job.pattern = lm.pattern_provider.get_pattern(job.max_gen_len)
     codes = torch.full((job.rows, lm.num_codebooks, job.max_gen_len), UNKNOWN, dtype=torch.long, device=device)
-    codes[..., :job.prompt.shape[-1]] = job.prompt
+    codes[..., : job.prompt.shape[-1]] = job.prompt
     job.sequence, _, job.mask = job.pattern.build_pattern_sequence(codes, lm.special_token_id)
     job.start = job.offset = job.pattern.get_first_step_with_timesteps(job.prompt.shape[-1])
     job.cfg = bool(job.attributes)
@@ -63,7 +63,7 @@ def _fused_input(lm, job: DecodeJob):
     if job.cfg:
         null = ClassifierFreeGuidanceDropout(p=1.0)(job.attributes)
         conditions = lm.condition_provider(lm.condition_provider.tokenize(job.attributes + null))
-    seq = job.sequence[..., :job.start]  # [b, K, S0]
+    seq = job.sequence[..., : job.start]  # [b, K, S0]
     if job.cfg:
         seq = torch.cat([seq, seq], dim=0)  # [2b, K, S0]: conditional rows, then unconditional
     x = sum(lm.emb[k](seq[:, k]) for k in range(lm.num_codebooks))  # [r, S0, C]
@@ -80,9 +80,9 @@ def _emit(lm, job: DecodeJob, logits: torch.Tensor) -> None:
         noise = draw_noise(job.rows, lm.num_codebooks, lm.card, logits.device, job.generator)
     token = sample(logits, job.params, noise)  # [b, K, 1]
     o = job.offset
-    token[~job.mask[..., o:o + 1].expand(job.rows, -1, -1)] = lm.special_token_id
-    column = job.sequence[..., o:o + 1]
-    job.sequence[..., o:o + 1] = torch.where(column == UNKNOWN, token, column)
+    token[~job.mask[..., o : o + 1].expand(job.rows, -1, -1)] = lm.special_token_id
+    column = job.sequence[..., o : o + 1]
+    job.sequence[..., o : o + 1] = torch.where(column == UNKNOWN, token, column)
     job.offset += 1
 
 
@@ -95,7 +95,7 @@ def _report(job: DecodeJob, every: int) -> None:
 
 def _finish(job: DecodeJob) -> None:
     codes, _, _ = job.pattern.revert_pattern_sequence(job.sequence, special_token=UNKNOWN)
-    job.output = codes[..., :job.max_gen_len]  # [b, K, T], prompt included as the reference returns
+    job.output = codes[..., : job.max_gen_len]  # [b, K, T], prompt included as the reference returns
 
 
 @torch.no_grad()
@@ -123,7 +123,7 @@ def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: 
         logits = runner(tokens, pos, positions[0] if same else None)  # [R, K, card]
         row = 0
         for job in active:
-            _emit(lm, job, logits[row:row + _width(job)])
+            _emit(lm, job, logits[row : row + _width(job)])
             row += _width(job)
             _report(job, progress_every)
     return [job.output for job in jobs]
@@ -134,7 +134,7 @@ def _width(job: DecodeJob) -> int:
 
 
 def _input_column(job: DecodeJob) -> torch.Tensor:
-    column = job.sequence[..., job.offset - 1:job.offset]  # [b, K, 1]
+    column = job.sequence[..., job.offset - 1 : job.offset]  # [b, K, 1]
     return torch.cat([column, column]) if job.cfg else column
 
 
@@ -155,18 +155,39 @@ def _drop_finished(fast: FastLM, active: list[DecodeJob]) -> list[DecodeJob]:
 
 
 @torch.no_grad()
-def fast_generate(lm, prompt, attributes, *, max_gen_len: int, use_sampling: bool = True, temp: float = 1.0,
-                  top_k: int = 250, top_p: float = 0.0, cfg_coef: float | None = None,
-                  two_step_cfg: bool | None = None, callback=None, progress_every: int = 1,
-                  mode: str = "auto") -> torch.Tensor:
+def fast_generate(
+    lm,
+    prompt,
+    attributes,
+    *,
+    max_gen_len: int,
+    use_sampling: bool = True,
+    temp: float = 1.0,
+    top_k: int = 250,
+    top_p: float = 0.0,
+    cfg_coef: float | None = None,
+    two_step_cfg: bool | None = None,
+    callback=None,
+    progress_every: int = 1,
+    mode: str = "auto",
+) -> torch.Tensor:
     """Drop-in for `lm.generate(prompt, attributes, ...)`: codes [B, K, max_gen_len], global RNG."""
     two_step = lm.two_step_cfg if two_step_cfg is None else two_step_cfg
     reason = "two-step CFG" if two_step and attributes else unsupported_reason(lm)
     if reason:
         log.info("fast decoder falls back to audiocraft's generate: %s", reason)
-        return lm.generate(prompt, attributes, max_gen_len=max_gen_len, use_sampling=use_sampling, temp=temp,
-                           top_k=top_k, top_p=top_p, cfg_coef=cfg_coef, two_step_cfg=two_step_cfg,
-                           callback=callback)
+        return lm.generate(
+            prompt,
+            attributes,
+            max_gen_len=max_gen_len,
+            use_sampling=use_sampling,
+            temp=temp,
+            top_k=top_k,
+            top_p=top_p,
+            cfg_coef=cfg_coef,
+            two_step_cfg=two_step_cfg,
+            callback=callback,
+        )
     params = SamplingParams(use_sampling, temp, top_k, top_p, lm.cfg_coef if cfg_coef is None else cfg_coef)
     job = DecodeJob(list(attributes), max_gen_len, params, prompt=prompt, callback=callback)
     return generate_batch(lm, [job], progress_every=progress_every, mode=mode)[0]

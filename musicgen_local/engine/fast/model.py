@@ -72,8 +72,7 @@ class FastLM:
         self.device, self.dtype = first.device, first.dtype
         tr = lm.transformer
         self.heads = tr.layers[0].self_attn.num_heads
-        self.cache = KVCache(len(tr.layers), rows, self.heads, max_len, lm.dim // self.heads,
-                             self.dtype, self.device)
+        self.cache = KVCache(len(tr.layers), rows, self.heads, max_len, lm.dim // self.heads, self.dtype, self.device)
         positions = torch.arange(max_len, device=self.device).view(1, -1, 1)
         self.pos_emb = create_sin_embedding(positions, lm.dim, max_period=tr.max_period, dtype=self.dtype)[0]
         self.has_cross = tr.layers[0].cross_attention is not None
@@ -97,8 +96,8 @@ class FastLM:
             attn = layer.cross_attention
             w, b = attn.in_proj_weight, attn.in_proj_bias
             dim = w.shape[0] // 3
-            k = F.linear(padded, w[dim:2 * dim], None if b is None else b[dim:2 * dim])
-            v = F.linear(padded, w[2 * dim:], None if b is None else b[2 * dim:])
+            k = F.linear(padded, w[dim : 2 * dim], None if b is None else b[dim : 2 * dim])
+            v = F.linear(padded, w[2 * dim :], None if b is None else b[2 * dim :])
             self.cross_k.append(_split_heads(k, self.heads))
             self.cross_v.append(_split_heads(v, self.heads))
 
@@ -137,9 +136,9 @@ class FastLM:
 
     def _write(self, i, k, v, pos, pos_int):
         if pos_int is not None:
-            self.cache.k[i, :, :, pos_int:pos_int + 1] = k
-            self.cache.v[i, :, :, pos_int:pos_int + 1] = v
-            return self.cache.k[i, :, :, :pos_int + 1], self.cache.v[i, :, :, :pos_int + 1]
+            self.cache.k[i, :, :, pos_int : pos_int + 1] = k
+            self.cache.v[i, :, :, pos_int : pos_int + 1] = v
+            return self.cache.k[i, :, :, : pos_int + 1], self.cache.v[i, :, :, : pos_int + 1]
         index = pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])  # [R, H, 1, D]
         self.cache.k[i].scatter_(2, index, k)
         self.cache.v[i].scatter_(2, index, v)
