@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import torch
 from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
@@ -72,18 +73,35 @@ def _fused_input(lm, job: DecodeJob):
     return fused, cross
 
 
-def _emit(lm, job: DecodeJob, logits: torch.Tensor) -> None:
-    """Sample pattern step job.offset from logits [r, K, card] and write it."""
-    logits = guide(logits.float(), job.params.cfg_coef if job.cfg else None)
+def _emit(lm, jobs: list[DecodeJob], logits: torch.Tensor) -> None:
+    """Sample pattern step job.offset for consecutive jobs sharing parameters and row count.
+
+    logits [n * width, K, card]; sampling runs once for the group, only the noise is per job
+    (each job's own generator), so a job's tokens do not depend on the group it sits in.
+    """
+    first = jobs[0]
+    logits = logits.float()
+    if first.cfg:
+        # each job's rows are [cond (b); uncond (b)], as audiocraft lays out one request
+        per_job = logits.view(len(jobs), 2, first.rows, *logits.shape[1:])  # [n, 2, b, K, card]
+        logits = guide(per_job[:, 0].flatten(0, 1), per_job[:, 1].flatten(0, 1), first.params.cfg_coef)
     noise = None
-    if job.params.draws_noise:
-        noise = draw_noise(job.rows, lm.num_codebooks, lm.card, logits.device, job.generator)
-    token = sample(logits, job.params, noise)  # [b, K, 1]
-    o = job.offset
-    token[~job.mask[..., o : o + 1].expand(job.rows, -1, -1)] = lm.special_token_id
-    column = job.sequence[..., o : o + 1]
-    job.sequence[..., o : o + 1] = torch.where(column == UNKNOWN, token, column)
-    job.offset += 1
+    if first.params.draws_noise:
+        noise = torch.cat([draw_noise(j.rows, lm.num_codebooks, lm.card, logits.device, j.generator) for j in jobs])
+    tokens = sample(logits, first.params, noise)  # [n*b, K, 1]
+    for job, token in zip(jobs, tokens.split(first.rows)):
+        o = job.offset
+        token[~job.mask[..., o : o + 1].expand(job.rows, -1, -1)] = lm.special_token_id
+        column = job.sequence[..., o : o + 1]
+        job.sequence[..., o : o + 1] = torch.where(column == UNKNOWN, token, column)
+        job.offset += 1
+
+
+def _groups(jobs: list[DecodeJob]):
+    """Runs of consecutive jobs that can be sampled together, with their row counts."""
+    for _, run in groupby(jobs, key=lambda j: (j.params, j.cfg, j.rows)):
+        run = list(run)
+        yield run, sum(_width(j) for j in run)
 
 
 def _report(job: DecodeJob, every: int) -> None:
@@ -111,7 +129,7 @@ def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: 
     fast.set_cross([c for _, c in fused if c is not None])
     bounds = torch.tensor([0] + widths).cumsum(0).tolist()
     for job, (x, _), lo, hi in zip(jobs, fused, bounds, bounds[1:]):
-        _emit(lm, job, fast.prefill(slice(lo, hi), x))
+        _emit(lm, [job], fast.prefill(slice(lo, hi), x))
         _report(job, progress_every)
     runner = StepRunner(fast, mode)
     active = list(jobs)
@@ -122,9 +140,10 @@ def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: 
         same = positions.count(positions[0]) == len(positions)
         logits = runner(tokens, pos, positions[0] if same else None)  # [R, K, card]
         row = 0
+        for group, width in _groups(active):
+            _emit(lm, group, logits[row : row + width])
+            row += width
         for job in active:
-            _emit(lm, job, logits[row : row + _width(job)])
-            row += _width(job)
             _report(job, progress_every)
     return [job.output for job in jobs]
 

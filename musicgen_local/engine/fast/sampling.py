@@ -32,11 +32,8 @@ def draw_noise(rows: int, num_codebooks: int, card: int, device, generator=None)
     return noise.view(rows, num_codebooks, card)
 
 
-def guide(logits: torch.Tensor, cfg_coef: float | None) -> torch.Tensor:
-    """Classifier-free guidance: rows are [cond (b); uncond (b)] as audiocraft lays them out."""
-    if cfg_coef is None:
-        return logits
-    cond, uncond = logits.split(logits.shape[0] // 2, dim=0)  # [b, K, card] each
+def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg_coef: float) -> torch.Tensor:
+    """Classifier-free guidance, the reference's expression: [b, K, card] each -> [b, K, card]."""
     return uncond + (cond - uncond) * cfg_coef
 
 
