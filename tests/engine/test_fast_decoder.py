@@ -250,3 +250,38 @@ def test_engine_with_fast_decoder_writes_the_same_audio(settings, tmp_path):
         assert (result.seed, result.channels, result.num_samples) == (42, 2, 2 * 32000)
         files[decoder] = result.path.read_bytes()
     assert files["fast"] == files["reference"]
+
+
+def test_scheduler_merges_concurrent_requests_and_isolates_cancellation(lms):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from musicgen_local.engine.fast import BatchScheduler
+
+    lm = lms["mono"]
+    scheduler = BatchScheduler(max_batch=8, window_s=0.5)
+    texts = ["lofi hip hop beat", "jazz trio with walking bass", "ambient pads", "rock anthem"]
+
+    def stop_early(done, total):
+        if done == 10:
+            raise RuntimeError("canceled")
+
+    def request(i):
+        return scheduler.generate(
+            lm,
+            None,
+            attributes("mono", texts[i]),
+            generator=torch.Generator().manual_seed(i),
+            max_gen_len=30 + 10 * i,
+            top_k=50,
+            callback=stop_early if i == 3 else None,
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(request, i) for i in range(4)]
+    with pytest.raises(RuntimeError, match="canceled"):
+        futures[3].result()
+    assert scheduler.batch_sizes == [4]
+    for i in range(3):
+        torch.manual_seed(i)
+        alone = lm.generate(None, attributes("mono", texts[i]), max_gen_len=30 + 10 * i, top_k=50)
+        assert torch.equal(futures[i].result(), alone)

@@ -6,5 +6,6 @@ on-device sampling with no host sync, optional CUDA graph, and batched requests.
 
 from .decode import DecodeJob, fast_generate, generate_batch
 from .sampling import SamplingParams
+from .scheduler import BatchScheduler
 
-__all__ = ["DecodeJob", "SamplingParams", "fast_generate", "generate_batch"]
+__all__ = ["BatchScheduler", "DecodeJob", "SamplingParams", "fast_generate", "generate_batch"]

@@ -43,6 +43,7 @@ class DecodeJob:
     start: int = 0
     prefix: int = 0  # prepended condition positions (melody models)
     output: torch.Tensor | None = None
+    error: BaseException | None = None  # what its callback raised, when errors are isolated
 
 
 def _setup(lm, job: DecodeJob, device) -> None:
@@ -104,11 +105,17 @@ def _groups(jobs: list[DecodeJob]):
         yield run, sum(_width(j) for j in run)
 
 
-def _report(job: DecodeJob, every: int) -> None:
+def _report(job: DecodeJob, every: int, isolate: bool) -> None:
     total = job.sequence.shape[-1] - job.start
     done = job.offset - job.start
-    if job.callback is not None and (done % every == 0 or done == total):
+    if job.callback is None or not (done % every == 0 or done == total):
+        return
+    try:
         job.callback(done, total)  # may raise: that is how a request is cancelled
+    except Exception as exc:
+        if not isolate:
+            raise
+        job.error = exc  # this job leaves the batch at the next step; the others go on
 
 
 def _finish(job: DecodeJob) -> None:
@@ -117,8 +124,14 @@ def _finish(job: DecodeJob) -> None:
 
 
 @torch.no_grad()
-def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto") -> list:
-    """Decode jobs together; returns each job's codes [b, K, T]. mode: auto | eager | static | graph | compile."""
+def generate_batch(
+    lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto", isolate_errors: bool = False
+) -> list:
+    """Decode jobs together; returns each job's codes [b, K, T]. mode: auto | eager | static | graph | compile.
+
+    isolate_errors: a job whose callback raises is dropped (job.error set, output None) instead of
+    aborting every job in the batch.
+    """
     device = next(lm.parameters()).device
     for job in jobs:
         _setup(lm, job, device)
@@ -130,7 +143,7 @@ def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: 
     bounds = torch.tensor([0] + widths).cumsum(0).tolist()
     for job, (x, _), lo, hi in zip(jobs, fused, bounds, bounds[1:]):
         _emit(lm, [job], fast.prefill(slice(lo, hi), x))
-        _report(job, progress_every)
+        _report(job, progress_every, isolate_errors)
     runner = StepRunner(fast, mode)
     active = list(jobs)
     while active := _drop_finished(fast, active):
@@ -144,7 +157,7 @@ def generate_batch(lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: 
             _emit(lm, group, logits[row : row + width])
             row += width
         for job in active:
-            _report(job, progress_every)
+            _report(job, progress_every, isolate_errors)
     return [job.output for job in jobs]
 
 
@@ -158,13 +171,14 @@ def _input_column(job: DecodeJob) -> torch.Tensor:
 
 
 def _drop_finished(fast: FastLM, active: list[DecodeJob]) -> list[DecodeJob]:
-    """Finish jobs whose last step is sampled and take their rows out of the cache."""
+    """Finish jobs whose last step is sampled (or that failed) and take their rows out of the cache."""
     keep, rows, row = [], [], 0
     for job in active:
         width = _width(job)
-        if job.offset >= job.sequence.shape[-1]:
+        done = job.offset >= job.sequence.shape[-1]
+        if done and job.error is None:
             _finish(job)
-        else:
+        if not done and job.error is None:
             keep.append(job)
             rows.extend(range(row, row + width))
         row += width

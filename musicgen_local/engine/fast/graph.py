@@ -8,12 +8,22 @@ static step to torch.compile(mode="reduce-overhead"), which also ends in a CUDA 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "eager", "static", "graph", "compile")
+
+
+def _autocast_without_cache():
+    """The engine decodes inside MusicGen's fp16 autocast; autocast's cast cache must not be
+    populated during capture (its tensors would be freed under the graph), so keep the same
+    autocast dtype with the cache off."""
+    if not torch.is_autocast_enabled("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
 
 
 class StepRunner:
@@ -63,6 +73,6 @@ class StepRunner:
                 self.fast.step(tokens_in, pos_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), _autocast_without_cache():
             logits = self.fast.step(tokens_in, pos_in)
         return tokens.shape[0], self.fast.cache.k, graph, tokens_in, pos_in, logits
