@@ -25,12 +25,21 @@ log = logging.getLogger("bench")
 RESULTS = Path(__file__).with_name("RESULTS.md")
 FRAME_RATE = 50
 # audiocraft config/model/lm/model_scale/{small,medium,large}.yaml; "tiny"/"mini" are ours for CPU runs
-SCALES = {"tiny": (32, 2, 2), "mini": (256, 8, 8), "small": (1024, 16, 24), "medium": (1536, 24, 48),
-          "large": (2048, 32, 48)}
+SCALES = {
+    "tiny": (32, 2, 2),
+    "mini": (256, 8, 8),
+    "small": (1024, 16, 24),
+    "medium": (1536, 24, 48),
+    "large": (2048, 32, 48),
+}
 MODELS = {  # name -> (scale, stereo, melody)
-    "tiny": ("tiny", False, False), "tiny-stereo-melody": ("tiny", True, True), "mini": ("mini", False, False),
-    "small": ("small", False, False), "large": ("large", False, False),
-    "stereo-large": ("large", True, False), "melody-large": ("large", False, True),
+    "tiny": ("tiny", False, False),
+    "tiny-stereo-melody": ("tiny", True, True),
+    "mini": ("mini", False, False),
+    "small": ("small", False, False),
+    "large": ("large", False, False),
+    "stereo-large": ("large", True, False),
+    "melody-large": ("large", False, True),
     "stereo-melody-large": ("large", True, True),
 }
 
@@ -52,13 +61,32 @@ class Row:
 
     def cells(self) -> list[str]:
         audio = self.duration * self.batch
-        return [self.model, self.decoder, f"{self.duration}", f"{self.batch}", f"{self.wall_s:.2f}",
-                f"{self.ms_per_step:.2f}", f"{self.steps / self.wall_s:.1f}", f"{audio / self.wall_s:.2f}",
-                f"{self.peak_gib:.2f}", f"{self.floor_ms / self.ms_per_step:.1%}"]
+        return [
+            self.model,
+            self.decoder,
+            f"{self.duration}",
+            f"{self.batch}",
+            f"{self.wall_s:.2f}",
+            f"{self.ms_per_step:.2f}",
+            f"{self.steps / self.wall_s:.1f}",
+            f"{audio / self.wall_s:.2f}",
+            f"{self.peak_gib:.2f}",
+            f"{self.floor_ms / self.ms_per_step:.1%}",
+        ]
 
 
-HEADER = ["model", "decoder", "audio s", "batch", "wall s", "ms/step", "steps/s", "audio-s per wall-s",
-          "peak GiB", "of floor"]
+HEADER = [
+    "model",
+    "decoder",
+    "audio s",
+    "batch",
+    "wall s",
+    "ms/step",
+    "steps/s",
+    "audio-s per wall-s",
+    "peak GiB",
+    "of floor",
+]
 
 
 def build_lm(name: str, device: str, dtype: torch.dtype):
@@ -78,8 +106,11 @@ def build_lm(name: str, device: str, dtype: torch.dtype):
 def step_bytes(lm) -> int:
     """Weight bytes one decode step must read: everything but the embedding tables (a gather) and,
     on our path, the cross-attention key/value projections (computed once at prefill)."""
-    total = sum(p.numel() * p.element_size() for n, p in lm.named_parameters()
-                if not n.startswith(("emb.", "condition_provider.")))
+    total = sum(
+        p.numel() * p.element_size()
+        for n, p in lm.named_parameters()
+        if not n.startswith(("emb.", "condition_provider."))
+    )
     for layer in lm.transformer.layers:
         if layer.cross_attention is not None:
             w = layer.cross_attention.in_proj_weight
@@ -122,8 +153,9 @@ def attributes(n: int, melody: bool):
     for i in range(n):
         attr = ConditioningAttributes(text={"description": SENTENCES[i % len(SENTENCES)]})
         if melody:
-            attr.wav["self_wav"] = WavCondition(torch.zeros(1, 1, 1), torch.tensor([0]), sample_rate=[32000],
-                                                path=[None])
+            attr.wav["self_wav"] = WavCondition(
+                torch.zeros(1, 1, 1), torch.tensor([0]), sample_rate=[32000], path=[None]
+            )
         out.append(attr)
     return out
 
@@ -140,17 +172,21 @@ def run_one(lm, decoder: str, duration: int, batch: int, device: str, melody: bo
         if decoder == "audiocraft":
             lm.generate(None, attributes(batch, melody), max_gen_len=frames, use_sampling=True, top_k=250)
         else:  # each request its own job, seed stream and parameters: the batching primitive
-            jobs = [DecodeJob([a], frames, SamplingParams(),
-                              generator=torch.Generator(device).manual_seed(i))
-                    for i, a in enumerate(attributes(batch, melody))]
+            jobs = [
+                DecodeJob([a], frames, SamplingParams(), generator=torch.Generator(device).manual_seed(i))
+                for i, a in enumerate(attributes(batch, melody))
+            ]
             generate_batch(lm, jobs, progress_every=50, mode=mode)
     sync(device)
     return time.perf_counter() - t, steps
 
 
-def bench(args) -> list[Row]:
+def bench(args) -> tuple[list[Row], float]:
     device = args.device
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    from musicgen_local.engine.fast.graph import resolve_mode
+
+    label = f"fast/{resolve_mode(args.mode, torch.device(device).type)}"
     bandwidth = copy_bandwidth(device)
     log.info("copy bandwidth %.1f GB/s", bandwidth / 1e9)
     rows = []
@@ -165,8 +201,16 @@ def bench(args) -> list[Row]:
                     if device == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     wall, steps = run_one(lm, decoder, duration, batch, device, melody, args.mode)
-                    row = Row(name, decoder if decoder == "audiocraft" else f"fast/{args.mode}", duration, batch,
-                              wall, steps, peak_gib(device), floor_ms)
+                    row = Row(
+                        name,
+                        decoder if decoder == "audiocraft" else label,
+                        duration,
+                        batch,
+                        wall,
+                        steps,
+                        peak_gib(device),
+                        floor_ms,
+                    )
                     log.info(" | ".join(row.cells()))
                     rows.append(row)
         del lm
@@ -187,8 +231,11 @@ def table(rows: list[Row]) -> str:
 
 def speedups(rows: list[Row]) -> str:
     ref = {(r.model, r.duration, r.batch): r.wall_s for r in rows if r.decoder == "audiocraft"}
-    out = [f"- {r.model} {r.duration} s batch {r.batch}: {ref[(r.model, r.duration, r.batch)] / r.wall_s:.2f}x"
-           for r in rows if r.decoder != "audiocraft" and (r.model, r.duration, r.batch) in ref]
+    out = [
+        f"- {r.model} {r.duration} s batch {r.batch}: {ref[(r.model, r.duration, r.batch)] / r.wall_s:.2f}x"
+        for r in rows
+        if r.decoder != "audiocraft" and (r.model, r.duration, r.batch) in ref
+    ]
     return "\n".join(out)
 
 
@@ -197,15 +244,23 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if cuda else "cpu")
     p.add_argument("--dtype", default="float16" if cuda else "float32")
-    p.add_argument("--models", nargs="+", default=["large", "stereo-large", "melody-large"] if cuda
-                   else ["tiny", "mini"], choices=list(MODELS))
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["large", "stereo-large", "melody-large"] if cuda else ["tiny", "mini"],
+        choices=list(MODELS),
+    )
     p.add_argument("--durations", nargs="+", type=int, default=[8, 30])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32] if cuda else [1, 8])
     p.add_argument("--decoders", nargs="+", default=["audiocraft", "fast"], choices=["audiocraft", "fast"])
     p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | static | graph | compile")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--weights", type=Path, default=Path(__file__).with_name(".weights"),
-                   help="where the tiny T5/demucs used for conditioning are written")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=Path(__file__).with_name(".weights"),
+        help="where the tiny T5/demucs used for conditioning are written",
+    )
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -213,10 +268,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     prepare_conditioning(args.weights)
     rows, bandwidth = bench(args)
-    report = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.dtype}, "
-              f"mode {args.mode}\n\nCopy bandwidth {bandwidth / 1e9:.1f} GB/s. 'of floor' = (weight bytes per step "
-              f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed-up of fast over audiocraft, "
-              f"same run:\n{speedups(rows)}\n")
+    report = (
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.dtype}, "
+        f"mode {args.mode}\n\nCopy bandwidth {bandwidth / 1e9:.1f} GB/s. 'of floor' = (weight bytes per step "
+        f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed-up of fast over audiocraft, "
+        f"same run:\n{speedups(rows)}\n"
+    )
     print(report)
     if not args.no_append:
         with RESULTS.open("a") as f:

@@ -285,3 +285,29 @@ def test_scheduler_merges_concurrent_requests_and_isolates_cancellation(lms):
         torch.manual_seed(i)
         alone = lm.generate(None, attributes("mono", texts[i]), max_gen_len=30 + 10 * i, top_k=50)
         assert torch.equal(futures[i].result(), alone)
+
+
+def test_benchmark_command_runs_and_reports_both_decoders(tiny_weights, capsys):
+    from bench.decoder import main
+
+    main(
+        [
+            "--device",
+            "cpu",
+            "--models",
+            "tiny",
+            "--durations",
+            "1",
+            "--batches",
+            "1",
+            "2",
+            "--threads",
+            "1",
+            "--weights",
+            str(tiny_weights),
+            "--no-append",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "| tiny | audiocraft | 1 | 2 |" in out and "| tiny | fast/eager | 1 | 2 |" in out
+    assert "Copy bandwidth" in out and "tiny 1 s batch 2:" in out

@@ -26,16 +26,21 @@ def _autocast_without_cache():
     return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
 
 
+def resolve_mode(mode: str, device_type: str) -> str:
+    """The step mode actually used: auto picks graph on CUDA, eager elsewhere; graph/compile need CUDA."""
+    if mode not in MODES:
+        raise ValueError(f"decoder mode must be one of {MODES}, not {mode!r}")
+    if mode == "auto":
+        return "graph" if device_type == "cuda" else "eager"
+    if mode in ("graph", "compile") and device_type != "cuda":
+        log.info("decoder mode %s needs CUDA; running static steps eagerly", mode)
+        return "static"
+    return mode
+
+
 class StepRunner:
     def __init__(self, fast, mode: str = "auto"):
-        if mode not in MODES:
-            raise ValueError(f"decoder mode must be one of {MODES}, not {mode!r}")
-        if mode == "auto":
-            mode = "graph" if fast.device.type == "cuda" else "eager"
-        if mode in ("graph", "compile") and fast.device.type != "cuda":
-            log.info("decoder mode %s needs CUDA; running static steps eagerly", mode)
-            mode = "static"
-        self.fast, self.mode = fast, mode
+        self.fast, self.mode = fast, resolve_mode(mode, fast.device.type)
         self._graph = None  # (rows, cache tensor, CUDAGraph, tokens buffer, pos buffer, logits)
         self._compiled = None
 

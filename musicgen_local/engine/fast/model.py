@@ -66,7 +66,7 @@ def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
 class FastLM:
     """Prefill and one-token decode steps for `rows` sequences (CFG branches are separate rows)."""
 
-    def __init__(self, lm, rows: int, max_len: int, cross_len: int = 0):
+    def __init__(self, lm, rows: int, max_len: int):
         self.lm = lm
         first = next(lm.parameters())
         self.device, self.dtype = first.device, first.dtype
