@@ -124,7 +124,7 @@ def test_windowed_generation_identical(lms, kind):
         outs[name] = (first, second)
     assert outs["fast"][1].shape == (1, lm.num_codebooks, 120)
     assert torch.equal(outs["fast"][1][..., :60], outs["fast"][0][..., -60:])  # the prompt is kept
-    assert all(torch.equal(f, r) for f, r in zip(outs["fast"], outs["ref"]))
+    assert all(torch.equal(f, r) for f, r in zip(outs["fast"], outs["ref"], strict=True))
 
 
 def test_progress_matches_reference_and_raising_aborts(lms):
@@ -190,7 +190,7 @@ def test_batch_never_changes_a_requests_tokens(lms, kind):
     batched = generate_batch(lm, jobs())
     alone = [generate_batch(lm, [job])[0] for job in jobs()]
     assert [b.shape[-1] for b in batched] == [FRAMES, 40, 70]
-    for b, a in zip(batched, alone):
+    for b, a in zip(batched, alone, strict=True):
         assert torch.equal(b, a)
     # and the first request alone, on its own generator, is what the reference gives with that seed
     text, n, p, seed = specs[0]

@@ -90,7 +90,7 @@ def _emit(lm, jobs: list[DecodeJob], logits: torch.Tensor) -> None:
     if first.params.draws_noise:
         noise = torch.cat([draw_noise(j.rows, lm.num_codebooks, lm.card, logits.device, j.generator) for j in jobs])
     tokens = sample(logits, first.params, noise)  # [n*b, K, 1]
-    for job, token in zip(jobs, tokens.split(first.rows)):
+    for job, token in zip(jobs, tokens.split(first.rows), strict=True):
         o = job.offset
         token[~job.mask[..., o : o + 1].expand(job.rows, -1, -1)] = lm.special_token_id
         column = job.sequence[..., o : o + 1]
@@ -101,8 +101,8 @@ def _emit(lm, jobs: list[DecodeJob], logits: torch.Tensor) -> None:
 def _groups(jobs: list[DecodeJob]):
     """Runs of consecutive jobs that can be sampled together, with their row counts."""
     for _, run in groupby(jobs, key=lambda j: (j.params, j.cfg, j.rows)):
-        run = list(run)
-        yield run, sum(_width(j) for j in run)
+        group = list(run)
+        yield group, sum(_width(j) for j in group)
 
 
 def _report(job: DecodeJob, every: int, isolate: bool) -> None:
@@ -137,11 +137,11 @@ def generate_batch(
         _setup(lm, job, device)
     fused = [_fused_input(lm, job) for job in jobs]
     widths = [f.shape[0] for f, _ in fused]
-    max_len = max(f.shape[1] + job.sequence.shape[-1] - job.start for (f, _), job in zip(fused, jobs))
+    max_len = max(f.shape[1] + job.sequence.shape[-1] - job.start for (f, _), job in zip(fused, jobs, strict=True))
     fast = FastLM(lm, sum(widths), max_len)
     fast.set_cross([c for _, c in fused if c is not None])
     bounds = torch.tensor([0] + widths).cumsum(0).tolist()
-    for job, (x, _), lo, hi in zip(jobs, fused, bounds, bounds[1:]):
+    for job, (x, _), lo, hi in zip(jobs, fused, bounds[:-1], bounds[1:], strict=True):
         _emit(lm, [job], fast.prefill(slice(lo, hi), x))
         _report(job, progress_every, isolate_errors)
     runner = StepRunner(fast, mode)
@@ -149,7 +149,7 @@ def generate_batch(
     while active := _drop_finished(fast, active):
         positions = [job.prefix + job.offset - 1 for job in active]
         tokens = torch.cat([_input_column(job) for job in active])  # [R, K, 1]
-        pos = torch.cat([torch.full((_width(j),), p, device=device) for j, p in zip(active, positions)])
+        pos = torch.cat([torch.full((_width(j),), p, device=device) for j, p in zip(active, positions, strict=True)])
         same = positions.count(positions[0]) == len(positions)
         logits = runner(tokens, pos, positions[0] if same else None)  # [R, K, card]
         row = 0
