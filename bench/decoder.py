@@ -1,0 +1,294 @@
+"""Benchmark: audiocraft's eager `LMModel.generate` against our fast decoder, in one run.
+
+    PYTHONPATH=. .venv/bin/python -m bench.decoder            # defaults for the device found
+    PYTHONPATH=. .venv/bin/python -m bench.decoder --models large --durations 8 30 --batches 1 32
+
+Random weights (decode speed does not depend on their values) in the real architectures: audiocraft's
+MusicGen LM structure (musicgen_lm.yaml) at the model_scale sizes. Conditioning uses the tiny
+real-format T5 and demucs from musicgen_local.testing.tiny, so nothing is downloaded. Prints a table
+and appends it, with the device named, to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("bench")
+RESULTS = Path(__file__).with_name("RESULTS.md")
+FRAME_RATE = 50
+# audiocraft config/model/lm/model_scale/{small,medium,large}.yaml; "tiny"/"mini" are ours for CPU runs
+SCALES = {
+    "tiny": (32, 2, 2),
+    "mini": (256, 8, 8),
+    "small": (1024, 16, 24),
+    "medium": (1536, 24, 48),
+    "large": (2048, 32, 48),
+}
+MODELS = {  # name -> (scale, stereo, melody)
+    "tiny": ("tiny", False, False),
+    "tiny-stereo-melody": ("tiny", True, True),
+    "mini": ("mini", False, False),
+    "small": ("small", False, False),
+    "large": ("large", False, False),
+    "stereo-large": ("large", True, False),
+    "melody-large": ("large", False, True),
+    "stereo-melody-large": ("large", True, True),
+}
+
+
+@dataclass
+class Row:
+    model: str
+    decoder: str
+    duration: int
+    batch: int
+    wall_s: float
+    steps: int
+    peak_gib: float
+    floor_ms: float
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000 * self.wall_s / self.steps
+
+    def cells(self) -> list[str]:
+        audio = self.duration * self.batch
+        return [
+            self.model,
+            self.decoder,
+            f"{self.duration}",
+            f"{self.batch}",
+            f"{self.wall_s:.2f}",
+            f"{self.ms_per_step:.2f}",
+            f"{self.steps / self.wall_s:.1f}",
+            f"{audio / self.wall_s:.2f}",
+            f"{self.peak_gib:.2f}",
+            f"{self.floor_ms / self.ms_per_step:.1%}",
+        ]
+
+
+HEADER = [
+    "model",
+    "decoder",
+    "audio s",
+    "batch",
+    "wall s",
+    "ms/step",
+    "steps/s",
+    "audio-s per wall-s",
+    "peak GiB",
+    "of floor",
+]
+
+
+def build_lm(name: str, device: str, dtype: torch.dtype):
+    from audiocraft.models.builders import get_lm_model
+
+    from musicgen_local.testing.tiny import lm_cfg
+
+    scale, stereo, melody = MODELS[name]
+    dim, heads, layers = SCALES[scale]
+    cfg = lm_cfg(stereo, melody)
+    cfg.device, cfg.dtype = device, str(dtype).removeprefix("torch.")
+    cfg.transformer_lm.update(dim=dim, num_heads=heads, num_layers=layers, hidden_scale=4, activation="gelu")
+    torch.manual_seed(0)
+    return get_lm_model(cfg).eval()
+
+
+def step_bytes(lm) -> int:
+    """Weight bytes one decode step must read: everything but the embedding tables (a gather) and,
+    on our path, the cross-attention key/value projections (computed once at prefill)."""
+    total = sum(
+        p.numel() * p.element_size()
+        for n, p in lm.named_parameters()
+        if not n.startswith(("emb.", "condition_provider."))
+    )
+    for layer in lm.transformer.layers:
+        if layer.cross_attention is not None:
+            w = layer.cross_attention.in_proj_weight
+            total -= 2 * w.numel() * w.element_size() // 3
+    return total
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second moved by a large device-to-device copy (read + write), best of 5."""
+    n = (1 << 30) if device == "cuda" else (1 << 28)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (KiB on Linux)
+
+
+def attributes(n: int, melody: bool):
+    from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
+
+    from musicgen_local.testing.tiny import SENTENCES
+
+    out = []
+    for i in range(n):
+        attr = ConditioningAttributes(text={"description": SENTENCES[i % len(SENTENCES)]})
+        if melody:
+            attr.wav["self_wav"] = WavCondition(
+                torch.zeros(1, 1, 1), torch.tensor([0]), sample_rate=[32000], path=[None]
+            )
+        out.append(attr)
+    return out
+
+
+def run_one(lm, decoder: str, duration: int, batch: int, device: str, melody: bool, mode: str) -> tuple[float, int]:
+    """One timed generation; returns (wall seconds, decode steps)."""
+    from musicgen_local.engine.fast import DecodeJob, SamplingParams, generate_batch
+
+    frames = duration * FRAME_RATE
+    steps = lm.pattern_provider.get_pattern(frames).num_sequence_steps  # frames + the largest delay
+    sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        if decoder == "audiocraft":
+            lm.generate(None, attributes(batch, melody), max_gen_len=frames, use_sampling=True, top_k=250)
+        else:  # each request its own job, seed stream and parameters: the batching primitive
+            jobs = [
+                DecodeJob([a], frames, SamplingParams(), generator=torch.Generator(device).manual_seed(i))
+                for i, a in enumerate(attributes(batch, melody))
+            ]
+            generate_batch(lm, jobs, progress_every=50, mode=mode)
+    sync(device)
+    return time.perf_counter() - t, steps
+
+
+def bench(args) -> tuple[list[Row], float]:
+    device = args.device
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    from musicgen_local.engine.fast.graph import resolve_mode
+
+    label = f"fast/{resolve_mode(args.mode, torch.device(device).type)}"
+    bandwidth = copy_bandwidth(device)
+    log.info("copy bandwidth %.1f GB/s", bandwidth / 1e9)
+    rows = []
+    for name in args.models:
+        lm = build_lm(name, device, dtype)
+        floor_ms = 1000 * step_bytes(lm) / bandwidth
+        melody = MODELS[name][2]
+        run_one(lm, args.decoders[-1], 1, 1, device, melody, args.mode)  # warm-up (allocator, graphs, T5)
+        for duration in args.durations:
+            for batch in args.batches:
+                for decoder in args.decoders:
+                    if device == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    wall, steps = run_one(lm, decoder, duration, batch, device, melody, args.mode)
+                    row = Row(
+                        name,
+                        decoder if decoder == "audiocraft" else label,
+                        duration,
+                        batch,
+                        wall,
+                        steps,
+                        peak_gib(device),
+                        floor_ms,
+                    )
+                    log.info(" | ".join(row.cells()))
+                    rows.append(row)
+        del lm
+    return rows, bandwidth
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def speedups(rows: list[Row]) -> str:
+    ref = {(r.model, r.duration, r.batch): r.wall_s for r in rows if r.decoder == "audiocraft"}
+    out = [
+        f"- {r.model} {r.duration} s batch {r.batch}: {ref[(r.model, r.duration, r.batch)] / r.wall_s:.2f}x"
+        for r in rows
+        if r.decoder != "audiocraft" and (r.model, r.duration, r.batch) in ref
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--dtype", default="float16" if cuda else "float32")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["large", "stereo-large", "melody-large"] if cuda else ["tiny", "mini"],
+        choices=list(MODELS),
+    )
+    p.add_argument("--durations", nargs="+", type=int, default=[8, 30])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32] if cuda else [1, 8])
+    p.add_argument("--decoders", nargs="+", default=["audiocraft", "fast"], choices=["audiocraft", "fast"])
+    p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | static | graph | compile")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=Path(__file__).with_name(".weights"),
+        help="where the tiny T5/demucs used for conditioning are written",
+    )
+    p.add_argument("--no-append", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prepare_conditioning(args.weights)
+    rows, bandwidth = bench(args)
+    report = (
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.dtype}, "
+        f"mode {args.mode}\n\nCopy bandwidth {bandwidth / 1e9:.1f} GB/s. 'of floor' = (weight bytes per step "
+        f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed-up of fast over audiocraft, "
+        f"same run:\n{speedups(rows)}\n"
+    )
+    print(report)
+    if not args.no_append:
+        with RESULTS.open("a") as f:
+            f.write(report)
+
+
+def prepare_conditioning(weights: Path) -> None:
+    from musicgen_local.testing.tiny import write_tiny_weights
+    from musicgen_local.weights import configure_environment
+
+    if not (weights / ".complete").exists():
+        write_tiny_weights(weights)
+        (weights / ".complete").touch()
+    configure_environment(weights)
+
+
+if __name__ == "__main__":
+    main()
