@@ -30,7 +30,7 @@ ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
 
 test: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py
+	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: install
@@ -38,6 +38,10 @@ serve: install
 
 cog-serve: install
 	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
+
+# Eager audiocraft generate vs our decoder; appends to bench/RESULTS.md (see bench/README.md).
+bench: install
+	$(PY) -m bench.decoder $(BENCH_ARGS)
 
 tiny-weights: install
 	$(VENV)/bin/musicgen-local weights tiny ./weights
@@ -53,7 +57,7 @@ image:
 	cog build -t $(IMAGE)
 
 lint: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py
+	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
