@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Tiny models are all per-op overhead: one thread is several times faster than two, and on a
+# shared 2-core machine threads fight. Subprocesses (CLI, Cog server) inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _writer_hash() -> str:
     src = (ROOT / "musicgen_local" / "testing" / "tiny.py").read_bytes()
     return hashlib.sha256(src).hexdigest()[:12]
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
