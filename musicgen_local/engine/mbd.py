@@ -16,9 +16,10 @@ import collections
 import logging
 import threading
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .. import weights as W
 
@@ -38,8 +39,21 @@ def _allowed_globals() -> list:
     from omegaconf import base, nodes
 
     value_nodes = [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode]
-    return [omegaconf.DictConfig, omegaconf.ListConfig, base.ContainerMetadata, base.Metadata, *value_nodes,
-            typing.Any, dict, list, int, float, str, bool, collections.defaultdict]
+    return [
+        omegaconf.DictConfig,
+        omegaconf.ListConfig,
+        base.ContainerMetadata,
+        base.Metadata,
+        *value_nodes,
+        typing.Any,
+        dict,
+        list,
+        int,
+        float,
+        str,
+        bool,
+        collections.defaultdict,
+    ]
 
 
 @contextmanager
@@ -50,7 +64,7 @@ def safe_mbd_unpickling() -> Iterator[None]:
         yield
 
 
-def load_mbd(weights_dir: Path, device: str = "cpu") -> "MultiBandDiffusion":
+def load_mbd(weights_dir: Path, device: str = "cpu") -> MultiBandDiffusion:
     """What `MultiBandDiffusion.get_mbd_musicgen()` builds, from the files in weights_dir.
 
     Raises WeightsMissingError naming the absent file(s) before anything is read, so a missing
@@ -67,9 +81,11 @@ def load_mbd(weights_dir: Path, device: str = "cpu") -> "MultiBandDiffusion":
         codec = load_compression_model(str(codec_path), device=device)
         models, processors, cfgs = load_diffusion_models(str(mbd_path), device=device)
     processes = [
-        DiffusionProcess(model=model.eval(), noise_schedule=NoiseSchedule(
-            **cfg.schedule, sample_processor=processor, device=device))
-        for model, processor, cfg in zip(models, processors, cfgs)]
+        DiffusionProcess(
+            model=model.eval(), noise_schedule=NoiseSchedule(**cfg.schedule, sample_processor=processor, device=device)
+        )
+        for model, processor, cfg in zip(models, processors, cfgs)
+    ]
     log.info("Loaded MultiBand Diffusion (%d bands) from %s", len(processes), mbd_path)
     return MultiBandDiffusion(DPs=processes, codec_model=codec)
 
@@ -83,7 +99,7 @@ class LazyMbd:
         self._mbd: MultiBandDiffusion | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> "MultiBandDiffusion":
+    def get(self) -> MultiBandDiffusion:
         with self._lock:
             if self._mbd is None:
                 self._mbd = load_mbd(self.weights_dir, self.device)
@@ -91,12 +107,12 @@ class LazyMbd:
             return self._mbd
 
 
-def split_stereo_codes(tokens: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def split_stereo_codes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 2K, T] interleaved per RVQ level (L0, R0, L1, R1, ...) -> left [B, K, T], right [B, K, T]."""
     return tokens[:, 0::2], tokens[:, 1::2]
 
 
-def tokens_to_wav(mbd: "MultiBandDiffusion", tokens: "torch.Tensor", stereo: bool) -> "torch.Tensor":
+def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool) -> torch.Tensor:
     """MusicGen tokens [B, K, T] (K = 4 mono, 8 stereo) -> waveform [B, C, T * 640] at 32 kHz, C = 1 or 2.
 
     Each side is decoded in its own call so that MBD's final EQ match (`re_eq`, whose band levels
@@ -112,7 +128,7 @@ def tokens_to_wav(mbd: "MultiBandDiffusion", tokens: "torch.Tensor", stereo: boo
         return torch.cat([mbd.tokens_to_wav(left), mbd.tokens_to_wav(right)], dim=1)  # [B, 2, T']
 
 
-def encode_decode(mbd: "MultiBandDiffusion", audio: "torch.Tensor") -> "torch.Tensor":
+def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor) -> torch.Tensor:
     """The encode-decode round trip with MBD: audio [B, C, T] at 32 kHz -> MBD's EnCodec tokens per
     channel -> MBD decode -> [B, C, T] (the codec pads to whole 640-sample frames; we trim back)."""
     import torch
@@ -122,7 +138,7 @@ def encode_decode(mbd: "MultiBandDiffusion", audio: "torch.Tensor") -> "torch.Te
     channels = []
     with torch.inference_mode():
         for c in range(audio.shape[1]):
-            codes, scale = mbd.codec_model.encode(audio[:, c:c + 1])  # [B, K, frames]
+            codes, scale = mbd.codec_model.encode(audio[:, c : c + 1])  # [B, K, frames]
             assert scale is None, "MBD's codec does not renormalise"
-            channels.append(mbd.tokens_to_wav(codes)[..., :audio.shape[-1]])  # [B, 1, T]
+            channels.append(mbd.tokens_to_wav(codes)[..., : audio.shape[-1]])  # [B, 1, T]
     return torch.cat(channels, dim=1)  # [B, C, T]
