@@ -8,7 +8,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install ffmpeg test serve cog-serve predict tiny-weights lint clean
 
-install: $(STAMP) ffmpeg
+# The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
+NODE_E2E := tests/e2e/node_modules/.package-lock.json
+install: $(STAMP) ffmpeg $(NODE_E2E)
+
+$(NODE_E2E): tests/e2e/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/e2e --no-audit --no-fund; \
+	else echo "npm not found: the npm-client e2e tests will be skipped"; fi
 
 # Re-runs only when a requirements file or pyproject changes; a second `make install` takes seconds.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml

@@ -13,6 +13,7 @@ carry a full EnCodec state (`xp.cfg` + `best_state`), the stereo models carry th
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,8 @@ def write_t5(weights_dir: Path) -> None:
             pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
         tokenizer = T5Tokenizer.from_pretrained(tmp, extra_ids=0)
         tokenizer.save_pretrained(target)
+        # t5-base on the hub ships the sentencepiece model beside tokenizer.json; keep that file set.
+        shutil.copy(f"{tmp}/spiece.model", target / "spiece.model")
     config = T5Config(vocab_size=64, d_model=768, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
                       decoder_start_token_id=0)
     T5EncoderModel(config).save_pretrained(target)

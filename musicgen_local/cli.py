@@ -1,0 +1,136 @@
+"""`musicgen-local`: predict, serve (Replicate v1 API), cog-serve (Cog's own server), schema, weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import MusicgenError
+from .settings import ENV_VARS, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cmd_predict(args, settings: Settings) -> int:
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from .engine import Hooks, Request, load_engine
+    from .schema import check_semantics, parse_cli_pairs, parse_input
+
+    try:
+        inp = parse_input(parse_cli_pairs(args.input))
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+        return 2
+    check_semantics(inp, settings.max_duration)  # before the slow model load
+    request = Request.from_input(inp)
+    out = Path(args.output or f"out.{request.output_format}")
+    bar = tqdm(unit="step", desc="generating", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    hooks = Hooks(on_progress=progress, on_log=lambda line: tqdm.write(line, file=sys.stderr))
+    result = load_engine(settings).generate(request, out.parent / f".musicgen-{os.getpid()}", hooks)
+    bar.close()
+    shutil.move(result.path, out)
+    result.path.parent.rmdir()
+    print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
+          f"{result.sample_rate} Hz) seed={result.seed}")
+    return 0
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from .server import serve
+
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def cmd_cog_serve(args, settings: Settings) -> int:
+    """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
+    validates inputs (cog build would write .cog/openapi_schema.json; here we write it)."""
+    from .schema import openapi_schema
+
+    (ROOT / ".cog").mkdir(exist_ok=True)
+    (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(openapi_schema(), indent=1))
+    env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(args.port),
+               # coglet starts its worker as `python` from PATH: it must be this interpreter.
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    os.chdir(ROOT)
+    os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
+
+
+def cmd_schema(args, settings: Settings) -> int:
+    from .schema import openapi_schema, reference_json
+
+    print(json.dumps(openapi_schema() if args.openapi else reference_json(), indent=2))
+    return 0
+
+
+def cmd_weights_tiny(args, settings: Settings) -> int:
+    from .testing.tiny import write_tiny_weights
+
+    path = write_tiny_weights(Path(args.dir))
+    print(f"tiny checkpoints written to {path}; use them with MUSICGEN_WEIGHTS={path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(f"  {name:24} {meaning} (default: {default!r})" for name, (default, meaning) in ENV_VARS.items())
+    parser = argparse.ArgumentParser(prog="musicgen-local", description=__doc__, epilog="environment:\n" + env_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="run one prediction, like `cog predict`")
+    p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)")
+    p.add_argument("-o", "--output", help="where to write the audio (default: out.wav / out.mp3)")
+    p.set_defaults(func=cmd_predict)
+
+    for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),
+                             ("cog-serve", cmd_cog_serve, "Cog's own HTTP server on predict.py")):
+        p = sub.add_parser(name, help=f"serve {text}")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=5000)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("schema", help="print the input schema")
+    p.add_argument("--openapi", action="store_true", help="Cog's OpenAPI layout instead of the flat one")
+    p.set_defaults(func=cmd_schema)
+
+    weights = sub.add_parser("weights", help="manage checkpoints under MUSICGEN_WEIGHTS").add_subparsers(
+        dest="weights_command", required=True)
+    p = weights.add_parser("tiny", help="write tiny random checkpoints in the real layout (for tests)")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_weights_tiny)
+    try:
+        from .fetch import register_cli
+    except ImportError:
+        pass
+    else:
+        register_cli(weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, Settings.from_env()) or 0
+    except MusicgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The engine: a validated request in, an encoded audio file out."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import audio
+from ..schema import check_semantics
+from ..settings import Settings
+from ..weights import configure_environment
+from .api import Hooks, Request, Result
+from .generate import encode_decode, generate_audio_tokens, reference_decoder, resolve_seed, seed_everything
+from .models import ModelCache, load_codec, load_musicgen, resolve_device, weights_check
+
+log = logging.getLogger(__name__)
+CODEC_KEY = "encode-decode"
+
+
+def _pick_decoder(name: str):
+    if name == "fast":
+        from .fast import fast_generate
+
+        return fast_generate
+    return reference_decoder
+
+
+class MusicgenEngine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        configure_environment(settings.weights_dir)
+        self.device = resolve_device(settings.device)
+        self.models = ModelCache(self._load, settings.max_models)
+        self.decoder = _pick_decoder(settings.decoder)
+        # One generation at a time: seeding is process-global, and one GPU serves one request.
+        self._lock = threading.Lock()
+
+    def _load(self, key: str) -> Any:
+        if key == CODEC_KEY:
+            return load_codec(self.settings, self.device)
+        return load_musicgen(self.settings, key, self.device)
+
+    def health(self) -> dict[str, Any]:
+        return {"device": self.device, "decoder": self.settings.decoder, "resident_models": self.models.resident()}
+
+    def generate(self, request: Request, out_dir: Path, hooks: Hooks | None = None) -> Result:
+        hooks = hooks or Hooks()
+        check_semantics(request, self.settings.max_duration)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seed = resolve_seed(request.seed)
+        hooks.on_log(f"Using seed {seed}")
+        with self._lock, torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+            configure_environment(self.settings.weights_dir)  # the hub env is process-wide: make it ours
+            clip = self._read_input(request, Path(tmp))
+            weights_check(self.settings, request.model_version, request.multi_band_diffusion, hooks.on_log)
+            model = self.models.get(request.model_version, hooks.on_log)
+            seed_everything(seed)
+            if request.model_version == CODEC_KEY:
+                wav, sr = encode_decode(model, *clip), model.sample_rate
+            else:
+                tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks)
+                wav, sr = model.generate_audio(tokens), model.sample_rate
+        path = audio.write(wav[0], sr, out_dir / f"out.{request.output_format}", request.normalization_strategy)
+        return Result(path=path, seed=seed, sample_rate=sr, channels=wav.shape[1], num_samples=wav.shape[-1])
+
+    def _read_input(self, request: Request, work_dir: Path):
+        """The cropped input audio as (wav [C, T], sr), or None; fetched before any model loads so
+        a bad URL or file fails fast."""
+        if request.input_audio is None:
+            return None
+        wav, sr = audio.read(audio.fetch_input(request.input_audio, work_dir))
+        return audio.crop(wav, sr, request.continuation_start, request.continuation_end), sr

@@ -1,0 +1,165 @@
+"""From a request to tokens to a waveform, the way Replicate's predictor does it.
+
+The windowing loop for durations past the model's 30 s segment mirrors audiocraft's
+`MusicGen._generate_tokens` (extend_stride 18: re-prompt with the last 12 s, advance 18 s) but
+lives here so that (a) the per-window LM call goes through a swappable `decoder`
+(audiocraft's `LMModel.generate` or our fast one), (b) progress counts steps over the whole
+request, and (c) the melody condition for each window comes from a `melody` object that can
+reuse one stem separation for every window.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, UserError
+from .api import Hooks, Request
+
+EXTEND_STRIDE_S = 18  # Replicate's predictor keeps audiocraft's default
+Decoder = Callable[..., torch.Tensor]  # the signature of audiocraft's LMModel.generate
+
+
+def reference_decoder(lm, prompt, attributes, **kwargs) -> torch.Tensor:
+    return lm.generate(prompt, attributes, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ seeds
+
+
+def resolve_seed(seed: int | None) -> int:
+    """Replicate: None, -1 and 0 all mean "draw one"; the drawn seed is reported so it can be reused."""
+    if not seed or seed == -1:
+        return random.SystemRandom().randrange(1, 2**32 - 1)
+    return seed
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------ melody
+
+
+class Melody(Protocol):
+    def condition_for_window(self, model, time_offset_s: float) -> Any:
+        """The WavCondition for the window starting at time_offset_s."""
+
+
+@dataclass
+class TiledMelody:
+    """audiocraft's behaviour: tile the raw reference to cover each window (the conditioner then
+    separates stems again for every window)."""
+
+    wav: torch.Tensor  # [1, C, T] at the model's sample rate
+
+    def condition_for_window(self, model, time_offset_s: float):
+        from audiocraft.modules.conditioners import WavCondition
+
+        length = self.wav.shape[-1]
+        start = int(time_offset_s * model.sample_rate)
+        target = int(model.max_duration * model.sample_rate)
+        positions = torch.arange(start, start + target, device=self.wav.device)
+        return WavCondition(self.wav[..., positions % length], torch.tensor([target], device=self.wav.device),
+                            [model.sample_rate], [None], [0.0])
+
+
+def _tiled(model, wav: torch.Tensor) -> TiledMelody:
+    return TiledMelody(wav)
+
+
+# ------------------------------------------------------------------------------------------ tokens
+
+
+def window_plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(frame offset, prompt frames, frames to generate incl. prompt) for each LM call, following
+    audiocraft's loop arithmetic exactly."""
+    if total <= window:
+        return [(0, prompt, total)]
+    plan, offset = [], 0
+    while offset + prompt < total:
+        gen = min(total - offset, window)
+        plan.append((offset, prompt, gen))
+        prompt = gen - stride
+        offset += stride
+    return plan
+
+
+def generate_tokens(model, attributes, prompt_tokens, duration: int, params: dict, decoder: Decoder,
+                    hooks: Hooks, melody: Melody | None = None) -> torch.Tensor:
+    """Tokens [B, K, T] for `duration` seconds (prompt included), windowed past max_duration."""
+    fr = model.frame_rate
+    total, window = int(duration * fr), int(min(duration, model.max_duration) * fr)
+    stride = int(fr * EXTEND_STRIDE_S)
+    prompt_len = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+    if prompt_len >= window:
+        raise UserError(f"The continuation prompt ({prompt_len / fr:.1f} s after cropping) must be shorter than "
+                        f"`duration` ({duration} s): the output includes the prompt.")
+    plan = window_plan(total, prompt_len, window, stride)
+    max_delay = max(model.lm.pattern_provider.delays) if hasattr(model.lm.pattern_provider, "delays") else 0
+    steps_total = sum(gen - p + max_delay for _, p, gen in plan)
+    steps_before = 0
+
+    def callback(step: int, _steps_in_window: int) -> None:
+        if hooks.is_cancelled():
+            raise Cancelled()
+        hooks.on_progress(steps_before + step, steps_total)
+
+    chunks = [] if prompt_tokens is None else [prompt_tokens]
+    for offset, p, gen in plan:
+        if melody is not None and len(plan) > 1:
+            for attr in attributes:
+                attr.wav["self_wav"] = melody.condition_for_window(model, offset / fr)
+        with model.autocast:
+            tokens = decoder(model.lm, prompt_tokens, attributes, max_gen_len=gen, callback=callback, **params)
+        chunks.append(tokens[..., p:])
+        steps_before += gen - p + max_delay
+        prompt_tokens = tokens[..., stride:]
+    return torch.cat(chunks, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ request
+
+
+def sampling_params(request: Request) -> dict:
+    """Request → audiocraft's generation params; the rest are audiocraft's defaults, as on Replicate."""
+    return {"use_sampling": True, "temp": request.temperature, "top_k": request.top_k, "top_p": request.top_p,
+            "cfg_coef": request.classifier_free_guidance, "two_step_cfg": False}
+
+
+def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hooks: Hooks,
+                          melody_factory: Callable[[Any, torch.Tensor], Melody] | None = None) -> torch.Tensor:
+    """Text, continuation or melody generation; `audio` is the cropped (wav [C, T], sr) or None."""
+    from audiocraft.data.audio_utils import convert_audio
+
+    descriptions = [request.prompt]
+    melody = None
+    if audio is None:
+        attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, None)
+    else:
+        wav = convert_audio(audio[0][None].to(model.device), audio[1], model.sample_rate, model.audio_channels)
+        if request.continuation:  # [1, C, T]: encoded as the prompt; melody models get an empty melody
+            attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, wav)
+        else:
+            attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, None, [wav[0]])
+            melody = (melody_factory or _tiled)(model, wav)
+    return generate_tokens(model, attributes, prompt_tokens, request.duration, sampling_params(request), decoder,
+                           hooks, melody)
+
+
+def encode_decode(codec, wav: torch.Tensor, sr: int) -> torch.Tensor:
+    """EnCodec round trip of wav [C, T] at the codec's rate, each channel on its own: [1, C, T]."""
+    from audiocraft.data.audio_utils import convert_audio
+
+    channels = wav.shape[0]
+    x = convert_audio(wav, sr, codec.sample_rate, channels)  # [C, T]
+    x = x[:, None, :].to(next(codec.parameters()).device)  # channels as a batch of mono: [C, 1, T]
+    codes, scale = codec.encode(x)
+    out = codec.decode(codes, scale)  # [C, 1, T']
+    return out[:, 0, : x.shape[-1]][None]

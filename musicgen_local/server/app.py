@@ -1,0 +1,125 @@
+"""The FastAPI app: wiring, auth, body limits, and every exception -> HTTP status mapping in one place.
+
+Errors use Replicate's RFC 7807 problem shape (`title`, `detail`, `status`), which the Python
+client's `ReplicateError.from_response` reads; nothing a client sends should produce a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..engine.api import Engine
+from ..settings import Settings
+from . import resources, routes
+from .routes import InputInvalid
+from .store import Store
+from .webhooks import WebhookSender
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
+_FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
+
+
+def problem(status: int, title: str, detail: Any, **extra: Any) -> JSONResponse:
+    return JSONResponse({"title": title, "detail": detail, "status": status, **extra}, status_code=status,
+                        media_type="application/problem+json")
+
+
+def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> JSONResponse:
+    """422 with one entry per bad field, plus a readable summary the clients show in their exception."""
+    fields = [{"field": ".".join(map(str, (*prefix, *e["loc"]))), "type": e["type"], "description": e["msg"]}
+              for e in errors]
+    summary = "\n".join(f"- {f['field']}: {f['description']}" for f in fields)
+    return problem(422, "Input validation failed", summary, invalid_fields=fields)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        titles = {400: "Bad request", 401: "Unauthenticated", 404: "Not found", 405: "Method not allowed",
+                  413: "Request too large", 422: "Unprocessable entity"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return field_errors(list(exc.errors()))
+
+    @app.exception_handler(pydantic.ValidationError)
+    async def body_invalid(request: Request, exc: pydantic.ValidationError) -> JSONResponse:
+        return field_errors(exc.errors())
+
+    @app.exception_handler(InputInvalid)
+    async def input_invalid(request: Request, exc: InputInvalid) -> JSONResponse:
+        return field_errors(exc.errors, ("input",))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s: unexpected error", request.method, request.url.path)
+        return problem(500, "Internal server error", "Unexpected server error; see the server log.")
+
+
+def _limit_body(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next):
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return problem(413, "Request too large", f"Request bodies are limited to {MAX_BODY_BYTES} bytes.")
+        return await call_next(request)
+
+
+def require_token(request: Request) -> None:
+    """Every /v1 route, when MUSICGEN_API_TOKEN is set: `Authorization: Bearer <token>`."""
+    token = request.app.state.settings.api_token
+    if not token:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(value.strip(), token):
+        raise HTTPException(401, "You did not pass a valid authentication token")
+
+
+def resolver(store: Store):
+    """Map our own /v1/files/<id> URLs to the uploaded file on disk; leave other inputs as they are."""
+    def resolve(url: str) -> str:
+        match = _FILE_URL.search(url.split("?")[0])
+        found = store.get_file(match.group(1)) if match else None
+        return str(found[1]) if found else url
+
+    return resolve
+
+
+def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
+               webhook_backoff_s: float = 0.1) -> FastAPI:
+    store = Store(Path(settings.data_dir))
+    webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s)
+    worker = Worker(engine, store, webhooks, resolver(store))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        worker.stop()
+        webhooks.close()
+
+    app = FastAPI(title="musicgen-local", lifespan=lifespan)
+    app.state.settings, app.state.store, app.state.worker = settings, store, worker
+    app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
+    _install_error_handlers(app)
+    _limit_body(app)
+    auth = [Depends(require_token)]
+    app.include_router(routes.router, prefix="/v1", dependencies=auth)
+    app.include_router(resources.v1, prefix="/v1", dependencies=auth)
+    app.include_router(resources.public)
+    return app

@@ -1,0 +1,87 @@
+"""The prediction object, shaped exactly as Replicate's v1 API returns it.
+
+A `Prediction` holds what we persist; `to_json(base_url)` renders the public object, so output
+and `urls` are absolute URLs for whoever is asking (or, for webhooks, the creator's base URL).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+MODEL = "meta/musicgen"
+TERMINAL = ("succeeded", "failed", "canceled")
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_id() -> str:
+    """26 lowercase characters, like Replicate's ids; unguessable, because output URLs need no token."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime | None) -> str | None:
+    # Replicate writes e.g. 2024-05-01T12:00:00.123456Z
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if t else None
+
+
+@dataclass
+class Prediction:
+    id: str
+    version: str
+    input: dict[str, Any]
+    created_at: datetime = field(default_factory=now)
+    status: str = "starting"
+    logs: str = ""
+    output_file: str | None = None  # file name inside this prediction's data directory
+    error: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    webhook: str | None = None
+    webhook_events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
+    base_url: str = ""  # the creator's base URL, used to render webhook bodies
+    seed: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def metrics(self) -> dict[str, float]:
+        if not self.completed_at:
+            return {}
+        out = {"total_time": (self.completed_at - self.created_at).total_seconds()}
+        if self.started_at:
+            out["predict_time"] = (self.completed_at - self.started_at).total_seconds()
+        return out
+
+    def to_json(self, base_url: str | None = None) -> dict[str, Any]:
+        base = (base_url or self.base_url).rstrip("/")
+        output = f"{base}/delivery/{self.id}/{self.output_file}" if self.output_file else None
+        urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
+        return {
+            "id": self.id, "model": MODEL, "version": self.version, "input": self.input, "logs": self.logs,
+            "output": output, "data_removed": False, "error": self.error, "status": self.status,
+            "created_at": iso(self.created_at), "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at), "source": "api", "metrics": self.metrics(), "urls": urls,
+        }
+
+    # Persistence: a plain dict of JSON-able values (datetimes as ISO strings).
+    def to_record(self) -> dict[str, Any]:
+        rec = asdict(self)
+        for key in ("created_at", "started_at", "completed_at"):
+            rec[key] = rec[key].isoformat() if rec[key] else None
+        rec["webhook_events_filter"] = list(self.webhook_events_filter)
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Prediction:
+        rec = dict(rec)
+        for key in ("created_at", "started_at", "completed_at"):
+            rec[key] = datetime.fromisoformat(rec[key]) if rec[key] else None
+        rec["webhook_events_filter"] = tuple(rec["webhook_events_filter"])
+        return cls(**rec)

@@ -1,0 +1,121 @@
+"""The model and its versions (with the OpenAPI schema), file uploads, the webhook secret, health,
+and the public delivery of outputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from ..schema import VERSION_IDS, openapi_schema
+from .prediction import MODEL, iso, now
+
+v1 = APIRouter()  # behind the token, when one is set
+public = APIRouter()  # health and outputs: the Node client fetches outputs with plain fetch(), no token
+VERSION_CREATED = "2024-03-14T16:54:56.000000Z"  # fixed: a version never changes
+COG_VERSION = "0.23.1"
+
+
+def _version(version_id: str) -> dict[str, Any]:
+    return {"id": version_id, "created_at": VERSION_CREATED, "cog_version": COG_VERSION,
+            "openapi_schema": openapi_schema()}
+
+
+@v1.get("/models/meta/musicgen")
+async def get_model(request: Request) -> dict[str, Any]:
+    return {"url": f"{request.base_url}v1/models/{MODEL}", "owner": "meta", "name": "musicgen",
+            "description": "Generate music from a prompt or melody (served locally by musicgen-local)",
+            "visibility": "public", "github_url": "https://github.com/facebookresearch/audiocraft",
+            "paper_url": "https://arxiv.org/abs/2306.05284",
+            "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights",
+            "run_count": 0, "cover_image_url": None, "default_example": None,
+            "latest_version": _version(VERSION_IDS[0])}
+
+
+@v1.get("/models/meta/musicgen/versions")
+async def list_versions() -> dict[str, Any]:
+    return {"next": None, "previous": None, "results": [_version(v) for v in VERSION_IDS]}
+
+
+@v1.get("/models/meta/musicgen/versions/{version_id}")
+async def get_version(version_id: str) -> dict[str, Any]:
+    if version_id not in VERSION_IDS:
+        raise HTTPException(404, f"No version {version_id!r} of {MODEL}; this server has {', '.join(VERSION_IDS)}.")
+    return _version(version_id)
+
+
+def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "urls": {"get": f"{request.base_url}v1/files/{record['id']}"}}
+
+
+async def _metadata(part: Any) -> dict[str, Any]:
+    """`metadata` comes as a plain field (Python client) or as a JSON blob part (Node client)."""
+    raw = await part.read() if isinstance(part, StarletteUpload) else part
+    try:
+        meta = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise HTTPException(400, "`metadata` must be a JSON object.")
+    return meta
+
+
+@v1.post("/files", status_code=201)
+async def create_file(request: Request) -> dict[str, Any]:
+    """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs."""
+    try:
+        form = await request.form()
+    except MultiPartException:
+        raise HTTPException(400, "Send the file as multipart/form-data with a `content` part.") from None
+    content = form.get("content")
+    if not isinstance(content, StarletteUpload):
+        raise HTTPException(422, "- content: a file part named `content` is required.")
+    record = request.app.state.store.add_file(content.filename or "file", content.content_type
+                                              or "application/octet-stream", await content.read(),
+                                              await _metadata(form.get("metadata")))
+    return _file_json(request, record)
+
+
+def _stored_file(request: Request, file_id: str):
+    found = request.app.state.store.get_file(file_id)
+    if not found:
+        raise HTTPException(404, f"No file with id {file_id!r}.")
+    return found
+
+
+@v1.get("/files/{file_id}")
+async def get_file(request: Request, file_id: str) -> dict[str, Any]:
+    return _file_json(request, _stored_file(request, file_id)[0])
+
+
+@v1.get("/files/{file_id}/download")
+async def download_file(request: Request, file_id: str) -> FileResponse:
+    record, path = _stored_file(request, file_id)
+    return FileResponse(path, media_type=record["content_type"], filename=record["name"])
+
+
+@v1.get("/webhooks/default/secret")
+async def webhook_secret(request: Request) -> dict[str, str]:
+    return {"key": request.app.state.store.secret()}
+
+
+@public.get("/health-check")
+async def health(request: Request) -> dict[str, Any]:
+    engine = request.app.state.engine
+    return {"status": "READY", "engine": engine.health() if hasattr(engine, "health") else {},
+            "time": iso(now())}
+
+
+@public.get("/delivery/{pred_id}/{name}")
+async def deliver_output(request: Request, pred_id: str, name: str) -> FileResponse:
+    """Outputs, like replicate.delivery: no token, the unguessable prediction id is the capability."""
+    pred = request.app.state.store.get(pred_id)
+    if pred is None or pred.output_file != name:
+        raise HTTPException(404, f"No output {name!r} for prediction {pred_id!r}.")
+    media = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
+    return FileResponse(request.app.state.store.prediction_dir(pred_id) / name, media_type=media)

@@ -1,0 +1,52 @@
+"""Cog predictor: Replicate's meta/musicgen schema on the musicgen-local engine.
+
+Every Input's description, default, choices and minimum come from musicgen_local.schema (the one
+definition); tests check that what cog derives from this signature equals Replicate's schema.
+Uses cog >= 0.20's names (BaseRunner/run): the legacy BasePredictor/predict log deprecation warnings.
+"""
+
+import tempfile
+from typing import Optional
+
+from cog import BaseRunner, Input, Path
+
+from musicgen_local.engine import Hooks, Request, load_engine
+from musicgen_local.schema import cog_input_kwargs as spec, parse_input
+
+
+class Predictor(BaseRunner):
+    def setup(self) -> None:
+        self.engine = load_engine()
+
+    def run(
+        self,
+        model_version: str = Input(**spec("model_version")),
+        prompt: Optional[str] = Input(**spec("prompt")),
+        input_audio: Optional[Path] = Input(**spec("input_audio")),
+        duration: int = Input(**spec("duration")),
+        continuation: bool = Input(**spec("continuation")),
+        continuation_start: int = Input(**spec("continuation_start")),
+        continuation_end: Optional[int] = Input(**spec("continuation_end")),
+        multi_band_diffusion: bool = Input(**spec("multi_band_diffusion")),
+        normalization_strategy: str = Input(**spec("normalization_strategy")),
+        top_k: int = Input(**spec("top_k")),
+        top_p: float = Input(**spec("top_p")),
+        temperature: float = Input(**spec("temperature")),
+        classifier_free_guidance: int = Input(**spec("classifier_free_guidance")),
+        output_format: str = Input(**spec("output_format")),
+        seed: Optional[int] = Input(**spec("seed")),
+    ) -> Path:
+        inputs = dict(locals())
+        del inputs["self"]
+        inputs["input_audio"] = None if input_audio is None else str(input_audio)
+        inputs["top_p"], inputs["temperature"] = float(top_p), float(temperature)
+        request = Request.from_input(parse_input(inputs))
+        hooks = Hooks(on_log=print, on_progress=_print_progress)
+        result = self.engine.generate(request, Path(tempfile.mkdtemp(prefix="musicgen-")), hooks)
+        return Path(result.path)
+
+
+def _print_progress(done: int, total: int) -> None:
+    # One line per tenth: enough to follow in Cog's logs without flooding them.
+    if done == total or done % max(1, total // 10) == 0:
+        print(f"{done: 6d} / {total: 6d}")

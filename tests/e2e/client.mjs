@@ -1,0 +1,69 @@
+// The official npm `replicate` client against a local musicgen-local server.
+// Usage: node client.mjs <action> '<json args>'; prints one JSON line with what it observed.
+import http from "node:http";
+import { readFileSync } from "node:fs";
+import Replicate, { parseProgressFromLogs, validateWebhook } from "replicate";
+
+const [action, rawArgs] = process.argv.slice(2);
+const args = JSON.parse(rawArgs);
+const replicate = new Replicate({ auth: args.token, baseUrl: `${args.baseUrl}/v1` });
+const ref = `meta/musicgen:${args.version}`;
+
+async function run() {
+  // The seed's own call, plus a progress callback to see what parseProgressFromLogs reads.
+  const progress = [];
+  const input = { ...args.input };
+  if (args.melodyPath) input.input_audio = readFileSync(args.melodyPath); // uploaded via POST /files
+  const seen = (p) => p.logs && progress.push(parseProgressFromLogs(p.logs));
+  const output = await replicate.run(ref, { input }, seen);
+  const [latest] = (await replicate.predictions.list()).results;
+  return { output: String(output), progress, latest };
+}
+
+function listenOnce() {
+  return new Promise((resolve) => {
+    let deliveries = [];
+    const server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (chunk) => (body += chunk));
+      req.on("end", () => {
+        deliveries.push({ headers: req.headers, body });
+        res.end("ok");
+      });
+    });
+    server.listen(0, "127.0.0.1", () => resolve({ server, deliveries, port: server.address().port }));
+  });
+}
+
+async function webhook() {
+  const { server, deliveries, port } = await listenOnce();
+  const prediction = await replicate.predictions.create({
+    version: args.version,
+    input: args.input,
+    webhook: `http://127.0.0.1:${port}/hook`,
+    webhook_events_filter: ["completed"],
+  });
+  const { key } = await replicate.webhooks.default.secret.get();
+  const deadline = Date.now() + 120000;
+  while (deliveries.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  await new Promise((r) => setTimeout(r, 1000)); // would catch an unfiltered late event
+  server.close();
+  const valid = [];
+  for (const d of deliveries) valid.push(await validateWebhook({ headers: d.headers, body: d.body }, key));
+  const tampered = deliveries.length
+    ? await validateWebhook({ headers: deliveries[0].headers, body: deliveries[0].body + " " }, key)
+    : null;
+  return { created: prediction, statuses: deliveries.map((d) => JSON.parse(d.body).status), valid, tampered };
+}
+
+async function badToken() {
+  try {
+    await replicate.predictions.list();
+    return { error: null };
+  } catch (e) {
+    return { error: String(e.message), status: e.response?.status };
+  }
+}
+
+const actions = { run, webhook, badToken };
+console.log(JSON.stringify(await actions[action]()));

@@ -1,0 +1,85 @@
+"""Ring-1 helpers and fixtures: the real app on the torch-free fake engine, plus a local webhook receiver."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from musicgen_local.server import create_app
+from musicgen_local.settings import Settings
+from musicgen_local.testing.fake_engine import FakeEngine
+
+V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V2 = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
+
+
+def make_client(tmp_path, engine=None, **kwargs) -> TestClient:
+    settings = Settings(data_dir=tmp_path / "data", api_token=kwargs.pop("api_token", ""))
+    return TestClient(create_app(settings, engine or FakeEngine(), **kwargs))
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(tmp_path, fake_engine) -> Iterator[TestClient]:
+    with make_client(tmp_path, fake_engine, page_size=2, webhook_backoff_s=0.05) as c:
+        yield c
+
+
+def wait_done(client: TestClient, pred_id: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/predictions/{pred_id}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"prediction {pred_id} did not finish: {body}")
+
+
+class Receiver:
+    """An HTTP listener that records webhook deliveries; answers `fail_first` of them with 503."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.calls: list[tuple[dict, bytes]] = []
+        self.fail_first = fail_first
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                failing = len(receiver.calls) <= receiver.fail_first
+                self.send_response(503 if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.calls]
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.events()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert predicate(self.events()), self.events()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
