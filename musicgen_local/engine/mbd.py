@@ -128,17 +128,19 @@ def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool) -
         return torch.cat([mbd.tokens_to_wav(left), mbd.tokens_to_wav(right)], dim=1)  # [B, 2, T']
 
 
-def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor) -> torch.Tensor:
-    """The encode-decode round trip with MBD: audio [B, C, T] at 32 kHz -> MBD's EnCodec tokens per
-    channel -> MBD decode -> [B, C, T] (the codec pads to whole 640-sample frames; we trim back)."""
+def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int = 32000) -> torch.Tensor:
+    """The encode-decode round trip with MBD: audio [B, C, T] (resampled to MBD's 32 kHz when
+    `sample_rate` differs) -> MBD's EnCodec tokens per channel -> MBD decode -> [B, C, T'] at 32 kHz
+    (the codec pads to whole 640-sample frames; we trim back to the input's length)."""
     import torch
+    from audiocraft.data.audio_utils import convert_audio
 
     assert audio.dim() == 3, f"expected [B, C, T], got {tuple(audio.shape)}"
-    audio = audio.to(mbd.device)
+    audio = convert_audio(audio.to(mbd.device), sample_rate, mbd.sample_rate, audio.shape[1])  # [B, C, T']
     channels = []
     with torch.inference_mode():
         for c in range(audio.shape[1]):
             codes, scale = mbd.codec_model.encode(audio[:, c : c + 1])  # [B, K, frames]
             assert scale is None, "MBD's codec does not renormalise"
-            channels.append(mbd.tokens_to_wav(codes)[..., : audio.shape[-1]])  # [B, 1, T]
-    return torch.cat(channels, dim=1)  # [B, C, T]
+            channels.append(mbd.tokens_to_wav(codes)[..., : audio.shape[-1]])  # [B, 1, T']
+    return torch.cat(channels, dim=1)  # [B, C, T']

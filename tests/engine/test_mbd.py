@@ -100,6 +100,11 @@ def test_encode_decode_keeps_channels_and_length(mbd, channels):
     assert torch.isfinite(out).all()
 
 
+def test_encode_decode_resamples_to_32khz(mbd):
+    audio = torch.sin(2 * torch.pi * 440.0 * torch.arange(4410) / 44100)[None, None] * 0.5  # 0.1 s at 44.1 kHz
+    assert M.encode_decode(mbd, audio, sample_rate=44100).shape == (1, 1, 3200)
+
+
 @pytest.mark.parametrize("version", ["large", "stereo-large", "melody-large", "stereo-melody-large"])
 def test_mbd_decodes_each_lm_variants_tokens(tiny_weights, mbd, version):
     model = _musicgen(version)
