@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import weights as W
+from ..errors import WeightsMissingError
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +76,13 @@ def load_mbd(weights_dir: Path, device: str = "cpu") -> MultiBandDiffusion:
     from audiocraft.models.multibanddiffusion import DiffusionProcess, MultiBandDiffusion
     from audiocraft.modules.diffusion_schedule import NoiseSchedule
 
-    W.require(weights_dir, "multi_band_diffusion", mbd=True, files=W.MBD_FILES)
+    absent = W.missing(weights_dir, W.MBD_FILES)
+    if absent:
+        raise WeightsMissingError(
+            f"MultiBand Diffusion weights are not in {weights_dir}: missing {', '.join(map(str, absent))}. "
+            "Fetch them with `musicgen-local weights fetch <model_version> --mbd` "
+            "(or set MUSICGEN_WEIGHTS to where they are)."
+        )
     codec_path, mbd_path = W.cached_path(weights_dir, CODEC_FILE), W.cached_path(weights_dir, MBD_FILE)
     with safe_mbd_unpickling():
         codec = load_compression_model(str(codec_path), device=device)

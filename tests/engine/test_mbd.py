@@ -135,4 +135,4 @@ def test_missing_file_fails_fast_naming_it(tiny_weights, tmp_path, absent):
     with pytest.raises(WeightsMissingError, match=str(absent)) as err:
         M.LazyMbd(tmp_path).get()
     assert time.monotonic() - start < 5
-    assert "musicgen-local weights fetch" in str(err.value)
+    assert "`musicgen-local weights fetch <model_version> --mbd`" in str(err.value)
