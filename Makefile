@@ -6,7 +6,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg test serve cog-serve predict tiny-weights lint clean
+.PHONY: install ffmpeg test serve cog-serve predict tiny-weights weights image lint clean
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
@@ -30,16 +30,27 @@ ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
 
 test: install
+	$(VENV)/bin/ruff check musicgen_local tests predict.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: install
-	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/musicgen-local serve --host $(HOST) --port $(PORT)
 
 cog-serve: install
 	$(VENV)/bin/musicgen-local cog-serve --host $(HOST) --port $(PORT)
 
 tiny-weights: install
 	$(VENV)/bin/musicgen-local weights tiny ./weights
+
+# `make weights` fetches the default model_version; `make weights MODELS="large --mbd"` or MODELS=--all for more.
+weights: install
+	$(VENV)/bin/musicgen-local weights fetch $(MODELS)
+
+IMAGE ?= musicgen-local
+image:
+	@command -v cog >/dev/null 2>&1 || { echo "make image: the cog CLI is not installed (https://github.com/replicate/cog#install); cog.yaml is ready for it." >&2; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "make image: cannot reach a Docker daemon (docker info failed); start Docker and run again." >&2; exit 2; }
+	cog build -t $(IMAGE)
 
 lint: install
 	$(VENV)/bin/ruff check musicgen_local tests predict.py

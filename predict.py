@@ -6,27 +6,31 @@ Uses cog >= 0.20's names (BaseRunner/run): the legacy BasePredictor/predict log 
 """
 
 import tempfile
-from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
+from musicgen_local.cog_weights import settings_for_cog_weights
 from musicgen_local.engine import Hooks, Request, load_engine
-from musicgen_local.schema import cog_input_kwargs as spec, parse_input
+from musicgen_local.schema import cog_input_kwargs as spec
+from musicgen_local.schema import parse_input
+from musicgen_local.settings import Settings
 
 
 class Predictor(BaseRunner):
-    def setup(self) -> None:
-        self.engine = load_engine()
+    def setup(self, weights: str | None = None) -> None:
+        # Cog passes COG_WEIGHTS (e.g. a training's tarball URL) or ./weights: a fine-tuned LM in it
+        # serves the model_version of its architecture; our own weights/ cache changes nothing.
+        self.engine = load_engine(settings_for_cog_weights(Settings.from_env(), weights))
 
     def run(
         self,
         model_version: str = Input(**spec("model_version")),
-        prompt: Optional[str] = Input(**spec("prompt")),
-        input_audio: Optional[Path] = Input(**spec("input_audio")),
+        prompt: str | None = Input(**spec("prompt")),
+        input_audio: Path | None = Input(**spec("input_audio")),
         duration: int = Input(**spec("duration")),
         continuation: bool = Input(**spec("continuation")),
         continuation_start: int = Input(**spec("continuation_start")),
-        continuation_end: Optional[int] = Input(**spec("continuation_end")),
+        continuation_end: int | None = Input(**spec("continuation_end")),
         multi_band_diffusion: bool = Input(**spec("multi_band_diffusion")),
         normalization_strategy: str = Input(**spec("normalization_strategy")),
         top_k: int = Input(**spec("top_k")),
@@ -34,7 +38,7 @@ class Predictor(BaseRunner):
         temperature: float = Input(**spec("temperature")),
         classifier_free_guidance: int = Input(**spec("classifier_free_guidance")),
         output_format: str = Input(**spec("output_format")),
-        seed: Optional[int] = Input(**spec("seed")),
+        seed: int | None = Input(**spec("seed")),
     ) -> Path:
         inputs = dict(locals())
         del inputs["self"]

@@ -35,7 +35,7 @@ def fetch_input(ref: str, work_dir: Path) -> Path:
         return _decode_data_uri(ref, work_dir)
     if ref.startswith(("http://", "https://")):
         return _download(ref, work_dir)
-    path = Path(ref[7:] if ref.startswith("file://") else ref).expanduser()
+    path = Path(ref.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise UserError(f"`input_audio` file not found: {ref}")
     return path
@@ -76,7 +76,7 @@ def read(path: Path):
 
     try:
         wav, sr = audio_read(path)
-    except Exception as exc:  # decoders raise many types; all mean "not audio we can read"
+    except Exception as exc:  # noqa: BLE001 -- decoders raise many types; all mean "not audio we can read"
         raise UserError(
             f"Could not decode `input_audio` ({path.name}): {exc}. Send a wav, mp3, flac or ogg file.") from None
     if wav.numel() == 0:

@@ -86,7 +86,8 @@ def cmd_weights_tiny(args, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env_help = "\n".join(f"  {name:24} {meaning} (default: {default!r})" for name, (default, meaning) in ENV_VARS.items())
+    env_help = "\n".join(f"  {name:24} {meaning} (default: {default!r})"
+                         for name, (default, meaning) in ENV_VARS.items())
     parser = argparse.ArgumentParser(prog="musicgen-local", description=__doc__, epilog="environment:\n" + env_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

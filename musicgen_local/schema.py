@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field as PydanticField, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, create_model
+from pydantic import Field as PydanticField
 
 from .errors import UserError
 
@@ -82,7 +83,7 @@ _STRICT = {str: StrictStr, int: StrictInt, bool: StrictBool, float: float}
 def _pydantic_field(f: Field) -> tuple[Any, Any]:
     annotation: Any = Literal[f.choices] if f.choices else _STRICT[f.kind]  # type: ignore[valid-type]
     if f.default is None:
-        annotation = Optional[annotation]
+        annotation = annotation | None
     return annotation, PydanticField(f.default, ge=f.minimum, description=f.description)
 
 

@@ -6,9 +6,9 @@ Read once, at start-up, into a frozen `Settings`; nothing reads the environment 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 # name -> (default, one-line meaning). `musicgen-local --help` and the README list these.
 ENV_VARS: dict[str, tuple[str, str]] = {
@@ -19,8 +19,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_DECODER": ("reference", "token decoder: reference (audiocraft's loop) or fast"),
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database and output files"),
+    "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
+    # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
+    "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
+    "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
 }
 
 
@@ -43,10 +47,11 @@ class Settings:
     auto_fetch: bool = False
     data_dir: Path = Path("./data")
     api_token: str = ""
+    output: str = "url"
     checkpoints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str:
@@ -61,8 +66,9 @@ class Settings:
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
+            output=get("MUSICGEN_OUTPUT"),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
         )
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -90,8 +90,8 @@ MELODY_MSG = ("`stereo-large` and `large` model does not support melody input. S
     ({"prompt": "x", "input_audio": "a.wav", "continuation_start": 5, "continuation_end": 2},
      "`continuation_start` must be less than or equal to `continuation_end`"),
     ({"prompt": "x", "duration": 0}, "`duration` must be at least 1 second, got 0."),
-    ({"prompt": "x", "duration": 301}, "`duration` must be at most 300 seconds, got 301. "
-                                       "The server's limit is set by MUSICGEN_MAX_DURATION."),
+    ({"prompt": "x", "duration": 301}, ("`duration` must be at most 300 seconds, got 301. "
+                                        "The server's limit is set by MUSICGEN_MAX_DURATION.")),
     ({"prompt": "x", "top_k": -1}, "`top_k` must be 0 or more, got -1."),
     ({"prompt": "x", "top_p": 1.5}, "`top_p` must be between 0 and 1, got 1.5."),
     ({"prompt": "x", "top_p": -0.1}, "`top_p` must be between 0 and 1, got -0.1."),

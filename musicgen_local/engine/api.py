@@ -5,9 +5,10 @@ predict.py, the v1 server and the CLI call `Engine.generate` and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Request:
     seed: int | None = None
 
     @classmethod
-    def from_input(cls, inp: Any) -> "Request":
+    def from_input(cls, inp: Any) -> Request:
         """From schema.PredictionInput (or any mapping of the same names)."""
         data = inp.model_dump() if hasattr(inp, "model_dump") else dict(inp)
         return cls(**data)

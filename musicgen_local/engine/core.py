@@ -40,7 +40,9 @@ class MusicgenEngine:
         # One generation at a time: seeding is process-global, and one GPU serves one request.
         self._lock = threading.Lock()
 
-    def _load(self, key: str) -> Any:
+    def _load(self, key: str, on_log) -> Any:
+        """A cache miss: check (or fetch) the files, then load them."""
+        weights_check(self.settings, key, False, on_log)
         if key == CODEC_KEY:
             return load_codec(self.settings, self.device)
         return load_musicgen(self.settings, key, self.device)
@@ -57,7 +59,6 @@ class MusicgenEngine:
         with self._lock, torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
             configure_environment(self.settings.weights_dir)  # the hub env is process-wide: make it ours
             clip = self._read_input(request, Path(tmp))
-            weights_check(self.settings, request.model_version, request.multi_band_diffusion, hooks.on_log)
             model = self.models.get(request.model_version, hooks.on_log)
             seed_everything(seed)
             if request.model_version == CODEC_KEY:

@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import weights as W
 from ..errors import WeightsMissingError
@@ -69,7 +69,7 @@ class ModelCache:
     """Models by key, loaded on first use; beyond `max_models` (0: no limit) the least recently used
     is dropped, and its GPU memory returned."""
 
-    def __init__(self, load: Callable[[str], Any], max_models: int = 0):
+    def __init__(self, load: Callable[[str, Callable[[str], None]], Any], max_models: int = 0):
         self._load = load
         self._max = max_models
         self._models: OrderedDict[str, Any] = OrderedDict()
@@ -83,7 +83,7 @@ class ModelCache:
                 return self._models[key]
             on_log(f"Loading model {key}...")
             start = time.monotonic()
-            model = self._load(key)
+            model = self._load(key, on_log)
             self.loads += 1
             on_log(f"Model {key} loaded in {time.monotonic() - start:.1f}s.")
             self._models[key] = model
@@ -109,15 +109,11 @@ def _free_gpu_memory() -> None:
 
 def weights_check(settings: Settings, model_version: str, mbd: bool, on_log: Callable[[str], None]) -> None:
     """Before loading: fetch what is missing when allowed, else fail fast naming the files."""
-    if model_version in settings.checkpoints and Path(settings.checkpoints[model_version]).is_dir():
-        return  # a local custom checkpoint: audiocraft reads the directory directly
-    if settings.auto_fetch:
-        from ..fetch import ensure_available
+    from ..fetch import ensure_available, required_files, with_pointed_codecs
 
-        ensure_available(settings.weights_dir, model_version, mbd, on_log)
+    checkpoint = settings.checkpoints.get(model_version)
+    if settings.auto_fetch:
+        ensure_available(settings.weights_dir, model_version, mbd, on_log, checkpoint=checkpoint)
         return
-    files = W.required_files(model_version, mbd)
-    if model_version in settings.checkpoints:  # a custom hub repo replaces facebook/musicgen-<v>
-        repo = settings.checkpoints[model_version]
-        files = tuple(W.HubFile(repo, f.filename) if f.repo == W.lm_repo(model_version) else f for f in files)
-    W.require(settings.weights_dir, model_version, mbd, files)
+    needed = with_pointed_codecs(settings.weights_dir, required_files(model_version, mbd, checkpoint))
+    W.require(settings.weights_dir, model_version, mbd, tuple(needed))

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from ..engine.api import Engine
 from ..settings import Settings
 from . import resources, routes
+from .prediction import Prediction
 from .routes import InputInvalid
 from .store import Store
 from .webhooks import WebhookSender
@@ -103,7 +104,13 @@ def resolver(store: Store):
 def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
                webhook_backoff_s: float = 0.1) -> FastAPI:
     store = Store(Path(settings.data_dir))
-    webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s)
+
+    def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
+        inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
+        return pred.to_json(base_url, inline)
+
+    webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
+                             render=render)
     worker = Worker(engine, store, webhooks, resolver(store))
 
     @asynccontextmanager
@@ -114,7 +121,7 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
         webhooks.close()
 
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
-    app.state.settings, app.state.store, app.state.worker = settings, store, worker
+    app.state.settings, app.state.store, app.state.worker, app.state.render = settings, store, worker, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     _install_error_handlers(app)
     _limit_body(app)

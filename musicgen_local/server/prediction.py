@@ -6,19 +6,27 @@ and `urls` are absolute URLs for whoever is asking (or, for webhooks, the creato
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 MODEL = "meta/musicgen"
 TERMINAL = ("succeeded", "failed", "canceled")
+MIME_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg"}
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def new_id() -> str:
     """26 lowercase characters, like Replicate's ids; unguessable, because output URLs need no token."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+
+
+def data_uri(path: Path) -> str:
+    mime = MIME_TYPES.get(path.suffix, "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 def now() -> datetime:
@@ -59,9 +67,12 @@ class Prediction:
             out["predict_time"] = (self.completed_at - self.started_at).total_seconds()
         return out
 
-    def to_json(self, base_url: str | None = None) -> dict[str, Any]:
+    def to_json(self, base_url: str | None = None, inline_dir: Path | None = None) -> dict[str, Any]:
+        """`inline_dir`: render the output as a data URI of the file there instead of a URL."""
         base = (base_url or self.base_url).rstrip("/")
         output = f"{base}/delivery/{self.id}/{self.output_file}" if self.output_file else None
+        if self.output_file and inline_dir is not None:
+            output = data_uri(inline_dir / self.output_file)
         urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
         return {
             "id": self.id, "model": MODEL, "version": self.version, "input": self.input, "logs": self.logs,

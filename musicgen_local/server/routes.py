@@ -93,7 +93,7 @@ async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
     deadline = time.monotonic() + wait_seconds(request.headers.get("prefer"))
     while not pred.done and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    out = pred.to_json(str(request.base_url))
+    out = request.app.state.render(pred, str(request.base_url))
     if not pred.done:
         out["status"] = "starting"
     return out
@@ -118,14 +118,14 @@ def _found(request: Request, pred_id: str) -> Prediction:
 
 @router.get("/predictions/{pred_id}")
 async def get_prediction(request: Request, pred_id: str) -> dict[str, Any]:
-    return _found(request, pred_id).to_json(str(request.base_url))
+    return request.app.state.render(_found(request, pred_id), str(request.base_url))
 
 
 @router.post("/predictions/{pred_id}/cancel")
 async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
     pred = _found(request, pred_id)
     request.app.state.worker.cancel(pred)
-    return pred.to_json(str(request.base_url))
+    return request.app.state.render(pred, str(request.base_url))
 
 
 @router.get("/predictions")
@@ -139,4 +139,5 @@ async def list_predictions(request: Request, cursor: str | None = None) -> dict[
     def link(c: str | None) -> str | None:
         return f"{base}v1/predictions?cursor={c}" if c else None
 
-    return {"next": link(next_cursor), "previous": link(prev_cursor), "results": [p.to_json(base) for p in preds]}
+    results = [request.app.state.render(p, base) for p in preds]
+    return {"next": link(next_cursor), "previous": link(prev_cursor), "results": results}

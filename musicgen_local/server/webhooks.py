@@ -17,8 +17,10 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -46,8 +48,9 @@ class Delivery:
 
 
 class WebhookSender:
-    def __init__(self, secret: str, throttle_s: float = 0.5, retries: int = 12, backoff_s: float = 0.1) -> None:
-        self.secret = secret
+    def __init__(self, secret: str, throttle_s: float = 0.5, retries: int = 12, backoff_s: float = 0.1,
+                 render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json) -> None:
+        self.secret, self.render = secret, render
         self.throttle_s, self.retries, self.backoff_s = throttle_s, retries, backoff_s
         self._last_sent: dict[str, float] = {}
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
@@ -66,7 +69,7 @@ class WebhookSender:
         self._last_sent[pred.id] = t
         if event == "completed":
             self._last_sent.pop(pred.id, None)
-        body = json.dumps(pred.to_json()).encode()
+        body = json.dumps(self.render(pred)).encode()
         self._queue.put(Delivery(pred.webhook, body, f"msg_{uuid.uuid4().hex}", event == "completed", pred.id))
 
     def _run(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 import replicate
 from e2e_helpers import TOKEN, LiveServer, audio_info
 from replicate.exceptions import ModelError, ReplicateError
+from replicate.helpers import FileOutput
 
 V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
 REF = f"meta/musicgen:{V1}"
@@ -64,3 +65,13 @@ def test_restart_keeps_predictions_and_outputs(live_settings, engine, client, li
         again = replicate.Client(api_token=TOKEN, base_url=second.url).predictions.get(pred_id)
         assert again.status == "succeeded" and again.output == f"{second.url}/delivery/{pred_id}/out.wav"
         assert audio_info(again.output) == (1, 32000, 32000)
+
+
+def test_data_uri_outputs_come_back_as_file_output(live_settings, engine):
+    """With MUSICGEN_OUTPUT=data-uri, code that reads the output as a file works unchanged."""
+    with LiveServer(live_settings.with_(output="data-uri"), engine) as server:
+        client = replicate.Client(api_token=TOKEN, base_url=server.url)
+        output = client.run(REF, input={"prompt": "jazz", "duration": 1, "model_version": "large"})
+        assert isinstance(output, FileOutput)
+        data = output.read()
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import wave
 from pathlib import Path
 
+from fastapi.testclient import TestClient
 from server_helpers import V1, V2, make_client, wait_done
 
+from musicgen_local.server import create_app
+from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
 
 PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")  # the Node client's parseProgressFromLogs
@@ -119,3 +123,15 @@ def test_models_and_versions_serve_the_openapi_schema(client):
     assert client.get("/v1/models/meta/musicgen/versions/nope").status_code == 404
     assert client.get("/v1/webhooks/default/secret").json()["key"].startswith("whsec_")
     assert client.get("/health-check").json()["status"] == "READY"
+
+
+def test_data_uri_output_mode_inlines_the_file(tmp_path):
+    """MUSICGEN_OUTPUT=data-uri: both clients wrap data: outputs as FileOutput, like Replicate's https URLs."""
+    settings = Settings(data_dir=tmp_path / "data", output="data-uri")
+    with TestClient(create_app(settings, FakeEngine())) as client:
+        inputs = {"prompt": "x", "duration": 1, "model_version": "large"}
+        body = client.post("/v1/predictions", headers={"Prefer": "wait"}, json={"version": V1, "input": inputs}).json()
+        assert body["output"].startswith("data:audio/wav;base64,")
+        served = client.get(f"/delivery/{body['id']}/out.wav").content
+        assert base64.b64decode(body["output"].split(",", 1)[1]) == served
+        assert client.get(f"/v1/predictions/{body['id']}").json()["output"] == body["output"]

@@ -1,0 +1,71 @@
+"""predict.py under Cog's own server (coglet 0.23, outside Docker) on tiny weights."""
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cog_server(tiny_weights, tmp_path_factory):
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("cog") / "server.log").open("w")
+    env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICE="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health-check", timeout=2).json()["status"] == "READY":
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, Path(log.name).read_text()
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("cog server not ready: " + Path(log.name).read_text())
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_prediction_round_trip(cog_server):
+    r = httpx.post(f"{cog_server}/predictions", timeout=300, json={"input": {
+        "model_version": "stereo-large", "prompt": "lofi", "duration": 1, "seed": 5}})
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "succeeded", body
+    assert body["output"].startswith("data:audio/wav;base64,") or body["output"].startswith("data:audio/x-wav;")
+    wav, sr = soundfile.read(io.BytesIO(base64.b64decode(body["output"].split(",", 1)[1])), always_2d=True)
+    assert (sr, wav.shape) == (32000, (32000, 2))
+    assert "Using seed 5" in body["logs"]
+
+
+def test_schema_violation_is_422(cog_server):
+    r = httpx.post(f"{cog_server}/predictions", timeout=60, json={"input": {"prompt": "x", "duration": "long"}})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "input", "duration"]
+
+
+def test_semantic_error_fails_with_replicates_message(cog_server):
+    r = httpx.post(f"{cog_server}/predictions", timeout=60, json={"input": {"duration": 1}})
+    body = r.json()
+    assert body["status"] == "failed"
+    assert "Must provide either prompt or input_audio" in body["error"]

@@ -1,0 +1,18 @@
+"""The README stays true: every setting documented, the quick start's version id is one we serve."""
+
+from pathlib import Path
+
+from musicgen_local.schema import VERSION_IDS
+from musicgen_local.settings import ENV_VARS
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_environment_variable_is_documented():
+    assert [name for name in ENV_VARS if f"`{name}`" not in README] == []
+
+
+def test_quick_start_uses_a_served_version_and_the_v1_base_url():
+    assert VERSION_IDS[0] in README
+    assert 'baseUrl: "http://127.0.0.1:5000/v1"' in README
+    assert 'base_url="http://127.0.0.1:5000"' in README
