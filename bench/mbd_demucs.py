@@ -68,7 +68,7 @@ def time_mbd(device: str, dtype: torch.dtype, seconds: float) -> float:
 
     def decode() -> torch.Tensor:
         out = torch.zeros(1, 1, samples, device=device, dtype=dtype)  # [B, 1, T]
-        for unet, schedule in zip(unets, schedules):
+        for unet, schedule in zip(unets, schedules, strict=True):
             out += schedule.generate_subsampled(unet, initial=torch.randn_like(out), condition=emb)
         return out
 

@@ -91,7 +91,7 @@ def load_mbd(weights_dir: Path, device: str = "cpu") -> MultiBandDiffusion:
         DiffusionProcess(
             model=model.eval(), noise_schedule=NoiseSchedule(**cfg.schedule, sample_processor=processor, device=device)
         )
-        for model, processor, cfg in zip(models, processors, cfgs)
+        for model, processor, cfg in zip(models, processors, cfgs, strict=True)
     ]
     log.info("Loaded MultiBand Diffusion (%d bands) from %s", len(processes), mbd_path)
     return MultiBandDiffusion(DPs=processes, codec_model=codec)

@@ -73,7 +73,9 @@ def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
     assert engine.mbd.loads == 1
 
 
-@pytest.mark.parametrize("absent", [*W.MBD_FILES, W.HTDEMUCS_FILES[1]], ids=str)
+@pytest.mark.parametrize(
+    "absent", [*(pytest.param(f, marks=needs_wiring) for f in W.MBD_FILES), W.HTDEMUCS_FILES[1]], ids=str
+)
 def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent):
     shutil.copytree(settings.weights_dir / "hub", tmp_path / "hub")
     W.cached_path(tmp_path, absent).unlink()
