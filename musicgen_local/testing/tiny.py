@@ -212,3 +212,68 @@ def write_tiny_weights(weights_dir: Path, parts: list[str] | None = None) -> Pat
     for name in parts or list(PARTS):
         PARTS[name](weights_dir)
     return weights_dir
+
+
+# ---------------------------------------------------------------------------------------------- MBD
+
+MBD_BANDS = 4  # the released file holds one diffusion UNet per frequency band
+MBD_CODEC_DIM = 16  # = the tiny codec's seanet dimension: the UNet conditions on decode_latent's channels
+# Per band, as audiocraft's 4_bands_base_32khz grid trains them: only the two upper bands rescale
+# their samples with a multi-band processor.
+MBD_PROCESSOR = [(False, 0.4), (False, 0.4), (True, 0.4), (True, 0.75)]
+
+
+def _mbd_band_cfg(band: int):
+    """One band's solver config, structured like audiocraft's diffusion/default.yaml + score/basic."""
+    from omegaconf import OmegaConf
+
+    use_processor, power_std = MBD_PROCESSOR[band]
+    return OmegaConf.create({
+        "solver": "diffusion", "sample_rate": 32000, "channels": 1, "n_q": 4,
+        "compression_model_checkpoint": f"//pretrained/{W.MBD_CODEC}",
+        "diffusion_unet": {"hidden": 8, "depth": 2, "res_blocks": 1, "norm_groups": 4, "kernel": 8, "stride": 4,
+                           "growth": 2, "max_channels": 10_000, "dropout": 0.0, "emb_all_layers": True,
+                           "bilstm": False, "codec_dim": MBD_CODEC_DIM, "transformer": False,
+                           "cross_attention": False},
+        "processor": {"name": "multi_band_processor", "use": use_processor, "n_bands": 8, "num_samples": 10_000,
+                      "power_std": power_std},
+        "filter": {"use": True, "n_bands": MBD_BANDS, "idx_band": band, "cutoffs": None},
+        "schedule": {"repartition": "power", "variable_step_batch": True, "beta_t0": 1.0e-5, "beta_t1": 2.9e-2,
+                     "beta_exp": 7.5, "num_steps": 1000, "variance": "beta", "clip": 5.0, "rescale": 1.0,
+                     "n_bands": None, "noise_scale": 1.0},
+    })
+
+
+def _fitted_processor_state(processor) -> dict:
+    """A trained processor has seen samples; an empty one divides by zero counts."""
+    import torch
+
+    state = processor.state_dict()
+    if "counts" in state:
+        n = state["sum_x"].numel()
+        state.update(counts=torch.ones(1), sum_x=torch.zeros(n), sum_x2=torch.linspace(0.5, 0.01, n),
+                     sum_target_x2=torch.ones(n))
+    return state
+
+
+def write_mbd(weights_dir: Path) -> None:
+    """facebook/multiband-diffusion/mbd_musicgen_32khz.th ({'sample_rate', 'n_bands', band: {'cfg'
+    (an OmegaConf DictConfig, pickled), 'model_state', 'processor_state'}}) and the codec that
+    MultiBandDiffusion.get_mbd_musicgen() pairs it with, facebook/musicgen-small's."""
+    import torch
+    from audiocraft.models import builders
+
+    torch.manual_seed(5)
+    package: dict = {"sample_rate": 32000, "n_bands": MBD_BANDS}
+    for band in range(MBD_BANDS):
+        cfg = _mbd_band_cfg(band)
+        processor = builders.get_processor(cfg.processor, sample_rate=cfg.sample_rate)
+        package[band] = {"cfg": cfg, "model_state": builders.get_diffusion_model(cfg).state_dict(),
+                         "processor_state": _fitted_processor_state(processor)}
+    torch.save(package, hub_path(weights_dir, W.MBD, "mbd_musicgen_32khz.th"))
+    # The same tiny codec as the mono LMs': every MusicGen model shares EnCodec 32 kHz, so the LMs'
+    # tokens are valid input to MBD's codec, as with the real checkpoints.
+    write_audiocraft_encodec(hub_path(weights_dir, W.MBD_CODEC, "compression_state_dict.bin"))
+
+
+PARTS["mbd"] = write_mbd
