@@ -211,11 +211,11 @@ def _coerce(f: Field, raw: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Semantic checks: Replicate's messages verbatim where it has one, ours otherwise.
 
-STEREO_MBD_MESSAGE = "Multi-Band Diffusion is only available with non-stereo models."
+def check_semantics(inp: BaseModel, max_duration: int) -> None:
+    """Raise UserError for a request that is well-typed but cannot be served.
 
-
-def check_semantics(inp: BaseModel, max_duration: int, stereo_mbd: bool = False) -> None:
-    """Raise UserError for a request that is well-typed but cannot be served."""
+    Replicate also refuses `multi_band_diffusion` on stereo models ("Multi-Band Diffusion is only
+    available with non-stereo models."); we serve it, decoding left and right separately."""
     v = inp.model_version
     if inp.prompt is None and inp.input_audio is None:
         raise UserError("Must provide either prompt or input_audio")
@@ -227,8 +227,6 @@ def check_semantics(inp: BaseModel, max_duration: int, stereo_mbd: bool = False)
         raise UserError(
             "`stereo-large` and `large` model does not support melody input. Set "
             "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input.")
-    if "stereo" in v and inp.multi_band_diffusion and not stereo_mbd:
-        raise UserError(STEREO_MBD_MESSAGE)
     if inp.continuation_end is not None and inp.continuation_start > inp.continuation_end:
         raise UserError("`continuation_start` must be less than or equal to `continuation_end`")
     if v != "encode-decode" and inp.duration < 1:

@@ -105,11 +105,10 @@ def test_semantic_errors_carry_replicates_messages(inputs, message):
     assert str(exc.value) == message
 
 
-def test_stereo_mbd_refused_with_replicates_message_unless_enabled():
-    inp = schema.parse_input({"prompt": "x", "model_version": "stereo-large", "multi_band_diffusion": True})
-    with pytest.raises(UserError, match="^Multi-Band Diffusion is only available with non-stereo models.$"):
-        schema.check_semantics(inp, 300)
-    schema.check_semantics(inp, 300, stereo_mbd=True)
+@pytest.mark.parametrize("model_version", ["stereo-large", "stereo-melody-large"])
+def test_stereo_mbd_is_accepted_unlike_on_replicate(model_version):
+    inp = schema.parse_input({"prompt": "x", "model_version": model_version, "multi_band_diffusion": True})
+    schema.check_semantics(inp, 300)  # Replicate refuses; we decode left and right separately
 
 
 def test_large_with_audio_and_continuation_is_allowed():

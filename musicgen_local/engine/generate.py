@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +53,9 @@ class Melody(Protocol):
     def condition_for_window(self, model, time_offset_s: float) -> Any:
         """The WavCondition for the window starting at time_offset_s."""
 
+    def decoding(self, model) -> AbstractContextManager:
+        """Entered around each windowed LM call (e.g. to skip a separation already done)."""
+
 
 @dataclass
 class TiledMelody:
@@ -69,6 +73,9 @@ class TiledMelody:
         positions = torch.arange(start, start + target, device=self.wav.device)
         return WavCondition(self.wav[..., positions % length], torch.tensor([target], device=self.wav.device),
                             [model.sample_rate], [None], [0.0])
+
+    def decoding(self, model) -> AbstractContextManager:
+        return nullcontext()
 
 
 def _tiled(model, wav: torch.Tensor) -> TiledMelody:
@@ -113,11 +120,12 @@ def generate_tokens(model, attributes, prompt_tokens, duration: int, params: dic
         hooks.on_progress(steps_before + step, steps_total)
 
     chunks = [] if prompt_tokens is None else [prompt_tokens]
+    windowed_melody = melody if melody is not None and len(plan) > 1 else None
     for offset, p, gen in plan:
-        if melody is not None and len(plan) > 1:
+        if windowed_melody is not None:
             for attr in attributes:
-                attr.wav["self_wav"] = melody.condition_for_window(model, offset / fr)
-        with model.autocast:
+                attr.wav["self_wav"] = windowed_melody.condition_for_window(model, offset / fr)
+        with model.autocast, windowed_melody.decoding(model) if windowed_melody else nullcontext():
             tokens = decoder(model.lm, prompt_tokens, attributes, max_gen_len=gen, callback=callback, **params)
         chunks.append(tokens[..., p:])
         steps_before += gen - p + max_delay

@@ -1,10 +1,4 @@
-"""MBD and separate-once melody through `Engine.generate`, on tiny weights.
-
-Tests marked `needs_wiring` describe behaviour that exists once engine/core.py uses
-engine/mbd.py and engine/melody.py (see the wiring note in the mbd branch's report). They are
-strict xfails until then: when the wiring lands they pass, strict xfail turns that into a failure,
-and the marker is to be removed.
-"""
+"""MBD and separate-once melody through `Engine.generate`, on tiny weights."""
 
 from __future__ import annotations
 
@@ -21,7 +15,6 @@ from musicgen_local.errors import WeightsMissingError
 from tests.audio_helpers import read_wav, write_tone
 
 LM_VERSIONS = ["stereo-melody-large", "stereo-large", "melody-large", "large"]
-needs_wiring = pytest.mark.xfail(strict=True, reason="engine/core.py does not use engine/mbd.py, engine/melody.py yet")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,7 +31,6 @@ def run(engine, out_dir, **inputs):
     return engine.generate(Request(**inputs), out_dir)
 
 
-@needs_wiring
 @pytest.mark.parametrize("model_version", LM_VERSIONS)
 def test_mbd_on_every_lm_variant(engine, tmp_path, model_version):
     channels = 2 if model_version.startswith("stereo") else 1
@@ -53,7 +45,6 @@ def test_mbd_on_every_lm_variant(engine, tmp_path, model_version):
     assert not np.array_equal(wav, read_wav(plain.path)[0])  # decoded by MBD, not EnCodec
 
 
-@needs_wiring
 @pytest.mark.parametrize("channels", [1, 2])
 def test_encode_decode_with_mbd(engine, tmp_path, channels):
     clip = write_tone(tmp_path / "in.wav", 2.0, sr=44100, channels=channels)
@@ -65,7 +56,6 @@ def test_encode_decode_with_mbd(engine, tmp_path, channels):
     assert not np.array_equal(wav, read_wav(plain.path)[0])
 
 
-@needs_wiring
 def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
     engine = load_engine(settings)
     run(engine, tmp_path / "a", model_version="large", duration=1, multi_band_diffusion=True)
@@ -74,7 +64,7 @@ def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "absent", [*(pytest.param(f, marks=needs_wiring) for f in W.MBD_FILES), W.HTDEMUCS_FILES[1]], ids=str
+    "absent", [*W.MBD_FILES, W.HTDEMUCS_FILES[1]], ids=str
 )
 def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent):
     shutil.copytree(settings.weights_dir / "hub", tmp_path / "hub")
@@ -86,7 +76,6 @@ def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent)
     assert time.monotonic() - start < 10
 
 
-@needs_wiring
 def test_melody_past_30s_is_separated_once(engine, tmp_path, monkeypatch):
     import demucs.apply
 
