@@ -23,15 +23,6 @@ SAMPLING = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops on a shared 2-core box: threading overhead is 10-40x the work itself
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lms(tiny_weights):
     from audiocraft.models.builders import get_lm_model

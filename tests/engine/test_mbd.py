@@ -17,16 +17,6 @@ from musicgen_local.errors import WeightsMissingError
 FRAME = 640  # samples per token frame at 32 kHz (50 Hz), as the real codec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """80 tiny UNet passes per decode: on a shared 2-core machine, two threads spinning against
-    other processes made one decode take 5-40 s instead of 1 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mbd(tiny_weights):
     return M.load_mbd(tiny_weights)

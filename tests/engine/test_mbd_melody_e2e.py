@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from musicgen_local import weights as W
 from musicgen_local.engine import Request, load_engine
@@ -15,15 +14,6 @@ from musicgen_local.errors import WeightsMissingError
 from tests.audio_helpers import read_wav, write_tone
 
 LM_VERSIONS = ["stereo-melody-large", "stereo-large", "melody-large", "large"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """MBD runs 80 tiny UNet passes per channel: steadier on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(engine, out_dir, **inputs):

@@ -14,15 +14,6 @@ from musicgen_local.engine import melody as M
 SR = 32000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions on a shared 2-core machine run steadier on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["melody-large", "stereo-melody-large"])
 def model(request, tiny_weights):
     from audiocraft.models import MusicGen, loaders
