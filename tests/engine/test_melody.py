@@ -22,27 +22,6 @@ def model(request, tiny_weights):
     return MusicGen(request.param, loaders.load_compression_model(repo), loaders.load_lm_model(repo))
 
 
-@pytest.fixture
-def separations(monkeypatch):
-    """Counts htdemucs runs (the conditioner imports apply_model from demucs.apply at call time)."""
-    import demucs.apply
-
-    calls, depth = [], []
-    original = demucs.apply.apply_model
-
-    def counted(*args, **kwargs):  # apply_model recurses (bag of models, shifts, splits): count the outer call
-        if not depth:
-            calls.append(tuple(args[1].shape))
-        depth.append(1)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            depth.pop()
-
-    monkeypatch.setattr(demucs.apply, "apply_model", counted)
-    return calls
-
-
 def _melody(model, seconds: float, seed: int = 0) -> torch.Tensor:
     """[1, C, T] at 32 kHz with the model's channel count: a few notes plus noise."""
     g = torch.Generator().manual_seed(seed)
