@@ -17,7 +17,6 @@ from ..weights import configure_environment
 from . import mbd as MBD
 from .api import Hooks, Request, Result
 from .generate import encode_decode, generate_audio_tokens, reference_decoder, resolve_seed, seed_everything
-from .melody import separated_melody
 from .models import ModelCache, load_codec, load_musicgen, resolve_device, weights_check
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class MusicgenEngine:
             if request.model_version == CODEC_KEY:
                 wav = encode_decode(model, *clip) if mbd is None else MBD.encode_decode(mbd, clip[0][None], clip[1])
             else:
-                tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks, separated_melody)
+                tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks)
                 wav = model.generate_audio(tokens) if mbd is None else MBD.tokens_to_wav(
                     mbd, tokens, stereo=model.audio_channels == 2)
             sr = model.sample_rate

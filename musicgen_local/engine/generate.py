@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from ..errors import Cancelled, UserError
 from .api import Hooks, Request
+from .melody import separated_melody
 
 EXTEND_STRIDE_S = 18  # Replicate's predictor keeps audiocraft's default
 Decoder = Callable[..., torch.Tensor]  # the signature of audiocraft's LMModel.generate
@@ -55,31 +55,6 @@ class Melody(Protocol):
 
     def decoding(self, model) -> AbstractContextManager:
         """Entered around each windowed LM call (e.g. to skip a separation already done)."""
-
-
-@dataclass
-class TiledMelody:
-    """audiocraft's behaviour: tile the raw reference to cover each window (the conditioner then
-    separates stems again for every window)."""
-
-    wav: torch.Tensor  # [1, C, T] at the model's sample rate
-
-    def condition_for_window(self, model, time_offset_s: float):
-        from audiocraft.modules.conditioners import WavCondition
-
-        length = self.wav.shape[-1]
-        start = int(time_offset_s * model.sample_rate)
-        target = int(model.max_duration * model.sample_rate)
-        positions = torch.arange(start, start + target, device=self.wav.device)
-        return WavCondition(self.wav[..., positions % length], torch.tensor([target], device=self.wav.device),
-                            [model.sample_rate], [None], [0.0])
-
-    def decoding(self, model) -> AbstractContextManager:
-        return nullcontext()
-
-
-def _tiled(model, wav: torch.Tensor) -> TiledMelody:
-    return TiledMelody(wav)
 
 
 # ------------------------------------------------------------------------------------------ tokens
@@ -142,8 +117,7 @@ def sampling_params(request: Request) -> dict:
             "cfg_coef": request.classifier_free_guidance, "two_step_cfg": False}
 
 
-def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hooks: Hooks,
-                          melody_factory: Callable[[Any, torch.Tensor], Melody] | None = None) -> torch.Tensor:
+def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hooks: Hooks) -> torch.Tensor:
     """Text, continuation or melody generation; `audio` is the cropped (wav [C, T], sr) or None."""
     from audiocraft.data.audio_utils import convert_audio
 
@@ -157,7 +131,7 @@ def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hook
             attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, wav)
         else:
             attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, None, [wav[0]])
-            melody = (melody_factory or _tiled)(model, wav)
+            melody = separated_melody(model, wav)  # separated once, however many windows
     return generate_tokens(model, attributes, prompt_tokens, request.duration, sampling_params(request), decoder,
                            hooks, melody)
 

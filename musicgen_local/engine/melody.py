@@ -82,7 +82,7 @@ class SeparatedMelody:
 
 
 def separated_melody(model, wav: torch.Tensor) -> SeparatedMelody:
-    """The engine's `melody_factory`: wav [1, C, T] at the model's rate and channel count."""
+    """The melody condition of a request: wav [1, C, T] at the model's rate and channel count."""
     return SeparatedMelody(wav)
 
 
