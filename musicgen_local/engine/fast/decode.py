@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -33,6 +34,7 @@ class DecodeJob:
     prompt: torch.Tensor | None = None  # [b, K, T] prompt codes
     generator: torch.Generator | None = None  # None: the device's default generator
     callback: Callable[[int, int], None] | None = None
+    conditions: dict | None = None  # condition_tensors(lm, attributes), when computed ahead
     # filled in by the loop
     rows: int = 0
     cfg: bool = False
@@ -59,12 +61,21 @@ def _setup(lm, job: DecodeJob, device) -> None:
     job.cfg = bool(job.attributes)
 
 
+def condition_tensors(lm, attributes: list) -> dict:
+    """The conditional then unconditional (CFG) condition tensors, as LMModel.generate computes them.
+
+    Callable ahead of decoding, so a server can run the conditioners (T5, chroma, htdemucs) where it
+    controls the process-wide RNG and the model's mutable state, and hand the result to a batch.
+    """
+    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+    return lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
+
+
 def _fused_input(lm, job: DecodeJob):
     """Embedded prompt steps fused with the conditions: (x [r, T0, C], cross source or None)."""
     conditions = {}
     if job.cfg:
-        null = ClassifierFreeGuidanceDropout(p=1.0)(job.attributes)
-        conditions = lm.condition_provider(lm.condition_provider.tokenize(job.attributes + null))
+        conditions = job.conditions if job.conditions is not None else condition_tensors(lm, job.attributes)
     seq = job.sequence[..., : job.start]  # [b, K, S0]
     if job.cfg:
         seq = torch.cat([seq, seq], dim=0)  # [2b, K, S0]: conditional rows, then unconditional
@@ -125,12 +136,13 @@ def _finish(job: DecodeJob) -> None:
 
 @torch.no_grad()
 def generate_batch(
-    lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto", isolate_errors: bool = False
+    lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto", isolate_errors: bool = False,
+    exclusive: Callable[[], AbstractContextManager] = nullcontext,
 ) -> list:
     """Decode jobs together; returns each job's codes [b, K, T]. mode: auto | eager | static | graph | compile.
 
     isolate_errors: a job whose callback raises is dropped (job.error set, output None) instead of
-    aborting every job in the batch.
+    aborting every job in the batch. exclusive: held while a CUDA graph is captured.
     """
     device = next(lm.parameters()).device
     for job in jobs:
@@ -144,7 +156,7 @@ def generate_batch(
     for job, (x, _), lo, hi in zip(jobs, fused, bounds[:-1], bounds[1:], strict=True):
         _emit(lm, [job], fast.prefill(slice(lo, hi), x))
         _report(job, progress_every, isolate_errors)
-    runner = StepRunner(fast, mode)
+    runner = StepRunner(fast, mode, exclusive)
     active = list(jobs)
     while active := _drop_finished(fast, active):
         positions = [job.prefix + job.offset - 1 for job in active]
@@ -221,6 +233,15 @@ def fast_generate(
             two_step_cfg=two_step_cfg,
             callback=callback,
         )
-    params = SamplingParams(use_sampling, temp, top_k, top_p, lm.cfg_coef if cfg_coef is None else cfg_coef)
-    job = DecodeJob(list(attributes), max_gen_len, params, prompt=prompt, callback=callback)
+    job = decode_job(lm, prompt, attributes, max_gen_len=max_gen_len, use_sampling=use_sampling, temp=temp,
+                     top_k=top_k, top_p=top_p, cfg_coef=cfg_coef, callback=callback)
     return generate_batch(lm, [job], progress_every=progress_every, mode=mode)[0]
+
+
+def decode_job(lm, prompt, attributes, *, max_gen_len: int, use_sampling: bool = True, temp: float = 1.0,
+               top_k: int = 250, top_p: float = 0.0, cfg_coef: float | None = None, callback=None,
+               generator: torch.Generator | None = None, conditions: dict | None = None) -> DecodeJob:
+    """A DecodeJob from `LMModel.generate`'s arguments (one-step CFG), plus the batch-only extras."""
+    params = SamplingParams(use_sampling, temp, top_k, top_p, lm.cfg_coef if cfg_coef is None else cfg_coef)
+    return DecodeJob(list(attributes), max_gen_len, params, prompt=prompt, generator=generator, callback=callback,
+                     conditions=conditions)

@@ -39,8 +39,10 @@ def resolve_mode(mode: str, device_type: str) -> str:
 
 
 class StepRunner:
-    def __init__(self, fast, mode: str = "auto"):
-        self.fast, self.mode = fast, resolve_mode(mode, fast.device.type)
+    def __init__(self, fast, mode: str = "auto", exclusive=contextlib.nullcontext):
+        """exclusive: a context entered around graph capture, so that no other thread of this
+        process works on the GPU meanwhile (the engine's lock)."""
+        self.fast, self.mode, self.exclusive = fast, resolve_mode(mode, fast.device.type), exclusive
         self._graph = None  # (rows, cache tensor, CUDAGraph, tokens buffer, pos buffer, logits)
         self._compiled = None
 
@@ -58,7 +60,8 @@ class StepRunner:
     def _replay(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         state = self._graph
         if state is None or state[0] != tokens.shape[0] or state[1] is not self.fast.cache.k:
-            state = self._graph = self._capture(tokens, pos)
+            with self.exclusive():
+                state = self._graph = self._capture(tokens, pos)
         _, _, graph, tokens_in, pos_in, logits = state
         tokens_in.copy_(tokens)
         pos_in.copy_(pos)
@@ -78,6 +81,7 @@ class StepRunner:
                 self.fast.step(tokens_in, pos_in)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), _autocast_without_cache():
+        # thread_local: other threads (the server's requests) may still allocate while this one captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), _autocast_without_cache():
             logits = self.fast.step(tokens_in, pos_in)
         return tokens.shape[0], self.fast.cache.k, graph, tokens_in, pos_in, logits

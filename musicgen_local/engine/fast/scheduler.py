@@ -1,77 +1,152 @@
 """Merge concurrent decode requests for the same LM into one batch.
 
-Requests that arrive within `window_s` of the first one waiting (up to `max_batch`) are decoded
-together by `generate_batch`. Each request brings its own torch.Generator, so its tokens are the
-ones it would get alone; a request that finishes early leaves the batch, and one whose callback
-raises (cancellation) leaves it without disturbing the others. Requests arriving while a batch
-runs wait for the next batch (no joining mid-flight yet).
+A batch starts when the first request waits, once no other request for the same key is still on
+its way (announced with `expect`, e.g. loading its input or computing its conditions) and at least
+`window_s` has passed, or when `max_batch` requests wait, or after `max_wait_s` at most. Each request
+brings its own torch.Generator, so its tokens are the ones it would get alone; a request that
+finishes early leaves the batch, and one whose callback raises (cancellation) leaves it without
+disturbing the others. Requests arriving while a batch runs wait for the next batch (no joining
+mid-flight yet).
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import torch
 
-from .decode import DecodeJob, generate_batch
-from .sampling import SamplingParams
+from .decode import DecodeJob, decode_job, generate_batch
+
+
+@dataclass(eq=False)  # compared by identity: a job holds tensors
+class _Waiting:
+    key: Hashable
+    lm: object
+    job: DecodeJob
+    future: Future
+
+
+def musicgen_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """What `MusicGen.autocast` does (float16 autocast off the CPU), as a fresh context: autocast
+    state is per thread, and MusicGen's own object must not be entered from two threads at once."""
+    if device.type == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16)
+
+
+class Ticket:
+    """A promise that a request for `key` is about to be submitted: batches for `key` wait for it."""
+
+    def __init__(self, scheduler: BatchScheduler, key: Hashable) -> None:
+        self.scheduler, self.key, self.open = scheduler, key, True
+
+    def submit(self, lm, job: DecodeJob) -> Future:
+        return self.scheduler._submit(lm, job, self)
 
 
 class BatchScheduler:
-    def __init__(self, max_batch: int = 32, window_s: float = 0.01, mode: str = "auto"):
-        self.max_batch, self.window_s, self.mode = max_batch, window_s, mode
-        self._queue: queue.Queue = queue.Queue()
-        self.batch_sizes: list[int] = []  # what was merged, for logs and tests
+    def __init__(self, max_batch: int = 32, window_s: float = 0.005, max_wait_s: float = 2.0, mode: str = "auto",
+                 exclusive: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        """exclusive: entered around work that must not overlap other threads' GPU work (CUDA graph
+        capture); the engine passes its own lock."""
+        self.max_batch, self.window_s, self.max_wait_s, self.mode = max_batch, window_s, max_wait_s, mode
+        self.exclusive = exclusive
+        self._cond = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._expected: Counter = Counter()
+        self.batch_sizes: list[int] = []  # what was merged, for logs, metrics and tests
         threading.Thread(target=self._serve, name="decode-batcher", daemon=True).start()
 
-    def generate(
-        self,
-        lm,
-        prompt,
-        attributes,
-        *,
-        generator: torch.Generator,
-        max_gen_len: int,
-        use_sampling: bool = True,
-        temp: float = 1.0,
-        top_k: int = 250,
-        top_p: float = 0.0,
-        cfg_coef: float | None = None,
-        callback=None,
-        **_ignored,
-    ) -> torch.Tensor:
+    # -------------------------------------------------------------------------------- requests
+
+    @contextlib.contextmanager
+    def expect(self, key: Hashable) -> Iterator[Ticket]:
+        """Announce a request for `key`; `ticket.submit` inside the block hands it over. Leaving the
+        block without submitting (an error, a request that needs no LM) withdraws the announcement."""
+        ticket = Ticket(self, key)
+        with self._cond:
+            self._expected[key] += 1
+        try:
+            yield ticket
+        finally:
+            self._withdraw(ticket)
+
+    def expected(self, key: Hashable) -> int:
+        """Requests for `key` announced and not yet submitted."""
+        with self._cond:
+            return self._expected[key]
+
+    def generate(self, lm, prompt, attributes, *, generator: torch.Generator, key: Hashable | None = None,
+                 **generate_kwargs) -> torch.Tensor:
         """The decoder seam plus a per-request generator; blocks until this request's codes are ready."""
-        params = SamplingParams(use_sampling, temp, top_k, top_p, lm.cfg_coef if cfg_coef is None else cfg_coef)
-        job = DecodeJob(list(attributes), max_gen_len, params, prompt=prompt, generator=generator, callback=callback)
-        future: Future = Future()
-        self._queue.put((lm, job, future))
+        job = decode_job(lm, prompt, attributes, generator=generator, **generate_kwargs)
+        with self.expect(id(lm) if key is None else key) as ticket:
+            future = ticket.submit(lm, job)
         return future.result()
+
+    def _submit(self, lm, job: DecodeJob, ticket: Ticket) -> Future:
+        future: Future = Future()
+        with self._cond:
+            self._withdraw_locked(ticket)
+            self._waiting.append(_Waiting(ticket.key, lm, job, future))
+            self._cond.notify_all()
+        return future
+
+    def _withdraw(self, ticket: Ticket) -> None:
+        with self._cond:
+            self._withdraw_locked(ticket)
+
+    def _withdraw_locked(self, ticket: Ticket) -> None:
+        if ticket.open:
+            ticket.open = False
+            self._expected[ticket.key] -= 1
+            self._cond.notify_all()
+
+    # -------------------------------------------------------------------------------- batching
 
     def _serve(self) -> None:
         while True:
-            waiting = [self._queue.get()]
-            deadline = time.monotonic() + self.window_s
-            while len(waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                try:
-                    waiting.append(self._queue.get(timeout=left))
-                except queue.Empty:
-                    break
-            for lm in {id(lm): lm for lm, _, _ in waiting}.values():
-                self._run(lm, [(job, fut) for other, job, fut in waiting if other is lm])
+            batch = self._gather()
+            self._run(batch[0].lm, batch)
 
-    def _run(self, lm, entries) -> None:
-        self.batch_sizes.append(len(entries))
+    def _gather(self) -> list[_Waiting]:
+        """Block until a batch is due; take its requests (same key and LM as the oldest waiting)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._waiting)
+            first = self._waiting[0]
+            start = time.monotonic()
+
+            def mates() -> list[_Waiting]:
+                return [w for w in self._waiting if w.key == first.key and w.lm is first.lm][: self.max_batch]
+
+            while len(mates()) < self.max_batch:
+                waited = time.monotonic() - start
+                if waited >= self.max_wait_s or (waited >= self.window_s and self._expected[first.key] <= 0):
+                    break
+                deadline = self.max_wait_s if self._expected[first.key] > 0 else self.window_s
+                self._cond.wait(timeout=deadline - waited)
+            batch = mates()
+            self._waiting = [w for w in self._waiting if w not in batch]
+            return batch
+
+    def _run(self, lm, batch: list[_Waiting]) -> None:
+        self.batch_sizes.append(len(batch))
         try:
-            generate_batch(lm, [job for job, _ in entries], mode=self.mode, isolate_errors=True)
+            with musicgen_autocast(next(lm.parameters()).device):
+                generate_batch(lm, [w.job for w in batch], mode=self.mode, isolate_errors=True,
+                               exclusive=self.exclusive)
         except Exception as exc:  # noqa: BLE001 - handed to every waiting request, not swallowed
-            for _, fut in entries:
-                fut.set_exception(exc)
+            for w in batch:
+                w.future.set_exception(exc)
             return
-        for job, fut in entries:
-            if job.error is not None:
-                fut.set_exception(job.error)
+        for w in batch:
+            if w.job.error is not None:
+                w.future.set_exception(w.job.error)
             else:
-                fut.set_result(job.output)
+                w.future.set_result(w.job.output)
