@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -74,9 +75,37 @@ def window_plan(total: int, prompt: int, window: int, stride: int) -> list[tuple
     return plan
 
 
-def generate_tokens(model, attributes, prompt_tokens, duration: int, params: dict, decoder: Decoder,
-                    hooks: Hooks, melody: Melody | None = None) -> torch.Tensor:
-    """Tokens [B, K, T] for `duration` seconds (prompt included), windowed past max_duration."""
+@dataclass
+class TokenPlan:
+    """What to decode for one request: its conditions, its prompt and its (<= 30 s) windows."""
+
+    model: Any
+    attributes: list  # ConditioningAttributes, one per row
+    prompt_tokens: torch.Tensor | None  # [B, K, P] continuation prompt
+    windows: list[tuple[int, int, int]]  # window_plan's (frame offset, prompt frames, frames incl. prompt)
+    stride: int  # frames between window starts
+    steps_total: int  # decoding steps over every window, for progress
+    max_delay: int  # the codebook pattern's extra steps per window
+    melody: Melody | None = None  # only when the melody spans several windows
+
+    def window_attributes(self, index: int) -> list:
+        """The attributes for window `index` (the melody moves with the window)."""
+        if self.melody is not None:
+            condition = self.melody.condition_for_window(self.model, self.windows[index][0] / self.model.frame_rate)
+            for attr in self.attributes:
+                attr.wav["self_wav"] = condition
+        return self.attributes
+
+    def conditioning(self) -> AbstractContextManager:
+        """Entered wherever the conditioners run on window_attributes' output."""
+        return self.melody.decoding(self.model) if self.melody is not None else nullcontext()
+
+
+# decode(window index, prompt tokens or None, frames to generate incl. prompt, progress callback) -> tokens
+WindowDecoder = Callable[[int, "torch.Tensor | None", int, Callable[[int, int], None]], torch.Tensor]
+
+
+def plan_tokens(model, attributes, prompt_tokens, duration: int, melody: Melody | None = None) -> TokenPlan:
     fr = model.frame_rate
     total, window = int(duration * fr), int(min(duration, model.max_duration) * fr)
     stride = int(fr * EXTEND_STRIDE_S)
@@ -84,28 +113,50 @@ def generate_tokens(model, attributes, prompt_tokens, duration: int, params: dic
     if prompt_len >= window:
         raise UserError(f"The continuation prompt ({prompt_len / fr:.1f} s after cropping) must be shorter than "
                         f"`duration` ({duration} s): the output includes the prompt.")
-    plan = window_plan(total, prompt_len, window, stride)
+    windows = window_plan(total, prompt_len, window, stride)
     max_delay = max(model.lm.pattern_provider.delays) if hasattr(model.lm.pattern_provider, "delays") else 0
-    steps_total = sum(gen - p + max_delay for _, p, gen in plan)
+    steps_total = sum(gen - p + max_delay for _, p, gen in windows)
+    return TokenPlan(model, attributes, prompt_tokens, windows, stride, steps_total, max_delay,
+                     melody if len(windows) > 1 else None)
+
+
+def run_windows(plan: TokenPlan, decode: WindowDecoder, hooks: Hooks) -> torch.Tensor:
+    """Tokens [B, K, T] for the whole plan (prompt included): each window re-prompted with the last
+    (window - stride) frames of the one before, as audiocraft does."""
     steps_before = 0
 
     def callback(step: int, _steps_in_window: int) -> None:
         if hooks.is_cancelled():
             raise Cancelled()
-        hooks.on_progress(steps_before + step, steps_total)
+        hooks.on_progress(steps_before + step, plan.steps_total)
 
+    prompt_tokens = plan.prompt_tokens
     chunks = [] if prompt_tokens is None else [prompt_tokens]
-    windowed_melody = melody if melody is not None and len(plan) > 1 else None
-    for offset, p, gen in plan:
-        if windowed_melody is not None:
-            for attr in attributes:
-                attr.wav["self_wav"] = windowed_melody.condition_for_window(model, offset / fr)
-        with model.autocast, windowed_melody.decoding(model) if windowed_melody else nullcontext():
-            tokens = decoder(model.lm, prompt_tokens, attributes, max_gen_len=gen, callback=callback, **params)
+    for index, (_, p, gen) in enumerate(plan.windows):
+        tokens = decode(index, prompt_tokens, gen, callback)
         chunks.append(tokens[..., p:])
-        steps_before += gen - p + max_delay
-        prompt_tokens = tokens[..., stride:]
+        steps_before += gen - p + plan.max_delay
+        prompt_tokens = tokens[..., plan.stride :]
     return torch.cat(chunks, dim=-1)
+
+
+def window_decoder(plan: TokenPlan, params: dict, decoder: Decoder) -> WindowDecoder:
+    """Each window through `decoder` (audiocraft's LMModel.generate or its drop-in), in this thread."""
+
+    def decode(index: int, prompt_tokens, max_gen_len: int, callback) -> torch.Tensor:
+        attributes = plan.window_attributes(index)
+        with plan.model.autocast, plan.conditioning():
+            return decoder(plan.model.lm, prompt_tokens, attributes, max_gen_len=max_gen_len, callback=callback,
+                           **params)
+
+    return decode
+
+
+def generate_tokens(model, attributes, prompt_tokens, duration: int, params: dict, decoder: Decoder,
+                    hooks: Hooks, melody: Melody | None = None) -> torch.Tensor:
+    """Tokens [B, K, T] for `duration` seconds (prompt included), windowed past max_duration."""
+    plan = plan_tokens(model, attributes, prompt_tokens, duration, melody)
+    return run_windows(plan, window_decoder(plan, params, decoder), hooks)
 
 
 # ------------------------------------------------------------------------------------------ request
@@ -117,8 +168,10 @@ def sampling_params(request: Request) -> dict:
             "cfg_coef": request.classifier_free_guidance, "two_step_cfg": False}
 
 
-def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hooks: Hooks) -> torch.Tensor:
-    """Text, continuation or melody generation; `audio` is the cropped (wav [C, T], sr) or None."""
+def plan_request(model, request: Request, audio) -> TokenPlan:
+    """Text, continuation or melody conditions and windows; `audio` is the cropped (wav [C, T], sr) or None.
+
+    Runs the codec on a continuation prompt but no conditioner yet (that happens per window)."""
     from audiocraft.data.audio_utils import convert_audio
 
     descriptions = [request.prompt]
@@ -132,8 +185,13 @@ def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hook
         else:
             attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, None, [wav[0]])
             melody = separated_melody(model, wav)  # separated once, however many windows
-    return generate_tokens(model, attributes, prompt_tokens, request.duration, sampling_params(request), decoder,
-                           hooks, melody)
+    return plan_tokens(model, attributes, prompt_tokens, request.duration, melody)
+
+
+def generate_audio_tokens(model, request: Request, audio, decoder: Decoder, hooks: Hooks) -> torch.Tensor:
+    """The request's tokens [1, K, T], every window decoded by `decoder` in this thread."""
+    plan = plan_request(model, request, audio)
+    return run_windows(plan, window_decoder(plan, sampling_params(request), decoder), hooks)
 
 
 def encode_decode(codec, wav: torch.Tensor, sr: int) -> torch.Tensor:
