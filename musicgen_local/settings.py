@@ -17,6 +17,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_MAX_MODELS": ("0", "models kept resident at once (least recently used evicted); 0 = all"),
     "MUSICGEN_DEVICE": ("auto", "torch device: auto (cuda when present), cuda, cpu"),
     "MUSICGEN_DECODER": ("reference", "token decoder: reference (audiocraft's loop) or fast"),
+    "MUSICGEN_MAX_BATCH": ("8", "fast decoder: concurrent requests for one model decoded together (1: one at a time)"),
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database and output files"),
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
@@ -44,6 +45,7 @@ class Settings:
     max_models: int = 0
     device: str = "auto"
     decoder: str = "reference"
+    max_batch: int = 8
     auto_fetch: bool = False
     data_dir: Path = Path("./data")
     api_token: str = ""
@@ -63,6 +65,7 @@ class Settings:
             max_models=int(get("MUSICGEN_MAX_MODELS")),
             device=get("MUSICGEN_DEVICE"),
             decoder=get("MUSICGEN_DECODER"),
+            max_batch=int(get("MUSICGEN_MAX_BATCH")),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),

@@ -73,6 +73,8 @@ class Hooks:
 
 
 class Engine(Protocol):
+    concurrency: int  # how many `generate` calls are worth running at once (threads the server gives it)
+
     def generate(self, request: Request, out_dir: Path, hooks: Hooks | None = None) -> Result:
         """Validate semantically, generate, normalise and encode into out_dir; return the file.
 

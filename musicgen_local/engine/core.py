@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,17 @@ from ..settings import Settings
 from ..weights import configure_environment
 from . import mbd as MBD
 from .api import Hooks, Request, Result
-from .generate import encode_decode, generate_audio_tokens, reference_decoder, resolve_seed, seed_everything
+from .batching import BatchedDecoding, RequestRng
+from .generate import (
+    encode_decode,
+    generate_audio_tokens,
+    plan_request,
+    reference_decoder,
+    resolve_seed,
+    run_windows,
+    sampling_params,
+    seed_everything,
+)
 from .models import ModelCache, load_codec, load_musicgen, resolve_device, weights_check
 
 log = logging.getLogger(__name__)
@@ -39,8 +50,12 @@ class MusicgenEngine:
         self.models = ModelCache(self._load, settings.max_models)
         self.decoder = _pick_decoder(settings.decoder)
         self.mbd = MBD.LazyMbd(settings.weights_dir, self.device)  # loaded on first use, then kept
-        # One generation at a time: seeding is process-global, and one GPU serves one request.
+        # Guards process-wide state (seeding, the hub env, model patches) and the GPU work outside
+        # the LM decode. The reference decoder holds it for a whole request; the fast one batches.
         self._lock = threading.Lock()
+        batch = settings.decoder == "fast" and settings.max_batch > 1
+        self.batching = BatchedDecoding(self._lock, settings.max_batch) if batch else None
+        self.concurrency = settings.max_batch if batch else 1  # requests worth running at once
 
     def _load(self, key: str, on_log) -> Any:
         """A cache miss: check (or fetch) the files, then load them."""
@@ -50,7 +65,8 @@ class MusicgenEngine:
         return load_musicgen(self.settings, key, self.device)
 
     def health(self) -> dict[str, Any]:
-        return {"device": self.device, "decoder": self.settings.decoder, "resident_models": self.models.resident()}
+        return {"device": self.device, "decoder": self.settings.decoder, "max_batch": self.concurrency,
+                "resident_models": self.models.resident()}
 
     def generate(self, request: Request, out_dir: Path, hooks: Hooks | None = None) -> Result:
         hooks = hooks or Hooks()
@@ -58,21 +74,41 @@ class MusicgenEngine:
         out_dir.mkdir(parents=True, exist_ok=True)
         seed = resolve_seed(request.seed)
         hooks.on_log(f"Using seed {seed}")
-        with self._lock, torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
-            configure_environment(self.settings.weights_dir)  # the hub env is process-wide: make it ours
-            clip = self._read_input(request, Path(tmp))
-            model = self.models.get(request.model_version, hooks.on_log)
-            mbd = self._mbd(request, hooks) if request.multi_band_diffusion else None
-            seed_everything(seed)
-            if request.model_version == CODEC_KEY:
-                wav = encode_decode(model, *clip) if mbd is None else MBD.encode_decode(mbd, clip[0][None], clip[1])
-            else:
-                tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks)
-                wav = model.generate_audio(tokens) if mbd is None else MBD.tokens_to_wav(
-                    mbd, tokens, stereo=model.audio_channels == 2)
-            sr = model.sample_rate
+        with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+            wav, sr = self._generate(request, seed, hooks, Path(tmp))
         path = audio.write(wav[0], sr, out_dir / f"out.{request.output_format}", request.normalization_strategy)
         return Result(path=path, seed=seed, sample_rate=sr, channels=wav.shape[1], num_samples=wav.shape[-1])
+
+    def _generate(self, request: Request, seed: int, hooks: Hooks, tmp: Path) -> tuple[torch.Tensor, int]:
+        """The waveform [1, C, T] and its rate. Alone under the lock from start to end, or, when
+        batching, leaving the lock while the LM decodes (see batching.py)."""
+        batching = self.batching if request.model_version != CODEC_KEY else None
+        with batching.expect(request.model_version) if batching else nullcontext(), self._lock:
+            configure_environment(self.settings.weights_dir)  # the hub env is process-wide: make it ours
+            clip = self._read_input(request, tmp)
+            model = self.models.get(request.model_version, hooks.on_log)
+            mbd = self._mbd(request, hooks) if request.multi_band_diffusion else None
+            if request.model_version == CODEC_KEY:
+                seed_everything(seed)
+                return (encode_decode(model, *clip) if mbd is None else MBD.encode_decode(mbd, clip[0][None], clip[1]),
+                        model.sample_rate)
+            if batching is None or not batching.supports(model):
+                seed_everything(seed)
+                tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks)
+                return self._to_wav(model, mbd, tokens), model.sample_rate
+            rng = RequestRng(seed, model.device)
+            with rng.active():
+                plan = plan_request(model, request, clip)
+        decode = batching.window_decoder(plan, sampling_params(request), rng, request.model_version)
+        tokens = run_windows(plan, decode, hooks)
+        with self._lock, rng.active():
+            return self._to_wav(model, mbd, tokens), model.sample_rate
+
+    @staticmethod
+    def _to_wav(model, mbd, tokens: torch.Tensor) -> torch.Tensor:
+        if mbd is None:
+            return model.generate_audio(tokens)
+        return MBD.tokens_to_wav(mbd, tokens, stereo=model.audio_channels == 2)
 
     def _mbd(self, request: Request, hooks: Hooks):
         """MultiBand Diffusion, fetched first when allowed and still missing."""

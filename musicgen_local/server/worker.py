@@ -1,4 +1,5 @@
-"""One worker thread feeding the engine, one prediction at a time (one GPU).
+"""Worker threads feeding the engine: as many as it can use at once (`engine.concurrency`: one, or
+MUSICGEN_MAX_BATCH when the fast decoder batches concurrent requests), predictions started in order.
 
 The engine is blocking; it runs here, never on the event loop, so HTTP stays responsive. Progress
 becomes tqdm-style log lines (what the Node client's `parseProgressFromLogs` reads), cancellation is
@@ -34,14 +35,19 @@ class Worker:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()  # a queued prediction is either canceled or started, never both
-        self._thread = threading.Thread(target=self._run, name="gpu-worker", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"engine-worker-{i}", daemon=True)
+                         for i in range(max(1, getattr(engine, "concurrency", 1)))]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        for _ in self._threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + 30
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def submit(self, pred: Prediction) -> None:
         self.store.add(pred)
@@ -49,12 +55,12 @@ class Worker:
 
     def cancel(self, pred: Prediction) -> None:
         """A queued prediction ends now; a running one at the engine's next decoding step."""
-        if pred.done:
-            return
-        self._cancelled.add(pred.id)
         with self._lock:
+            if pred.done:
+                return
             if pred.status == "starting":
-                self._finish(pred, "canceled")
+                return self._finish(pred, "canceled")
+            self._cancelled.add(pred.id)  # the running prediction's thread discards it when it ends
 
     def _run(self) -> None:
         while (pred_id := self._queue.get()) is not None:

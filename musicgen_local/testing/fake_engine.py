@@ -22,8 +22,8 @@ FRAME_RATE = 50  # decoding steps per second of audio, as MusicGen's 50 Hz token
 
 
 class FakeEngine:
-    def __init__(self, max_duration: int = 300, step_delay_s: float = 0.0) -> None:
-        self.max_duration = max_duration
+    def __init__(self, max_duration: int = 300, step_delay_s: float = 0.0, concurrency: int = 1) -> None:
+        self.max_duration, self.concurrency = max_duration, concurrency
         self.step_delay_s = step_delay_s  # slows generation so tests can cancel or time out mid-way
         self.requests: list[Request] = []  # what the API layer handed over, for assertions
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 import wave
 from pathlib import Path
 
@@ -135,3 +136,21 @@ def test_data_uri_output_mode_inlines_the_file(tmp_path):
         served = client.get(f"/delivery/{body['id']}/out.wav").content
         assert base64.b64decode(body["output"].split(",", 1)[1]) == served
         assert client.get(f"/v1/predictions/{body['id']}").json()["output"] == body["output"]
+
+
+def test_an_engine_that_batches_gets_that_many_predictions_at_once_and_the_rest_queue(tmp_path):
+    engine = FakeEngine(step_delay_s=0.01, concurrency=2)
+    with make_client(tmp_path, engine) as c:
+        ids = [c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": d}}).json()["id"]
+               for d in (20, 20, 1)]
+
+        def statuses() -> list[str]:
+            return [c.get(f"/v1/predictions/{i}").json()["status"] for i in ids]
+
+        deadline = time.monotonic() + 10
+        while statuses()[:2] != ["processing", "processing"]:
+            assert time.monotonic() < deadline
+        assert statuses()[2] == "starting"  # two engine threads, both busy
+        for pred_id in ids[:2]:
+            c.post(f"/v1/predictions/{pred_id}/cancel")
+        assert wait_done(c, ids[2], timeout=30)["status"] == "succeeded"
