@@ -1,4 +1,4 @@
-"""/v1/predictions: create (with `Prefer: wait`), get, list, cancel.
+"""/v1/predictions: create (with `Prefer: wait` and `Cancel-After`), get, list, cancel.
 
 Each handler parses, calls the store/worker, and renders; errors map to HTTP in app.py.
 """
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..schema import VERSION_IDS, parse_input
+from .params import CancelAfter
 from .prediction import MODEL, Prediction, new_id
 
 router = APIRouter()
@@ -66,7 +67,7 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-async def _create(request: Request, version_ref: str | None) -> JSONResponse:
+async def _create(request: Request, version_ref: str | None, cancel_after: float | None) -> JSONResponse:
     raw = await _json_body(request)
     if not isinstance(raw, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
@@ -84,6 +85,8 @@ async def _create(request: Request, version_ref: str | None) -> JSONResponse:
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
     request.app.state.worker.submit(pred)
+    if cancel_after is not None:
+        request.app.state.deadlines.add(pred.id, cancel_after)
     return JSONResponse(await _wait(request, pred), status_code=201)
 
 
@@ -100,13 +103,13 @@ async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
 
 
 @router.post("/predictions")
-async def create_prediction(request: Request) -> JSONResponse:
-    return await _create(request, None)
+async def create_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+    return await _create(request, None, cancel_after)
 
 
 @router.post("/models/meta/musicgen/predictions")
-async def create_model_prediction(request: Request) -> JSONResponse:
-    return await _create(request, MODEL)
+async def create_model_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+    return await _create(request, MODEL, cancel_after)
 
 
 def _found(request: Request, pred_id: str) -> Prediction:
