@@ -1,16 +1,18 @@
-"""Request parameters outside the JSON body: the `Cancel-After` header.
+"""Request parameters outside the JSON body: the `Cancel-After` header and the list's `created_after`
+/ `created_before` filters.
 
 Each is an Annotated type that FastAPI validates before the handler runs, so a bad value becomes a
-422 naming `header.Cancel-After` through app.py's RequestValidationError handler, shaped like every
-other field error.
+422 naming `header.Cancel-After` or `query.created_after` through app.py's RequestValidationError
+handler, shaped like every other field error.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Header, Query
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
@@ -36,8 +38,27 @@ def cancel_after_seconds(text: str) -> float:
     return seconds
 
 
+def utc_time(text: str) -> datetime:
+    """ISO 8601 as Replicate takes it (`2025-01-01T00:00:00Z`), or a date (its midnight). Without an
+    offset the time is UTC, the zone every `created_at` is written in."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise PydanticCustomError("datetime_parsing", "Input should be an ISO 8601 date-time such as "
+                                                      "2025-01-01T00:00:00Z, or a date such as 2025-01-01") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
 CancelAfter = Annotated[
     float | None, BeforeValidator(cancel_after_seconds, json_schema_input_type=str),
     Header(alias="Cancel-After", description="Cancel the prediction if it has not finished after this long "
                                              "(e.g. 30s, 5m, 1h30m; a bare number is seconds; at least 5 s)."),
+]
+CreatedAfter = Annotated[
+    datetime | None, BeforeValidator(utc_time, json_schema_input_type=str),
+    Query(description="Only predictions created at or after this time (ISO 8601; no offset means UTC)."),
+]
+CreatedBefore = Annotated[
+    datetime | None, BeforeValidator(utc_time, json_schema_input_type=str),
+    Query(description="Only predictions created before this time (ISO 8601; no offset means UTC)."),
 ]

@@ -1,4 +1,5 @@
-"""/v1/predictions: create (with `Prefer: wait` and `Cancel-After`), get, list, cancel.
+"""/v1/predictions: create (with `Prefer: wait` and `Cancel-After`), get, list (with `created_after`
+and `created_before`), cancel.
 
 Each handler parses, calls the store/worker, and renders; errors map to HTTP in app.py.
 """
@@ -10,6 +11,7 @@ import json
 import re
 import time
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import pydantic
 from fastapi import APIRouter, Request
@@ -17,8 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..schema import VERSION_IDS, parse_input
-from .params import CancelAfter
-from .prediction import MODEL, Prediction, new_id
+from .params import CancelAfter, CreatedAfter, CreatedBefore
+from .prediction import MODEL, Prediction, iso, new_id
 
 router = APIRouter()
 MAX_WAIT_S = 60
@@ -132,15 +134,20 @@ async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 
 
 @router.get("/predictions")
-async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
+async def list_predictions(request: Request, cursor: str | None = None, created_after: CreatedAfter = None,
+                           created_before: CreatedBefore = None) -> dict[str, Any]:
     try:
-        preds, next_cursor, prev_cursor = request.app.state.store.page(request.app.state.page_size, cursor)
+        preds, next_cursor, prev_cursor = request.app.state.store.page(request.app.state.page_size, cursor,
+                                                                       created_after, created_before)
     except ValueError:
         raise HTTPException(400, "Invalid cursor; use the `next` or `previous` URL of a previous page.") from None
     base = str(request.base_url)
+    # Every page of a filtered list is filtered the same way: the links carry the bounds (in UTC).
+    filters = {name: iso(t) for name, t in (("created_after", created_after), ("created_before", created_before))
+               if t is not None}
 
     def link(c: str | None) -> str | None:
-        return f"{base}v1/predictions?cursor={c}" if c else None
+        return f"{base}v1/predictions?{urlencode({'cursor': c, **filters})}" if c else None
 
     results = [request.app.state.render(p, base) for p in preds]
     return {"next": link(next_cursor), "previous": link(prev_cursor), "results": results}
