@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from ..engine.api import Engine
 from ..settings import Settings
 from . import resources, routes
+from .deadlines import Deadlines
 from .prediction import Prediction
 from .routes import InputInvalid
 from .store import Store
@@ -113,16 +114,26 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
                              render=render)
     worker = Worker(engine, store, webhooks, resolver(store))
 
+    def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
+        pred = store.get(pred_id)
+        if pred is not None:
+            worker.cancel(pred)
+
+    deadlines = Deadlines(cancel_late)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         worker.start()
+        deadlines.start()
         yield
+        deadlines.stop()
         worker.stop()
         webhooks.close()
 
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
     app.state.settings, app.state.store, app.state.worker, app.state.render = settings, store, worker, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
+    app.state.deadlines = deadlines
     _install_error_handlers(app)
     _limit_body(app)
     auth = [Depends(require_token)]

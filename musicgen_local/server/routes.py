@@ -1,4 +1,5 @@
-"""/v1/predictions: create (with `Prefer: wait`), get, list, cancel.
+"""/v1/predictions: create (with `Prefer: wait` and `Cancel-After`), get, list (with `created_after`
+and `created_before`), cancel.
 
 Each handler parses, calls the store/worker, and renders; errors map to HTTP in app.py.
 """
@@ -10,6 +11,7 @@ import json
 import re
 import time
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import pydantic
 from fastapi import APIRouter, Request
@@ -17,7 +19,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..schema import VERSION_IDS, parse_input
-from .prediction import MODEL, Prediction, new_id
+from .params import CancelAfter, CreatedAfter, CreatedBefore
+from .prediction import MODEL, Prediction, iso, new_id
 
 router = APIRouter()
 MAX_WAIT_S = 60
@@ -66,7 +69,7 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-async def _create(request: Request, version_ref: str | None) -> JSONResponse:
+async def _create(request: Request, version_ref: str | None, cancel_after: float | None) -> JSONResponse:
     raw = await _json_body(request)
     if not isinstance(raw, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
@@ -84,6 +87,8 @@ async def _create(request: Request, version_ref: str | None) -> JSONResponse:
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
     request.app.state.worker.submit(pred)
+    if cancel_after is not None:
+        request.app.state.deadlines.add(pred.id, cancel_after)
     return JSONResponse(await _wait(request, pred), status_code=201)
 
 
@@ -100,13 +105,13 @@ async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
 
 
 @router.post("/predictions")
-async def create_prediction(request: Request) -> JSONResponse:
-    return await _create(request, None)
+async def create_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+    return await _create(request, None, cancel_after)
 
 
 @router.post("/models/meta/musicgen/predictions")
-async def create_model_prediction(request: Request) -> JSONResponse:
-    return await _create(request, MODEL)
+async def create_model_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+    return await _create(request, MODEL, cancel_after)
 
 
 def _found(request: Request, pred_id: str) -> Prediction:
@@ -129,15 +134,20 @@ async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 
 
 @router.get("/predictions")
-async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
+async def list_predictions(request: Request, cursor: str | None = None, created_after: CreatedAfter = None,
+                           created_before: CreatedBefore = None) -> dict[str, Any]:
     try:
-        preds, next_cursor, prev_cursor = request.app.state.store.page(request.app.state.page_size, cursor)
+        preds, next_cursor, prev_cursor = request.app.state.store.page(request.app.state.page_size, cursor,
+                                                                       created_after, created_before)
     except ValueError:
         raise HTTPException(400, "Invalid cursor; use the `next` or `previous` URL of a previous page.") from None
     base = str(request.base_url)
+    # Every page of a filtered list is filtered the same way: the links carry the bounds (in UTC).
+    filters = {name: iso(t) for name, t in (("created_after", created_after), ("created_before", created_before))
+               if t is not None}
 
     def link(c: str | None) -> str | None:
-        return f"{base}v1/predictions?cursor={c}" if c else None
+        return f"{base}v1/predictions?{urlencode({'cursor': c, **filters})}" if c else None
 
     results = [request.app.state.render(p, base) for p in preds]
     return {"next": link(next_cursor), "previous": link(prev_cursor), "results": results}

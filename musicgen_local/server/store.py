@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,14 @@ INTERRUPTED = ("The server stopped while this prediction was {state}, so it did 
                "Create the prediction again.")
 
 
+def _stamp(t: datetime) -> str:
+    """The stored `created_at`. In one zone, isoformat() strings sort as the times do (even when it drops
+    zero microseconds: '+' sorts before '.'), so SQL compares them as text, on the index."""
+    return t.astimezone(UTC).isoformat()
+
+
 def _encode_cursor(kind: str, pred: Prediction) -> str:
-    raw = f"{kind}|{pred.created_at.isoformat()}|{pred.id}".encode()
+    raw = f"{kind}|{_stamp(pred.created_at)}|{pred.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -82,7 +89,7 @@ class Store:
 
     def _write(self, pred: Prediction) -> None:
         self._db.execute("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
-                         (pred.id, pred.created_at.isoformat(), json.dumps(pred.to_record())))
+                         (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())))
         self._db.commit()
 
     def get(self, pred_id: str) -> Prediction | None:
@@ -92,17 +99,24 @@ class Store:
             row = self._db.execute("SELECT record FROM predictions WHERE id = ?", (pred_id,)).fetchone()
         return Prediction.from_record(json.loads(row[0])) if row else None
 
-    def page(self, limit: int, cursor: str | None) -> tuple[list[Prediction], str | None, str | None]:
-        """Newest first. Returns (predictions, next cursor, previous cursor); ValueError on a bad cursor."""
+    def page(self, limit: int, cursor: str | None, created_after: datetime | None = None,
+             created_before: datetime | None = None) -> tuple[list[Prediction], str | None, str | None]:
+        """Newest first, created in [created_after, created_before). Returns (predictions, next cursor,
+        previous cursor); ValueError on a bad cursor."""
         kind, created, pid = decode_cursor(cursor) if cursor else ("next", None, None)
-        if created is None:
-            sql, args = "ORDER BY created_at DESC, id DESC LIMIT ?", (limit + 1,)
-        elif kind == "next":
-            sql, args = "WHERE (created_at, id) < (?, ?) ORDER BY created_at DESC, id DESC LIMIT ?", (created, pid,
-                                                                                                       limit + 1)
-        else:
-            sql, args = "WHERE (created_at, id) > (?, ?) ORDER BY created_at ASC, id ASC LIMIT ?", (created, pid,
-                                                                                                     limit + 1)
+        where, args = [], []
+        if created_after is not None:
+            where.append("created_at >= ?")
+            args.append(_stamp(created_after))
+        if created_before is not None:
+            where.append("created_at < ?")
+            args.append(_stamp(created_before))
+        if created is not None:
+            where.append("(created_at, id) < (?, ?)" if kind == "next" else "(created_at, id) > (?, ?)")
+            args += [created, pid]
+        order = "DESC" if kind == "next" else "ASC"
+        sql = f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at {order}, id {order} LIMIT ?"
+        args.append(limit + 1)
         with self._lock:
             rows = self._db.execute(f"SELECT id FROM predictions {sql}", args).fetchall()
         more = len(rows) > limit
