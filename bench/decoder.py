@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from bench import results
+
 log = logging.getLogger("bench")
-RESULTS = Path(__file__).with_name("RESULTS.md")
 FRAME_RATE = 50
 # audiocraft config/model/lm/model_scale/{small,medium,large}.yaml; "tiny"/"mini" are ours for CPU runs
 SCALES = {
@@ -276,8 +277,7 @@ def main(argv=None) -> None:
     )
     print(report)
     if not args.no_append:
-        with RESULTS.open("a") as f:
-            f.write(report)
+        results.append("# Part 1", report)
 
 
 def prepare_conditioning(weights: Path) -> None:
