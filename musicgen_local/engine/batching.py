@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
@@ -74,11 +74,16 @@ class BatchedDecoding:
         """Around a request's preparation, so that a batch starting meanwhile waits for it."""
         return self.scheduler.expect(key)
 
-    def window_decoder(self, plan: TokenPlan, params: dict, rng: RequestRng, key: Hashable) -> WindowDecoder:
+    def window_decoder(self, plan: TokenPlan, params: dict, rng: RequestRng, key: Hashable,
+                       on_log: Callable[[str], None]) -> WindowDecoder:
         """Each window's conditions computed under the lock with the request's RNG, then its tokens
         decoded in whatever batch the scheduler forms; blocks the calling thread until they are ready."""
         lm = plan.model.lm
         params = {k: v for k, v in params.items() if k != "two_step_cfg"}  # one-step CFG is what the batch runs
+
+        def on_batch(size: int) -> None:
+            if size > 1:
+                on_log(f"Decoding in a batch of {size} requests")
 
         def decode(index: int, prompt_tokens, max_gen_len: int, callback) -> torch.Tensor:
             with self.scheduler.expect(key) as ticket:
@@ -86,7 +91,7 @@ class BatchedDecoding:
                     attributes = plan.window_attributes(index)
                     conditions = condition_tensors(lm, attributes)
                 job = decode_job(lm, prompt_tokens, attributes, max_gen_len=max_gen_len, callback=callback,
-                                 generator=rng.generator, conditions=conditions, **params)
+                                 generator=rng.generator, conditions=conditions, on_batch=on_batch, **params)
                 future = ticket.submit(lm, job)
             return future.result()
 

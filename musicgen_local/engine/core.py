@@ -99,7 +99,7 @@ class MusicgenEngine:
             rng = RequestRng(seed, model.device)
             with rng.active():
                 plan = plan_request(model, request, clip)
-        decode = batching.window_decoder(plan, sampling_params(request), rng, request.model_version)
+        decode = batching.window_decoder(plan, sampling_params(request), rng, request.model_version, hooks.on_log)
         tokens = run_windows(plan, decode, hooks)
         with self._lock, rng.active():
             return self._to_wav(model, mbd, tokens), model.sample_rate

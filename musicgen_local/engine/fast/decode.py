@@ -35,6 +35,7 @@ class DecodeJob:
     generator: torch.Generator | None = None  # None: the device's default generator
     callback: Callable[[int, int], None] | None = None
     conditions: dict | None = None  # condition_tensors(lm, attributes), when computed ahead
+    on_batch: Callable[[int], None] | None = None  # told how many jobs it decodes with (scheduler)
     # filled in by the loop
     rows: int = 0
     cfg: bool = False
@@ -240,8 +241,9 @@ def fast_generate(
 
 def decode_job(lm, prompt, attributes, *, max_gen_len: int, use_sampling: bool = True, temp: float = 1.0,
                top_k: int = 250, top_p: float = 0.0, cfg_coef: float | None = None, callback=None,
-               generator: torch.Generator | None = None, conditions: dict | None = None) -> DecodeJob:
+               generator: torch.Generator | None = None, conditions: dict | None = None,
+               on_batch: Callable[[int], None] | None = None) -> DecodeJob:
     """A DecodeJob from `LMModel.generate`'s arguments (one-step CFG), plus the batch-only extras."""
     params = SamplingParams(use_sampling, temp, top_k, top_p, lm.cfg_coef if cfg_coef is None else cfg_coef)
     return DecodeJob(list(attributes), max_gen_len, params, prompt=prompt, generator=generator, callback=callback,
-                     conditions=conditions)
+                     conditions=conditions, on_batch=on_batch)
