@@ -7,6 +7,8 @@ re-prompted second window, and inside a batch of requests with other parameters.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -57,7 +59,7 @@ def test_first_step_logits_match_reference(lms, kind):
     _setup(lm, job, torch.device("cpu"))
     x, cross = _fused_input(lm, job)
     fast = FastLM(lm, x.shape[0], x.shape[1] + 4)
-    fast.set_cross([cross] if cross is not None else [])
+    fast.add_cross([cross] if cross is not None else [])
     ours = fast.prefill(slice(None), x)  # [2, K, card]
 
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
@@ -199,6 +201,39 @@ def test_batch_never_changes_a_requests_tokens(lms, kind):
     assert torch.equal(alone[0], ref)
 
 
+@pytest.mark.parametrize("kind", ["mono", "melody"])
+def test_jobs_joining_mid_flight_keep_their_tokens(lms, kind):
+    """Continuous batching: jobs joining a running batch (longer texts, other lengths and parameters)
+    decode exactly as alone, and so do the jobs already there; each job is handed back when it ends."""
+    lm = lms[kind]
+    specs = [
+        ("lofi", 60, SamplingParams(True, 1.0, 250, 0.0, 3.0), 1),
+        ("epic orchestral soundtrack with brass, strings and thundering drums", 70,
+         SamplingParams(True, 0.7, 0, 0.9, 5.0), 2),
+        ("jazz trio", 30, SamplingParams(False, 1.0, 250, 0.0, 1.0), 3),
+    ]
+
+    def job(i):
+        text, n, params, seed = specs[i]
+        return DecodeJob(attributes(kind, text), n, params, generator=torch.Generator().manual_seed(seed))
+
+    alone = [generate_batch(lm, [job(i)])[0] for i in range(3)]
+    first, late = job(0), [job(1), job(2)]
+    finished, joins = [], []
+    for j in [first, *late]:
+        j.on_done = finished.append
+
+    def joining(running):
+        joins.append(running)
+        return late if first.offset - first.start == 20 else []  # both join at step 20 of the first
+
+    assert torch.equal(generate_batch(lm, [first], joining=joining)[0], alone[0])
+    for j, expected in zip(late, alone[1:], strict=True):
+        assert torch.equal(j.output, expected)
+    assert finished == [late[1], first, late[0]]  # in the order they ended: 20 + 30 steps, 60, 20 + 70
+    assert joins[0] == 1 and joins[21] == 3  # the batch grew from one job to three
+
+
 def test_static_step_matches_exact_step(lms):
     """The static-shape masked step (what CUDA graphs capture) gives the reference's tokens on CPU."""
     lm = lms["stereo"]
@@ -276,6 +311,35 @@ def test_scheduler_merges_concurrent_requests_and_isolates_cancellation(lms):
         torch.manual_seed(i)
         alone = lm.generate(None, attributes("mono", texts[i]), max_gen_len=30 + 10 * i, top_k=50)
         assert torch.equal(futures[i].result(), alone)
+
+
+def test_scheduler_lets_a_late_request_join_and_returns_it_before_the_long_one(lms):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from musicgen_local.engine.fast import BatchScheduler
+
+    lm = lms["mono"]
+    scheduler = BatchScheduler(max_batch=4)
+    started = threading.Event()
+
+    def decode(text, frames, seed, callback=None):
+        return scheduler.generate(lm, None, attributes("mono", text), generator=torch.Generator().manual_seed(seed),
+                                  max_gen_len=frames, top_k=50, callback=callback)
+
+    def long_progress(done, total):
+        if done == 5:
+            started.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(decode, "lofi hip hop beat", 400, 1, long_progress)
+        assert started.wait(30)
+        short = decode("jazz trio", 20, 2)  # arrives while the long one decodes
+        assert not long.done()  # handed back as soon as it ended, not when the batch did
+        long_tokens = long.result()
+    assert (scheduler.batch_sizes, scheduler.joined) == ([1], 1)
+    for tokens, (text, frames, seed) in [(long_tokens, ("lofi hip hop beat", 400, 1)), (short, ("jazz trio", 20, 2))]:
+        torch.manual_seed(seed)
+        assert torch.equal(tokens, lm.generate(None, attributes("mono", text), max_gen_len=frames, top_k=50))
 
 
 def test_benchmark_command_runs_and_reports_both_decoders(tiny_weights, capsys):

@@ -36,6 +36,7 @@ class DecodeJob:
     callback: Callable[[int, int], None] | None = None
     conditions: dict | None = None  # condition_tensors(lm, attributes), when computed ahead
     on_batch: Callable[[int], None] | None = None  # told how many jobs it decodes with (scheduler)
+    on_done: Callable[[DecodeJob], None] | None = None  # called when it leaves the batch (output or error set)
     # filled in by the loop
     rows: int = 0
     cfg: bool = False
@@ -139,30 +140,28 @@ def _finish(job: DecodeJob) -> None:
 def generate_batch(
     lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto", isolate_errors: bool = False,
     exclusive: Callable[[], AbstractContextManager] = nullcontext,
+    joining: Callable[[int], list[DecodeJob]] | None = None,
 ) -> list:
     """Decode jobs together; returns each job's codes [b, K, T]. mode: auto | eager | static | graph | compile.
 
     isolate_errors: a job whose callback raises is dropped (job.error set, output None) instead of
-    aborting every job in the batch. exclusive: held while a CUDA graph is captured.
+    aborting every job in the batch. exclusive: held while a CUDA graph is captured. joining: asked
+    between steps, with the number of jobs decoding, for jobs to add to the batch (continuous
+    batching); they are not in the returned list, `on_done` tells when each finishes.
     """
-    device = next(lm.parameters()).device
-    for job in jobs:
-        _setup(lm, job, device)
-    fused = [_fused_input(lm, job) for job in jobs]
-    widths = [f.shape[0] for f, _ in fused]
-    max_len = max(f.shape[1] + job.sequence.shape[-1] - job.start for (f, _), job in zip(fused, jobs, strict=True))
-    fast = FastLM(lm, sum(widths), max_len)
-    fast.set_cross([c for _, c in fused if c is not None])
-    bounds = torch.tensor([0] + widths).cumsum(0).tolist()
-    for job, (x, _), lo, hi in zip(jobs, fused, bounds[:-1], bounds[1:], strict=True):
-        _emit(lm, [job], fast.prefill(slice(lo, hi), x))
-        _report(job, progress_every, isolate_errors)
+    fast = FastLM(lm, 0, 0)
+    active = _join(lm, fast, [], jobs, progress_every, isolate_errors)
     runner = StepRunner(fast, mode, exclusive)
-    active = list(jobs)
     while active := _drop_finished(fast, active):
+        if joining is not None and (arrivals := joining(len(active))):
+            active = _join(lm, fast, active, arrivals, progress_every, isolate_errors)
+            active = _drop_finished(fast, active)  # a job may be done (or canceled) right after its prefill
+            if not active:
+                break
         positions = [job.prefix + job.offset - 1 for job in active]
         tokens = torch.cat([_input_column(job) for job in active])  # [R, K, 1]
-        pos = torch.cat([torch.full((_width(j),), p, device=device) for j, p in zip(active, positions, strict=True)])
+        pos = torch.cat([torch.full((_width(j),), p, device=fast.device)
+                         for j, p in zip(active, positions, strict=True)])
         same = positions.count(positions[0]) == len(positions)
         logits = runner(tokens, pos, positions[0] if same else None)  # [R, K, card]
         row = 0
@@ -172,6 +171,23 @@ def generate_batch(
         for job in active:
             _report(job, progress_every, isolate_errors)
     return [job.output for job in jobs]
+
+
+def _join(lm, fast: FastLM, active: list[DecodeJob], jobs: list[DecodeJob], progress_every: int,
+          isolate: bool) -> list[DecodeJob]:
+    """Add jobs as new rows at the end of the cache: conditions, prefill and their first token."""
+    for job in jobs:
+        _setup(lm, job, fast.device)
+    fused = [_fused_input(lm, job) for job in jobs]
+    longest = max(x.shape[1] + job.sequence.shape[-1] - job.start for (x, _), job in zip(fused, jobs, strict=True))
+    rows = fast.add_rows(sum(x.shape[0] for x, _ in fused), longest)
+    fast.add_cross([cross for _, cross in fused if cross is not None])
+    lo = rows.start
+    for job, (x, _) in zip(jobs, fused, strict=True):
+        _emit(lm, [job], fast.prefill(slice(lo, lo + x.shape[0]), x))
+        _report(job, progress_every, isolate)
+        lo += x.shape[0]
+    return active + jobs
 
 
 def _width(job: DecodeJob) -> int:
@@ -194,6 +210,8 @@ def _drop_finished(fast: FastLM, active: list[DecodeJob]) -> list[DecodeJob]:
         if not done and job.error is None:
             keep.append(job)
             rows.extend(range(row, row + width))
+        elif job.on_done is not None:
+            job.on_done(job)  # its request goes on (EnCodec, the file) while the batch decodes
         row += width
     if keep and len(keep) != len(active):
         fast.keep(torch.tensor(rows, device=fast.device))

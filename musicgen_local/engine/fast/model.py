@@ -40,6 +40,16 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
+    def grow(self, rows: int, max_len: int) -> None:
+        """`rows` more rows at the end, and room for max_len positions (one copy when requests join)."""
+        layers, old_rows, heads, old_len, head_dim = self.k.shape
+        shape = (layers, old_rows + rows, heads, max(old_len, max_len), head_dim)
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new[:, :old_rows, :, :old_len] = old
+            setattr(self, name, new)
+
     def keep(self, rows: torch.Tensor) -> None:
         """Drop finished rows (one copy when a request leaves the batch)."""
         self.k, self.v = self.k[:, rows].contiguous(), self.v[:, rows].contiguous()
@@ -64,7 +74,10 @@ def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
 
 
 class FastLM:
-    """Prefill and one-token decode steps for `rows` sequences (CFG branches are separate rows)."""
+    """Prefill and one-token decode steps for `rows` sequences (CFG branches are separate rows).
+
+    Rows can be added (requests joining, `add_rows` + `add_cross` + `prefill`) and removed (`keep`).
+    """
 
     def __init__(self, lm, rows: int, max_len: int):
         self.lm = lm
@@ -73,33 +86,67 @@ class FastLM:
         tr = lm.transformer
         self.heads = tr.layers[0].self_attn.num_heads
         self.cache = KVCache(len(tr.layers), rows, self.heads, max_len, lm.dim // self.heads, self.dtype, self.device)
-        positions = torch.arange(max_len, device=self.device).view(1, -1, 1)
-        self.pos_emb = create_sin_embedding(positions, lm.dim, max_period=tr.max_period, dtype=self.dtype)[0]
+        self._positions_for(max_len)
         self.has_cross = tr.layers[0].cross_attention is not None
         self.cross_k: list[torch.Tensor] = []  # per layer [R, H, Tc, D]
         self.cross_v: list[torch.Tensor] = []
+        self.cross_len = torch.zeros(0, dtype=torch.long, device=self.device)  # [R] unpadded Tc of each row
         self.cross_mask: torch.Tensor | None = None  # [R, 1, 1, Tc] when rows have different Tc
+
+    @property
+    def rows(self) -> int:
+        return self.cache.k.shape[1]
+
+    def _positions_for(self, max_len: int) -> None:
         self.positions = torch.arange(max_len, device=self.device)
+        tr = self.lm.transformer
+        self.pos_emb = create_sin_embedding(self.positions.view(1, -1, 1), self.lm.dim, max_period=tr.max_period,
+                                            dtype=self.dtype)[0]
+
+    def add_rows(self, rows: int, max_len: int) -> slice:
+        """Room for `rows` more rows, each up to max_len positions; returns their slice of the cache."""
+        start = self.rows
+        self.cache.grow(rows, max_len)
+        if self.cache.k.shape[3] > len(self.positions):
+            self._positions_for(self.cache.k.shape[3])
+        return slice(start, self.rows)
 
     # -------------------------------------------------------------------------------- prefill
 
-    def set_cross(self, sources: list[torch.Tensor]) -> None:
-        """Project every layer's cross-attention keys/values once. sources: per row group [r, Tc_i, C]."""
-        if not self.has_cross:
+    def add_cross(self, sources: list[torch.Tensor]) -> None:
+        """Project every layer's cross-attention keys/values once, for rows added last.
+        sources: per row group [r, Tc_i, C], in row order."""
+        if not self.has_cross or not sources:
             return
-        longest = max(s.shape[1] for s in sources)
-        padded = torch.cat([F.pad(s, (0, 0, 0, longest - s.shape[1])) for s in sources])  # [R, Tc, C]
-        if any(s.shape[1] != longest for s in sources):
-            lengths = torch.cat([torch.full((s.shape[0],), s.shape[1], device=self.device) for s in sources])
-            self.cross_mask = (self.positions[:longest][None] < lengths[:, None]).view(-1, 1, 1, longest)
-        for layer in self.lm.transformer.layers:
+        lengths = torch.cat([torch.full((s.shape[0],), s.shape[1], device=self.device) for s in sources])
+        old_len = self.cross_k[0].shape[2] if self.cross_k else 0
+        longest = max(old_len, *(s.shape[1] for s in sources))
+        padded = torch.cat([F.pad(s, (0, 0, 0, longest - s.shape[1])) for s in sources])  # [r, Tc, C]
+        for i, layer in enumerate(self.lm.transformer.layers):
             attn = layer.cross_attention
             w, b = attn.in_proj_weight, attn.in_proj_bias
             dim = w.shape[0] // 3
-            k = F.linear(padded, w[dim : 2 * dim], None if b is None else b[dim : 2 * dim])
-            v = F.linear(padded, w[2 * dim :], None if b is None else b[2 * dim :])
-            self.cross_k.append(_split_heads(k, self.heads))
-            self.cross_v.append(_split_heads(v, self.heads))
+            k = _split_heads(F.linear(padded, w[dim : 2 * dim], None if b is None else b[dim : 2 * dim]), self.heads)
+            v = _split_heads(F.linear(padded, w[2 * dim :], None if b is None else b[2 * dim :]), self.heads)
+            if i < len(self.cross_k):  # rows already there: pad them to the new length, then append
+                pad = (0, 0, 0, longest - old_len)
+                k = torch.cat([F.pad(self.cross_k[i], pad), k])
+                v = torch.cat([F.pad(self.cross_v[i], pad), v])
+                self.cross_k[i], self.cross_v[i] = k, v
+            else:
+                self.cross_k.append(k)
+                self.cross_v.append(v)
+        self.cross_len = torch.cat([self.cross_len, lengths])
+        self._cross_mask()
+
+    def _cross_mask(self) -> None:
+        """Padding is hidden only when rows' lengths differ: unmasked attention is the reference's own form."""
+        longest = self.cross_k[0].shape[2]
+        if bool((self.cross_len == longest).all()):
+            self.cross_mask = None
+        else:
+            filled = torch.arange(longest, device=self.device)[None] < self.cross_len[:, None]
+            self.cross_mask = filled.view(-1, 1, 1, longest)
 
     def prefill(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
         """Run the fused input x [r, T0, C] causally into cache rows; logits of the last position [r, K, card]."""
@@ -173,5 +220,6 @@ class FastLM:
         self.cache.keep(rows)
         self.cross_k = [k[rows] for k in self.cross_k]
         self.cross_v = [v[rows] for v in self.cross_v]
-        if self.cross_mask is not None:
-            self.cross_mask = self.cross_mask[rows]
+        if self.cross_k:
+            self.cross_len = self.cross_len[rows]
+            self.cross_mask = None if self.cross_mask is None else self.cross_mask[rows]

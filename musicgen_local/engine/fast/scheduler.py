@@ -2,11 +2,11 @@
 
 A batch starts when the first request waits, once no other request for the same key is still on
 its way (announced with `expect`, e.g. loading its input or computing its conditions) and at least
-`window_s` has passed, or when `max_batch` requests wait, or after `max_wait_s` at most. Each request
-brings its own torch.Generator, so its tokens are the ones it would get alone; a request that
-finishes early leaves the batch, and one whose callback raises (cancellation) leaves it without
-disturbing the others. Requests arriving while a batch runs wait for the next batch (no joining
-mid-flight yet).
+`window_s` has passed, or when `max_batch` requests wait, or after `max_wait_s` at most. Requests
+arriving while it decodes join it between two steps, up to `max_batch` at once (continuous
+batching). Each request brings its own torch.Generator, so its tokens are the ones it would get
+alone; a request that finishes leaves the batch and gets its codes at once, and one whose callback
+raises (cancellation) leaves it without disturbing the others.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class _Waiting:
     lm: object
     job: DecodeJob
     future: Future
+    since: float  # time.monotonic() when submitted
 
 
 def musicgen_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -60,7 +61,8 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._waiting: list[_Waiting] = []
         self._expected: Counter = Counter()
-        self.batch_sizes: list[int] = []  # what was merged, for logs, metrics and tests
+        self.batch_sizes: list[int] = []  # requests each batch started with, for metrics and tests
+        self.joined = 0  # requests that joined a batch already decoding
         threading.Thread(target=self._serve, name="decode-batcher", daemon=True).start()
 
     # -------------------------------------------------------------------------------- requests
@@ -94,7 +96,7 @@ class BatchScheduler:
         future: Future = Future()
         with self._cond:
             self._withdraw_locked(ticket)
-            self._waiting.append(_Waiting(ticket.key, lm, job, future))
+            self._waiting.append(_Waiting(ticket.key, lm, job, future, time.monotonic()))
             self._cond.notify_all()
         return future
 
@@ -113,7 +115,10 @@ class BatchScheduler:
     def _serve(self) -> None:
         while True:
             batch = self._gather()
-            self._run(batch[0].lm, batch)
+            self._run(batch[0].key, batch[0].lm, batch)
+
+    def _mates(self, key: Hashable, lm, limit: int) -> list[_Waiting]:
+        return [w for w in self._waiting if w.key == key and w.lm is lm][:limit]
 
     def _gather(self) -> list[_Waiting]:
         """Block until a batch is due; take its requests (same key and LM as the oldest waiting)."""
@@ -121,35 +126,58 @@ class BatchScheduler:
             self._cond.wait_for(lambda: self._waiting)
             first = self._waiting[0]
             start = time.monotonic()
-
-            def mates() -> list[_Waiting]:
-                return [w for w in self._waiting if w.key == first.key and w.lm is first.lm][: self.max_batch]
-
-            while len(mates()) < self.max_batch:
+            while len(self._mates(first.key, first.lm, self.max_batch)) < self.max_batch:
                 waited = time.monotonic() - start
                 if waited >= self.max_wait_s or (waited >= self.window_s and self._expected[first.key] <= 0):
                     break
                 deadline = self.max_wait_s if self._expected[first.key] > 0 else self.window_s
                 self._cond.wait(timeout=deadline - waited)
-            batch = mates()
-            self._waiting = [w for w in self._waiting if w not in batch]
-            return batch
+            return self._take(self._mates(first.key, first.lm, self.max_batch))
 
-    def _run(self, lm, batch: list[_Waiting]) -> None:
+    def _take(self, entries: list[_Waiting]) -> list[_Waiting]:
+        """Remove entries from the waiting list (under self._cond) and arrange for their futures."""
+        self._waiting = [w for w in self._waiting if w not in entries]
+        for w in entries:
+            w.job.on_done = lambda job, future=w.future: _resolve(future, job)
+        return entries
+
+    def _joining(self, key: Hashable, lm, running: int, members: list[_Waiting]) -> list[DecodeJob]:
+        """Between steps of a running batch: requests for the same LM that may join it now."""
+        if running >= self.max_batch or not self._waiting:  # unlocked peek: a list's truth is atomic
+            return []
+        with self._cond:
+            arrivals = self._mates(key, lm, self.max_batch - running)
+            # a join costs a cache copy (and, on CUDA, a graph capture): let announced requests
+            # that are about to arrive join in the same step, as a new batch would wait for them
+            if not arrivals or (self._expected[key] > 0 and time.monotonic() - arrivals[0].since < self.max_wait_s):
+                return []
+            arrivals = self._take(arrivals)
+        members.extend(arrivals)
+        for w in arrivals:
+            if w.job.on_batch is not None:
+                w.job.on_batch(running + len(arrivals))
+        self.joined += len(arrivals)
+        return [w.job for w in arrivals]
+
+    def _run(self, key: Hashable, lm, batch: list[_Waiting]) -> None:
         self.batch_sizes.append(len(batch))
+        for w in batch:
+            if w.job.on_batch is not None:
+                w.job.on_batch(len(batch))
+        members = list(batch)  # and those that join it
         try:
-            for w in batch:
-                if w.job.on_batch is not None:
-                    w.job.on_batch(len(batch))
             with musicgen_autocast(next(lm.parameters()).device):
                 generate_batch(lm, [w.job for w in batch], mode=self.mode, isolate_errors=True,
-                               exclusive=self.exclusive)
-        except Exception as exc:  # noqa: BLE001 - handed to every waiting request, not swallowed
-            for w in batch:
-                w.future.set_exception(exc)
-            return
-        for w in batch:
-            if w.job.error is not None:
-                w.future.set_exception(w.job.error)
-            else:
-                w.future.set_result(w.job.output)
+                               exclusive=self.exclusive,
+                               joining=lambda running: self._joining(key, lm, running, members))
+        except Exception as exc:  # noqa: BLE001 - handed to every request still waiting, not swallowed
+            for w in members:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+
+
+def _resolve(future: Future, job: DecodeJob) -> None:
+    if job.error is not None:
+        future.set_exception(job.error)
+    else:
+        future.set_result(job.output)
