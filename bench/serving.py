@@ -3,7 +3,8 @@
     PYTHONPATH=. .venv/bin/python -m bench.serving                      # tiny checkpoints, CPU
     PYTHONPATH=. .venv/bin/python -m bench.serving --weights weights --model stereo-melody-large
 
-N requests (different prompts and seeds) arrive together on N threads, the server's engine threads.
+N requests (different prompts and seeds) arrive together (or --stagger seconds apart) on N threads,
+the server's engine threads.
 Measured from request to encoded wav, so conditioning, EnCodec and ffmpeg count too: the `reference`
 engine runs them one at a time (audiocraft's decoder); `fast` decodes them together
 (MUSICGEN_DECODER=fast, MUSICGEN_MAX_BATCH=N). Prints a table of seconds of audio per wall second
@@ -31,11 +32,12 @@ PART = "# Part 3: concurrent requests through the engine (`bench/serving.py`, is
 HEADER = ["decoder", "concurrent", "wall s", "audio-s per wall-s", "mean latency s", "batches formed"]
 
 
-def run(engine, model: str, duration: int, concurrent: int, out: Path) -> tuple[float, float]:
-    """(wall seconds for all requests, mean seconds from arrival to file)."""
+def run(engine, model: str, duration: int, concurrent: int, out: Path, stagger: float = 0.0) -> tuple[float, float]:
+    """(wall seconds for all requests, mean seconds from arrival to file); request i arrives i x stagger s in."""
     from musicgen_local.engine import Request
 
     def one(i: int) -> float:
+        time.sleep(i * stagger)
         start = time.monotonic()
         request = Request(model_version=model, prompt=PROMPTS[i % len(PROMPTS)], duration=duration, seed=i + 1)
         engine.generate(request, out / f"{concurrent}-{i}")
@@ -59,10 +61,13 @@ def bench(args) -> list[list[str]]:
             engine = load_engine(settings)
             with tempfile.TemporaryDirectory() as tmp:
                 run(engine, args.model, 1, 1, Path(tmp))  # load the model, warm the allocator
-                batching = engine.batching.scheduler.batch_sizes if engine.batching else []
-                formed = len(batching)
-                wall, latency = run(engine, args.model, args.duration, concurrent, Path(tmp))
-            merged = " ".join(map(str, batching[formed:])) if engine.batching else "one at a time"
+                scheduler = engine.batching.scheduler if engine.batching else None
+                formed, joined = (len(scheduler.batch_sizes), scheduler.joined) if scheduler else (0, 0)
+                wall, latency = run(engine, args.model, args.duration, concurrent, Path(tmp), args.stagger)
+            merged = "one at a time"
+            if scheduler:
+                merged = " ".join(map(str, scheduler.batch_sizes[formed:]))
+                merged += f", {scheduler.joined - joined} joined" if scheduler.joined > joined else ""
             rows.append([decoder, str(concurrent), f"{wall:.2f}", f"{args.duration * concurrent / wall:.2f}",
                          f"{latency:.2f}", merged])
             logging.info("%s", " | ".join(rows[-1]))
@@ -77,6 +82,7 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="stereo-melody-large")
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--stagger", type=float, default=0.0, help="seconds between arrivals (0: all at once)")
     p.add_argument("--decoders", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--weights", type=Path, default=Path(__file__).with_name(".weights"),
@@ -90,8 +96,9 @@ def main(argv=None) -> None:
         prepare_conditioning(args.weights)
     rows = bench(args)
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
+    arrival = f"{args.stagger:g} s apart" if args.stagger else "together"
     report = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.model} "
-              f"({args.weights.name}), {args.duration} s requests\n\n" + "\n".join(lines) + "\n")
+              f"({args.weights.name}), {args.duration} s requests, arriving {arrival}\n\n" + "\n".join(lines) + "\n")
     print(report)
     if not args.no_append:
         results.append(PART, report)
