@@ -64,7 +64,8 @@ def _never() -> bool:
 
 @dataclass
 class Hooks:
-    """How the engine talks back while it works. All three are called from the engine's thread."""
+    """How the engine talks back while it works: from the thread that called `generate`, or, while
+    it decodes in a batch, from the batching thread; never from two threads at once."""
 
     on_progress: Callable[[int, int], None] = _no_progress  # (steps done, steps in total)
     on_log: Callable[[str], None] = _no_log  # one line for the prediction's logs

@@ -161,11 +161,11 @@ class BatchScheduler:
 
     def _run(self, key: Hashable, lm, batch: list[_Waiting]) -> None:
         self.batch_sizes.append(len(batch))
-        for w in batch:
-            if w.job.on_batch is not None:
-                w.job.on_batch(len(batch))
         members = list(batch)  # and those that join it
         try:
+            for w in batch:
+                if w.job.on_batch is not None:
+                    w.job.on_batch(len(batch))
             with musicgen_autocast(next(lm.parameters()).device):
                 generate_batch(lm, [w.job for w in batch], mode=self.mode, isolate_errors=True,
                                exclusive=self.exclusive,
