@@ -64,7 +64,7 @@ class RequestRng:
 class BatchedDecoding:
     def __init__(self, lock: threading.Lock, max_batch: int, mode: str = "auto") -> None:
         self.lock = lock
-        self.scheduler = BatchScheduler(max_batch=max_batch, mode=mode, exclusive=lambda: lock)
+        self.scheduler = BatchScheduler(max_batch=max_batch, mode=mode, exclusive=lock)
 
     @staticmethod
     def supports(model) -> bool:

@@ -247,6 +247,50 @@ def test_static_step_matches_exact_step(lms):
         assert torch.equal(ours, ref), mode
 
 
+def test_graph_capture_waits_for_the_gpu_lock_without_stalling_the_batch(lms, monkeypatch):
+    """While another thread holds the engine's lock (its GPU work), steps run uncaptured instead of
+    waiting; the capture happens at the first step the lock is free. (CPU has no CUDA graphs: the
+    captured graph is stood in for by a replay of the same static step.)"""
+    from musicgen_local.engine.fast.graph import StepRunner
+
+    lm = lms["mono"]
+    job = DecodeJob(attributes("mono"), FRAMES)
+    _setup(lm, job, torch.device("cpu"))
+    x, cross = _fused_input(lm, job)
+    fast = FastLM(lm, x.shape[0], x.shape[1] + 4)
+    fast.add_cross([cross])
+    fast.prefill(slice(None), x)
+    lock = threading.Lock()
+    runner = StepRunner(fast, "static", exclusive=lock)
+    runner.mode = "graph"
+
+    class Replay:  # what a captured CUDA graph does: rerun the step on its own input buffers
+        def __init__(self, tokens, pos, out):
+            self.tokens, self.pos, self.out = tokens, pos, out
+
+        def replay(self):
+            self.out.copy_(fast.step(self.tokens, self.pos))
+
+    def capture(tokens, pos):
+        assert lock.locked()  # captured only while holding the GPU lock
+        tokens_in, pos_in = tokens.clone(), pos.clone()
+        out = fast.step(tokens_in, pos_in)
+        return tokens.shape[0], fast.cache.k, Replay(tokens_in, pos_in, out), tokens_in, pos_in, out
+
+    monkeypatch.setattr(runner, "_capture", capture)
+    tokens = torch.zeros((x.shape[0], lm.num_codebooks, 1), dtype=torch.long)
+    positions = [torch.full((x.shape[0],), x.shape[1] + i) for i in range(3)]
+    expected = [fast.step(tokens, p).clone() for p in positions]  # the static step, eagerly
+
+    with lock:  # another request is on the GPU
+        first = runner(tokens, positions[0], None)
+    assert (runner.captures, runner.uncaptured_steps) == (0, 1)
+    later = [runner(tokens, p, None).clone() for p in positions[1:]]
+    assert (runner.captures, runner.uncaptured_steps) == (1, 1) and not lock.locked()
+    for ours, theirs in zip([first, *later], expected, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_engine_windowed_tokens_equal_audiocraft_past_30s(engine):
     """Through the engine's own windowing (30 s window, then a 12 s re-prompt): fast == audiocraft."""
     from musicgen_local.engine import Hooks, Request

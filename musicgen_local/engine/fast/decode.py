@@ -8,8 +8,8 @@ parameters and its own torch.Generator, so a request's tokens do not depend on i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -139,13 +139,13 @@ def _finish(job: DecodeJob) -> None:
 @torch.no_grad()
 def generate_batch(
     lm, jobs: list[DecodeJob], *, progress_every: int = 1, mode: str = "auto", isolate_errors: bool = False,
-    exclusive: Callable[[], AbstractContextManager] = nullcontext,
+    exclusive: threading.Lock | None = None,
     joining: Callable[[int], list[DecodeJob]] | None = None,
 ) -> list:
     """Decode jobs together; returns each job's codes [b, K, T]. mode: auto | eager | static | graph | compile.
 
     isolate_errors: a job whose callback raises is dropped (job.error set, output None) instead of
-    aborting every job in the batch. exclusive: held while a CUDA graph is captured. joining: asked
+    aborting every job in the batch. exclusive: see StepRunner. joining: asked
     between steps, with the number of jobs decoding, for jobs to add to the batch (continuous
     batching); they are not in the returned list, `on_done` tells when each finishes.
     """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import torch
 
@@ -39,12 +40,14 @@ def resolve_mode(mode: str, device_type: str) -> str:
 
 
 class StepRunner:
-    def __init__(self, fast, mode: str = "auto", exclusive=contextlib.nullcontext):
-        """exclusive: a context entered around graph capture, so that no other thread of this
-        process works on the GPU meanwhile (the engine's lock)."""
+    def __init__(self, fast, mode: str = "auto", exclusive: threading.Lock | None = None):
+        """exclusive: a lock that other threads of this process hold while they use the GPU (the
+        engine's). A graph is captured only while holding it; while another thread has it, steps run
+        uncaptured (same kernels, same results) instead of waiting, and capture is tried again next step."""
         self.fast, self.mode, self.exclusive = fast, resolve_mode(mode, fast.device.type), exclusive
         self._graph = None  # (rows, cache tensor, CUDAGraph, tokens buffer, pos buffer, logits)
         self._compiled = None
+        self.captures = self.uncaptured_steps = 0  # for benchmarks and tests
 
     def __call__(self, tokens: torch.Tensor, pos: torch.Tensor, pos_int: int | None) -> torch.Tensor:
         if self.mode == "eager":
@@ -60,8 +63,15 @@ class StepRunner:
     def _replay(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         state = self._graph
         if state is None or state[0] != tokens.shape[0] or state[1] is not self.fast.cache.k:
-            with self.exclusive():
+            if self.exclusive is not None and not self.exclusive.acquire(blocking=False):
+                self.uncaptured_steps += 1
+                return self.fast.step(tokens, pos)
+            try:
                 state = self._graph = self._capture(tokens, pos)
+                self.captures += 1
+            finally:
+                if self.exclusive is not None:
+                    self.exclusive.release()
         _, _, graph, tokens_in, pos_in, logits = state
         tokens_in.copy_(tokens)
         pos_in.copy_(pos)

@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -53,9 +53,9 @@ class Ticket:
 
 class BatchScheduler:
     def __init__(self, max_batch: int = 32, window_s: float = 0.005, max_wait_s: float = 2.0, mode: str = "auto",
-                 exclusive: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        """exclusive: entered around work that must not overlap other threads' GPU work (CUDA graph
-        capture); the engine passes its own lock."""
+                 exclusive: threading.Lock | None = None):
+        """exclusive: the lock other threads hold while they use the GPU (the engine's); CUDA graphs
+        are captured only while holding it (see StepRunner)."""
         self.max_batch, self.window_s, self.max_wait_s, self.mode = max_batch, window_s, max_wait_s, mode
         self.exclusive = exclusive
         self._cond = threading.Condition()
