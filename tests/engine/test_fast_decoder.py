@@ -291,25 +291,6 @@ def test_graph_capture_waits_for_the_gpu_lock_without_stalling_the_batch(lms, mo
         assert torch.equal(ours, theirs)
 
 
-def test_engine_windowed_tokens_equal_audiocraft_past_30s(engine):
-    """Through the engine's own windowing (30 s window, then a 12 s re-prompt): fast == audiocraft."""
-    from musicgen_local.engine import Hooks, Request
-    from musicgen_local.engine.generate import generate_tokens, sampling_params, seed_everything
-
-    model = engine.models.get("large")
-    params = sampling_params(Request(model_version="large", prompt="lofi", duration=31, top_k=50))
-    seed_everything(11)
-    attrs, _ = model._prepare_tokens_and_attributes(["lofi"], None)
-    ours = generate_tokens(model, attrs, None, 31, params, fast_generate, Hooks())
-
-    seed_everything(11)
-    model.set_generation_params(duration=31, top_k=50, top_p=0.0, temperature=1.0, cfg_coef=3, extend_stride=18)
-    attrs, _ = model._prepare_tokens_and_attributes(["lofi"], None)
-    theirs = model._generate_tokens(attrs, None, progress=False)
-    assert ours.shape == theirs.shape == (1, 4, 31 * 50)
-    assert torch.equal(ours, theirs)
-
-
 def test_engine_with_fast_decoder_writes_the_same_audio(settings, tmp_path):
     from musicgen_local.engine import Request, load_engine
 

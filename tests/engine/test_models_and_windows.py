@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from musicgen_local.engine import Hooks, Request, load_engine
+from musicgen_local.engine.fast import fast_generate
 from musicgen_local.engine.generate import generate_tokens, reference_decoder, sampling_params, seed_everything
 from musicgen_local.errors import UserError, WeightsMissingError
 from tests.audio_helpers import read_wav, write_tone
 
 
-def test_windowed_tokens_equal_audiocraft_past_30s(engine):
-    """31 s = a 30 s window then a re-prompted one (12 s prompt, stride 18 s), as audiocraft does."""
+@pytest.mark.parametrize("decoder", [reference_decoder, fast_generate], ids=["reference", "fast"])
+def test_windowed_tokens_equal_audiocraft_past_30s(engine, decoder):
+    """31 s = a 30 s window then a re-prompted one (12 s prompt, stride 18 s), as audiocraft does,
+    through the engine's own windowing with either decoder."""
     model = engine.models.get("large")
     request = Request(model_version="large", prompt="lofi", duration=31, top_k=50)
     params = sampling_params(request)
@@ -22,7 +25,7 @@ def test_windowed_tokens_equal_audiocraft_past_30s(engine):
 
     seed_everything(11)
     attributes, _ = model._prepare_tokens_and_attributes(["lofi"], None)
-    ours = generate_tokens(model, attributes, None, 31, params, reference_decoder,
+    ours = generate_tokens(model, attributes, None, 31, params, decoder,
                            Hooks(on_progress=lambda d, t: seen.append((d, t))))
 
     seed_everything(11)
