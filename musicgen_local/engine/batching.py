@@ -87,7 +87,7 @@ class BatchedDecoding:
 
         def decode(index: int, prompt_tokens, max_gen_len: int, callback) -> torch.Tensor:
             with self.scheduler.expect(key) as ticket:
-                with self.lock, rng.active(), torch.no_grad(), plan.model.autocast, plan.conditioning():
+                with self.lock, rng.active(), plan.model.autocast, plan.conditioning():
                     attributes = plan.window_attributes(index)
                     conditions = condition_tensors(lm, attributes)
                 job = decode_job(lm, prompt_tokens, attributes, max_gen_len=max_gen_len, callback=callback,

@@ -88,12 +88,11 @@ class MusicgenEngine:
             clip = self._read_input(request, tmp)
             model = self.models.get(request.model_version, hooks.on_log)
             mbd = self._mbd(request, hooks) if request.multi_band_diffusion else None
-            if request.model_version == CODEC_KEY:
-                seed_everything(seed)
-                return (encode_decode(model, *clip) if mbd is None else MBD.encode_decode(mbd, clip[0][None], clip[1]),
-                        model.sample_rate)
             if batching is None or not batching.supports(model):
                 seed_everything(seed)
+                if request.model_version == CODEC_KEY:
+                    return (encode_decode(model, *clip) if mbd is None
+                            else MBD.encode_decode(mbd, clip[0][None], clip[1])), model.sample_rate
                 tokens = generate_audio_tokens(model, request, clip, self.decoder, hooks)
                 return self._to_wav(model, mbd, tokens), model.sample_rate
             rng = RequestRng(seed, model.device)

@@ -36,7 +36,7 @@ class Worker:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()  # a queued prediction is either canceled or started, never both
         self._threads = [threading.Thread(target=self._run, name=f"engine-worker-{i}", daemon=True)
-                         for i in range(max(1, getattr(engine, "concurrency", 1)))]
+                         for i in range(max(1, engine.concurrency))]
 
     def start(self) -> None:
         for thread in self._threads:
