@@ -6,6 +6,7 @@ Read once, at start-up, into a frozen `Settings`; nothing reads the environment 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
+    "MUSICGEN_MAX_BODY_BYTES": ("104857600", "server: largest request body (JSON or upload), in bytes; 413 past it"),
+    "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
+    "MUSICGEN_RETENTION": ("", "server: remove outputs and uploads after this long (e.g. 1h, 7d); unset = keep"),
+    "MUSICGEN_BLOCK_PRIVATE_URLS": ("0", "1: webhook and input URLs may not reach private or loopback addresses"),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
@@ -31,6 +36,22 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 
 def _flag(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """`90` (seconds), `30m`, `1h30m`, `7d` -> seconds; empty -> None (no limit)."""
+    text = text.strip()
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    if not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 90 (seconds), 30m, 1h30m or 7d.")
+    return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def _checkpoint_overrides(value: str) -> dict[str, str]:
@@ -51,6 +72,10 @@ class Settings:
     api_token: str = ""
     output: str = "url"
     checkpoints: dict[str, str] = field(default_factory=dict)
+    max_body_bytes: int = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
+    max_queue: int = 1000
+    retention_s: float | None = None
+    block_private_urls: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +96,10 @@ class Settings:
             api_token=get("MUSICGEN_API_TOKEN"),
             output=get("MUSICGEN_OUTPUT"),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
+            max_body_bytes=int(get("MUSICGEN_MAX_BODY_BYTES")),
+            max_queue=int(get("MUSICGEN_MAX_QUEUE")),
+            retention_s=parse_duration(get("MUSICGEN_RETENTION")),
+            block_private_urls=_flag(get("MUSICGEN_BLOCK_PRIVATE_URLS")),
         )
 
     def with_(self, **changes) -> Settings:

@@ -1,4 +1,4 @@
-"""The FastAPI app: wiring, auth, body limits, and every exception -> HTTP status mapping in one place.
+"""The FastAPI app: wiring, auth, limits, and every exception -> HTTP status mapping in one place.
 
 Errors use Replicate's RFC 7807 problem shape (`title`, `detail`, `status`), which the Python
 client's `ReplicateError.from_response` reads; nothing a client sends should produce a 500.
@@ -6,10 +6,11 @@ client's `ReplicateError.from_response` reads; nothing a client sends should pro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +18,21 @@ import pydantic
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..engine.api import Engine
 from ..settings import Settings
-from . import resources, routes
+from . import bodies, resources, routes
+from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .prediction import Prediction
-from .routes import InputInvalid
+from .routes import FieldsInvalid, QueueFull
 from .store import Store
 from .webhooks import WebhookSender
 from .worker import Worker
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
 _FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
 
 
@@ -62,9 +64,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def body_invalid(request: Request, exc: pydantic.ValidationError) -> JSONResponse:
         return field_errors(exc.errors())
 
-    @app.exception_handler(InputInvalid)
-    async def input_invalid(request: Request, exc: InputInvalid) -> JSONResponse:
-        return field_errors(exc.errors, ("input",))
+    @app.exception_handler(FieldsInvalid)
+    async def fields_invalid(request: Request, exc: FieldsInvalid) -> JSONResponse:
+        return field_errors(exc.errors, exc.prefix)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return problem(413, "Request too large", str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        response = problem(429, "Too many requests", str(exc))
+        response.headers["Retry-After"] = str(exc.RETRY_AFTER_S)
+        return response
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
@@ -72,13 +84,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem(500, "Internal server error", "Unexpected server error; see the server log.")
 
 
-def _limit_body(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next):
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return problem(413, "Request too large", f"Request bodies are limited to {MAX_BODY_BYTES} bytes.")
-        return await call_next(request)
+async def _remove_expired_forever(store: Store, every_s: float) -> None:
+    """MUSICGEN_RETENTION: reclaim the disk of what has expired, whether or not anyone reads it."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            removed = await run_in_threadpool(store.remove_expired)
+        except Exception:  # a bug of ours: log it, try again next time
+            log.exception("removing expired outputs failed")
+        else:
+            if removed:
+                log.info("retention: removed the data of %d predictions and uploads", removed)
 
 
 def require_token(request: Request) -> None:
@@ -103,14 +119,16 @@ def resolver(store: Store):
 
 
 def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
-               webhook_backoff_s: float = 0.1) -> FastAPI:
-    store = Store(Path(settings.data_dir))
+               webhook_backoff_s: float = 0.1, webhook_timeout_s: float = 5.0,
+               retention_sweep_s: float = 60.0) -> FastAPI:
+    store = Store(Path(settings.data_dir), settings.retention_s)
 
     def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
         inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
         return pred.to_json(base_url, inline)
 
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
+                             timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
                              render=render)
     worker = Worker(engine, store, webhooks, resolver(store))
 
@@ -125,7 +143,12 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
     async def lifespan(app: FastAPI):
         worker.start()
         deadlines.start()
+        sweeper = asyncio.create_task(_remove_expired_forever(store, retention_sweep_s)) if store.retention else None
         yield
+        if sweeper:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
         deadlines.stop()
         worker.stop()
         webhooks.close()
@@ -135,9 +158,10 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines = deadlines
     _install_error_handlers(app)
-    _limit_body(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
-    app.include_router(routes.router, prefix="/v1", dependencies=auth)
-    app.include_router(resources.v1, prefix="/v1", dependencies=auth)
+    app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.public)
+    bodies.install(app)
     return app

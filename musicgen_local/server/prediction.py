@@ -2,16 +2,19 @@
 
 A `Prediction` holds what we persist; `to_json(base_url)` renders the public object, so output
 and `urls` are absolute URLs for whoever is asking (or, for webhooks, the creator's base URL).
+`from_record` reads back any stored row, including rows written by other versions.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .surrogates import scrub
 
 MODEL = "meta/musicgen"
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -38,6 +41,14 @@ def iso(t: datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if t else None
 
 
+def stored_time(value: Any) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
 @dataclass
 class Prediction:
     id: str
@@ -54,6 +65,7 @@ class Prediction:
     webhook_events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
     base_url: str = ""  # the creator's base URL, used to render webhook bodies
     seed: int | None = None
+    data_removed: bool = False  # MUSICGEN_RETENTION passed: input and output files removed, as on Replicate
 
     @property
     def done(self) -> bool:
@@ -72,11 +84,12 @@ class Prediction:
         base = (base_url or self.base_url).rstrip("/")
         output = f"{base}/delivery/{self.id}/{self.output_file}" if self.output_file else None
         if self.output_file and inline_dir is not None:
-            output = data_uri(inline_dir / self.output_file)
+            path = inline_dir / self.output_file
+            output = data_uri(path) if path.is_file() else None
         urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
         return {
             "id": self.id, "model": MODEL, "version": self.version, "input": self.input, "logs": self.logs,
-            "output": output, "data_removed": False, "error": self.error, "status": self.status,
+            "output": output, "data_removed": self.data_removed, "error": self.error, "status": self.status,
             "created_at": iso(self.created_at), "started_at": iso(self.started_at),
             "completed_at": iso(self.completed_at), "source": "api", "metrics": self.metrics(), "urls": urls,
         }
@@ -91,8 +104,13 @@ class Prediction:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Prediction:
-        rec = dict(rec)
-        for key in ("created_at", "started_at", "completed_at"):
-            rec[key] = datetime.fromisoformat(rec[key]) if rec[key] else None
-        rec["webhook_events_filter"] = tuple(rec["webhook_events_filter"])
+        """Unknown keys are ignored and missing ones take their defaults; lone surrogates become U+FFFD.
+        Raises TypeError when the row lacks what no default can stand for (id, version, input)."""
+        known = {f.name for f in fields(cls)}
+        rec = {key: value for key, value in scrub(rec).items() if key in known}
+        for key in ("started_at", "completed_at"):
+            rec[key] = stored_time(rec.get(key))
+        rec["created_at"] = stored_time(rec.get("created_at")) or rec["completed_at"] or now()
+        if "webhook_events_filter" in rec:
+            rec["webhook_events_filter"] = tuple(rec["webhook_events_filter"] or ())
         return cls(**rec)

@@ -8,11 +8,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..schema import VERSION_IDS, openapi_schema
+from . import surrogates
+from .bodies import ANY_FILE, AUDIO, UPLOAD_BODY, File, created, problems
 from .prediction import MODEL, iso, now
 
 v1 = APIRouter()  # behind the token, when one is set
@@ -42,7 +45,7 @@ async def list_versions() -> dict[str, Any]:
     return {"next": None, "previous": None, "results": [_version(v) for v in VERSION_IDS]}
 
 
-@v1.get("/models/meta/musicgen/versions/{version_id}")
+@v1.get("/models/meta/musicgen/versions/{version_id}", responses=problems(404))
 async def get_version(version_id: str) -> dict[str, Any]:
     if version_id not in VERSION_IDS:
         raise HTTPException(404, f"No version {version_id!r} of {MODEL}; this server has {', '.join(VERSION_IDS)}.")
@@ -62,22 +65,26 @@ async def _metadata(part: Any) -> dict[str, Any]:
         meta = None
     if not isinstance(meta, dict):
         raise HTTPException(400, "`metadata` must be a JSON object.")
+    if surrogates.find(meta) is not None:
+        raise HTTPException(400, "`metadata` holds a lone UTF-16 surrogate (such as \\ud800), which is not text.")
     return meta
 
 
-@v1.post("/files", status_code=201)
+@v1.post("/files", status_code=201, openapi_extra=UPLOAD_BODY,
+         responses={**created(File), **problems(400, 413, 422)})
 async def create_file(request: Request) -> dict[str, Any]:
-    """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs."""
+    """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs. The
+    multipart parser spools the content to a temporary file; the store copies it to its place."""
     try:
-        form = await request.form()
+        async with request.form(max_files=2, max_fields=4) as form:  # closes (deletes) the spooled parts
+            content = form.get("content")
+            if not isinstance(content, StarletteUpload):
+                raise HTTPException(422, "- content: a file part named `content` is required.")
+            metadata = await _metadata(form.get("metadata"))
+            record = await run_in_threadpool(request.app.state.store.add_file, content.filename or "file",
+                                             content.content_type, content.file, metadata)
     except MultiPartException:
         raise HTTPException(400, "Send the file as multipart/form-data with a `content` part.") from None
-    content = form.get("content")
-    if not isinstance(content, StarletteUpload):
-        raise HTTPException(422, "- content: a file part named `content` is required.")
-    record = request.app.state.store.add_file(content.filename or "file", content.content_type
-                                              or "application/octet-stream", await content.read(),
-                                              await _metadata(form.get("metadata")))
     return _file_json(request, record)
 
 
@@ -88,12 +95,12 @@ def _stored_file(request: Request, file_id: str):
     return found
 
 
-@v1.get("/files/{file_id}")
+@v1.get("/files/{file_id}", responses={200: {"model": File}, **problems(404)})
 async def get_file(request: Request, file_id: str) -> dict[str, Any]:
     return _file_json(request, _stored_file(request, file_id)[0])
 
 
-@v1.get("/files/{file_id}/download")
+@v1.get("/files/{file_id}/download", response_class=FileResponse, responses={**ANY_FILE, **problems(404)})
 async def download_file(request: Request, file_id: str) -> FileResponse:
     record, path = _stored_file(request, file_id)
     return FileResponse(path, media_type=record["content_type"], filename=record["name"])
@@ -111,7 +118,7 @@ async def health(request: Request) -> dict[str, Any]:
             "time": iso(now())}
 
 
-@public.get("/delivery/{pred_id}/{name}")
+@public.get("/delivery/{pred_id}/{name}", response_class=FileResponse, responses={**AUDIO, **problems(404)})
 async def deliver_output(request: Request, pred_id: str, name: str) -> FileResponse:
     """Outputs, like replicate.delivery: no token, the unguessable prediction id is the capability."""
     pred = request.app.state.store.get(pred_id)

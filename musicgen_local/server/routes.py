@@ -10,15 +10,20 @@ import asyncio
 import json
 import re
 import time
-from typing import Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import pydantic
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..schema import VERSION_IDS, parse_input
+from .. import netpolicy
+from ..schema import FIELDS_BY_NAME, VERSION_IDS, parse_input
+from . import surrogates
+from .bodies import CreateBody, PredictionPage, created, json_body, problems
+from .bodies import Prediction as PredictionBody
 from .params import CancelAfter, CreatedAfter, CreatedBefore
 from .prediction import MODEL, Prediction, iso, new_id
 
@@ -27,27 +32,39 @@ MAX_WAIT_S = 60
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+))?(?:$|[,;\s])")
 
 
-class InputInvalid(Exception):
-    """Schema violations in `input`: a 422 naming each field, raised before anything is queued."""
+class FieldsInvalid(Exception):
+    """A 422 naming each bad field (pydantic's error shape, under `prefix`), raised before anything is queued."""
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__("input validation failed")
-        self.errors = errors
-
-
-class CreateBody(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="ignore")
-    version: str | None = None
-    input: dict[str, Any] = {}
-    webhook: pydantic.AnyHttpUrl | None = None
-    webhook_events_filter: list[Literal["start", "output", "logs", "completed"]] | None = None
+    def __init__(self, errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> None:
+        super().__init__("validation failed")
+        self.errors, self.prefix = errors, prefix
 
 
-async def _json_body(request: Request) -> Any:
+class QueueFull(Exception):
+    """MUSICGEN_MAX_QUEUE predictions are unfinished: a 429 with Retry-After."""
+
+    RETRY_AFTER_S = 10
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The queue is full: {limit} predictions are waiting or running (MUSICGEN_MAX_QUEUE). "
+                         f"Retry after {self.RETRY_AFTER_S} seconds.")
+
+
+def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsInvalid:
+    return FieldsInvalid([{"loc": loc, "type": kind, "msg": message}])
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
     try:
-        return json.loads(await request.body() or b"{}")
+        raw = json.loads(await request.body() or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPException(400, "The request body is not valid JSON.") from None
+    if not isinstance(raw, dict):
+        raise HTTPException(400, "The request body must be a JSON object.")
+    if (where := surrogates.find(raw)) is not None:
+        raise _field_error(where, "string_unicode", "Input should be valid Unicode text: it holds a lone UTF-16 "
+                                                    "surrogate (such as \\ud800), which is not a character")
+    return raw
 
 
 def resolve_version(ref: str | None) -> str:
@@ -69,33 +86,49 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-async def _create(request: Request, version_ref: str | None, cancel_after: float | None) -> JSONResponse:
-    raw = await _json_body(request)
-    if not isinstance(raw, dict):
-        raise HTTPException(400, "The request body must be a JSON object.")
-    body = CreateBody.model_validate(raw)
-    version = resolve_version(body.version if version_ref is None else version_ref)
+def _checked_input(body: CreateBody, version: str) -> dict[str, Any]:
+    """The input as the client sent it, less unknown keys (dropped, as Cog does: never stored or echoed)."""
     try:
         parsed = parse_input(body.input)
     except pydantic.ValidationError as exc:
-        raise InputInvalid(exc.errors()) from None
+        raise FieldsInvalid(exc.errors(), ("input",)) from None
     if version != VERSION_IDS[0] and parsed.model_version == "encode-decode":
         raise HTTPException(422, f"- input.model_version: 'encode-decode' is not available in version {version}; "
                                  f"use version {VERSION_IDS[0]}.")
-    pred = Prediction(id=new_id(), version=version, input=body.input, base_url=str(request.base_url),
-                      webhook=str(body.webhook) if body.webhook else None)
+    return {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
+
+
+async def _checked_webhook(request: Request, body: CreateBody) -> str | None:
+    if body.webhook is None:
+        return None
+    url = str(body.webhook)
+    block_private = request.app.state.settings.block_private_urls
+    if reason := await run_in_threadpool(netpolicy.refusal, url, block_private):  # resolving the host blocks
+        raise _field_error(("webhook",), "url_refused", f"This server does not send webhooks there: {reason}")
+    return url
+
+
+async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
+                  prefer: str | None) -> JSONResponse:
+    body = CreateBody.model_validate(await _json_body(request))
+    version = resolve_version(body.version if version_ref is None else version_ref)
+    pred = Prediction(id=new_id(), version=version, input=_checked_input(body, version),
+                      base_url=str(request.base_url), webhook=await _checked_webhook(request, body))
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
+    max_queue = request.app.state.settings.max_queue
+    if max_queue and request.app.state.store.unfinished() >= max_queue:  # no await from here to submit
+        raise QueueFull(max_queue)
     request.app.state.worker.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
-    return JSONResponse(await _wait(request, pred), status_code=201)
+    return JSONResponse(await _wait(request, pred, prefer), status_code=201)
 
 
-async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
+async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[str, Any]:
     """Hold the request up to the `Prefer: wait` time. On timeout the object says `starting`, never
     `processing`: both clients treat any other status after a blocking create as finished."""
-    deadline = time.monotonic() + wait_seconds(request.headers.get("prefer"))
+    deadline = time.monotonic() + wait_seconds(prefer)
     while not pred.done and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     out = request.app.state.render(pred, str(request.base_url))
@@ -104,14 +137,22 @@ async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
     return out
 
 
-@router.post("/predictions")
-async def create_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
-    return await _create(request, None, cancel_after)
+Prefer = Annotated[str | None, Header(description="`wait` (up to 60 s) or `wait=N` (seconds): answer once the "
+                                                  "prediction finishes, or then with status `starting`.")]
+CREATE = {"status_code": 201, "openapi_extra": json_body("PredictionRequest"),
+          "responses": {**created(PredictionBody), **problems(400, 413, 422, 429)}}
+FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
 
 
-@router.post("/models/meta/musicgen/predictions")
-async def create_model_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
-    return await _create(request, MODEL, cancel_after)
+@router.post("/predictions", **CREATE)
+async def create_prediction(request: Request, cancel_after: CancelAfter = None, prefer: Prefer = None) -> JSONResponse:
+    return await _create(request, None, cancel_after, prefer)
+
+
+@router.post("/models/meta/musicgen/predictions", **CREATE)
+async def create_model_prediction(request: Request, cancel_after: CancelAfter = None,
+                                  prefer: Prefer = None) -> JSONResponse:
+    return await _create(request, MODEL, cancel_after, prefer)
 
 
 def _found(request: Request, pred_id: str) -> Prediction:
@@ -121,19 +162,19 @@ def _found(request: Request, pred_id: str) -> Prediction:
     return pred
 
 
-@router.get("/predictions/{pred_id}")
+@router.get("/predictions/{pred_id}", **FOUND)
 async def get_prediction(request: Request, pred_id: str) -> dict[str, Any]:
     return request.app.state.render(_found(request, pred_id), str(request.base_url))
 
 
-@router.post("/predictions/{pred_id}/cancel")
+@router.post("/predictions/{pred_id}/cancel", **FOUND)
 async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
     pred = _found(request, pred_id)
     request.app.state.worker.cancel(pred)
     return request.app.state.render(pred, str(request.base_url))
 
 
-@router.get("/predictions")
+@router.get("/predictions", responses={200: {"model": PredictionPage}, **problems(400, 422)})
 async def list_predictions(request: Request, cursor: str | None = None, created_after: CreatedAfter = None,
                            created_before: CreatedBefore = None) -> dict[str, Any]:
     try:

@@ -7,6 +7,11 @@ Layout under the data directory:
 
 Predictions still running live in memory (`_live`) and are written through on every state change,
 so progress updates do not hit the disk 50 times a second; a restart finds the last state written.
+
+Reading never fails on what is stored: a row another version wrote, or one that holds text no
+response can encode, is rendered as well as it can be (see `_load`). With a retention
+(MUSICGEN_RETENTION), finished predictions' files and uploads older than it are removed: by the
+app's periodic `remove_expired`, and by every read that finds one due first.
 """
 
 from __future__ import annotations
@@ -14,14 +19,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .prediction import Prediction, iso, new_id, now
+from .prediction import Prediction, iso, new_id, now, stored_time
+from .surrogates import scrub
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, record TEXT NOT NULL);
@@ -30,6 +41,10 @@ CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 """
 INTERRUPTED = ("The server stopped while this prediction was {state}, so it did not finish. "
                "Create the prediction again.")
+UNREADABLE = "This prediction's stored record could not be read (it was written by another version?)."
+MAX_NAME_BYTES = 255  # the longest file name Linux file systems take
+_CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(?:\s*;\s*[\w.+-]+=[\w.+\-\"]+)*")
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _stamp(t: datetime) -> str:
@@ -43,6 +58,22 @@ def _encode_cursor(kind: str, pred: Prediction) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def safe_filename(name: str) -> str:
+    """An upload's name as it can be stored: its last path component, without control characters,
+    at most 255 bytes (the extension kept), and never empty, `.` or `..`."""
+    name = _NOT_IN_NAMES.sub("", re.split(r"[/\\]", name)[-1]).strip()
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext.encode()) > 16:  # `.hidden`, or no real extension: all stem
+        stem, ext = name, ""
+    suffix = f".{ext}" if ext else ""
+    name = stem.encode()[:MAX_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+    return "file" if name in ("", ".", "..") else name
+
+
+def safe_content_type(value: str | None) -> str:
+    return value if value and _CONTENT_TYPE.fullmatch(value) else "application/octet-stream"
+
+
 def decode_cursor(cursor: str) -> tuple[str, str, str]:
     """-> (kind 'next'|'prev', created_at, id); ValueError on anything malformed."""
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
@@ -52,11 +83,27 @@ def decode_cursor(cursor: str) -> tuple[str, str, str]:
     return kind, created, pid
 
 
+def _decode_text(raw: bytes) -> str:
+    # A row holding invalid UTF-8 (written by hand or by another program) reads with U+FFFD in place.
+    return raw.decode("utf-8", "replace")
+
+
+def _field(name: str) -> str:
+    """SQL for one key of a row's JSON record; NULL for a row that is not JSON (never an SQL error)."""
+    return f"CASE WHEN json_valid(record) THEN json_extract(record, '$.{name}') END"
+
+
+def _loads(text: str) -> Any:
+    return scrub(json.loads(text))
+
+
 class Store:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, retention_s: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.retention = timedelta(seconds=retention_s) if retention_s else None
         self._db = sqlite3.connect(self.data_dir / "musicgen.sqlite3", check_same_thread=False)
+        self._db.text_factory = _decode_text
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._live: dict[str, Prediction] = {}
@@ -64,9 +111,9 @@ class Store:
 
     def _fail_interrupted(self) -> None:
         """Nothing runs across a restart: a prediction found unfinished is failed, never left running."""
-        rows = self._db.execute("SELECT record FROM predictions").fetchall()
-        for (record,) in rows:
-            pred = Prediction.from_record(json.loads(record))
+        rows = self._db.execute("SELECT id, created_at, record FROM predictions").fetchall()
+        for row in rows:
+            pred = self._load(*row)
             if not pred.done:
                 state = "running" if pred.status == "processing" else "queued"
                 pred.status, pred.error, pred.completed_at = "failed", INTERRUPTED.format(state=state), now()
@@ -96,8 +143,29 @@ class Store:
         with self._lock:
             if pred_id in self._live:
                 return self._live[pred_id]
-            row = self._db.execute("SELECT record FROM predictions WHERE id = ?", (pred_id,)).fetchone()
-        return Prediction.from_record(json.loads(row[0])) if row else None
+            row = self._db.execute("SELECT id, created_at, record FROM predictions WHERE id = ?",
+                                   (pred_id,)).fetchone()
+        if not row:
+            return None
+        pred = self._load(*row)
+        if self._expired(pred.completed_at if pred.done else None) and not pred.data_removed:
+            self._remove_data(pred)
+        return pred
+
+    @staticmethod
+    def _load(pred_id: str, created_at: str, record: str) -> Prediction:
+        """The stored prediction; one whose row cannot be read is shown failed, not as an error for everyone."""
+        try:
+            return Prediction.from_record(_loads(record))
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("prediction %s: unreadable stored record (%s)", pred_id, exc)
+            return Prediction(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
+                              created_at=stored_time(created_at) or now())
+
+    def unfinished(self) -> int:
+        """Predictions created and not yet finished (queued or running)."""
+        with self._lock:
+            return len(self._live)
 
     def page(self, limit: int, cursor: str | None, created_after: datetime | None = None,
              created_before: datetime | None = None) -> tuple[list[Prediction], str | None, str | None]:
@@ -132,16 +200,24 @@ class Store:
                 _encode_cursor("prev", preds[0]) if has_newer else None)
 
     # -- uploaded files ----------------------------------------------------------------------------
-    def add_file(self, name: str, content_type: str, content: bytes, metadata: dict[str, Any]) -> dict[str, Any]:
-        file_id = new_id()
-        safe_name = Path(name).name or "file"
+    def add_file(self, name: str, content_type: str | None, content: BinaryIO,
+                 metadata: dict[str, Any]) -> dict[str, Any]:
+        """Copy an upload to disk in chunks, hashing as it goes (blocking: run it off the event loop)."""
+        file_id, safe_name = new_id(), safe_filename(name)
         path = self.data_dir / "files" / file_id / safe_name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        record = {"id": file_id, "name": safe_name, "content_type": content_type, "size": len(content),
-                  "etag": hashlib.md5(content).hexdigest(),
-                  "checksums": {"sha256": hashlib.sha256(content).hexdigest(), "md5": hashlib.md5(content).hexdigest()},
-                  "metadata": metadata, "created_at": iso(now()), "expires_at": None}
+        md5, sha256, size = hashlib.md5(), hashlib.sha256(), 0
+        with path.open("wb") as out:
+            while chunk := content.read(1 << 20):
+                md5.update(chunk)
+                sha256.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        created = now()
+        record = {"id": file_id, "name": safe_name, "content_type": safe_content_type(content_type), "size": size,
+                  "etag": md5.hexdigest(), "checksums": {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()},
+                  "metadata": metadata, "created_at": iso(created),
+                  "expires_at": iso(created + self.retention) if self.retention else None}
         with self._lock:
             self._db.execute("INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
             self._db.commit()
@@ -152,8 +228,49 @@ class Store:
             row = self._db.execute("SELECT record FROM files WHERE id = ?", (file_id,)).fetchone()
         if not row:
             return None
-        record = json.loads(row[0])
-        return record, self.data_dir / "files" / file_id / record["name"]
+        try:
+            record = _loads(row[0])
+            created, path = stored_time(record["created_at"]), self.data_dir / "files" / file_id / record["name"]
+        except (ValueError, TypeError, KeyError) as exc:  # a row we cannot read: as if it were not there
+            log.warning("file %s: unreadable stored record (%s)", file_id, exc)
+            return None
+        if self._expired(created):
+            self._remove_file(file_id)
+            return None
+        return record, path
+
+    # -- retention ---------------------------------------------------------------------------------
+    def _expired(self, t: datetime | None) -> bool:
+        return self.retention is not None and t is not None and t < now() - self.retention
+
+    def _remove_data(self, pred: Prediction) -> None:
+        shutil.rmtree(self.prediction_dir(pred.id), ignore_errors=True)
+        pred.output_file, pred.input, pred.data_removed = None, {}, True
+        with self._lock:
+            self._write(pred)
+
+    def _remove_file(self, file_id: str) -> None:
+        shutil.rmtree(self.data_dir / "files" / file_id, ignore_errors=True)
+        with self._lock:
+            self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            self._db.commit()
+
+    def remove_expired(self) -> int:
+        """Remove what the retention has passed: finished predictions' files and inputs, and uploads."""
+        if self.retention is None:
+            return 0
+        cutoff = now() - self.retention
+        with self._lock:
+            preds = self._db.execute(
+                f"SELECT id, created_at, record FROM predictions WHERE {_field('completed_at')} < ? "
+                f"AND NOT coalesce({_field('data_removed')}, 0)", (_stamp(cutoff),)).fetchall()
+            files = self._db.execute(f"SELECT id FROM files WHERE {_field('created_at')} < ?",
+                                     (iso(cutoff),)).fetchall()
+        for row in preds:
+            self._remove_data(self._load(*row))
+        for (file_id,) in files:
+            self._remove_file(file_id)
+        return len(preds) + len(files)
 
     def secret(self) -> str:
         """The webhook signing secret, made once and kept in the data directory."""

@@ -1,29 +1,42 @@
 """Webhook delivery as Replicate does it: event filter, 500 ms throttle, retries, Standard-Webhooks signing.
 
 Events: `start` (once), `output`, `logs` (each throttled to one per 500 ms), `completed` (always).
-Deliveries go out in order from one sender thread so a fast prediction never sends `completed`
-before `start`; a failed `completed` is retried with exponential backoff on a separate pool so one
-dead receiver does not hold up everyone else's webhooks.
+Deliveries run on one asyncio loop in a thread of its own, so a receiver that is slow or never
+answers holds up its own webhooks only:
+- a prediction's webhooks go out one after another, in the order its events happened (its `start`
+  is never delivered after its `completed`); different predictions' go out concurrently, at most
+  PER_RECEIVER at once to any one receiver (scheme, host and port);
+- every attempt has a timeout (`timeout_s`); a failed `completed` is retried with exponential
+  backoff (12 retries from 100 ms, on connection errors and 429/5xx, as Cog does) on the loop's
+  timers, never by a thread that sleeps;
+- a receiver that took the request but did not answer in time is not sent it again: it has the
+  body. Retrying those timeouts is what gave one slow receiver 13 copies of each `completed`;
+- while a prediction's webhook waits for its receiver, a newer `logs`/`output` state replaces an
+  older one not yet sent, so a slow receiver gets the latest state rather than a backlog;
+- each attempt checks the URL against netpolicy (a name may resolve elsewhere than at create).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from .. import netpolicy
 from .prediction import Prediction
 
 log = logging.getLogger(__name__)
@@ -43,55 +56,122 @@ class Delivery:
     url: str
     body: bytes
     msg_id: str  # stable across retries, so receivers can de-duplicate
-    terminal: bool
+    event: str
     pred_id: str
+    retries: int = 0
 
 
 class WebhookSender:
+    PER_RECEIVER = 8
+
     def __init__(self, secret: str, throttle_s: float = 0.5, retries: int = 12, backoff_s: float = 0.1,
+                 timeout_s: float = 5.0, block_private_urls: bool = False,
                  render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json) -> None:
         self.secret, self.render = secret, render
         self.throttle_s, self.retries, self.backoff_s = throttle_s, retries, backoff_s
+        self.block_private_urls = block_private_urls
+        self._lock = threading.Lock()  # notify() runs on worker, deadline and request threads
         self._last_sent: dict[str, float] = {}
-        self._queue: queue.Queue[Delivery | None] = queue.Queue()
-        self._client = httpx.Client(timeout=10.0, follow_redirects=False)
-        self._retry_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-retry")
-        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+        # The rest belongs to the loop's thread.
+        self._lanes: dict[str, deque[Delivery]] = {}  # prediction id -> its webhooks not yet attempted
+        self._receivers: dict[str, list] = {}  # receiver -> [semaphore, deliveries using it]
+        self._tasks: set[asyncio.Task] = set()
+        self._unsent = 0  # first attempts queued or in flight, for drain()
+        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
+                                         limits=httpx.Limits(max_connections=None))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="webhooks", daemon=True)
         self._thread.start()
 
     def notify(self, pred: Prediction, event: str) -> None:
         """Queue a delivery of `pred`'s current state, if its filter and the throttle allow it."""
         if not pred.webhook or event not in pred.webhook_events_filter:
             return
-        t = time.monotonic()
-        if event in THROTTLED and t - self._last_sent.get(pred.id, -1e9) < self.throttle_s:
-            return
-        self._last_sent[pred.id] = t
-        if event == "completed":
-            self._last_sent.pop(pred.id, None)
-        body = json.dumps(self.render(pred)).encode()
-        self._queue.put(Delivery(pred.webhook, body, f"msg_{uuid.uuid4().hex}", event == "completed", pred.id))
-
-    def _run(self) -> None:
-        while (delivery := self._queue.get()) is not None:
-            if not self._attempt(delivery) and delivery.terminal:
-                self._retry_pool.submit(self._retry, delivery)
-
-    def _retry(self, delivery: Delivery) -> None:
-        for n in range(self.retries):
-            time.sleep(self.backoff_s * 2**n)
-            if self._attempt(delivery):
+        with self._lock:  # rendering under it too keeps one prediction's webhooks in event order
+            t = time.monotonic()
+            if event in THROTTLED and t - self._last_sent.get(pred.id, -1e9) < self.throttle_s:
                 return
-        log.error("prediction %s: gave up on webhook %s after %d retries", delivery.pred_id, delivery.url, self.retries)
+            self._last_sent[pred.id] = t
+            if event == "completed":
+                self._last_sent.pop(pred.id, None)
+            body = json.dumps(self.render(pred)).encode()
+            delivery = Delivery(pred.webhook, body, f"msg_{uuid.uuid4().hex}", event, pred.id)
+            try:
+                self._loop.call_soon_threadsafe(self._enqueue, delivery)
+            except RuntimeError:  # closed: the server is shutting down
+                log.warning("prediction %s: webhook %s not sent: shutting down", pred.id, event)
 
-    def _attempt(self, d: Delivery) -> bool:
-        """True when delivered, or when failed in a way a retry will not fix (e.g. 4xx)."""
+    # -- on the loop's thread ----------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        lane = self._lanes.get(delivery.pred_id)
+        if lane is None:
+            lane = self._lanes[delivery.pred_id] = deque()
+            self._spawn(self._run_lane(delivery.pred_id, lane))
+        if delivery.event in THROTTLED and lane and lane[-1].event in THROTTLED:
+            lane[-1] = delivery  # a newer state of the same prediction supersedes one not yet sent
+            return
+        lane.append(delivery)
+        self._unsent += 1
+
+    async def _run_lane(self, pred_id: str, lane: deque[Delivery]) -> None:
+        while lane:
+            try:
+                await self._deliver(lane.popleft())
+            finally:
+                self._unsent -= 1
+        del self._lanes[pred_id]
+
+    async def _deliver(self, d: Delivery) -> None:
+        try:
+            async with self._slot(d.url):
+                delivered = await self._attempt(d)
+        except Exception:  # a bug of ours: log it, keep delivering everyone else's
+            log.exception("prediction %s: webhook %s failed", d.pred_id, d.url)
+            return
+        if delivered or d.event != "completed":
+            return
+        if d.retries == self.retries:
+            log.error("prediction %s: gave up on webhook %s after %d retries", d.pred_id, d.url, self.retries)
+            return
+        delay = self.backoff_s * 2**d.retries
+        d.retries += 1
+        self._loop.call_later(delay, lambda: self._spawn(self._deliver(d)))
+
+    @asynccontextmanager
+    async def _slot(self, url: str) -> AsyncIterator[None]:
+        """At most PER_RECEIVER deliveries in flight to one receiver; others queue here, not elsewhere."""
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        entry = self._receivers.setdefault(key, [asyncio.Semaphore(self.PER_RECEIVER), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._receivers[key]
+
+    async def _attempt(self, d: Delivery) -> bool:
+        """True when delivered, or failed in a way a retry will not fix (4xx, refused URL, no answer in time)."""
+        if reason := await asyncio.to_thread(netpolicy.refusal, d.url, self.block_private_urls):
+            log.error("prediction %s: webhook %s refused: %s", d.pred_id, d.url, reason)
+            return True
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": d.msg_id, "webhook-timestamp": str(ts),
                    "webhook-signature": sign(self.secret, d.msg_id, ts, d.body)}
         try:
-            resp = self._client.post(d.url, content=d.body, headers=headers)
-        except httpx.HTTPError as exc:
+            resp = await self._client.post(d.url, content=d.body, headers=headers)
+        except httpx.ReadTimeout:
+            log.warning("prediction %s: webhook %s took the request but did not answer in time; not sent again",
+                        d.pred_id, d.url)
+            return True
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             log.warning("prediction %s: webhook %s failed: %s", d.pred_id, d.url, exc)
             return False
         if resp.status_code in RETRY_STATUSES:
@@ -99,14 +179,26 @@ class WebhookSender:
             return False
         return True
 
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._client.aclose()
+
+    # -- any thread --------------------------------------------------------------------------------
     def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued first attempts are done (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
+        while self._unsent and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Drop what is still queued or scheduled, as a stopping server does."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=5)
+        except (TimeoutError, RuntimeError):
+            log.warning("webhooks: could not stop cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
-        self._retry_pool.shutdown(wait=False, cancel_futures=True)
-        self._client.close()
+        if not self._thread.is_alive():
+            self._loop.close()

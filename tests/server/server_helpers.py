@@ -19,9 +19,10 @@ V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
 V2 = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
 
 
-def make_client(tmp_path, engine=None, **kwargs) -> TestClient:
-    settings = Settings(data_dir=tmp_path / "data", api_token=kwargs.pop("api_token", ""))
-    return TestClient(create_app(settings, engine or FakeEngine(), **kwargs))
+def make_client(tmp_path, engine=None, settings: dict | None = None, **kwargs) -> TestClient:
+    """`settings`: Settings fields to change; the rest are create_app's keyword arguments."""
+    config = Settings(data_dir=tmp_path / "data", api_token=kwargs.pop("api_token", "")).with_(**(settings or {}))
+    return TestClient(create_app(config, engine or FakeEngine(), **kwargs))
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from server_helpers import V1, V2, make_client
 
-from musicgen_local.server import app as app_module
-
 
 @pytest.mark.parametrize("body, field, kind", [
     ({"prompt": "x", "duration": "8"}, "input.duration", "int_type"),
@@ -48,11 +46,11 @@ def test_unknown_ids_are_404(client):
     assert client.get("/v1/predictions?cursor=%%%").status_code == 400
 
 
-def test_oversized_body_is_413(client, monkeypatch):
-    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1000)
-    resp = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x" * 2000}})
+def test_oversized_body_is_413(tmp_path):
+    with make_client(tmp_path, settings={"max_body_bytes": 1000}) as client:
+        resp = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x" * 2000}})
     assert resp.status_code == 413
-    assert resp.json()["detail"] == "Request bodies are limited to 1000 bytes."
+    assert resp.json()["detail"] == "Request bodies are limited to 1000 bytes (MUSICGEN_MAX_BODY_BYTES)."
 
 
 def test_token_required_on_every_v1_route_when_set(tmp_path):

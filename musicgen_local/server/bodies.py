@@ -1,0 +1,138 @@
+"""The v1 API's request and response bodies as pydantic models, and the OpenAPI document built from them.
+
+`CreateBody` validates a create request (its `input` is checked separately, against schema.py, so
+errors can name `input.<field>`). The other models only describe: the routes read their bodies
+themselves (to count bytes and refuse lone surrogates), so FastAPI cannot see them, and `install`
+adds them to /openapi.json: the create body with `input` built from schema.py's one list of
+fields, the upload's multipart body, and a problem body for every 4xx a route can answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from ..schema import PredictionInput
+
+EVENTS = Literal["start", "output", "logs", "completed"]
+_REF = "#/components/schemas/{model}"
+
+
+class CreateBody(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+    version: str | None = pydantic.Field(None, description="A version id, `meta/musicgen:<id>`, or `meta/musicgen`.")
+    input: dict[str, Any] = {}
+    webhook: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="Where to POST the prediction's updates.")
+    webhook_events_filter: list[EVENTS] | None = pydantic.Field(
+        None, description="Which events are sent to `webhook`; all four when absent.")
+
+
+class PredictionRequest(CreateBody):
+    """What the create routes document: CreateBody with `input` as the schema's fields."""
+    input: PredictionInput = pydantic.Field(  # type: ignore[valid-type]
+        default_factory=dict, description="The model's inputs; keys it does not know are dropped.")
+
+
+class Prediction(pydantic.BaseModel):
+    id: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    logs: str
+    output: str | None
+    data_removed: bool
+    error: str | None
+    status: Literal["starting", "processing", "succeeded", "failed", "canceled"]
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    source: str
+    metrics: dict[str, float]
+    urls: dict[str, str]
+
+
+class PredictionPage(pydantic.BaseModel):
+    next: str | None
+    previous: str | None
+    results: list[Prediction]
+
+
+class File(pydantic.BaseModel):
+    id: str
+    name: str
+    content_type: str
+    size: int
+    etag: str
+    checksums: dict[str, str]
+    metadata: dict[str, Any]
+    created_at: str
+    expires_at: str | None
+    urls: dict[str, str]
+
+
+class InvalidField(pydantic.BaseModel):
+    field: str
+    type: str
+    description: str
+
+
+class Problem(pydantic.BaseModel):
+    """RFC 7807, as Replicate answers errors (the Python client's ReplicateError reads it)."""
+    title: str
+    detail: str
+    status: int
+    invalid_fields: list[InvalidField] | None = None
+
+
+_PROBLEMS = {
+    400: "Malformed request: the body is not JSON (or not a JSON object), a bad cursor, a malformed upload.",
+    401: "MUSICGEN_API_TOKEN is set and the request does not carry it as `Authorization: Bearer <token>`.",
+    404: "No such prediction, file or output.",
+    413: "The body is larger than MUSICGEN_MAX_BODY_BYTES.",
+    422: "Validation failed: `invalid_fields` names each field (`input.duration`, `webhook`, ...).",
+    429: "MUSICGEN_MAX_QUEUE predictions are unfinished; retry after the `Retry-After` header's seconds.",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "description": _PROBLEMS[code]} for code in codes}
+
+
+def created(model: type[pydantic.BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {201: {"model": model, "description": "Created."}}
+
+
+def json_body(name: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": _REF.format(model=name)}}}}}
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["content"], "properties": {
+        "content": {"type": "string", "format": "binary", "description": "The file."},
+        "metadata": {"type": "string", "description": "Optional: a JSON object kept with the file."},
+    }}}}}}
+AUDIO = {200: {"description": "The audio file.", "content": {
+    "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+    "audio/mpeg": {"schema": {"type": "string", "format": "binary"}}}}}
+ANY_FILE = {200: {"description": "The uploaded file, with the content type it was uploaded with.",
+                  "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def install(app: FastAPI) -> None:
+    """Serve /openapi.json with the request bodies the routes read themselves."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                              description="Replicate's v1 API for meta/musicgen, served locally.")
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            body = PredictionRequest.model_json_schema(ref_template=_REF)
+            schemas.update(body.pop("$defs", {}))
+            schemas["PredictionRequest"] = body
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
