@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -47,27 +48,39 @@ def wait_done(client: TestClient, pred_id: str, timeout: float = 10.0) -> dict:
 
 
 class Receiver:
-    """An HTTP listener that records webhook deliveries; answers `fail_first` of them with 503."""
+    """An HTTP listener that records webhook deliveries (when they arrive); answers `fail_first` of them
+    with 503, and each one `delay_s` after it arrived."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0) -> None:
         self.calls: list[tuple[dict, bytes]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each call
         self.fail_first = fail_first
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.arrived.append(time.monotonic())
                 receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 failing = len(receiver.calls) <= receiver.fail_first
-                self.send_response(503 if failing else 200)
-                self.end_headers()
+                time.sleep(delay_s)
+                try:
+                    self.send_response(503 if failing else 200)
+                    self.end_headers()
+                except OSError:  # the sender gave up waiting
+                    pass
 
             def log_message(self, *args) -> None:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
     def events(self) -> list[dict]:
         return [json.loads(body) for _, body in self.calls]
@@ -83,4 +96,15 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
-    r.server.shutdown()
+    r.close()
+
+
+class HangingReceiver:
+    """Takes connections (the kernel completes them) and never reads or answers a request."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def close(self) -> None:
+        self.sock.close()
