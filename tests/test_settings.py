@@ -1,0 +1,28 @@
+"""The server's limits read from the environment, with their defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from musicgen_local.settings import Settings
+
+
+def test_limits_default_and_read_from_the_environment():
+    default = Settings.from_env({})
+    assert (default.max_body_bytes, default.max_queue, default.retention_s, default.block_private_urls) == (
+        100 * 1024 * 1024, 1000, None, False)
+    env = {"MUSICGEN_MAX_BODY_BYTES": "1048576", "MUSICGEN_MAX_QUEUE": "0", "MUSICGEN_RETENTION": "1d12h",
+           "MUSICGEN_BLOCK_PRIVATE_URLS": "1"}
+    s = Settings.from_env(env)
+    assert (s.max_body_bytes, s.max_queue, s.retention_s, s.block_private_urls) == (1048576, 0, 129600.0, True)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("30m", 1800.0), ("1h30m", 5400.0), ("7d", 604800.0),
+                                           ("0.5s", 0.5), ("", None)])
+def test_retention_durations(text, seconds):
+    assert Settings.from_env({"MUSICGEN_RETENTION": text}).retention_s == seconds
+
+
+def test_a_bad_retention_says_how_to_write_one():
+    with pytest.raises(ValueError, match=r"'a week' is not a duration; write e.g. 90 \(seconds\), 30m, 1h30m or 7d"):
+        Settings.from_env({"MUSICGEN_RETENTION": "a week"})
