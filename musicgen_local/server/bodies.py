@@ -122,6 +122,20 @@ ANY_FILE = {200: {"description": "The uploaded file, with the content type it wa
                   "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
+def _problem_responses(doc: dict[str, Any]) -> None:
+    """Every 4xx is a problem body as app.py sends it (application/problem+json), including the 422
+    FastAPI documents on its own for routes with parameters."""
+    for item in doc["paths"].values():
+        for operation in item.values():
+            for code, response in operation["responses"].items():
+                if code.startswith("4"):
+                    response["description"] = _PROBLEMS.get(int(code), response["description"])
+                    response["content"] = {"application/problem+json": {"schema": {"$ref": _REF.format(
+                        model="Problem")}}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        doc["components"]["schemas"].pop(name, None)
+
+
 def install(app: FastAPI) -> None:
     """Serve /openapi.json with the request bodies the routes read themselves."""
     def openapi() -> dict[str, Any]:
@@ -132,6 +146,7 @@ def install(app: FastAPI) -> None:
             body = PredictionRequest.model_json_schema(ref_template=_REF)
             schemas.update(body.pop("$defs", {}))
             schemas["PredictionRequest"] = body
+            _problem_responses(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

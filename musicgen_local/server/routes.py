@@ -137,8 +137,9 @@ async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[
     return out
 
 
-Prefer = Annotated[str | None, Header(description="`wait` (up to 60 s) or `wait=N` (seconds): answer once the "
-                                                  "prediction finishes, or then with status `starting`.")]
+PREFER_DOC = ("`wait` (up to 60 s) or `wait=N` (seconds): answer once the prediction finishes, or then "
+              "with status `starting`.")
+Prefer = Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)]
 CREATE = {"status_code": 201, "openapi_extra": json_body("PredictionRequest"),
           "responses": {**created(PredictionBody), **problems(400, 413, 422, 429)}}
 FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
