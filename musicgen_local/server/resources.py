@@ -22,6 +22,7 @@ v1 = APIRouter()  # behind the token, when one is set
 public = APIRouter()  # health and outputs: the Node client fetches outputs with plain fetch(), no token
 VERSION_CREATED = "2024-03-14T16:54:56.000000Z"  # fixed: a version never changes
 COG_VERSION = "0.23.1"
+MAX_METADATA_DEPTH = 32
 
 
 def _version(version_id: str) -> dict[str, Any]:
@@ -56,15 +57,28 @@ def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "urls": {"get": f"{request.base_url}v1/files/{record['id']}"}}
 
 
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iterative: a deep one must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 async def _metadata(part: Any) -> dict[str, Any]:
     """`metadata` comes as a plain field (Python client) or as a JSON blob part (Node client)."""
     raw = await part.read() if isinstance(part, StarletteUpload) else part
     try:
         meta = json.loads(raw) if raw else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         meta = None
     if not isinstance(meta, dict):
         raise HTTPException(400, "`metadata` must be a JSON object.")
+    if _depth(meta) > MAX_METADATA_DEPTH:  # deeper ones cannot be rendered back
+        raise HTTPException(400, f"`metadata` may nest at most {MAX_METADATA_DEPTH} levels deep.")
     if surrogates.find(meta) is not None:
         raise HTTPException(400, "`metadata` holds a lone UTF-16 surrogate (such as \\ud800), which is not text.")
     return meta

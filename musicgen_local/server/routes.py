@@ -57,11 +57,14 @@ def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsI
 async def _json_body(request: Request) -> dict[str, Any]:
     try:
         raw = json.loads(await request.body() or b"{}")
+        where = surrogates.find(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPException(400, "The request body is not valid JSON.") from None
+    except RecursionError:  # [[[[...: deeper than Python's parser (or our walk) can go
+        raise HTTPException(400, "The request body is nested too deeply.") from None
     if not isinstance(raw, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
-    if (where := surrogates.find(raw)) is not None:
+    if where is not None:
         raise _field_error(where, "string_unicode", "Input should be valid Unicode text: it holds a lone UTF-16 "
                                                     "surrogate (such as \\ud800), which is not a character")
     return raw

@@ -157,7 +157,7 @@ class Store:
         """The stored prediction; one whose row cannot be read is shown failed, not as an error for everyone."""
         try:
             return Prediction.from_record(_loads(record))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("prediction %s: unreadable stored record (%s)", pred_id, exc)
             return Prediction(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
                               created_at=stored_time(created_at) or now())
@@ -231,7 +231,7 @@ class Store:
         try:
             record = _loads(row[0])
             created, path = stored_time(record["created_at"]), self.data_dir / "files" / file_id / record["name"]
-        except (ValueError, TypeError, KeyError) as exc:  # a row we cannot read: as if it were not there
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # unreadable: as if it were not there
             log.warning("file %s: unreadable stored record (%s)", file_id, exc)
             return None
         if self._expired(created):

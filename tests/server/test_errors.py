@@ -23,6 +23,9 @@ def test_schema_violation_is_422_with_field_detail(client, fake_engine, body, fi
 @pytest.mark.parametrize("kwargs, status, detail", [
     ({"content": b"{not json"}, 400, "The request body is not valid JSON."),
     ({"json": [1, 2]}, 400, "The request body must be a JSON object."),
+    ({"content": b"[" * 100_000}, 400, "The request body is nested too deeply."),
+    ({"content": b'{"input": {"prompt": ' + b"[" * 990 + b"]" * 990 + b"}}"}, 400,
+     "The request body is nested too deeply."),
     ({"json": {"version": "meta/musicgen:abc", "input": {"prompt": "x"}}}, 422,
      "Invalid version or not permitted: 'meta/musicgen:abc'."),
     ({"json": {"version": V2, "input": {"input_audio": "a.wav", "model_version": "encode-decode"}}}, 422,
@@ -73,3 +76,6 @@ def test_bad_uploads_are_4xx(client):
     assert (resp.status_code, resp.json()["detail"]) == (422, "- content: a file part named `content` is required.")
     resp = client.post("/v1/files", files={"content": ("a.wav", b"x")}, data={"metadata": "[1]"})
     assert (resp.status_code, resp.json()["detail"]) == (400, "`metadata` must be a JSON object.")
+    deep = '{"a": ' + "[" * 900 + "]" * 900 + "}"
+    resp = client.post("/v1/files", files={"content": ("a.wav", b"x")}, data={"metadata": deep})
+    assert (resp.status_code, resp.json()["detail"]) == (400, "`metadata` may nest at most 32 levels deep.")
