@@ -53,7 +53,8 @@ class Prediction:
     webhook: str | None = None
     webhook_events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
     base_url: str = ""  # the creator's base URL, used to render webhook bodies
-    seed: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)  # the engine Request built at creation (seed fixed)
+    attempts: int = 0  # times handed to the engine (a prediction interrupted by a restart is run once more)
 
     @property
     def done(self) -> bool:
@@ -91,7 +92,7 @@ class Prediction:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Prediction:
-        rec = dict(rec)
+        rec = {k: v for k, v in rec.items() if k in cls.__dataclass_fields__}  # older records had other keys
         for key in ("created_at", "started_at", "completed_at"):
             rec[key] = datetime.fromisoformat(rec[key]) if rec[key] else None
         rec["webhook_events_filter"] = tuple(rec["webhook_events_filter"])

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ..engine.api import Request as EngineRequest
 from ..schema import VERSION_IDS, parse_input
 from .params import CancelAfter, CreatedAfter, CreatedBefore
 from .prediction import MODEL, Prediction, iso, new_id
@@ -82,11 +84,17 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
     if version != VERSION_IDS[0] and parsed.model_version == "encode-decode":
         raise HTTPException(422, f"- input.model_version: 'encode-decode' is not available in version {version}; "
                                  f"use version {VERSION_IDS[0]}.")
+    if not request.app.state.dispatcher.accepting:
+        raise HTTPException(503, "The server is shutting down; create the prediction again in a moment.")
+    engine_request = EngineRequest.from_input(parsed).with_seed()
+    if engine_request.input_audio:
+        local = request.app.state.resolve_input(engine_request.input_audio)
+        engine_request = replace(engine_request, input_audio=local)
     pred = Prediction(id=new_id(), version=version, input=body.input, base_url=str(request.base_url),
-                      webhook=str(body.webhook) if body.webhook else None)
+                      webhook=str(body.webhook) if body.webhook else None, request=engine_request.as_dict())
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
-    request.app.state.worker.submit(pred)
+    request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
     return JSONResponse(await _wait(request, pred), status_code=201)
@@ -129,7 +137,7 @@ async def get_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 @router.post("/predictions/{pred_id}/cancel")
 async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
     pred = _found(request, pred_id)
-    request.app.state.worker.cancel(pred)
+    request.app.state.dispatcher.cancel(pred)
     return request.app.state.render(pred, str(request.base_url))
 
 

@@ -28,8 +28,6 @@ CREATE TABLE IF NOT EXISTS predictions (id TEXT PRIMARY KEY, created_at TEXT NOT
 CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at, id);
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 """
-INTERRUPTED = ("The server stopped while this prediction was {state}, so it did not finish. "
-               "Create the prediction again.")
 
 
 def _stamp(t: datetime) -> str:
@@ -60,17 +58,16 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._live: dict[str, Prediction] = {}
-        self._fail_interrupted()
 
-    def _fail_interrupted(self) -> None:
-        """Nothing runs across a restart: a prediction found unfinished is failed, never left running."""
-        rows = self._db.execute("SELECT record FROM predictions").fetchall()
-        for (record,) in rows:
-            pred = Prediction.from_record(json.loads(record))
-            if not pred.done:
-                state = "running" if pred.status == "processing" else "queued"
-                pred.status, pred.error, pred.completed_at = "failed", INTERRUPTED.format(state=state), now()
-                self._write(pred)
+    def unfinished(self) -> list[Prediction]:
+        """Predictions a previous process left queued or running, oldest first (read at start-up)."""
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM predictions ORDER BY created_at, id").fetchall()
+        preds = [Prediction.from_record(json.loads(record)) for (record,) in rows]
+        unfinished = [p for p in preds if not p.done]
+        with self._lock:
+            self._live.update((p.id, p) for p in unfinished)
+        return unfinished
 
     # -- predictions -------------------------------------------------------------------------------
     def prediction_dir(self, pred_id: str) -> Path:
