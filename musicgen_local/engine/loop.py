@@ -240,10 +240,10 @@ class DeviceLoop:
 
     def _reference(self, job: Job, model) -> None:
         """The oracle path: audiocraft's own loop, one request at a time (see reference.py)."""
+        self._mbd(job)  # before seeding: building a model draws from the global RNGs
         job.run.emit(Started())
         reference.seed_everything(job.request.seed)
         plan = plan_request(model, job.request, job.clip, random.Random(job.request.seed))
-        self._mbd(job)
 
         def on_step(done: int, total: int) -> None:
             job.run.emit(Progress(done, total))

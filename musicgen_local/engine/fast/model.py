@@ -49,20 +49,30 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)  # [B, H, T, D] -> [B, T, H*D]
 
 
-def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+def _attend(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+    """Attention before the output projection: [B, H, T, D] each -> [B, T, H*D]."""
     dtype = q.dtype
     if attn.attention_as_float32:
         q, k, v = q.float(), k.float(), v.float()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-    return attn.out_proj(_merge_heads(out.to(dtype)))
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype))
+
+
+def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+    return attn.out_proj(_attend(attn, q, k, v, mask, causal))
 
 
 class StaticLM:
     """Prefill and one-token steps over `rows` cache rows of up to `max_len` positions each.
 
     A row is one sequence (a request's conditional and unconditional halves are two rows). Buffers
-    never move once allocated, so a CUDA graph captured over them stays valid; only a prompt longer
-    than the cross-attention buffer (`grow_cross`) reallocates.
+    never move once allocated, so a CUDA graph captured over them stays valid; only a prompt or a
+    window longer than any before (`grow_cross`, `grow`) reallocates.
+
+    Every step multiplies all `rows` rows by the weights, however many are in use: matrix kernels
+    pick their algorithm by the number of rows (on CPU, one for 1-2 rows and another from 4 on),
+    and a row's result must not depend on how many other requests decode beside it. Reading the
+    weights costs the same for 2 rows or 16; attention, whose cost grows with rows, runs on the
+    rows in use only.
     """
 
     def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64):
@@ -167,22 +177,29 @@ class StaticLM:
         """
         n = tokens.shape[0]
         lm = self.lm
-        x = sum(lm.emb[k](tokens[:, k : k + 1]) for k in range(tokens.shape[1]))  # [R, 1, C]
-        x = x + lm.transformer.positional_scale * self.pos_emb[pos].unsqueeze(1)
+        x = sum(lm.emb[k](tokens[:, k : k + 1]) for k in range(tokens.shape[1]))  # [n, 1, C]
+        x = self._all_rows(x + lm.transformer.positional_scale * self.pos_emb[pos].unsqueeze(1))  # [rows, 1, C]
         mask = cross_mask = None
         if masked:
             mask = (self.positions[None, :length] <= pos[:, None]).view(n, 1, 1, length)
             if self.has_cross:
                 cross_mask = self.cross_valid[:n, :cross_length].view(n, 1, 1, cross_length)
-        index = pos.view(n, 1, 1, 1).expand(n, self.heads, 1, self.k.shape[-1])  # [R, H, 1, D]
+        index = pos.view(n, 1, 1, 1).expand(n, self.heads, 1, self.k.shape[-1])  # [n, H, 1, D]
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.norm1(x))  # [R, H, 1, D] each
+            q, k, v = (t[:n] for t in self._qkv(layer, layer.norm1(x)))  # [n, H, 1, D] each
             keys, values = self.k[i, :n, :, :length], self.v[i, :n, :, :length]
             keys.scatter_(2, index, k)
             values.scatter_(2, index, v)
-            x = x + layer.layer_scale_1(_sdpa(layer.self_attn, q, keys, values, mask=mask))
+            attended = self._all_rows(_attend(layer.self_attn, q, keys, values, mask=mask))
+            x = x + layer.layer_scale_1(layer.self_attn.out_proj(attended))
             x = self._cross_and_ff(i, layer, x, slice(0, n), cross_length, cross_mask)
-        return self._logits(x)
+        return self._logits(x)[:n]
+
+    def _all_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [n, T, C] padded with zero rows to [rows, T, C]: what every matrix product of a step sees."""
+        if x.shape[0] == self.rows:
+            return x
+        return torch.cat([x, x.new_zeros((self.rows - x.shape[0], *x.shape[1:]))])
 
     # -------------------------------------------------------------------------------- pieces
 
@@ -193,15 +210,20 @@ class StaticLM:
         packed = projected.view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         return packed[0], packed[1], packed[2]
 
-    def _cross_and_ff(self, i, layer, x, rows, cross_length, cross_mask):
+    def _cross_and_ff(self, i, layer, x, rows: slice, cross_length, cross_mask):
+        """Cross-attention (cache `rows` are x's first rows) and the feed-forward block."""
         if self.has_cross:
             attn = layer.cross_attention
             dim = attn.in_proj_weight.shape[0] // 3
             bias = None if attn.in_proj_bias is None else attn.in_proj_bias[:dim]
             q = _split_heads(F.linear(layer.norm_cross(x), attn.in_proj_weight[:dim], bias), self.heads)
+            count = rows.stop - rows.start
             keys = self.cross_k[i, rows, :, :cross_length]
             values = self.cross_v[i, rows, :, :cross_length]
-            x = x + layer.layer_scale_cross(_sdpa(attn, q, keys, values, mask=cross_mask))
+            attended = _attend(attn, q[:count], keys, values, mask=cross_mask)
+            if count < x.shape[0]:
+                attended = torch.cat([attended, attended.new_zeros((x.shape[0] - count, *attended.shape[1:]))])
+            x = x + layer.layer_scale_cross(attn.out_proj(attended))
         return x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
