@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import MusicgenError
@@ -29,11 +30,12 @@ def cmd_predict(args, settings: Settings) -> int:
         return 2
     request = Request.from_input(inp)
     out = Path(args.output or f"out.{request.output_format}")
-    engine = load_engine(settings.with_(warmup="none"))  # one request: load only the model it names
-    try:
-        result = _follow(engine.submit(request, stream=args.stream), out)
-    finally:
-        engine.close()
+    with tempfile.TemporaryDirectory(prefix="musicgen-") as scratch:  # downloads; nothing is left behind
+        engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # load only the model it names
+        try:
+            result = _follow(engine.submit(request, stream=args.stream), out)
+        finally:
+            engine.close()
     print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
           f"{result.sample_rate} Hz) seed={result.seed}")
     return 0
@@ -80,6 +82,8 @@ def cmd_cog_serve(args, settings: Settings) -> int:
     (ROOT / ".cog").mkdir(exist_ok=True)
     (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(openapi_schema(), indent=1))
     env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(args.port),
+               # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
+               COG_MAX_CONCURRENCY=os.environ.get("COG_MAX_CONCURRENCY", str(settings.max_batch)),
                # coglet starts its worker as `python` from PATH: it must be this interpreter.
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.chdir(ROOT)

@@ -95,7 +95,7 @@ class DeviceLoop:
 
     def health(self) -> dict[str, Any]:
         return {"device": self.device, "ready": self.ready.is_set(), "resident_models": list(self.models),
-                "model_loads": self.model_loads, "jobs": self.jobs,
+                "model_loads": self.model_loads, "mbd_loads": self.mbd.loads, "jobs": self.jobs,
                 "decoding": sum(len(jobs) for jobs in self.decoding.values())}
 
     # ---------------------------------------------------------------------------------- the loop
