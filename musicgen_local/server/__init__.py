@@ -16,17 +16,17 @@ __all__ = ["create_app", "serve"]
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Blocking: load the engine, then serve /v1 until interrupted. The first SIGTERM or Ctrl-C drains
-    (creates answer 503, everything else keeps working, running predictions get
-    MUSICGEN_SHUTDOWN_GRACE seconds to finish); a second one stops at once."""
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=None) -> None:
+    """Blocking: load the engine (unless one is given), then serve /v1 until interrupted. The first
+    SIGTERM or Ctrl-C drains (creates answer 503, everything else keeps working, running predictions
+    get MUSICGEN_SHUTDOWN_GRACE seconds to finish); a second one stops at once."""
     import uvicorn
 
     from ..engine import load_engine
 
     if not settings.api_token and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("Serving on %s without MUSICGEN_API_TOKEN: anyone who can reach this port can use it.", host)
-    engine = load_engine(settings)
+    engine = engine or load_engine(settings)
     app = create_app(settings, engine)
 
     class DrainingServer(uvicorn.Server):

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -63,6 +62,8 @@ class Dispatcher:
     def drain(self, grace_s: float) -> None:
         """Stop taking predictions; let those generating finish for up to `grace_s`; leave the rest
         (queued, or still generating at the deadline) stored as they are, for the next start."""
+        if not self.accepting:  # draining already (a second signal, then the app's shutdown)
+            return
         self.accepting = False
         with self._changed:
             self._feeding = False
@@ -70,7 +71,8 @@ class Dispatcher:
             not_started = [pid for pid in self._runs if self.store.get(pid).status == "starting"]
             self._held.update(not_started)
         for pid in not_started:
-            self._runs[pid].cancel()
+            if (run := self._runs.get(pid)) is not None:
+                run.cancel()
         with self._changed:
             self._changed.wait_for(lambda: not self._runs, timeout=grace_s)
             left = list(self._runs)
@@ -184,7 +186,7 @@ class Dispatcher:
 
 def _engine_request(pred: Prediction) -> Request:
     """The engine's Request, as the front door built it at creation (seed fixed, input resolved)."""
-    return replace(Request(**pred.request))
+    return Request(**pred.request)
 
 
 def _progress_lines(log_line: Callable[[str], None]) -> Callable[[Progress], None]:
