@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import Engine
 from ..settings import Settings
-from . import resources, routes
+from . import playground, resources, routes
 from .deadlines import Deadlines
 from .prediction import Prediction
 from .routes import InputInvalid
@@ -140,4 +140,5 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
     app.include_router(routes.router, prefix="/v1", dependencies=auth)
     app.include_router(resources.v1, prefix="/v1", dependencies=auth)
     app.include_router(resources.public)
+    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
     return app
