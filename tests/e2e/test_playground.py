@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import TOKEN
+from e2e_helpers import TOKEN, LiveServer
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -269,3 +269,45 @@ def test_phone_width_fits_and_shows_a_result(page, live_server, shots):
     wait_for(page, lambda d: lit_fraction(d, "waveform", 1, WAVE)[0] > 0.02)
     assert page.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
     shot(page, shots, "09-phone")
+
+
+def test_a_failed_prediction_shows_its_error(page):
+    fill(page, prompt="", model_version="large", duration=1)
+    page.find_element(By.ID, "submit").click()
+    wait_for(page, lambda d: status(d)[0] == "failed", GENERATE_S)
+    assert "Must provide either prompt or input_audio" in page.find_element(By.ID, "status").text
+    assert not page.find_element(By.ID, "result").is_displayed()
+
+
+def test_data_uri_outputs_play_and_draw_on_a_server_without_token(browser, settings, engine, tmp_path, shots):
+    """MUSICGEN_OUTPUT=data-uri: the output is inlined; no token is set, so none is asked for."""
+    with LiveServer(settings.with_(data_dir=tmp_path / "data", output="data-uri", api_token=""), engine) as server:
+        browser.set_window_size(*DESKTOP)
+        browser.get(server.url + "/")
+        wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
+        assert not token_dialog_open(browser)
+        fill(browser, prompt="inline", model_version="large", duration=1)
+        browser.find_element(By.ID, "submit").click()
+        wait_for(browser, lambda d: status(d)[0] == "succeeded", GENERATE_S)
+        assert browser.find_element(By.ID, "player").get_attribute("src").startswith("data:audio/wav;base64,")
+        wait_for(browser, lambda d: lit_fraction(d, "waveform", 1, WAVE)[0] > 0.05)
+        assert browser.execute_script("return document.getElementById('player').duration") == pytest.approx(1, abs=0.01)
+        shot(browser, shots, "10-data-uri")
+
+
+def test_stereo_lanes_show_the_left_channel_above_the_right(page):
+    """A known stereo buffer, 440 Hz on the left and silence on the right, through the page's drawing."""
+    page.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import("/playground/audio-view.js").then(({ drawWaveform }) => {
+          const buffer = new OfflineAudioContext(2, 32000, 32000).createBuffer(2, 32000, 32000);
+          const left = buffer.getChannelData(0);
+          for (let i = 0; i < left.length; i++) left[i] = 0.8 * Math.sin(2 * Math.PI * 440 * i / 32000);
+          const canvas = Object.assign(document.createElement("canvas"), { id: "lanes-probe" });
+          canvas.style.cssText = "width: 400px; height: 120px; display: block";
+          document.body.append(canvas);
+          drawWaveform(canvas, buffer);
+          done();
+        });""")
+    left, right = lit_fraction(page, "lanes-probe", 2, WAVE)
+    assert left > 0.5 and right < 0.1  # the silent right channel is a flat line
