@@ -259,14 +259,20 @@ def test_history_lists_predictions_and_loads_one_back_into_the_form(page, live_s
     assert form == {"prompt": "from history", "model_version": "large", "duration": "1", "seed": "77",
                     "temperature": "0.5", "top_k": "250"}  # top_k: not in its input, back to the default
     shot(page, shots, "08-history-loaded")
+    item.find_element(By.CSS_SELECTOR, "[data-action=open]").click()
+    wait_for(page, lambda d: d.find_element(By.ID, "player").get_attribute("data-prediction-id") == pred["id"])
+    assert page.find_element(By.ID, "seed").text == "77"
 
 
-def test_phone_width_fits_and_shows_a_result(page, live_server, shots):
-    pred = create_via_api(live_server, prompt="on a phone", model_version="large", duration=1)
+def test_phone_width_fits_and_brings_the_result_into_view(page, shots):
     page.set_window_size(*PHONE)
-    open_in_history(page, pred["id"]).find_element(By.CSS_SELECTOR, "[data-action=open]").click()
-    wait_for(page, lambda d: d.find_element(By.ID, "result").is_displayed())
+    fill(page, prompt="on a phone", model_version="large", duration=1)
+    submit = page.find_element(By.ID, "submit")
+    page.execute_script("arguments[0].scrollIntoView({block: 'end'}); arguments[0].click()", submit)  # output below
+    wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
     wait_for(page, lambda d: lit_fraction(d, "waveform", 1, WAVE)[0] > 0.02)
+    top = page.execute_script("return document.getElementById('output-title').getBoundingClientRect().top")
+    assert 0 <= top < PHONE[1] / 2  # the page scrolled down to the output
     assert page.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
     shot(page, shots, "09-phone")
 

@@ -16,7 +16,7 @@ const state = { version: null, fields: [], current: null, shown: null, watching:
 const history = new History(
   { list: $("history-list"), empty: $("history-empty"), newer: $("history-newer"), older: $("history-older"),
     refresh: $("history-refresh") },
-  { onLoad: loadIntoForm, onOpen: watch },
+  { onLoad: loadIntoForm, onOpen: (pred) => { revealOutput(); watch(pred); } },
 );
 
 async function start() {
@@ -64,10 +64,15 @@ form.addEventListener("submit", async (event) => {
     $("submit").disabled = false;
   }
   markInvalid(form, []);
-  const output = document.querySelector(".output");
-  if (output.getBoundingClientRect().top > window.innerHeight) output.scrollIntoView({ block: "start" }); // phones
+  revealOutput();
   watch(pred);
 });
+
+// On a phone the output sits below the form, and from the history it is above: bring it into view.
+function revealOutput() {
+  const { top } = document.querySelector(".output").getBoundingClientRect();
+  if (top < 0 || top > window.innerHeight * 0.5) document.querySelector(".output").scrollIntoView({ block: "start" });
+}
 
 $("reset").addEventListener("click", () => {
   fillForm(form, state.fields);

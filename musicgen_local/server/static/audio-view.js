@@ -159,7 +159,11 @@ export function drawSpectrogram(canvas, buffer) {
 
 // Draw both pictures now and again whenever the canvases change size (rotation, window resize).
 let shown = null;
-const observer = new ResizeObserver(() => shown && drawAll(shown));
+let redraw = 0;
+const observer = new ResizeObserver(() => {
+  clearTimeout(redraw); // while a window is being dragged wider, draw once it rests
+  redraw = setTimeout(() => shown && drawAll(shown), 150);
+});
 
 function drawAll({ buffer, waveform, spectrogram }) {
   drawWaveform(waveform, buffer);
