@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
            "chromium and chromium-driver")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900")
+         "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage", "--window-size=1280,900")
 DESKTOP, PHONE = (1280, 900), (360, 780)
 WAVE = "#38bdf8"  # the waveform's colour (audio-view.js)
 GENERATE_S = 60  # longest wait for a tiny-model prediction on a busy 2-core machine
