@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import EngineClient
 from ..settings import Settings
-from . import resources, routes
+from . import playground, resources, routes
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
 from .prediction import Prediction
@@ -154,4 +154,5 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.include_router(routes.router, prefix="/v1", dependencies=auth)
     app.include_router(resources.v1, prefix="/v1", dependencies=auth)
     app.include_router(resources.public)
+    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
     return app
