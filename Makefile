@@ -6,11 +6,11 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg test serve cog-serve predict tiny-weights weights image lint clean
+.PHONY: install ffmpeg chromium test serve cog-serve predict tiny-weights weights image lint clean
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
-install: $(STAMP) ffmpeg $(NODE_E2E)
+install: $(STAMP) ffmpeg chromium $(NODE_E2E)
 
 $(NODE_E2E): tests/e2e/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix tests/e2e --no-audit --no-fund; \
@@ -28,6 +28,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
+
+# Debian chromium + chromedriver for the playground's browser tests (skipped where they cannot be installed).
+chromium:
+	@bash scripts/ensure-chromium.sh
 
 test: install
 	$(VENV)/bin/ruff check musicgen_local tests predict.py bench

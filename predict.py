@@ -2,18 +2,23 @@
 
 Every Input's description, default, choices and minimum come from musicgen_local.schema (the one
 definition); tests check that what cog derives from this signature equals Replicate's schema.
-Uses cog >= 0.20's names (BaseRunner/run): the legacy BasePredictor/predict log deprecation warnings.
+`run` is async and concurrent, so a pushed model decodes concurrent predictions in one batch on the
+engine's device loop (Cog itself has no batching). COG_MAX_CONCURRENCY overrides the slot count.
 """
 
+import asyncio
 import tempfile
 
-from cog import BaseRunner, Input, Path
+from cog import BaseRunner, Input, Path, concurrent
 
 from musicgen_local.cog_weights import settings_for_cog_weights
-from musicgen_local.engine import Hooks, Request, load_engine
+from musicgen_local.engine import Request, load_engine
+from musicgen_local.engine.api import Done, Failed, Log, Progress, terminal_error
 from musicgen_local.schema import cog_input_kwargs as spec
 from musicgen_local.schema import parse_input
 from musicgen_local.settings import Settings
+
+MAX_CONCURRENCY = 8  # = MUSICGEN_MAX_BATCH's default: one batch of predictions at a time
 
 
 class Predictor(BaseRunner):
@@ -21,8 +26,10 @@ class Predictor(BaseRunner):
         # Cog passes COG_WEIGHTS (e.g. a training's tarball URL) or ./weights: a fine-tuned LM in it
         # serves the model_version of its architecture; our own weights/ cache changes nothing.
         self.engine = load_engine(settings_for_cog_weights(Settings.from_env(), weights))
+        self.engine.wait_ready()  # models warmed and graphs captured before Cog says READY
 
-    def run(
+    @concurrent(max=MAX_CONCURRENCY)
+    async def run(
         self,
         model_version: str = Input(**spec("model_version")),
         prompt: str | None = Input(**spec("prompt")),
@@ -44,13 +51,25 @@ class Predictor(BaseRunner):
         del inputs["self"]
         inputs["input_audio"] = None if input_audio is None else str(input_audio)
         inputs["top_p"], inputs["temperature"] = float(top_p), float(temperature)
-        request = Request.from_input(parse_input(inputs))
-        hooks = Hooks(on_log=print, on_progress=_print_progress)
-        result = self.engine.generate(request, Path(tempfile.mkdtemp(prefix="musicgen-")), hooks)
-        return Path(result.path)
+        run = self.engine.submit(Request.from_input(parse_input(inputs)))
+        try:
+            async for event in run:
+                if isinstance(event, Log):
+                    print(event.line)
+                elif isinstance(event, Progress) and _worth_a_line(event):
+                    print(f"{event.done: 6d} / {event.total: 6d}")
+                elif isinstance(event, Done):
+                    path = Path(tempfile.mkdtemp(prefix="musicgen-")) / event.result.filename
+                    path.write_bytes(event.result.audio)
+                    return path
+                elif isinstance(event, Failed):
+                    raise terminal_error(event)
+        except asyncio.CancelledError:  # Cog cancels the task: stop the engine's work too
+            run.cancel()
+            raise
+        raise terminal_error(event)
 
 
-def _print_progress(done: int, total: int) -> None:
+def _worth_a_line(event: Progress) -> bool:
     # One line per tenth: enough to follow in Cog's logs without flooding them.
-    if done == total or done % max(1, total // 10) == 0:
-        print(f"{done: 6d} / {total: 6d}")
+    return event.done == event.total or event.done % max(1, event.total // 10) == 0

@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import MusicgenError
@@ -18,10 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cmd_predict(args, settings: Settings) -> int:
     from pydantic import ValidationError
-    from tqdm import tqdm
 
-    from .engine import Hooks, Request, load_engine
-    from .schema import check_semantics, parse_cli_pairs, parse_input
+    from .engine import Request, load_engine
+    from .schema import parse_cli_pairs, parse_input
 
     try:
         inp = parse_input(parse_cli_pairs(args.input))
@@ -29,24 +28,43 @@ def cmd_predict(args, settings: Settings) -> int:
         for err in exc.errors():
             print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
         return 2
-    check_semantics(inp, settings.max_duration)  # before the slow model load
     request = Request.from_input(inp)
     out = Path(args.output or f"out.{request.output_format}")
-    bar = tqdm(unit="step", desc="generating", leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    hooks = Hooks(on_progress=progress, on_log=lambda line: tqdm.write(line, file=sys.stderr))
-    result = load_engine(settings).generate(request, out.parent / f".musicgen-{os.getpid()}", hooks)
-    bar.close()
-    shutil.move(result.path, out)
-    result.path.parent.rmdir()
+    with tempfile.TemporaryDirectory(prefix="musicgen-") as scratch:  # downloads; nothing is left behind
+        engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # load only the model it names
+        try:
+            result = _follow(engine.submit(request, stream=args.stream), out)
+        finally:
+            engine.close()
     print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
           f"{result.sample_rate} Hz) seed={result.seed}")
     return 0
+
+
+def _follow(run, out: Path):
+    """Show a run's progress and logs, write its file; raise its error if it fails."""
+    from tqdm import tqdm
+
+    from .engine.api import Audio, Done, Failed, Log, Progress, terminal_error
+
+    bar = tqdm(unit="step", desc="generating", leave=False)
+    for event in run:
+        if isinstance(event, Progress):
+            bar.total, bar.n = event.total, event.done
+            bar.refresh()
+        elif isinstance(event, Log):
+            tqdm.write(event.line, file=sys.stderr)
+        elif isinstance(event, Audio):
+            tqdm.write(f"segment {event.index}: {event.start_s:.2f} s", file=sys.stderr)
+        elif isinstance(event, Done):
+            bar.close()
+            out.write_bytes(event.result.audio)
+            return event.result
+        elif isinstance(event, Failed):
+            bar.close()
+            raise terminal_error(event)
+    bar.close()
+    raise terminal_error(event)
 
 
 def cmd_serve(args, settings: Settings) -> int:
@@ -64,6 +82,8 @@ def cmd_cog_serve(args, settings: Settings) -> int:
     (ROOT / ".cog").mkdir(exist_ok=True)
     (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(openapi_schema(), indent=1))
     env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(args.port),
+               # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
+               COG_MAX_CONCURRENCY=os.environ.get("COG_MAX_CONCURRENCY", str(settings.max_batch)),
                # coglet starts its worker as `python` from PATH: it must be this interpreter.
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.chdir(ROOT)
@@ -96,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
                    help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)")
     p.add_argument("-o", "--output", help="where to write the audio (default: out.wav / out.mp3)")
+    p.add_argument("--stream", action="store_true", help="report each audio segment as it is generated")
     p.set_defaults(func=cmd_predict)
 
     for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),

@@ -13,8 +13,12 @@ class WeightsMissingError(MusicgenError):
     """A checkpoint the request needs is not on disk (and may not be fetched)."""
 
 
+class EngineError(MusicgenError):
+    """The engine failed for a reason of its own (a bug, a lost device or replica): not the request's fault."""
+
+
 class Cancelled(MusicgenError):
-    """The caller cancelled the prediction; raised between decoding steps."""
+    """The caller cancelled the prediction."""
 
     def __init__(self) -> None:
         super().__init__("Prediction was canceled.")

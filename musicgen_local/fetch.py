@@ -295,7 +295,7 @@ def _cmd_fetch(args, settings) -> int:
         return 2
     versions = list(args.model_versions)
     versions += list(LM_VERSIONS) if args.all else []
-    versions += [v for v in LM_VERSIONS if "melody" in v] if args.melody else []
+    versions += [v for v in LM_VERSIONS if W.PRESETS[v].melody] if args.melody else []
     versions = list(dict.fromkeys(versions or ["stereo-melody-large"]))  # schema's default model_version
     try:
         summary = fetch(settings.weights_dir, files_for(versions, args.mbd, settings.checkpoints), log=logger.info)

@@ -14,15 +14,23 @@ from pathlib import Path
 # name -> (default, one-line meaning). `musicgen-local --help` and the README list these.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_WEIGHTS": ("./weights", "directory holding the Hugging Face hub cache and torch hub dir"),
-    "MUSICGEN_MAX_DURATION": ("300", "longest `duration` accepted, in seconds"),
-    "MUSICGEN_MAX_MODELS": ("0", "models kept resident at once (least recently used evicted); 0 = all"),
-    "MUSICGEN_DEVICE": ("auto", "torch device: auto (cuda when present), cuda, cpu"),
-    "MUSICGEN_DECODER": ("reference", "token decoder: reference (audiocraft's loop) or fast"),
-    "MUSICGEN_MAX_BATCH": ("8", "fast decoder: concurrent requests for one model decoded together (1: one at a time)"),
+    "MUSICGEN_MAX_DURATION": ("300", "longest `duration` accepted, in seconds (and longest encode-decode input)"),
+    "MUSICGEN_MAX_MODELS": ("0", "models kept resident per device (least recently used evicted); 0 = all"),
+    "MUSICGEN_DEVICES": ("auto", ("devices, one engine loop each: auto (every CUDA device, else cpu), cpu, "
+                                 "or a list such as cuda:0,cuda:1")),
+    "MUSICGEN_DECODER": ("fast", "token decoder: fast (batched, static cache) or reference (audiocraft's loop)"),
+    "MUSICGEN_STEP_MODE": ("auto", "fast decoder step: auto (CUDA graphs on CUDA), graph, compile, or eager"),
+    "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
+    "MUSICGEN_WARMUP": ("default", ("models loaded and warmed before READY: default (stereo-melody-large when "
+                                   "present), all, none, or a comma-separated list")),
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
-    "MUSICGEN_DATA": ("./data", "server: SQLite database and output files"),
+    "MUSICGEN_INPUT_TIMEOUT": ("60", "input_audio download: seconds allowed in total (connect, redirects, body)"),
+    "MUSICGEN_MAX_INPUT_BYTES": ("104857600", "input_audio download: largest accepted size in bytes"),
+    "MUSICGEN_STREAM_SECONDS": ("1.0", "length of the audio segments streamed while generating, in seconds"),
+    "MUSICGEN_DATA": ("./data", "server: SQLite database, output files, and scratch space for inputs"),
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
+    "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
     "MUSICGEN_MAX_BODY_BYTES": ("104857600", "server: largest request body (JSON or upload), in bytes; 413 past it"),
     "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
@@ -64,13 +72,19 @@ class Settings:
     weights_dir: Path = Path("./weights")
     max_duration: int = 300
     max_models: int = 0
-    device: str = "auto"
-    decoder: str = "reference"
+    devices: str = "auto"
+    decoder: str = "fast"
+    step_mode: str = "auto"
     max_batch: int = 8
+    warmup: str = "default"
     auto_fetch: bool = False
+    input_timeout: float = 60.0
+    max_input_bytes: int = 100 * 1024 * 1024
+    stream_seconds: float = 1.0
     data_dir: Path = Path("./data")
     api_token: str = ""
     output: str = "url"
+    shutdown_grace: float = 30.0
     checkpoints: dict[str, str] = field(default_factory=dict)
     max_body_bytes: int = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
     max_queue: int = 1000
@@ -88,13 +102,19 @@ class Settings:
             weights_dir=Path(get("MUSICGEN_WEIGHTS")).expanduser().resolve(),
             max_duration=int(get("MUSICGEN_MAX_DURATION")),
             max_models=int(get("MUSICGEN_MAX_MODELS")),
-            device=get("MUSICGEN_DEVICE"),
+            devices=get("MUSICGEN_DEVICES"),
             decoder=get("MUSICGEN_DECODER"),
+            step_mode=get("MUSICGEN_STEP_MODE"),
             max_batch=int(get("MUSICGEN_MAX_BATCH")),
+            warmup=get("MUSICGEN_WARMUP"),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
+            input_timeout=float(get("MUSICGEN_INPUT_TIMEOUT")),
+            max_input_bytes=int(get("MUSICGEN_MAX_INPUT_BYTES")),
+            stream_seconds=float(get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
             output=get("MUSICGEN_OUTPUT"),
+            shutdown_grace=float(get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
             max_body_bytes=int(get("MUSICGEN_MAX_BODY_BYTES")),
             max_queue=int(get("MUSICGEN_MAX_QUEUE")),

@@ -32,6 +32,23 @@ class HubFile:
         return f"{self.repo}/{self.filename}"
 
 
+@dataclass(frozen=True)
+class Preset:
+    """What a model_version is: named once here, never sniffed from the name."""
+
+    channels: int  # audio channels out (0: as many as the input, for encode-decode)
+    melody: bool = False  # conditions on a melody (needs htdemucs)
+    lm: bool = True  # generates with a language model (encode-decode only runs the codec)
+
+
+PRESETS: dict[str, Preset] = {
+    "stereo-melody-large": Preset(2, melody=True),
+    "stereo-large": Preset(2),
+    "melody-large": Preset(1, melody=True),
+    "large": Preset(1),
+    "encode-decode": Preset(0, lm=False),
+}
+
 LM_FILES = ("state_dict.bin", "compression_state_dict.bin")
 T5_FILES = tuple(HubFile(T5, f) for f in ("config.json", "model.safetensors", "spiece.model", "tokenizer.json"))
 ENCODEC_FILES = tuple(HubFile(ENCODEC, f) for f in ("config.json", "model.safetensors"))
@@ -46,11 +63,12 @@ def lm_repo(model_version: str) -> str:
 def required_files(model_version: str, mbd: bool = False) -> tuple[HubFile, ...]:
     """Every hub file a model_version needs. A LM whose compression_state_dict.bin points to
     facebook/encodec_32khz also needs that repo; `lm_missing` discovers it after the fact."""
-    if model_version == "encode-decode":
+    preset = PRESETS[model_version]
+    if not preset.lm:
         files: tuple[HubFile, ...] = ENCODEC_FILES
     else:
         files = tuple(HubFile(lm_repo(model_version), f) for f in LM_FILES) + T5_FILES
-        if "melody" in model_version:
+        if preset.melody:
             files += HTDEMUCS_FILES
     return files + (MBD_FILES if mbd else ())
 

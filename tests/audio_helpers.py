@@ -32,3 +32,27 @@ def write_tone(path: Path, seconds: float, sr: int = 32000, channels: int = 1, f
     tone = 0.5 * np.sin(2 * np.pi * freq * t)
     soundfile.write(str(path), np.stack([tone] * channels, axis=1), sr, subtype="PCM_16")
     return path
+
+
+def wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
+    """Samples [C, T] and the sample rate of an encoded file held in memory."""
+    import io
+
+    samples, sr = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return samples.T, sr
+
+
+def generate(engine, stream: bool = False, **inputs):
+    """One request through the engine's public interface: its Result, or the error its run ended with."""
+    from musicgen_local.engine import Request, result_of
+
+    inputs.setdefault("prompt", "lofi beat")
+    return result_of(engine.submit(Request(**inputs), stream=stream))
+
+
+def events_of(engine, stream: bool = False, **inputs) -> list:
+    """Every event of one request, in order."""
+    from musicgen_local.engine import Request
+
+    inputs.setdefault("prompt", "lofi beat")
+    return list(engine.submit(Request(**inputs), stream=stream))

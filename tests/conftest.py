@@ -47,7 +47,7 @@ def tiny_weights() -> Path:
 def settings(tiny_weights):
     from musicgen_local.settings import Settings
 
-    return Settings(weights_dir=tiny_weights, device="cpu", data_dir=tiny_weights.parent / "data")
+    return Settings(weights_dir=tiny_weights, devices="cpu", data_dir=tiny_weights.parent / "data")
 
 
 @pytest.fixture(scope="session")

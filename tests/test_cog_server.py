@@ -69,3 +69,38 @@ def test_semantic_error_fails_with_replicates_message(cog_server):
     body = r.json()
     assert body["status"] == "failed"
     assert "Must provide either prompt or input_audio" in body["error"]
+
+
+def _post(url: str, payload: dict, **kwargs) -> dict:
+    response = httpx.post(f"{url}/predictions", json=payload, timeout=300, **kwargs)
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(cog_server):
+    """Cog has no batching of its own: predict.py's async run() feeds the engine's device loop, which
+    decodes concurrent predictions together. A long one starts; two more arrive while it decodes."""
+    import threading
+
+    inputs = [{"model_version": "stereo-melody-large", "prompt": p, "duration": d, "seed": s}
+              for p, d, s in (("lofi", 10, 1), ("jazz", 1, 2), ("rock", 2, 3))]
+    results: dict[int, dict] = {}
+
+    def predict(i: int) -> None:
+        results[i] = _post(cog_server, {"input": inputs[i]})
+
+    first = threading.Thread(target=predict, args=(0,))
+    first.start()
+    time.sleep(3)  # the first is decoding (a 10 s tiny clip decodes for several seconds on CPU)
+    others = [threading.Thread(target=predict, args=(i,)) for i in (1, 2)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=300)
+
+    for i, body in results.items():
+        assert body["status"] == "succeeded", body
+        print(i, body["logs"][:300], body.get("metrics"))
+        assert "Decoding in a batch of" in body["logs"], (i, body["logs"])
+    for i in (1, 2):  # the same input alone: the same file
+        assert _post(cog_server, {"input": inputs[i]})["output"] == results[i]["output"]

@@ -16,3 +16,10 @@ def test_quick_start_uses_a_served_version_and_the_v1_base_url():
     assert VERSION_IDS[0] in README
     assert 'baseUrl: "http://127.0.0.1:5000/v1"' in README
     assert 'base_url="http://127.0.0.1:5000"' in README
+
+
+def test_quick_start_opens_the_playground_and_shows_its_screenshot():
+    assert "open http://127.0.0.1:5000/ in a browser" in README
+    assert "](docs/playground.png)" in README
+    shot = Path(__file__).resolve().parents[1] / "docs" / "playground.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size < 300_000

@@ -1,13 +1,14 @@
-"""Generation engine. `api` is the narrow interface; `MusicgenEngine` lives in `core` (imports torch)."""
+"""Generation engine. `api` is the whole interface; `load_engine` builds the in-process one (torch is
+imported lazily, so front doors that only speak the interface stay light)."""
 
-from .api import Engine, Hooks, Request, Result
+from .api import EngineClient, Request, Result, Run, result_of
 
-__all__ = ["Engine", "Hooks", "Request", "Result", "load_engine"]
+__all__ = ["EngineClient", "Request", "Result", "Run", "load_engine", "result_of"]
 
 
-def load_engine(settings=None):
-    """The real engine (imports torch lazily so front doors stay light)."""
+def load_engine(settings=None) -> EngineClient:
+    """One device loop per device of MUSICGEN_DEVICES, in this process."""
     from ..settings import Settings
-    from .core import MusicgenEngine
+    from .local import LocalEngine
 
-    return MusicgenEngine(settings or Settings.from_env())
+    return LocalEngine(settings or Settings.from_env())

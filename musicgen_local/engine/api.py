@@ -1,14 +1,18 @@
-"""The engine's whole interface: plain data in, plain data out, no tensors.
+"""The engine's whole interface: a `Request` in, a `Run` of plain events out.
 
-predict.py, the v1 server and the CLI call `Engine.generate` and nothing else.
+predict.py, the v1 server, the CLI and the Ray replicas use `EngineClient.submit` and nothing else.
+Events are frozen dataclasses of plain values (no tensors, no callables), so a Run can cross a
+process or network boundary unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import random
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
+
+from ..errors import Cancelled, EngineError, UserError, WeightsMissingError
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class Request:
 
     model_version: str = "stereo-melody-large"
     prompt: str | None = None
-    input_audio: str | None = None  # local path, http(s) URL or data: URI
+    input_audio: str | None = None  # http(s) URL, data: URI, or a local path vouched for by the front door
     duration: int = 8
     continuation: bool = False
     continuation_start: int = 0
@@ -40,48 +44,130 @@ class Request:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_seed(self) -> Request:
+        """This request with a concrete seed. Replicate: None, -1 and 0 all mean "draw one"; the drawn
+        seed is reported, so that the same request can be made again with it."""
+        if self.seed not in (None, -1, 0):
+            return self
+        return replace(self, seed=random.SystemRandom().randrange(1, 2**32 - 1))
+
 
 @dataclass(frozen=True)
 class Result:
-    path: Path  # the encoded audio file: out.wav or out.mp3
+    audio: bytes  # the encoded file: wav (PCM 16-bit) or mp3, normalised
+    format: str  # "wav" or "mp3"
     seed: int  # the seed actually used (random seeds are drawn and reported)
     sample_rate: int
     channels: int
     num_samples: int
 
+    @property
+    def filename(self) -> str:
+        return f"out.{self.format}"
 
-def _no_progress(done: int, total: int) -> None:
+
+# ------------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Started:
+    """The device loop admitted the request: it is being generated now (Replicate's `processing`)."""
+
+
+@dataclass(frozen=True)
+class Log:
+    line: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # decoding steps done, over every window
+    total: int
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A segment of the audio while it is generated: not normalised, before MBD when MBD is asked for.
+    Segments are numbered from 0 and, in order, cover the clip from its start without gaps."""
+
+    index: int
+    start_s: float
+    wav: bytes  # a complete WAV file (32-bit float PCM) holding this segment only
+    sample_rate: int
+    channels: int
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class Done:
+    result: Result
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str  # says what went wrong and what to do next
+    kind: str = "user"  # "user": the request; "weights": missing checkpoints; "internal": a bug or the system
+
+
+@dataclass(frozen=True)
+class Canceled:
     pass
 
 
-def _no_log(line: str) -> None:
-    pass
+Event = Started | Log | Progress | Audio | Done | Failed | Canceled
+TERMINAL = (Done, Failed, Canceled)
 
 
-def _never() -> bool:
-    return False
+class Run(Protocol):
+    """One submitted request. Iterate it (once) for its events; the last is terminal."""
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def cancel(self) -> None:
+        """Ask for the run to end `Canceled`; safe at any time, from any thread, more than once."""
 
 
-@dataclass
-class Hooks:
-    """How the engine talks back while it works: from the thread that called `generate`, or, while
-    it decodes in a batch, from the batching thread; never from two threads at once."""
-
-    on_progress: Callable[[int, int], None] = _no_progress  # (steps done, steps in total)
-    on_log: Callable[[str], None] = _no_log  # one line for the prediction's logs
-    is_cancelled: Callable[[], bool] = _never  # checked between decoding steps
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Engine(Protocol):
-    concurrency: int  # how many `generate` calls are worth running at once (threads the server gives it)
-
-    def generate(self, request: Request, out_dir: Path, hooks: Hooks | None = None) -> Result:
-        """Validate semantically, generate, normalise and encode into out_dir; return the file.
-
-        Raises UserError (a failed prediction with its message), WeightsMissingError, Cancelled.
-        """
+class EngineClient(Protocol):
+    def submit(self, request: Request, *, stream: bool = False) -> Run:
+        """Start a request. With `stream`, `Audio` segments come as soon as their tokens are final."""
         ...
 
     def health(self) -> dict[str, Any]:
+        """At least {"status": "STARTING" | "READY" | "UNHEALTHY"}; more detail per implementation."""
         ...
+
+    def close(self) -> None: ...
+
+
+def failure(exc: Exception) -> Failed | Canceled:
+    """The terminal event for an exception raised while serving a request."""
+    if isinstance(exc, Cancelled):
+        return Canceled()
+    if isinstance(exc, UserError):
+        return Failed(str(exc))
+    if isinstance(exc, WeightsMissingError):
+        return Failed(str(exc), kind="weights")
+    if isinstance(exc, EngineError):
+        return Failed(str(exc), kind="internal")
+    return Failed(f"Internal error while generating ({type(exc).__name__}: {exc}); see the server log.",
+                  kind="internal")
+
+
+def terminal_error(event: Failed | Canceled) -> Exception:
+    """The exception a blocking caller raises for a terminal event that is not Done."""
+    if isinstance(event, Canceled):
+        return Cancelled()
+    kind = {"user": UserError, "weights": WeightsMissingError}.get(event.kind, EngineError)
+    return kind(event.message)
+
+
+def result_of(run: Run) -> Result:
+    """Block until the run ends; its Result, or the error its terminal event stands for."""
+    for event in run:
+        if isinstance(event, Done):
+            return event.result
+        if isinstance(event, Failed | Canceled):
+            raise terminal_error(event)
+    raise EngineError("The run ended without a result.")

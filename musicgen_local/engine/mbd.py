@@ -119,23 +119,26 @@ def split_stereo_codes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return tokens[:, 0::2], tokens[:, 1::2]
 
 
-def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool) -> torch.Tensor:
+def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """MusicGen tokens [B, K, T] (K = 4 mono, 8 stereo) -> waveform [B, C, T * 640] at 32 kHz, C = 1 or 2.
 
     Each side is decoded in its own call so that MBD's final EQ match (`re_eq`, whose band levels
-    are statistics over the whole batch) follows that side's own EnCodec decode.
+    are statistics over the whole batch) follows that side's own EnCodec decode. The diffusion noise
+    comes from `generator` (the request's own; None: torch's global one, as audiocraft draws it).
     """
     import torch
 
     tokens = tokens.to(mbd.device)
     with torch.inference_mode():
         if not stereo:
-            return mbd.tokens_to_wav(tokens)  # [B, 1, T']
+            return _tokens_to_wav(mbd, tokens, generator)  # [B, 1, T']
         left, right = split_stereo_codes(tokens)  # [B, K/2, T] each
-        return torch.cat([mbd.tokens_to_wav(left), mbd.tokens_to_wav(right)], dim=1)  # [B, 2, T']
+        return torch.cat([_tokens_to_wav(mbd, left, generator), _tokens_to_wav(mbd, right, generator)], dim=1)
 
 
-def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int = 32000) -> torch.Tensor:
+def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int = 32000,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """The encode-decode round trip with MBD: audio [B, C, T] (resampled to MBD's 32 kHz when
     `sample_rate` differs) -> MBD's EnCodec tokens per channel -> MBD decode -> [B, C, T'] at 32 kHz
     (the codec pads to whole 640-sample frames; we trim back to the input's length)."""
@@ -149,5 +152,60 @@ def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int
         for c in range(audio.shape[1]):
             codes, scale = mbd.codec_model.encode(audio[:, c : c + 1])  # [B, K, frames]
             assert scale is None, "MBD's codec does not renormalise"
-            channels.append(mbd.tokens_to_wav(codes)[..., : audio.shape[-1]])  # [B, 1, T']
+            channels.append(_tokens_to_wav(mbd, codes, generator)[..., : audio.shape[-1]])  # [B, 1, T']
     return torch.cat(channels, dim=1)  # [B, C, T']
+
+
+# What audiocraft's MultiBandDiffusion.tokens_to_wav and NoiseSchedule.generate_subsampled compute,
+# with every Gaussian draw taken from `generator` (same shapes, same order).
+
+
+def _tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, generator, n_bands: int = 32) -> torch.Tensor:
+    wav_encodec = mbd.codec_model.decode(tokens)
+    condition = mbd.get_emb(tokens)
+    out = _generate(mbd, condition, wav_encodec.size(), generator)
+    return mbd.re_eq(wav=out, ref=wav_encodec, n_bands=n_bands)
+
+
+def _randn(like: torch.Tensor, generator) -> torch.Tensor:
+    import torch
+
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _generate(mbd: MultiBandDiffusion, emb: torch.Tensor, size, generator) -> torch.Tensor:
+    import torch
+
+    out = torch.zeros(size).to(mbd.device)
+    for process in mbd.DPs:
+        out += _subsampled(process.schedule, process.model, _randn(out, generator), emb, generator)
+    return out
+
+
+def _subsampled(schedule, model, initial: torch.Tensor, condition: torch.Tensor, generator) -> torch.Tensor:
+    import torch
+    from audiocraft.modules.diffusion_schedule import betas_from_alpha_bar
+
+    step_list = list(range(1000))[::-50] + [0]
+    alpha_bar = schedule.get_alpha_bar(step=schedule.num_steps - 1)
+    alpha_bars = (1 - schedule.betas).cumprod(dim=0)[list(reversed(step_list))].cpu()
+    betas = betas_from_alpha_bar(alpha_bars)
+    current = initial * schedule.noise_scale
+    for idx, step in enumerate(step_list[:-1]):
+        with torch.no_grad():
+            estimate = model(current, step, condition=condition).sample * schedule.noise_scale
+        alpha = 1 - betas[-1 - idx]
+        previous = (current - (1 - alpha) / (1 - alpha_bar).sqrt() * estimate) / alpha.sqrt()
+        previous_alpha_bar = schedule.get_alpha_bar(step_list[idx + 1])
+        if step == step_list[-2]:
+            sigma2, previous_alpha_bar = 0, torch.tensor(1.0)
+        else:
+            sigma2 = (1 - previous_alpha_bar) / (1 - alpha_bar) * (1 - alpha)
+        if sigma2 > 0:
+            previous += sigma2**0.5 * _randn(previous, generator) * schedule.noise_scale
+        if schedule.clip:
+            previous = previous.clamp(-schedule.clip, schedule.clip)
+        current, alpha_bar = previous, previous_alpha_bar
+        if step == 0:
+            previous *= schedule.rescale
+    return schedule.sample_processor.return_sample(previous)

@@ -1,21 +1,24 @@
-"""Melody conditioning with one stem separation per request, however many 30 s windows it spans.
+"""Melody conditioning: one stem separation per request, its random shift from the request's own RNG.
 
 audiocraft's `ChromaStemConditioner` turns a melody into a condition in two stages: htdemucs keeps
-the vocals + other stems (`_get_stemmed_wav`), then a chroma is computed from them
-(`_extract_chroma`). Past 30 s, `MusicGen._generate_tokens` tiles the *raw* melody for each window
-and the conditioner separates it all over again, once per window (and htdemucs costs far more
-than the chroma). Here the whole melody is separated once; each window tiles the *separated*
-signal exactly as audiocraft tiles the raw one, and while those windows decode the conditioner is
-told its input is already separated, so it only computes the chroma.
+the vocals + other stems (`_get_stemmed_wav`), then a chroma is computed from them. htdemucs shifts
+its input by a random 0-0.5 s drawn from Python's global `random`, so two requests separating at
+the same time would draw each other's shifts. `separate` mirrors `_get_stemmed_wav` and demucs'
+`apply_model` shift exactly, with the shift drawn from the request's `random.Random(seed)`: alone or
+next to others, a request separates its melody the same way (and as audiocraft does after
+`random.seed(seed)`).
 
-For one window (<= 30 s) nothing changes: audiocraft's own path separates once anyway.
+Past 30 s, `MusicGen._generate_tokens` tiles the *raw* melody for each window and the conditioner
+separates it all over again, once per window. Here the whole melody is separated once and each
+window tiles the *separated* signal exactly as audiocraft tiles the raw one. The conditioner is then
+told, while it conditions, that its input is already separated, so it only computes the chroma.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,69 +32,71 @@ def stem_conditioner(model) -> Any | None:
     return conditioners[CONDITION] if CONDITION in conditioners else None  # noqa: SIM401 (no .get)
 
 
-def separate(model, wav: torch.Tensor) -> torch.Tensor:
+def separate(model, wav: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """wav [1, C, T] at the model's rate -> the melody stems (vocals + other), [1, 1, T] at the
     conditioner's rate: what the conditioner computes before its chroma, on the same input it would
     get (ConditioningProvider averages the channels to mono before the conditioner sees them)."""
+    from demucs.audio import convert_audio
+
     conditioner = stem_conditioner(model)
-    mono = wav.mean(dim=1, keepdim=True)  # [1, 1, T]
-    return conditioner._get_stemmed_wav(mono.to(conditioner.device), model.sample_rate)  # [1, 1, T]
+    demucs = conditioner.demucs
+    mono = wav.mean(dim=1, keepdim=True).to(conditioner.device)  # [1, 1, T]
+    with conditioner.autocast:
+        mix = convert_audio(mono, model.sample_rate, demucs.samplerate, demucs.audio_channels)
+        stems = _apply_shifted(demucs, mix, torch.device(conditioner.device), rng)[:, conditioner.stem_indices]
+        return convert_audio(stems.sum(1), demucs.samplerate, conditioner.sample_rate, 1)  # [1, 1, T]
 
 
-@dataclass
-class SeparatedMelody:
-    """A melody reference whose stems are separated on first use, then reused for every window.
+def _apply_shifted(model, mix: torch.Tensor, device: torch.device, rng: random.Random) -> torch.Tensor:
+    """demucs' `apply_model(model, mix)` with its defaults (one random shift, split, overlap 0.25),
+    the shift drawn from `rng`: [B, sources, C, T]."""
+    from demucs.apply import BagOfModels, TensorChunk, apply_model
 
-    Implements the engine's `Melody` protocol (`condition_for_window`), plus `decoding`, the
-    context the LM must decode a window in once its condition came from here.
-    """
-
-    wav: torch.Tensor  # [1, C, T] at the model's sample rate, the model's channel count
-    stems: torch.Tensor | None = None  # [1, 1, T], filled on first use
-    separations: int = 0  # htdemucs runs for this request (tests assert it stays at 1)
-    windowed: bool = field(default=False)
-
-    def stems_for(self, model) -> torch.Tensor:
-        if self.stems is None:
-            self.stems = separate(model, self.wav)
-            self.separations += 1
-        return self.stems
-
-    def condition_for_window(self, model, time_offset_s: float):
-        """The separated melody tiled over the window starting at time_offset_s, as audiocraft tiles
-        the raw one: samples [offset, offset + max_duration) modulo the melody's length."""
-        from audiocraft.modules.conditioners import WavCondition
-
-        stems = self.stems_for(model)  # [1, 1, L]
-        length, start = stems.shape[-1], int(time_offset_s * model.sample_rate)
-        target = int(model.max_duration * model.sample_rate)
-        positions = torch.arange(start, start + target, device=stems.device)
-        self.windowed = True
-        return WavCondition(
-            stems[..., positions % length],
-            torch.tensor([target], device=stems.device),
-            [model.sample_rate],
-            [None],
-            [0.0],
-        )  # wav [1, 1, target]
-
-    def decoding(self, model):
-        """Wrap each window's LM call: once conditions come from `condition_for_window`, the
-        conditioner must not separate them a second time. A no-op before that (one window)."""
-        return stems_precomputed(model) if self.windowed else nullcontext()
+    if isinstance(model, BagOfModels):  # each model of the bag with its own shift, weighted per source
+        estimates, totals = 0.0, [0.0] * len(model.sources)
+        for sub_model, weights in zip(model.models, model.weights, strict=True):
+            home = next(iter(sub_model.parameters())).device
+            sub_model.to(device)
+            out = _apply_shifted(sub_model, mix, device, rng)
+            sub_model.to(home)
+            for k, weight in enumerate(weights):
+                out[:, k, :, :] *= weight
+                totals[k] += weight
+            estimates += out
+        for k in range(estimates.shape[1]):
+            estimates[:, k, :, :] /= totals[k]
+        return estimates
+    model.to(device).eval()
+    length = mix.shape[-1]
+    max_shift = int(0.5 * model.samplerate)
+    padded = TensorChunk(mix).padded(length + 2 * max_shift)
+    offset = rng.randint(0, max_shift)
+    shifted = TensorChunk(padded, offset, length + max_shift - offset)
+    return apply_model(model, shifted, shifts=0, split=True, overlap=0.25, device=device)[..., max_shift - offset:]
 
 
-def separated_melody(model, wav: torch.Tensor) -> SeparatedMelody:
-    """The melody condition of a request: wav [1, C, T] at the model's rate and channel count."""
-    return SeparatedMelody(wav)
+def window_condition(model, stems: torch.Tensor, time_offset_s: float, windowed: bool):
+    """The WavCondition a window conditions on. One window: the separated melody as it is (the
+    conditioner pads or trims its chroma to 30 s, as it does with a raw melody). Several windows: the
+    melody tiled over the window starting at time_offset_s, as audiocraft tiles the raw one: samples
+    [offset, offset + max_duration) modulo the melody's length."""
+    from audiocraft.modules.conditioners import WavCondition
+
+    if not windowed:
+        return WavCondition(stems, torch.tensor([stems.shape[-1]], device=stems.device), [model.sample_rate],
+                            [None], [0.0])
+    length, start = stems.shape[-1], int(time_offset_s * model.sample_rate)
+    target = int(model.max_duration * model.sample_rate)
+    positions = torch.arange(start, start + target, device=stems.device)
+    return WavCondition(stems[..., positions % length], torch.tensor([target], device=stems.device),
+                        [model.sample_rate], [None], [0.0])  # wav [1, 1, target]
 
 
 @contextmanager
 def stems_precomputed(model) -> Iterator[None]:
-    """While active, the model's stem conditioner takes its input as already separated (our
-    `separate` output, mono at its own rate) and only computes the chroma. Restored on exit, also
-    on errors, so a later request with a raw melody is separated as usual. The engine serves one
-    request at a time, so no other generation can observe the switch."""
+    """While active, the model's stem conditioner takes its input as already separated (`separate`'s
+    output, mono at its own rate) and only computes the chroma. Restored on exit, also on errors.
+    Only the device loop that owns the model conditions with it, so nothing else sees the switch."""
     conditioner = stem_conditioner(model)
     if conditioner is None:
         yield

@@ -1,27 +1,35 @@
-"""Loading MusicGen checkpoints through audiocraft's own loaders, and a least-recently-used cache."""
+"""Loading MusicGen checkpoints through audiocraft's own loaders, and checking that they are there."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from .. import weights as W
-from ..errors import WeightsMissingError
+from ..errors import EngineError, WeightsMissingError
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> str:
+def resolve_devices(spec: str) -> list[str]:
+    """MUSICGEN_DEVICES -> the devices to run a loop on: auto = every CUDA device, else the CPU."""
     import torch
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    spec = spec.strip() or "auto"
+    if spec in ("auto", "cuda"):
+        cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if cuda or spec == "auto":
+            return cuda or ["cpu"]
+        raise EngineError("MUSICGEN_DEVICES=cuda but no CUDA device is visible.")
+    return [d.strip() for d in spec.split(",") if d.strip()]
+
+
+def load_model(settings: Settings, model_version: str, device: str):
+    """What the device loop serves a model_version with: a MusicGen, or EnCodec for encode-decode."""
+    if not W.PRESETS[model_version].lm:
+        return load_codec(settings, device)
+    return load_musicgen(settings, model_version, device)
 
 
 def checkpoint_source(settings: Settings, model_version: str) -> str:
@@ -63,48 +71,6 @@ def load_codec(settings: Settings, device: str):
         return CompressionModel.get_pretrained(W.ENCODEC, device=device).eval()
     except (LocalEntryNotFoundError, OSError) as exc:
         raise _missing_weights("encode-decode", exc) from None
-
-
-class ModelCache:
-    """Models by key, loaded on first use; beyond `max_models` (0: no limit) the least recently used
-    is dropped, and its GPU memory returned."""
-
-    def __init__(self, load: Callable[[str, Callable[[str], None]], Any], max_models: int = 0):
-        self._load = load
-        self._max = max_models
-        self._models: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0  # how many loads happened: observable for tests and health
-
-    def get(self, key: str, on_log: Callable[[str], None] = lambda line: None) -> Any:
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            on_log(f"Loading model {key}...")
-            start = time.monotonic()
-            model = self._load(key, on_log)
-            self.loads += 1
-            on_log(f"Model {key} loaded in {time.monotonic() - start:.1f}s.")
-            self._models[key] = model
-            while self._max and len(self._models) > self._max:
-                evicted, _ = self._models.popitem(last=False)
-                log.info("evicted %s from the model cache", evicted)
-                _free_gpu_memory()
-            return model
-
-    def resident(self) -> list[str]:
-        return list(self._models)
-
-
-def _free_gpu_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def weights_check(settings: Settings, model_version: str, mbd: bool, on_log: Callable[[str], None]) -> None:

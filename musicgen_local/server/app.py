@@ -21,16 +21,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..engine.api import Engine
+from ..engine.api import EngineClient
 from ..settings import Settings
-from . import bodies, resources, routes
+from . import bodies, playground, resources, routes
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
+from .dispatcher import Dispatcher
 from .prediction import Prediction
 from .routes import FieldsInvalid, QueueFull
 from .store import Store
 from .webhooks import WebhookSender
-from .worker import Worker
 
 log = logging.getLogger(__name__)
 _FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
@@ -53,7 +53,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         titles = {400: "Bad request", 401: "Unauthenticated", 404: "Not found", 405: "Method not allowed",
-                  413: "Request too large", 422: "Unprocessable entity"}
+                  413: "Request too large", 422: "Unprocessable entity", 503: "Service unavailable"}
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
 
     @app.exception_handler(RequestValidationError)
@@ -108,17 +108,29 @@ def require_token(request: Request) -> None:
         raise HTTPException(401, "You did not pass a valid authentication token")
 
 
-def resolver(store: Store):
-    """Map our own /v1/files/<id> URLs to the uploaded file on disk; leave other inputs as they are."""
+def input_resolver(store: Store):
+    """`input_audio` over HTTP: our own /v1/files URLs become the uploaded file's path; other http(s)
+    URLs and data: URIs stay as they are; anything else (a server path, file://) is refused, so that
+    no request can read this server's files."""
     def resolve(url: str) -> str:
         match = _FILE_URL.search(url.split("?")[0])
-        found = store.get_file(match.group(1)) if match else None
-        return str(found[1]) if found else url
+        if match:
+            found = store.get_file(match.group(1))
+            if found is None:
+                raise _input_audio_error(f"no file {match.group(1)!r} was uploaded to this server")
+            return str(found[1])
+        if url.startswith(("http://", "https://", "data:")):
+            return url
+        raise _input_audio_error("must be an http(s) URL, a data: URI, or a file uploaded with POST /v1/files")
 
     return resolve
 
 
-def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
+def _input_audio_error(message: str) -> FieldsInvalid:
+    return FieldsInvalid([{"loc": ("input_audio",), "type": "url_scheme", "msg": message}], ("input",))
+
+
+def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
                webhook_backoff_s: float = 0.1, webhook_timeout_s: float = 5.0,
                retention_sweep_s: float = 60.0) -> FastAPI:
     store = Store(Path(settings.data_dir), settings.retention_s)
@@ -130,18 +142,18 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                              timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
                              render=render)
-    worker = Worker(engine, store, webhooks, resolver(store))
+    dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1))
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
         pred = store.get(pred_id)
         if pred is not None:
-            worker.cancel(pred)
+            dispatcher.cancel(pred)
 
     deadlines = Deadlines(cancel_late)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        dispatcher.start()
         deadlines.start()
         sweeper = asyncio.create_task(_remove_expired_forever(store, retention_sweep_s)) if store.retention else None
         yield
@@ -150,18 +162,19 @@ def create_app(settings: Settings, engine: Engine, *, page_size: int = 100, webh
             with suppress(asyncio.CancelledError):
                 await sweeper
         deadlines.stop()
-        worker.stop()
+        await asyncio.to_thread(dispatcher.drain, settings.shutdown_grace)
         webhooks.close()
 
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
-    app.state.settings, app.state.store, app.state.worker, app.state.render = settings, store, worker, render
+    app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
-    app.state.deadlines = deadlines
+    app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
     app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.public)
+    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
     bodies.install(app)
     return app

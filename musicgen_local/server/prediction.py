@@ -64,7 +64,8 @@ class Prediction:
     webhook: str | None = None
     webhook_events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
     base_url: str = ""  # the creator's base URL, used to render webhook bodies
-    seed: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)  # the engine Request built at creation (seed fixed)
+    attempts: int = 0  # times handed to the engine (a prediction interrupted by a restart is run once more)
     data_removed: bool = False  # MUSICGEN_RETENTION passed: input and output files removed, as on Replicate
 
     @property

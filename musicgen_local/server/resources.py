@@ -127,9 +127,10 @@ async def webhook_secret(request: Request) -> dict[str, str]:
 
 @public.get("/health-check")
 async def health(request: Request) -> dict[str, Any]:
-    engine = request.app.state.engine
-    return {"status": "READY", "engine": engine.health() if hasattr(engine, "health") else {},
-            "time": iso(now())}
+    """Cog's statuses: STARTING until the engine has warmed up, then READY; DRAINING while shutting down."""
+    engine = request.app.state.engine.health()
+    status = engine.get("status", "READY") if request.app.state.dispatcher.accepting else "DRAINING"
+    return {"status": status, "engine": engine, "time": iso(now())}
 
 
 @public.get("/delivery/{pred_id}/{name}", response_class=FileResponse, responses={**AUDIO, **problems(404)})

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import netpolicy
+from ..engine.api import Request as EngineRequest
 from ..schema import FIELDS_BY_NAME, VERSION_IDS, parse_input
 from . import surrogates
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
@@ -89,8 +91,9 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-def _checked_input(body: CreateBody, version: str) -> dict[str, Any]:
-    """The input as the client sent it, less unknown keys (dropped, as Cog does: never stored or echoed)."""
+def _checked_input(body: CreateBody, version: str) -> tuple[pydantic.BaseModel, dict[str, Any]]:
+    """The validated input, and the input as the client sent it less unknown keys (dropped, as Cog does:
+    never stored or echoed)."""
     try:
         parsed = parse_input(body.input)
     except pydantic.ValidationError as exc:
@@ -98,7 +101,7 @@ def _checked_input(body: CreateBody, version: str) -> dict[str, Any]:
     if version != VERSION_IDS[0] and parsed.model_version == "encode-decode":
         raise HTTPException(422, f"- input.model_version: 'encode-decode' is not available in version {version}; "
                                  f"use version {VERSION_IDS[0]}.")
-    return {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
+    return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
 async def _checked_webhook(request: Request, body: CreateBody) -> str | None:
@@ -111,18 +114,31 @@ async def _checked_webhook(request: Request, body: CreateBody) -> str | None:
     return url
 
 
+def _engine_request(request: Request, parsed: pydantic.BaseModel) -> dict[str, Any]:
+    """The engine's Request, built once at creation (seed fixed, our own upload URLs made local)."""
+    engine_request = EngineRequest.from_input(parsed).with_seed()
+    if engine_request.input_audio:
+        local = request.app.state.resolve_input(engine_request.input_audio)
+        engine_request = replace(engine_request, input_audio=local)
+    return engine_request.as_dict()
+
+
 async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
                   prefer: str | None) -> JSONResponse:
     body = CreateBody.model_validate(await _json_body(request))
     version = resolve_version(body.version if version_ref is None else version_ref)
-    pred = Prediction(id=new_id(), version=version, input=_checked_input(body, version),
-                      base_url=str(request.base_url), webhook=await _checked_webhook(request, body))
+    parsed, sent = _checked_input(body, version)
+    engine_request, webhook = _engine_request(request, parsed), await _checked_webhook(request, body)
+    if not request.app.state.dispatcher.accepting:
+        raise HTTPException(503, "The server is shutting down; create the prediction again in a moment.")
+    max_queue = request.app.state.settings.max_queue
+    if max_queue and request.app.state.store.unfinished_count() >= max_queue:  # no await from here to submit
+        raise QueueFull(max_queue)
+    pred = Prediction(id=new_id(), version=version, input=sent, base_url=str(request.base_url), webhook=webhook,
+                      request=engine_request)
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
-    max_queue = request.app.state.settings.max_queue
-    if max_queue and request.app.state.store.unfinished() >= max_queue:  # no await from here to submit
-        raise QueueFull(max_queue)
-    request.app.state.worker.submit(pred)
+    request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
     return JSONResponse(await _wait(request, pred, prefer), status_code=201)
@@ -174,7 +190,7 @@ async def get_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 @router.post("/predictions/{pred_id}/cancel", **FOUND)
 async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
     pred = _found(request, pred_id)
-    request.app.state.worker.cancel(pred)
+    request.app.state.dispatcher.cancel(pred)
     return request.app.state.render(pred, str(request.base_url))
 
 

@@ -39,8 +39,6 @@ CREATE TABLE IF NOT EXISTS predictions (id TEXT PRIMARY KEY, created_at TEXT NOT
 CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at, id);
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 """
-INTERRUPTED = ("The server stopped while this prediction was {state}, so it did not finish. "
-               "Create the prediction again.")
 UNREADABLE = "This prediction's stored record could not be read (it was written by another version?)."
 MAX_NAME_BYTES = 255  # the longest file name Linux file systems take
 _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(?:\s*;\s*[\w.+-]+=[\w.+\-\"]+)*")
@@ -107,17 +105,16 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._live: dict[str, Prediction] = {}
-        self._fail_interrupted()
 
-    def _fail_interrupted(self) -> None:
-        """Nothing runs across a restart: a prediction found unfinished is failed, never left running."""
-        rows = self._db.execute("SELECT id, created_at, record FROM predictions").fetchall()
-        for row in rows:
-            pred = self._load(*row)
-            if not pred.done:
-                state = "running" if pred.status == "processing" else "queued"
-                pred.status, pred.error, pred.completed_at = "failed", INTERRUPTED.format(state=state), now()
-                self._write(pred)
+    def unfinished(self) -> list[Prediction]:
+        """Predictions a previous process left queued or running, oldest first (read at start-up)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, created_at, record FROM predictions ORDER BY created_at, id").fetchall()
+        preds = [self._load(*row) for row in rows]  # an unreadable row loads as failed: done, not run again
+        unfinished = [p for p in preds if not p.done]
+        with self._lock:
+            self._live.update((p.id, p) for p in unfinished)
+        return unfinished
 
     # -- predictions -------------------------------------------------------------------------------
     def prediction_dir(self, pred_id: str) -> Path:
@@ -162,8 +159,8 @@ class Store:
             return Prediction(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
                               created_at=stored_time(created_at) or now())
 
-    def unfinished(self) -> int:
-        """Predictions created and not yet finished (queued or running)."""
+    def unfinished_count(self) -> int:
+        """Predictions created and not yet finished (queued or running), for MUSICGEN_MAX_QUEUE."""
         with self._lock:
             return len(self._live)
 

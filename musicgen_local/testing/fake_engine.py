@@ -1,53 +1,100 @@
-"""A torch-free Engine for API tests: same interface and behaviour as the real one, no model.
+"""A torch-free EngineClient for API tests: the real interface and event order, no model.
 
-Writes a real 16-bit PCM wav (32 kHz, `duration` seconds, 2 channels for stereo models) with the
-stdlib `wave` module, logs "Using seed N", reports one progress step per 50 Hz frame, stops with
-Cancelled between steps, and raises UserError through schema.check_semantics like the engine does.
-The file is always wav (even for output_format=mp3): the API layer does not look inside it.
+Each run: semantic checks (Failed with the real messages), `Log("Using seed N")`, then once one of
+`concurrency` slots is free `Started`, one `Progress` per 50 Hz frame (`step_delay_s` apart, checking
+cancellation between steps), one `Audio` segment per second when streaming, and `Done` with a real
+16-bit PCM wav (silence; 2 channels for stereo models), always wav whatever `output_format` says.
 """
 
 from __future__ import annotations
 
+import io
 import random
-import time
+import threading
 import wave
-from pathlib import Path
 
-from ..engine.api import Hooks, Request, Result
-from ..errors import Cancelled
-from ..schema import check_semantics, parse_input
+from ..engine.api import Audio, Canceled, Done, Failed, Log, Progress, Request, Result, Started
+from ..engine.run import LocalRun
+from ..errors import UserError
+from ..schema import check_semantics
+from ..weights import PRESETS
 
 SAMPLE_RATE = 32000
 FRAME_RATE = 50  # decoding steps per second of audio, as MusicGen's 50 Hz token frames
 
 
+def silent_wav(seconds: float, channels: int, sample_width: int = 2) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(sample_width)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(bytes(sample_width * channels * int(seconds * SAMPLE_RATE)))
+    return buffer.getvalue()
+
+
 class FakeEngine:
-    def __init__(self, max_duration: int = 300, step_delay_s: float = 0.0, concurrency: int = 1) -> None:
-        self.max_duration, self.concurrency = max_duration, concurrency
+    def __init__(self, max_duration: int = 300, step_delay_s: float = 0.0, concurrency: int = 1,
+                 ready: bool = True) -> None:
+        self.max_duration = max_duration
+        self.capacity = 64  # runs worth having in flight: the rest wait in the server's queue
         self.step_delay_s = step_delay_s  # slows generation so tests can cancel or time out mid-way
         self.requests: list[Request] = []  # what the API layer handed over, for assertions
+        self.started: list[Request] = []  # those that got a slot and generated (or began to)
+        self.ready = threading.Event()
+        if ready:
+            self.ready.set()
+        self._slots = threading.Semaphore(concurrency)
 
-    def generate(self, request: Request, out_dir: Path, hooks: Hooks | None = None) -> Result:
-        hooks = hooks or Hooks()
+    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
         self.requests.append(request)
-        check_semantics(parse_input(request.as_dict()), self.max_duration)
-        seed = request.seed if request.seed is not None and request.seed >= 0 else random.randint(0, 2**31 - 1)
-        hooks.on_log(f"Using seed {seed}")
-        steps = request.duration * FRAME_RATE
-        for step in range(1, steps + 1):
-            if hooks.is_cancelled():
-                raise Cancelled()
-            time.sleep(self.step_delay_s)
-            hooks.on_progress(step, steps)
-        channels = 2 if "stereo" in request.model_version else 1
-        num_samples = request.duration * SAMPLE_RATE
-        path = Path(out_dir) / "out.wav"
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(channels)
-            w.setsampwidth(2)
-            w.setframerate(SAMPLE_RATE)
-            w.writeframes(bytes(2 * channels * num_samples))  # silence
-        return Result(path=path, seed=seed, sample_rate=SAMPLE_RATE, channels=channels, num_samples=num_samples)
+        run = LocalRun()
+        threading.Thread(target=self._generate, args=(request, run, stream), daemon=True).start()
+        return run
 
     def health(self) -> dict:
-        return {"engine": "fake"}
+        return {"status": "READY" if self.ready.is_set() else "STARTING", "engine": "fake"}
+
+    def close(self) -> None:
+        pass
+
+    def _generate(self, request: Request, run: LocalRun, stream: bool) -> None:
+        try:
+            check_semantics(request, self.max_duration)
+        except UserError as exc:
+            run.emit(Failed(str(exc)))
+            return
+        seed = request.seed if request.seed not in (None, -1, 0) else random.randint(1, 2**31 - 1)
+        run.emit(Log(f"Using seed {seed}"))
+        self.ready.wait()
+        while not self._slots.acquire(timeout=0.01):  # queued for a slot, as in the device loop
+            if run.canceled.is_set():
+                run.emit(Canceled())
+                return
+        try:
+            if run.canceled.is_set():
+                run.emit(Canceled())
+                return
+            run.emit(Started())
+            self.started.append(request)
+            self._steps(request, run, stream)
+            if run.canceled.is_set():
+                run.emit(Canceled())
+                return
+        finally:
+            self._slots.release()
+        channels = PRESETS[request.model_version].channels or 1
+        result = Result(silent_wav(request.duration, channels), "wav", seed, SAMPLE_RATE, channels,
+                        request.duration * SAMPLE_RATE)
+        run.emit(Done(result))
+
+    def _steps(self, request: Request, run: LocalRun, stream: bool) -> None:
+        channels = PRESETS[request.model_version].channels or 1
+        steps = request.duration * FRAME_RATE
+        for step in range(1, steps + 1):
+            if run.canceled.wait(self.step_delay_s):
+                return
+            run.emit(Progress(step, steps))
+            if stream and step % FRAME_RATE == 0:
+                index = step // FRAME_RATE - 1
+                run.emit(Audio(index, float(index), silent_wav(1.0, channels, 4), SAMPLE_RATE, channels, SAMPLE_RATE))

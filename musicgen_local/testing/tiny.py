@@ -110,7 +110,20 @@ def write_hf_encodec(weights_dir: Path) -> None:
         chunk_length_s=None, overlap=None, hidden_size=16, num_filters=2, num_residual_layers=1,
         upsampling_ratios=list(FRAME_HOP), codebook_size=CARD, codebook_dim=16, num_lstm_layers=1,
         use_causal_conv=False)
-    EncodecModel(config).save_pretrained(hub_path(weights_dir, W.ENCODEC, "config.json").parent)
+    model = EncodecModel(config)
+    # transformers initialises codebooks to zeros (a trained one has learnt them): every token would
+    # decode to the same sound, and no test could tell one stereo output from another.
+    for layer in model.quantizer.layers:
+        codebook = layer.codebook
+        codebook.embed.normal_()
+        codebook.embed_avg.copy_(codebook.embed)
+        codebook.cluster_size.fill_(1.0)
+    # Random biases add up to a DC offset 30x the signal; loudness normalisation (which ignores DC)
+    # then clips everything to full scale, and again every output is the same.
+    for name, param in model.decoder.named_parameters():
+        if name.endswith("bias"):
+            param.data.zero_()
+    model.save_pretrained(hub_path(weights_dir, W.ENCODEC, "config.json").parent)
 
 
 def write_encodec_pointer(path: Path) -> None:

@@ -107,6 +107,17 @@ def test_mbd_decodes_each_lm_variants_tokens(tiny_weights, mbd, version):
     assert wav.shape == (1, model.audio_channels, 10 * FRAME)
 
 
+def test_noise_from_a_generator_is_audiocrafts_noise_from_the_seeded_global_rng(mbd):
+    tokens = torch.randint(0, 2048, (1, 4, 10), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    theirs = mbd.tokens_to_wav(tokens)
+    torch.manual_seed(99)  # the global RNG is not used
+    ours = M.tokens_to_wav(mbd, tokens, stereo=False, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ours, theirs)
+    other = M.tokens_to_wav(mbd, tokens, stereo=False, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(ours, other)
+
+
 def test_lazy_mbd_loads_once_across_predictions(tiny_weights):
     lazy = M.LazyMbd(tiny_weights)
     assert lazy.loads == 0

@@ -1,4 +1,4 @@
-"""MBD and separate-once melody through `Engine.generate`, on tiny weights."""
+"""MBD and separate-once melody through the engine's public interface, on tiny weights."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 
 from musicgen_local import weights as W
-from musicgen_local.engine import Request, load_engine
+from musicgen_local.engine import load_engine
 from musicgen_local.errors import WeightsMissingError
-from tests.audio_helpers import read_wav, write_tone
+from tests.audio_helpers import generate, wav_bytes, write_tone
 
 LM_VERSIONS = ["stereo-melody-large", "stereo-large", "melody-large", "large"]
 
 
-def run(engine, out_dir, **inputs):
-    inputs.setdefault("prompt", "lofi beat")
-    return engine.generate(Request(**inputs), out_dir)
+def run(engine, _out_dir, **inputs):
+    return generate(engine, **inputs)
 
 
 @pytest.mark.parametrize("model_version", LM_VERSIONS)
@@ -29,10 +28,10 @@ def test_mbd_on_every_lm_variant(engine, tmp_path, model_version):
     mbd = run(
         engine, tmp_path / "mbd", model_version=model_version, duration=1, seed=5, multi_band_diffusion=True, **extra
     )
-    wav, sr = read_wav(mbd.path)
+    wav, sr = wav_bytes(mbd.audio)
     assert (sr, wav.shape) == (32000, (channels, 32000))
     assert (mbd.channels, mbd.num_samples) == (channels, 32000)
-    assert not np.array_equal(wav, read_wav(plain.path)[0])  # decoded by MBD, not EnCodec
+    assert not np.array_equal(wav, wav_bytes(plain.audio)[0])  # decoded by MBD, not EnCodec
 
 
 @pytest.mark.parametrize("channels", [1, 2])
@@ -41,16 +40,19 @@ def test_encode_decode_with_mbd(engine, tmp_path, channels):
     inputs = {"model_version": "encode-decode", "prompt": None, "input_audio": str(clip), "continuation_end": 1}
     plain = run(engine, tmp_path / "plain", **inputs)
     mbd = run(engine, tmp_path / "mbd", multi_band_diffusion=True, **inputs)
-    wav, sr = read_wav(mbd.path)
+    wav, sr = wav_bytes(mbd.audio)
     assert (sr, wav.shape) == (32000, (channels, 32000))
-    assert not np.array_equal(wav, read_wav(plain.path)[0])
+    assert not np.array_equal(wav, wav_bytes(plain.audio)[0])
 
 
 def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
-    engine = load_engine(settings)
-    run(engine, tmp_path / "a", model_version="large", duration=1, multi_band_diffusion=True)
-    run(engine, tmp_path / "b", model_version="stereo-large", duration=1, multi_band_diffusion=True)
-    assert engine.mbd.loads == 1
+    engine = load_engine(settings.with_(warmup="none"))
+    try:
+        run(engine, tmp_path / "a", model_version="large", duration=1, multi_band_diffusion=True)
+        run(engine, tmp_path / "b", model_version="stereo-large", duration=1, multi_band_diffusion=True)
+        assert engine.health()["devices"][0]["mbd_loads"] == 1
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize(
@@ -59,10 +61,13 @@ def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
 def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent):
     shutil.copytree(settings.weights_dir / "hub", tmp_path / "hub")
     W.cached_path(tmp_path, absent).unlink()
-    engine = load_engine(settings.with_(weights_dir=tmp_path))
+    engine = load_engine(settings.with_(weights_dir=tmp_path, warmup="none"))
     start = time.monotonic()
-    with pytest.raises(WeightsMissingError, match=str(absent)):
-        run(engine, tmp_path / "out", model_version="melody-large", duration=1, multi_band_diffusion=True)
+    try:
+        with pytest.raises(WeightsMissingError, match=str(absent)):
+            run(engine, tmp_path / "out", model_version="melody-large", duration=1, multi_band_diffusion=True)
+    finally:
+        engine.close()
     assert time.monotonic() - start < 10
 
 

@@ -1,5 +1,5 @@
-"""Melody separated once per request: same conditioning as audiocraft for one window, one htdemucs
-run for many windows."""
+"""Melody separation with the request's own RNG: audiocraft's conditioning to the bit, windows tiled
+from one separation as audiocraft tiles the raw melody."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def chroma_inputs(model, monkeypatch):
     return seen
 
 
-def test_separated_once_gives_audiocrafts_conditioning_for_one_window(model, separations, chroma_inputs):
+def test_our_separation_gives_audiocrafts_conditioning(model, separations, chroma_inputs):
+    """Stems separated by `separate` with the shift from random.Random(0), handed over precomputed,
+    give the condition audiocraft's own conditioner computes after random.seed(0)."""
     from audiocraft.modules.conditioners import WavCondition
 
     wav = _melody(model, 3.0)
@@ -63,56 +65,39 @@ def test_separated_once_gives_audiocrafts_conditioning_for_one_window(model, sep
     expected = _embedding(model, _audiocraft_condition(model, wav))
     assert len(separations) == 1
 
-    random.seed(0)
-    stems = M.separate(model, wav)  # [1, 1, T]
+    random.seed(1)  # the global RNG is not ours: any state gives the same stems
+    stems = M.separate(model, wav, random.Random(0))  # [1, 1, T]
     prepared = WavCondition(stems, torch.tensor([stems.shape[-1]]), [SR], [None], [None])
     with M.stems_precomputed(model):
         got = _embedding(model, prepared)
     assert len(separations) == 2  # the separation above, none inside
     assert stems.shape == (1, 1, wav.shape[-1])
-    assert torch.allclose(chroma_inputs[0], stems, atol=1e-6)  # audiocraft's own stems
+    assert torch.equal(chroma_inputs[0], stems)  # audiocraft's own stems, to the bit
     assert torch.equal(chroma_inputs[1], stems)  # taken as they are
-    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(got, expected)
     # Without the bypass the conditioner would separate the stems a second time.
     _embedding(model, prepared)
     assert len(separations) == 3 and not torch.allclose(chroma_inputs[2], stems, atol=1e-3)
 
 
+def test_the_shift_comes_from_the_requests_rng(model):
+    wav = _melody(model, 3.0)
+    a, b = M.separate(model, wav, random.Random(0)), M.separate(model, wav, random.Random(0))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, M.separate(model, wav, random.Random(5)))
+
+
 def test_windows_tile_the_separated_melody_as_audiocraft_tiles_the_raw_one(model):
-    melody = M.separated_melody(model, _melody(model, 10.0))
-    stems = melody.stems_for(model)
+    stems = M.separate(model, _melody(model, 10.0), random.Random(0))
     length, window = stems.shape[-1], int(model.max_duration * SR)
     for offset_s in (0.0, 18.0, 36.0):
-        condition = melody.condition_for_window(model, offset_s)
+        condition = M.window_condition(model, stems, offset_s, windowed=True)
         positions = torch.arange(int(offset_s * SR), int(offset_s * SR) + window)
         assert condition.wav.shape == (1, 1, window)
         assert torch.equal(condition.wav, stems[..., positions % length])
         assert condition.length.tolist() == [window] and condition.sample_rate == [SR]
-
-
-def test_many_windows_run_the_separation_once(model, separations):
-    """Three LM windows (as a 66 s request has), conditions from one SeparatedMelody."""
-    from audiocraft.modules.conditioners import ConditioningAttributes
-
-    melody = M.separated_melody(model, _melody(model, 5.0))
-    attributes = [ConditioningAttributes(text={"description": "piano"})]
-    for offset_s in (0.0, 18.0, 36.0):
-        attributes[0].wav["self_wav"] = melody.condition_for_window(model, offset_s)
-        with melody.decoding(model):
-            tokens = model.lm.generate(None, attributes, max_gen_len=5, use_sampling=True, top_k=250, cfg_coef=3.0)
-        assert tokens.shape == (1, model.lm.num_codebooks, 5)
-    assert len(separations) == 1 and melody.separations == 1
-    # Outside the windows the conditioner separates raw melodies again, as audiocraft does.
-    _embedding(model, _audiocraft_condition(model, _melody(model, 1.0)))
-    assert len(separations) == 2
-
-
-def test_one_window_leaves_audiocrafts_path_alone(model):
-    melody = M.separated_melody(model, _melody(model, 2.0))
-    conditioner = M.stem_conditioner(model)
-    with melody.decoding(model):  # no condition_for_window yet: nothing is bypassed
-        assert "_get_stemmed_wav" not in vars(conditioner)
-    assert melody.separations == 0
+    single = M.window_condition(model, stems, 0.0, windowed=False)  # one window: the melody as it is
+    assert torch.equal(single.wav, stems) and single.length.tolist() == [length]
 
 
 def test_bypass_is_undone_after_an_error(model):

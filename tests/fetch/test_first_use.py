@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from musicgen_local import weights as W
-from musicgen_local.engine import Hooks, Request, load_engine
+from musicgen_local.engine import Request, load_engine, result_of
+from musicgen_local.engine.api import Log
 from musicgen_local.errors import WeightsMissingError
 from musicgen_local.fetch import fetch, files_for
 from musicgen_local.settings import Settings
@@ -13,33 +14,48 @@ from musicgen_local.settings import Settings
 ONE_SECOND = 32000  # tiny codec: 50 frames/s, 640 samples/frame
 
 
-def test_auto_fetch_on_first_use_then_generates(hub, weights_dir, tmp_path):
-    engine = load_engine(Settings(weights_dir=weights_dir, device="cpu", auto_fetch=True))
-    logs: list[str] = []
+@pytest.fixture
+def engines():
+    started = []
+
+    def start(settings: Settings):
+        started.append(load_engine(settings.with_(devices="cpu", warmup="none")))
+        return started[-1]
+
+    yield start
+    for engine in started:
+        engine.close()
+
+
+def test_auto_fetch_on_first_use_then_generates(hub, weights_dir, engines):
+    engine = engines(Settings(weights_dir=weights_dir, auto_fetch=True))
     request = Request(model_version="stereo-large", prompt="lofi beat", duration=1, seed=1)
 
-    result = engine.generate(request, tmp_path / "out", Hooks(on_log=logs.append))
+    events = list(engine.submit(request))
 
+    result = events[-1].result
+    logs = [e.line for e in events if isinstance(e, Log)]
     assert (result.channels, result.sample_rate, result.num_samples) == (2, 32000, ONE_SECOND)
-    assert result.path.stat().st_size > 0
-    assert logs[:2] == ["Using seed 1", "Loading model stereo-large..."]
-    assert logs[2] == ("Fetching 6 missing file(s) for `stereo-large`: facebook/musicgen-stereo-large/state_dict.bin, "
-                       "facebook/musicgen-stereo-large/compression_state_dict.bin, t5-base/config.json, "
-                       "t5-base/model.safetensors, t5-base/spiece.model, t5-base/tokenizer.json")
+    assert len(result.audio) > 0
+    fetching = ("Fetching 6 missing file(s) for `stereo-large`: facebook/musicgen-stereo-large/state_dict.bin, "
+                "facebook/musicgen-stereo-large/compression_state_dict.bin, t5-base/config.json, "
+                "t5-base/model.safetensors, t5-base/spiece.model, t5-base/tokenizer.json")
+    assert logs[:2] == ["Using seed 1", fetching]
     # The stereo LM's codec is a pointer to facebook/encodec_32khz, discovered and fetched on the way.
     assert any(line.startswith("Downloading facebook/encodec_32khz/model.safetensors (") for line in logs)
     assert any("100%" in line for line in logs)  # progress bars went to the prediction's logs
     assert any(line.startswith("Fetched 8 file(s), ") for line in logs)
+    assert "Loading model stereo-large..." in logs
     seen = len(hub.seen)
 
-    engine.generate(Request(model_version="stereo-large", prompt="jazz", duration=1, seed=2), tmp_path / "again")
+    result_of(engine.submit(Request(model_version="stereo-large", prompt="jazz", duration=1, seed=2)))
     assert len(hub.seen) == seen  # everything is on disk now: no network at all
 
 
-def test_without_auto_fetch_missing_weights_fail_fast(hub, weights_dir, tmp_path):
-    engine = load_engine(Settings(weights_dir=weights_dir, device="cpu", auto_fetch=False))
+def test_without_auto_fetch_missing_weights_fail_fast(hub, weights_dir, engines):
+    engine = engines(Settings(weights_dir=weights_dir, auto_fetch=False))
     with pytest.raises(WeightsMissingError, match=r"musicgen-local weights fetch large"):
-        engine.generate(Request(model_version="large", prompt="x", duration=1, seed=1), tmp_path / "out")
+        result_of(engine.submit(Request(model_version="large", prompt="x", duration=1, seed=1)))
     assert hub.seen == []
 
 
@@ -53,40 +69,38 @@ def _finetune(tmp_path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in snapshot.iterdir()}
 
 
-def _lm_matches(engine, state_dict_bytes: bytes, tmp_path) -> bool:
-    import torch
-
-    saved = tmp_path / "expected.bin"
-    saved.write_bytes(state_dict_bytes)
-    expected = torch.load(saved, map_location="cpu", weights_only=False)["best_state"]
-    loaded = engine.models.get("large").lm.state_dict()
-    return all(torch.equal(loaded[k].float(), v.float()) for k, v in expected.items())
+def _audio(engine, seed: int = 1) -> bytes:
+    return result_of(engine.submit(Request(model_version="large", prompt="x", duration=1, seed=seed))).audio
 
 
-def test_fine_tuned_checkpoint_from_a_hub_repo(hub, weights_dir, tmp_path):
+def test_fine_tuned_checkpoint_from_a_hub_repo(hub, weights_dir, tiny_weights, tmp_path, engines):
     files = _finetune(tmp_path)
     for name, data in files.items():
         hub.add("me/musicgen-finetuned", name, data)
-    settings = Settings(weights_dir=weights_dir, device="cpu", checkpoints={"large": "me/musicgen-finetuned"})
+    settings = Settings(weights_dir=weights_dir, checkpoints={"large": "me/musicgen-finetuned"})
+    local = tmp_path / "my-finetune"
+    local.mkdir()
+    for name, data in files.items():
+        (local / name).write_bytes(data)
 
     fetch(weights_dir, files_for(["large"], checkpoints=settings.checkpoints))
-    engine = load_engine(settings)
-    result = engine.generate(Request(model_version="large", prompt="x", duration=1, seed=1), tmp_path / "out")
+    from_hub = _audio(engines(settings))
 
-    assert (result.channels, result.num_samples) == (1, ONE_SECOND)
     assert not any(s.path.startswith("/facebook/musicgen-large/") for s in hub.seen)
-    assert _lm_matches(engine, files["state_dict.bin"], tmp_path)
+    # the same weights as read from a local folder, and not Meta's
+    assert from_hub == _audio(engines(Settings(weights_dir=tiny_weights, checkpoints={"large": str(local)})))
+    assert from_hub != _audio(engines(Settings(weights_dir=tiny_weights)))
 
 
-def test_fine_tuned_checkpoint_from_a_local_dir(tiny_weights, tmp_path):
+def test_fine_tuned_checkpoint_from_a_local_dir(tiny_weights, tmp_path, engines):
     files = _finetune(tmp_path)
     checkpoint = tmp_path / "my-finetune"
     checkpoint.mkdir()
     for name, data in files.items():
         (checkpoint / name).write_bytes(data)
-    engine = load_engine(Settings(weights_dir=tiny_weights, device="cpu", checkpoints={"large": str(checkpoint)}))
+    engine = engines(Settings(weights_dir=tiny_weights, checkpoints={"large": str(checkpoint)}))
 
-    result = engine.generate(Request(model_version="large", prompt="x", duration=1, seed=1), tmp_path / "out")
+    result = result_of(engine.submit(Request(model_version="large", prompt="x", duration=1, seed=1)))
 
     assert (result.channels, result.num_samples) == (1, ONE_SECOND)
-    assert _lm_matches(engine, files["state_dict.bin"], tmp_path)
+    assert result.audio != _audio(engines(Settings(weights_dir=tiny_weights)))  # not Meta's large

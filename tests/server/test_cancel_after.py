@@ -64,7 +64,7 @@ def test_deadline_cancels_queued_and_running_predictions_and_spares_finished_one
         assert [(e["id"], e["status"]) for e in receiver.events()] == [(running["id"], "canceled")]
 
         assert c.get(f"/v1/predictions/{finished['id']}").json()["status"] == "succeeded"  # its deadline passed too
-        assert [r.prompt for r in engine.requests] == ["a", "b"]  # the queued one never reached the engine
+        assert [r.prompt for r in engine.started] == ["a", "b"]  # the queued one never started generating
 
 
 def test_deadlines_fire_in_time_order_survive_a_failing_cancel_and_stop_promptly():

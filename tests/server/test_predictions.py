@@ -84,7 +84,7 @@ def test_cancel_running_prediction_ends_canceled_between_steps(tmp_path):
         body = wait_done(c, pred["id"], timeout=2)
         assert (body["status"], body["output"]) == ("canceled", None)
         assert body["metrics"]["predict_time"] < 2
-        assert len(engine.requests) == 1  # the queued one never reached the engine
+        assert len(engine.started) == 1  # the queued one never started generating
 
 
 def test_list_is_paginated_newest_first(client):

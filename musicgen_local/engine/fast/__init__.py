@@ -1,19 +1,29 @@
-"""A faster token decoder for MusicGen LMs: static KV cache, cross-attention K/V computed once,
-on-device sampling with no host sync, optional CUDA graph, and batched requests.
+"""The fast token decoder: MusicGen LMs over preallocated caches, batched continuously, one
+fixed-shape step (CUDA graphs on CUDA), each request sampling from its own generator.
 
-`fast_generate` is a drop-in for `LMModel.generate`; the engine selects it with MUSICGEN_DECODER=fast.
+`SlotBatch` is what the device loop drives; `decode` runs a set of windows to completion (the
+benchmark and the warm-up use it).
 """
 
-from .decode import DecodeJob, condition_tensors, decode_job, fast_generate, generate_batch
-from .sampling import SamplingParams
-from .scheduler import BatchScheduler
+from .batch import SlotBatch, Window, resolve_mode
+from .model import unsupported_reason
+from .step import SamplingParams
 
-__all__ = [
-    "BatchScheduler",
-    "DecodeJob",
-    "SamplingParams",
-    "condition_tensors",
-    "decode_job",
-    "fast_generate",
-    "generate_batch",
-]
+__all__ = ["SamplingParams", "SlotBatch", "Window", "decode", "resolve_mode", "unsupported_reason"]
+
+
+def decode(batch: SlotBatch, windows: list[Window]) -> list:
+    """Each window's codes [1, K, frames], decoding them together (as many at once as there are slots)."""
+    waiting = list(enumerate(windows))
+    running: dict[int, int] = {}  # slot -> index in windows
+    out: list = [None] * len(windows)
+    while waiting or running:
+        while waiting and batch.has_room():
+            index, window = waiting.pop(0)
+            running[batch.admit(window)] = index
+        for slot in [s for s in running if batch.done(s)]:
+            out[running.pop(slot)] = batch.codes(slot)
+            batch.release(slot)
+        if running:
+            batch.step()
+    return out

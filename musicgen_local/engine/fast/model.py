@@ -1,9 +1,10 @@
-"""audiocraft's LMModel run over a preallocated KV cache, reusing its own weights and submodules.
+"""audiocraft's LMModel run over caches preallocated once, reusing its own weights and submodules.
 
 Differences from the reference forward (`audiocraft.modules.transformer`), none of which change
-the maths: self-attention keys/values are written in place into buffers of the final length
-instead of growing by `torch.cat`; cross-attention keys/values are projected once at prefill
-instead of at every step; each row may sit at its own position (batched requests).
+the maths: self-attention keys/values are written in place into buffers of the longest length a
+request can need instead of growing by `torch.cat`; cross-attention keys/values are projected once,
+at prefill, instead of at every step; each row may sit at its own position (requests that joined at
+different times), which a mask over the cache expresses.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from audiocraft.modules import transformer as ac_transformer
+from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import create_sin_embedding
 
 
@@ -21,6 +23,11 @@ def unsupported_reason(lm) -> str | None:
         return "xformers attention backend"
     if tr.positional_embedding != "sin" or tr.checkpointing != "none":
         return f"positional embedding {tr.positional_embedding!r} / checkpointing {tr.checkpointing!r}"
+    pattern = lm.pattern_provider
+    if type(pattern) is not DelayedPatternProvider or pattern.flatten_first or pattern.empty_initial:
+        return "codebook pattern other than the plain delay pattern"
+    if lm.two_step_cfg:
+        return "two-step classifier-free guidance"
     for layer in tr.layers:
         attns = [layer.self_attn] + ([layer.cross_attention] if layer.cross_attention is not None else [])
         if not layer.norm_first:
@@ -30,29 +37,6 @@ def unsupported_reason(lm) -> str | None:
         if layer.self_attn.past_context is not None or not layer.self_attn.memory_efficient:
             return "limited past context or einsum attention"
     return None
-
-
-class KVCache:
-    """Self-attention keys/values for every layer: [L, R, H, T_max, D], written in place."""
-
-    def __init__(self, layers: int, rows: int, heads: int, max_len: int, head_dim: int, dtype, device):
-        shape = (layers, rows, heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-
-    def grow(self, rows: int, max_len: int) -> None:
-        """`rows` more rows at the end, and room for max_len positions (one copy when requests join)."""
-        layers, old_rows, heads, old_len, head_dim = self.k.shape
-        shape = (layers, old_rows + rows, heads, max(old_len, max_len), head_dim)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
-            new[:, :old_rows, :, :old_len] = old
-            setattr(self, name, new)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop finished rows (one copy when a request leaves the batch)."""
-        self.k, self.v = self.k[:, rows].contiguous(), self.v[:, rows].contiguous()
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -65,131 +49,157 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)  # [B, H, T, D] -> [B, T, H*D]
 
 
-def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+def _attend(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+    """Attention before the output projection: [B, H, T, D] each -> [B, T, H*D]."""
     dtype = q.dtype
     if attn.attention_as_float32:
         q, k, v = q.float(), k.float(), v.float()
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-    return attn.out_proj(_merge_heads(out.to(dtype)))
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype))
 
 
-class FastLM:
-    """Prefill and one-token decode steps for `rows` sequences (CFG branches are separate rows).
+def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
+    return attn.out_proj(_attend(attn, q, k, v, mask, causal))
 
-    Rows can be added (requests joining, `add_rows` + `add_cross` + `prefill`) and removed (`keep`).
+
+class StaticLM:
+    """Prefill and one-token steps over `rows` cache rows of up to `max_len` positions each.
+
+    A row is one sequence (a request's conditional and unconditional halves are two rows). Buffers
+    never move once allocated, so a CUDA graph captured over them stays valid; only a prompt or a
+    window longer than any before (`grow_cross`, `grow`) reallocates.
+
+    Every step multiplies all `rows` rows by the weights, however many are in use: matrix kernels
+    pick their algorithm by the number of rows (on CPU, one for 1-2 rows and another from 4 on),
+    and a row's result must not depend on how many other requests decode beside it. Reading the
+    weights costs the same for 2 rows or 16; attention, whose cost grows with rows, runs on the
+    rows in use only.
     """
 
-    def __init__(self, lm, rows: int, max_len: int):
+    def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64):
         self.lm = lm
         first = next(lm.parameters())
         self.device, self.dtype = first.device, first.dtype
         tr = lm.transformer
+        self.layers = list(tr.layers)
         self.heads = tr.layers[0].self_attn.num_heads
-        self.cache = KVCache(len(tr.layers), rows, self.heads, max_len, lm.dim // self.heads, self.dtype, self.device)
+        head_dim = lm.dim // self.heads
+        shape = (len(self.layers), rows, self.heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._positions_for(max_len)
         self.has_cross = tr.layers[0].cross_attention is not None
-        self.cross_k: list[torch.Tensor] = []  # per layer [R, H, Tc, D]
-        self.cross_v: list[torch.Tensor] = []
-        self.cross_len = torch.zeros(0, dtype=torch.long, device=self.device)  # [R] unpadded Tc of each row
-        self.cross_mask: torch.Tensor | None = None  # [R, 1, 1, Tc] when rows have different Tc
+        self.cross_k = self.cross_v = self.cross_valid = None
+        if self.has_cross:
+            self._allocate_cross(rows, cross_len)
 
     @property
     def rows(self) -> int:
-        return self.cache.k.shape[1]
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def cross_len(self) -> int:
+        return 0 if self.cross_k is None else self.cross_k.shape[3]
 
     def _positions_for(self, max_len: int) -> None:
         self.positions = torch.arange(max_len, device=self.device)
-        tr = self.lm.transformer
-        self.pos_emb = create_sin_embedding(self.positions.view(1, -1, 1), self.lm.dim, max_period=tr.max_period,
-                                            dtype=self.dtype)[0]
+        self.pos_emb = create_sin_embedding(self.positions.view(1, -1, 1), self.lm.dim,
+                                            max_period=self.lm.transformer.max_period, dtype=self.dtype)[0]  # [T, C]
 
-    def add_rows(self, rows: int, max_len: int) -> slice:
-        """Room for `rows` more rows, each up to max_len positions; returns their slice of the cache."""
-        start = self.rows
-        self.cache.grow(rows, max_len)
-        if self.cache.k.shape[3] > len(self.positions):
-            self._positions_for(self.cache.k.shape[3])
-        return slice(start, self.rows)
+    def grow(self, max_len: int) -> None:
+        """Room for `max_len` positions per row (a window longer than any before); keeps what is cached."""
+        old_len = self.max_len
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = torch.zeros((*old.shape[:3], max_len, old.shape[4]), dtype=old.dtype, device=old.device)
+            new[..., :old_len, :] = old
+            setattr(self, name, new)
+        self._positions_for(max_len)
+
+    def _allocate_cross(self, rows: int, length: int) -> None:
+        shape = (len(self.layers), rows, self.heads, length, self.k.shape[-1])
+        self.cross_k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cross_v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.cross_valid = torch.zeros((rows, length), dtype=torch.bool, device=self.device)
+
+    def grow_cross(self, length: int) -> None:
+        """Room for `length` cross-attention positions (a longer prompt than any before); keeps rows."""
+        old_k, old_v, old_valid, old_len = self.cross_k, self.cross_v, self.cross_valid, self.cross_len
+        self._allocate_cross(self.rows, length)
+        self.cross_k[..., :old_len, :] = old_k
+        self.cross_v[..., :old_len, :] = old_v
+        self.cross_valid[:, :old_len] = old_valid
 
     # -------------------------------------------------------------------------------- prefill
 
-    def add_cross(self, sources: list[torch.Tensor]) -> None:
-        """Project every layer's cross-attention keys/values once, for rows added last.
-        sources: per row group [r, Tc_i, C], in row order."""
-        if not self.has_cross or not sources:
-            return
-        lengths = torch.cat([torch.full((s.shape[0],), s.shape[1], device=self.device) for s in sources])
-        old_len = self.cross_k[0].shape[2] if self.cross_k else 0
-        longest = max(old_len, *(s.shape[1] for s in sources))
-        padded = torch.cat([F.pad(s, (0, 0, 0, longest - s.shape[1])) for s in sources])  # [r, Tc, C]
-        for i, layer in enumerate(self.lm.transformer.layers):
+    def prefill(self, rows: slice, x: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
+        """The fused input x [r, T0, C] run causally into cache `rows` (and the condition cross
+        [r, Tc, C] projected into their cross-attention buffers); logits of the last position [r, K, card]."""
+        if cross is not None:
+            self._project_cross(rows, cross)
+        t0 = x.shape[1]
+        x = x + self.lm.transformer.positional_scale * self.pos_emb[:t0]
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.norm1(x))
+            self.k[i, rows, :, :t0] = k
+            self.v[i, rows, :, :t0] = v
+            x = x + layer.layer_scale_1(_sdpa(layer.self_attn, q, k, v, causal=t0 > 1))
+            x = self._cross_and_ff(i, layer, x, rows, cross.shape[1] if cross is not None else 0, None)
+        return self._logits(x)
+
+    def _project_cross(self, rows: slice, cross: torch.Tensor) -> None:
+        tc = cross.shape[1]
+        for i, layer in enumerate(self.layers):
             attn = layer.cross_attention
             w, b = attn.in_proj_weight, attn.in_proj_bias
             dim = w.shape[0] // 3
-            k = _split_heads(F.linear(padded, w[dim : 2 * dim], None if b is None else b[dim : 2 * dim]), self.heads)
-            v = _split_heads(F.linear(padded, w[2 * dim :], None if b is None else b[2 * dim :]), self.heads)
-            if i < len(self.cross_k):  # rows already there: pad them to the new length, then append
-                pad = (0, 0, 0, longest - old_len)
-                k = torch.cat([F.pad(self.cross_k[i], pad), k])
-                v = torch.cat([F.pad(self.cross_v[i], pad), v])
-                self.cross_k[i], self.cross_v[i] = k, v
-            else:
-                self.cross_k.append(k)
-                self.cross_v.append(v)
-        self.cross_len = torch.cat([self.cross_len, lengths])
-        self._cross_mask()
-
-    def _cross_mask(self) -> None:
-        """Padding is hidden only when rows' lengths differ: unmasked attention is the reference's own form."""
-        longest = self.cross_k[0].shape[2]
-        if bool((self.cross_len == longest).all()):
-            self.cross_mask = None
-        else:
-            filled = torch.arange(longest, device=self.device)[None] < self.cross_len[:, None]
-            self.cross_mask = filled.view(-1, 1, 1, longest)
-
-    def prefill(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
-        """Run the fused input x [r, T0, C] causally into cache rows; logits of the last position [r, K, card]."""
-        t0 = x.shape[1]
-        x = x + self.lm.transformer.positional_scale * self.pos_emb[:t0]
-        for i, layer in enumerate(self.lm.transformer.layers):
-            q, k, v = self._qkv(layer, layer.norm1(x))
-            self.cache.k[i, rows, :, :t0] = k
-            self.cache.v[i, rows, :, :t0] = v
-            x = x + layer.layer_scale_1(_sdpa(layer.self_attn, q, k, v, causal=t0 > 1))
-            x = self._cross_and_ff(i, layer, x, rows)
-        return self._logits(x[:, -1:])
+            self.cross_k[i, rows, :, :tc] = _split_heads(F.linear(cross, w[dim:2 * dim], None if b is None
+                                                                  else b[dim:2 * dim]), self.heads)
+            self.cross_v[i, rows, :, :tc] = _split_heads(F.linear(cross, w[2 * dim:], None if b is None
+                                                                  else b[2 * dim:]), self.heads)
+        self.cross_valid[rows] = False
+        self.cross_valid[rows, :tc] = True
 
     # -------------------------------------------------------------------------------- decode
 
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor, pos_int: int | None = None) -> torch.Tensor:
-        """tokens [R, K, 1] at positions pos [R] -> logits [R, K, card].
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, length: int, cross_length: int,
+             masked: bool = True) -> torch.Tensor:
+        """tokens [R, K] of rows 0..R-1 at positions pos [R] -> logits [R, K, card].
 
-        With pos_int (every row at the same position) attention reads the cache sliced to pos_int + 1,
-        exactly the shapes the reference uses. Without it, shapes are static and a mask hides the
-        future: the form a CUDA graph or torch.compile can capture.
+        Attention reads cache positions [0, length) and cross positions [0, cross_length). `masked`
+        hides, per row, the positions after its own and the cross positions past its prompt; without
+        it (every row at position length - 1, every prompt cross_length long) the shapes are exactly
+        the reference's. The masked form has the same shapes whatever the rows' positions: the form
+        a CUDA graph captures.
         """
+        n = tokens.shape[0]
         lm = self.lm
-        x = sum(lm.emb[k](tokens[:, k]) for k in range(tokens.shape[1]))  # [R, 1, C]
-        x = x + lm.transformer.positional_scale * self.pos_emb[pos].unsqueeze(1)
-        mask = None if pos_int is not None else (self.positions[None] <= pos[:, None]).view(len(pos), 1, 1, -1)
-        every_row = slice(None)
-        for i, layer in enumerate(lm.transformer.layers):
-            q, k, v = self._qkv(layer, layer.norm1(x))  # [R, H, 1, D] each
-            keys, values = self._write(i, k, v, pos, pos_int)
-            x = x + layer.layer_scale_1(_sdpa(layer.self_attn, q, keys, values, mask=mask))
-            x = self._cross_and_ff(i, layer, x, every_row)
-        return self._logits(x)
+        x = sum(lm.emb[k](tokens[:, k : k + 1]) for k in range(tokens.shape[1]))  # [n, 1, C]
+        x = self._all_rows(x + lm.transformer.positional_scale * self.pos_emb[pos].unsqueeze(1))  # [rows, 1, C]
+        mask = cross_mask = None
+        if masked:
+            mask = (self.positions[None, :length] <= pos[:, None]).view(n, 1, 1, length)
+            if self.has_cross:
+                cross_mask = self.cross_valid[:n, :cross_length].view(n, 1, 1, cross_length)
+        index = pos.view(n, 1, 1, 1).expand(n, self.heads, 1, self.k.shape[-1])  # [n, H, 1, D]
+        for i, layer in enumerate(self.layers):
+            q, k, v = (t[:n] for t in self._qkv(layer, layer.norm1(x)))  # [n, H, 1, D] each
+            keys, values = self.k[i, :n, :, :length], self.v[i, :n, :, :length]
+            keys.scatter_(2, index, k)
+            values.scatter_(2, index, v)
+            attended = self._all_rows(_attend(layer.self_attn, q, keys, values, mask=mask))
+            x = x + layer.layer_scale_1(layer.self_attn.out_proj(attended))
+            x = self._cross_and_ff(i, layer, x, slice(0, n), cross_length, cross_mask)
+        return self._logits(x)[:n]
 
-    def _write(self, i, k, v, pos, pos_int):
-        if pos_int is not None:
-            self.cache.k[i, :, :, pos_int : pos_int + 1] = k
-            self.cache.v[i, :, :, pos_int : pos_int + 1] = v
-            return self.cache.k[i, :, :, : pos_int + 1], self.cache.v[i, :, :, : pos_int + 1]
-        index = pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])  # [R, H, 1, D]
-        self.cache.k[i].scatter_(2, index, k)
-        self.cache.v[i].scatter_(2, index, v)
-        return self.cache.k[i], self.cache.v[i]
+    def _all_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [n, T, C] padded with zero rows to [rows, T, C]: what every matrix product of a step sees."""
+        if x.shape[0] == self.rows:
+            return x
+        return torch.cat([x, x.new_zeros((self.rows - x.shape[0], *x.shape[1:]))])
 
     # -------------------------------------------------------------------------------- pieces
 
@@ -200,26 +210,23 @@ class FastLM:
         packed = projected.view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         return packed[0], packed[1], packed[2]
 
-    def _cross_and_ff(self, i, layer, x, rows):
+    def _cross_and_ff(self, i, layer, x, rows: slice, cross_length, cross_mask):
+        """Cross-attention (cache `rows` are x's first rows) and the feed-forward block."""
         if self.has_cross:
             attn = layer.cross_attention
             dim = attn.in_proj_weight.shape[0] // 3
             bias = None if attn.in_proj_bias is None else attn.in_proj_bias[:dim]
             q = _split_heads(F.linear(layer.norm_cross(x), attn.in_proj_weight[:dim], bias), self.heads)
-            mask = None if self.cross_mask is None else self.cross_mask[rows]
-            out = _sdpa(attn, q, self.cross_k[i][rows], self.cross_v[i][rows], mask=mask)
-            x = x + layer.layer_scale_cross(out)
+            count = rows.stop - rows.start
+            keys = self.cross_k[i, rows, :, :cross_length]
+            values = self.cross_v[i, rows, :, :cross_length]
+            attended = _attend(attn, q[:count], keys, values, mask=cross_mask)
+            if count < x.shape[0]:
+                attended = torch.cat([attended, attended.new_zeros((x.shape[0] - count, *attended.shape[1:]))])
+            x = x + layer.layer_scale_cross(attn.out_proj(attended))
         return x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.lm.out_norm is not None:
             x = self.lm.out_norm(x)
         return torch.stack([linear(x[:, -1]) for linear in self.lm.linears], dim=1)  # [R, K, card]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        self.cache.keep(rows)
-        self.cross_k = [k[rows] for k in self.cross_k]
-        self.cross_v = [v[rows] for v in self.cross_v]
-        if self.cross_k:
-            self.cross_len = self.cross_len[rows]
-            self.cross_mask = None if self.cross_mask is None else self.cross_mask[rows]

@@ -1,0 +1,268 @@
+"""`SlotBatch`: the requests of one LM decoding together on one device (continuous batching).
+
+A request takes a free slot for each of its windows: its prompt is prefilled into the slot's two
+cache rows and its first token sampled; from then on every `step()` advances every live slot by
+one token, and a slot whose window is complete is read back and freed between two steps. Nothing
+is reallocated when requests come and go. The host mirrors each slot's offset, so choosing the
+step's shape never waits on the device.
+
+On CUDA the step runs as a CUDA graph per (slots, cache length) bucket, captured at warm-up while no
+slot is live; elsewhere it runs eagerly at the exact shape of the live slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .model import StaticLM
+from .step import PLAIN, TOP_K, TOP_P, UNKNOWN, SamplingParams, SlotState, decode_step, guide, sample, write
+
+log = logging.getLogger(__name__)
+ALL_MODES = frozenset({PLAIN, TOP_K, TOP_P})
+MODES = ("auto", "eager", "graph", "compile")
+
+
+@dataclass
+class Window:
+    """One window of one request: what to decode, how, and with whose random stream."""
+
+    conditions: dict  # condition_tensors of [conditional, unconditional] (LMModel's CFG layout)
+    prompt: torch.Tensor | None  # [1, K, P] codes the window starts from
+    frames: int  # frames in the window, prompt included
+    params: SamplingParams
+    generator: torch.Generator  # the request's own: its tokens never depend on its neighbours
+
+
+@dataclass
+class _Slot:
+    window: Window
+    offset: int  # next pattern step to sample (host mirror of SlotState.offset)
+    end: int  # pattern steps in the window
+    start: int  # first sampled step
+    prefix: int  # prepended condition positions
+    cross: int  # cross-attention positions (text conditions) of this slot's rows
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    if mode not in MODES:
+        raise ValueError(f"step mode must be one of {MODES}, not {mode!r}")
+    if mode == "auto":
+        return "graph" if device.type == "cuda" else "eager"
+    if mode in ("graph", "compile") and device.type != "cuda":
+        log.info("step mode %s needs CUDA; stepping eagerly", mode)
+        return "eager"
+    return mode
+
+
+def _buckets(limit: int, first: int) -> list[int]:
+    out, size = [], first
+    while size < limit:
+        out.append(size)
+        size *= 2
+    return [*out, limit]
+
+
+class SlotBatch:
+    def __init__(self, lm, slots: int, max_frames: int, prefix: int = 0, mode: str = "auto"):
+        self.lm = lm
+        self.delays = list(lm.pattern_provider.delays)
+        self.max_delay = max(self.delays)
+        self.K, self.card = lm.num_codebooks, lm.card
+        max_steps = 1 + max_frames + self.max_delay
+        self.static = StaticLM(lm, 2 * slots, prefix + max_steps)
+        logits_dtype = self.static.dtype
+        self.state = SlotState(slots, self.K, self.card, max_steps, self.delays, lm.special_token_id,
+                               logits_dtype, self.static.device)
+        self.slots: list[_Slot | None] = [None] * slots
+        self.mode = resolve_mode(mode, self.static.device)
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (slots, cache length) -> step
+        self._pool = None
+        self._compiled = None
+
+    # -------------------------------------------------------------------------------- slots
+
+    @property
+    def live(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s is not None]
+
+    def has_room(self) -> bool:
+        return None in self.slots
+
+    def admit(self, window: Window) -> int:
+        """Prefill a window into a free slot and sample its first token; returns the slot."""
+        slot = self.slots.index(None)
+        prompt = window.prompt
+        if prompt is None:
+            prompt = torch.zeros((1, self.K, 0), dtype=torch.long, device=self.static.device)
+        sequence = self._sequence(prompt[0], window.frames)  # [K, S]
+        start = prompt.shape[-1] + 1  # the first step holding an unknown frame (delay pattern)
+        x, cross = self._fused_input(sequence[:, :start], window.conditions)  # [2, prefix + start, C]
+        prefix = x.shape[1] - start
+        self._make_room(prefix + sequence.shape[-1], 0 if cross is None else cross.shape[1])
+        logits = self.static.prefill(slice(2 * slot, 2 * slot + 2), x, cross)  # [2, K, card]
+        self.state.load(slot, sequence, start, window.frames, prefix, window.params)
+        self._draw_noise(slot, window)
+        one = slice(slot, slot + 1)
+        tokens = sample(guide(logits, self.state.cfg[one]), _view(self.state, one), 1, {window.params.mode})
+        write(_view(self.state, one), tokens, 1)
+        self.slots[slot] = _Slot(window, start + 1, sequence.shape[-1], start, prefix,
+                                 0 if cross is None else cross.shape[1])
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.slots[slot] = None
+        self.state.clear(slot)
+
+    def done(self, slot: int) -> bool:
+        s = self.slots[slot]
+        return s.offset >= s.end
+
+    def steps(self, slot: int) -> tuple[int, int]:
+        """(steps sampled, steps in the window) for progress: the reference's callback counts."""
+        s = self.slots[slot]
+        return s.offset - s.start, s.end - s.start
+
+    def final_frames(self, slot: int) -> int:
+        """Frames of the window whose every codebook is sampled (the delay pattern finalises frame t
+        once step t + 1 + max delay is sampled)."""
+        s = self.slots[slot]
+        return max(0, min(s.window.frames, s.offset - 1 - self.max_delay))
+
+    def codes(self, slot: int, frames: int | None = None) -> torch.Tensor:
+        """The window's codes [1, K, frames] (prompt included), read back from the pattern sequence."""
+        s = self.slots[slot]
+        frames = s.window.frames if frames is None else frames
+        index = torch.arange(frames, device=self.static.device)[None] + 1 + self.state.delays[:, None]  # [K, T]
+        return self.state.seq[slot].gather(1, index)[None]
+
+    # -------------------------------------------------------------------------------- steps
+
+    def step(self) -> None:
+        """One token for every live slot."""
+        live = self.live
+        for slot in live:
+            self._draw_noise(slot, self.slots[slot].window)
+        n = live[-1] + 1
+        length = max(self.slots[i].prefix + self.slots[i].offset for i in live)
+        if self.mode == "eager":
+            self._eager(live, n, length)
+        else:
+            self._replay(n, length)
+        for slot in live:
+            self.slots[slot].offset += 1
+
+    def _eager(self, live: list[int], n: int, length: int) -> None:
+        positions = {self.slots[i].prefix + self.slots[i].offset - 1 for i in live}
+        cross = [self.slots[i].cross for i in live]
+        exact = len(positions) == 1 and length - 1 in positions and len(set(cross)) == 1 and len(live) == n
+        modes = frozenset(self.slots[i].window.params.mode for i in live)
+        decode_step(self.static, self.state, n, length, max(cross), not exact, modes)
+
+    def _bucket(self, n: int, length: int) -> tuple[int, int]:
+        rows = next(b for b in _buckets(len(self.slots), 1) if b >= n)
+        return rows, next(b for b in _buckets(self.static.max_len, 256) if b >= length)
+
+    def _replay(self, n: int, length: int) -> None:
+        key = self._bucket(n, length)
+        graph = self._graphs.get(key) or self._capture(*key)
+        graph.replay()
+
+    def warm_up(self) -> int:
+        """Capture the step for every bucket (CUDA graphs) while no slot is live; returns how many."""
+        if self.mode == "eager":
+            return 0
+        assert not self.live, "capture only while no slot is live: warm-up steps write to the slots"
+        for rows in _buckets(len(self.slots), 1):
+            for length in _buckets(self.static.max_len, 256):
+                self._capture(rows, length)
+        return len(self._graphs)
+
+    def _capture(self, n: int, length: int):
+        """A CUDA graph of the step at this bucket. Its warm-up runs write nothing that matters: slots
+        that are not live are left alone, and cache positions a live slot will overwrite anyway."""
+        live = self.state.live.clone()
+        self.state.live.zero_()
+        run = self._step_fn(n, length)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), _autocast_without_cache():
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self._pool = self._pool or torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool), _autocast_without_cache():
+            run()
+        self.state.live.copy_(live)
+        self._graphs[(n, length)] = graph
+        return graph
+
+    def _step_fn(self, n: int, length: int):
+        cross = self.static.cross_len
+        if self.mode == "compile":
+            self._compiled = self._compiled or torch.compile(decode_step, mode="max-autotune-no-cudagraphs",
+                                                             fullgraph=False)
+            return lambda: self._compiled(self.static, self.state, n, length, cross, True, ALL_MODES)
+        return lambda: decode_step(self.static, self.state, n, length, cross, True, ALL_MODES)
+
+    # -------------------------------------------------------------------------------- pieces
+
+    def _sequence(self, prompt: torch.Tensor, frames: int) -> torch.Tensor:
+        """The delay-pattern sequence [K, 1 + frames + max delay] of a window: codebook k of frame t
+        at step t + 1 + delay_k, the prompt's codes known, the rest UNKNOWN, empty places special."""
+        codes = torch.full((self.K, frames), UNKNOWN, dtype=torch.long, device=self.static.device)
+        codes[:, : prompt.shape[-1]] = prompt
+        sequence = torch.full((self.K, 1 + frames + self.max_delay), self.lm.special_token_id, dtype=torch.long,
+                              device=self.static.device)
+        index = torch.arange(frames, device=self.static.device)[None] + 1 + self.state.delays[:, None]
+        return sequence.scatter_(1, index, codes)
+
+    def _fused_input(self, columns: torch.Tensor, conditions: dict):
+        """Embedded prompt columns [K, S0] for both rows, fused with the conditions as LMModel.forward
+        fuses them: (x [2, prefix + S0, C], cross-attention source [2, Tc, C] or None)."""
+        seq = columns[None].expand(2, -1, -1)
+        x = sum(self.lm.emb[k](seq[:, k]) for k in range(self.K))  # [2, S0, C]
+        return self.lm.fuser(x, conditions)
+
+    def _make_room(self, length: int, cross_length: int) -> None:
+        """A window longer than the cache (a very long prompt): reallocate once, drop captured graphs."""
+        grown = False
+        if length > self.static.max_len:
+            self.static.grow(_round_up(length))
+            grown = True
+        if cross_length > self.static.cross_len:
+            self.static.grow_cross(_round_up(cross_length))
+            grown = True
+        if grown:
+            self._graphs.clear()
+            log.info("decode caches grown to %d positions, %d cross positions", self.static.max_len,
+                     self.static.cross_len)
+
+    def _draw_noise(self, slot: int, window: Window) -> None:
+        """The Exp(1) noise `torch.multinomial` would draw for this slot's step, from its generator."""
+        self.state.noise[slot].exponential_(1, generator=window.generator)
+
+
+def _round_up(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+class _view:  # noqa: N801 - reads like a function: the state of some slots, as the step functions take it
+    """SlotState restricted to a slice of slots (slot `s` becomes slot 0)."""
+
+    def __init__(self, state: SlotState, slots: slice) -> None:
+        self.special, self.delays = state.special, state.delays
+        for name in ("seq", "offset", "frames", "prefix", "live", "mode", "top_k", "temp", "top_p", "cfg", "noise"):
+            setattr(self, name, getattr(state, name)[slots])
+
+
+def _autocast_without_cache():
+    """The step runs in the fp16 autocast MusicGen decodes in; a graph capture must not fill autocast's
+    cast cache (its tensors would be freed under the graph), so the same dtype with the cache off."""
+    if not torch.is_autocast_enabled("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)

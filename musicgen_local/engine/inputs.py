@@ -1,0 +1,181 @@
+"""`input_audio` into a waveform, within limits, in the prepare pool (never on the device loop).
+
+Fetch it (an http(s) URL, a data: URI, or a local file the front door vouches for) with a total
+deadline, a byte cap, redirects checked like the first URL, and cancellation that interrupts even a
+server that sends nothing; read its length (ffprobe) before decoding; decode only the span the
+request uses; convert it to the model's rate and channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import mimetypes
+import subprocess
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ..errors import Cancelled, UserError
+from .api import Request
+
+SAMPLE_RATE = 32000
+MELODY_MARGIN_S = 30  # a melody is never read past max(duration, 30 s) + this: no window reaches it
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 60.0  # for the whole download: connection, redirects and body
+    max_bytes: int = 100 * 1024 * 1024
+    max_duration_s: int = 300  # longest encode-decode input, after the crop
+    max_redirects: int = 5
+    check_url: Callable[[str], None] = field(default=lambda url: None)  # raises UserError for refused addresses
+
+
+@dataclass
+class Clip:
+    wav: object  # torch.Tensor [C, T] float32 at SAMPLE_RATE
+    notes: list[str]  # lines for the prediction's logs
+
+
+def load(request: Request, channels: int, work_dir: Path, limits: Limits, canceled: threading.Event) -> Clip:
+    """The cropped input of `request` at 32 kHz with `channels` channels (0: the input's own)."""
+    from audiocraft.data.audio import audio_read
+    from audiocraft.data.audio_utils import convert_audio
+
+    path = fetch(request.input_audio, work_dir, limits, canceled)
+    length_s = probe(path)
+    start, notes = request.continuation_start, []
+    end = length_s if request.continuation_end is None else min(request.continuation_end, length_s)
+    if end - start <= 0:
+        raise UserError(f"`input_audio` is empty after cropping to continuation_start={start}, "
+                        f"continuation_end={request.continuation_end} (the clip is {length_s:.2f} s long).")
+    if request.model_version == "encode-decode" and end - start > limits.max_duration_s:
+        raise UserError(f"`input_audio` is {end - start:.1f} s long after cropping; `encode-decode` takes at most "
+                        f"{limits.max_duration_s} s (MUSICGEN_MAX_DURATION). Crop it with continuation_start and "
+                        "continuation_end.")
+    if request.continuation and end - start >= request.duration:
+        raise UserError(f"The continuation prompt ({end - start:.1f} s after cropping) must be shorter than "
+                        f"`duration` ({request.duration} s): the output includes the prompt.")
+    useful = max(request.duration, 30) + MELODY_MARGIN_S
+    if not request.continuation and request.model_version != "encode-decode" and end - start > useful:
+        notes.append(f"The melody is {end - start:.0f} s long after cropping; its first {useful} s condition "
+                     "this request (no window reaches further).")
+        end = start + useful
+    try:
+        wav, sr = audio_read(path, seek_time=start, duration=end - start)
+    except Exception as exc:  # noqa: BLE001 -- decoders raise many types; all mean "not audio we can read"
+        raise UserError(f"Could not decode `input_audio`: {exc}. Send a wav, mp3, flac or ogg file.") from None
+    if wav.numel() == 0:
+        raise UserError("`input_audio` contains no audio samples.")
+    return Clip(convert_audio(wav, sr, SAMPLE_RATE, channels or wav.shape[0]), notes)
+
+
+def probe(path: Path) -> float:
+    """The audio's length in seconds, read from its container without decoding it."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "format=duration:stream=duration",
+           "-of", "json", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
+    durations = [s.get("duration") for s in info.get("streams", [])] + [info.get("format", {}).get("duration")]
+    for value in durations:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    raise UserError("Could not decode `input_audio`: it holds no audio stream ffmpeg can read. "
+                    "Send a wav, mp3, flac or ogg file.")
+
+
+# ------------------------------------------------------------------------------------------ fetching
+
+
+def fetch(ref: str, work_dir: Path, limits: Limits, canceled: threading.Event) -> Path:
+    """A local file holding `ref`'s bytes."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if ref.startswith("data:"):
+        return _decode_data_uri(ref, work_dir, limits)
+    if ref.startswith(("http://", "https://")):
+        path = work_dir / f"input{Path(urllib.parse.urlparse(ref).path).suffix or '.bin'}"
+        asyncio.run(_download_or_cancel(ref, path, limits, canceled))
+        return path
+    path = Path(ref.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise UserError(f"`input_audio` file not found: {ref}")
+    return path
+
+
+def _decode_data_uri(ref: str, work_dir: Path, limits: Limits) -> Path:
+    header, sep, payload = ref.partition(",")
+    if not sep:
+        raise UserError("`input_audio` is a malformed data URI (no comma before the data).")
+    if len(payload) * 3 // 4 > limits.max_bytes:
+        raise UserError(f"`input_audio` is larger than {limits.max_bytes} bytes (MUSICGEN_MAX_INPUT_BYTES).")
+    mime = header[5:].split(";")[0] or "application/octet-stream"
+    try:
+        data = (base64.b64decode(payload, validate=False) if ";base64" in header
+                else urllib.parse.unquote_to_bytes(payload))
+    except (binascii.Error, ValueError) as exc:
+        raise UserError(f"`input_audio` data URI is not valid base64: {exc}") from None
+    path = work_dir / f"input{mimetypes.guess_extension(mime) or '.bin'}"
+    path.write_bytes(data)
+    return path
+
+
+async def _download_or_cancel(url: str, path: Path, limits: Limits, canceled: threading.Event) -> None:
+    download = asyncio.ensure_future(_download(url, path, limits))
+
+    async def watch() -> None:
+        while not canceled.is_set():
+            await asyncio.sleep(0.05)
+        download.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            await download
+    except asyncio.CancelledError:
+        raise Cancelled() from None
+    except TimeoutError:
+        raise UserError(f"Could not download `input_audio` from {url}: it took longer than {limits.timeout_s:.0f} s "
+                        "(MUSICGEN_INPUT_TIMEOUT).") from None
+    finally:
+        watcher.cancel()
+
+
+async def _download(url: str, path: Path, limits: Limits) -> None:
+    timeout = httpx.Timeout(limits.timeout_s)
+    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
+        for _ in range(limits.max_redirects + 1):
+            limits.check_url(url)
+            try:
+                async with client.stream("GET", url) as response:
+                    if response.is_redirect:  # followed by hand, so that every hop is checked
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    response.raise_for_status()
+                    await _save(response, path, limits.max_bytes, url)
+                    return
+            except httpx.HTTPError as exc:
+                raise UserError(f"Could not download `input_audio` from {url}: {exc}") from None
+        raise UserError(f"Could not download `input_audio`: more than {limits.max_redirects} redirects.")
+
+
+async def _save(response: httpx.Response, path: Path, max_bytes: int, url: str) -> None:
+    too_large = UserError(f"`input_audio` at {url} is larger than {max_bytes} bytes (MUSICGEN_MAX_INPUT_BYTES).")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    size = 0
+    with path.open("wb") as f:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            f.write(chunk)

@@ -1,0 +1,101 @@
+"""`LocalEngine`: the engine in this process. A prepare pool, one device loop per device, an encode pool.
+
+submit() checks the request and returns its Run at once. The prepare pool then makes sure the
+weights are there (fetching them when allowed) and reads the input audio within its limits; the
+request goes to the device that already holds its model, else to the least loaded one; that
+device's loop generates it and hands the waveform to the encode pool. Nothing slow ever runs on a
+device loop but device work, and a device loop never waits on anything but the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .. import weights as W
+from ..errors import Cancelled, UserError
+from ..schema import check_semantics
+from ..settings import Settings
+from . import inputs
+from .api import Failed, Log, Request, failure
+from .loop import DeviceLoop, Job
+from .mbd import LazyMbd
+from .models import load_model, resolve_devices, weights_check
+from .run import LocalRun
+
+log = logging.getLogger(__name__)
+PREPARE_WORKERS = 4  # downloads and decodes at once: I/O bound, independent of the devices
+ENCODE_WORKERS = 2  # ffmpeg processes at once
+
+
+class LocalEngine:
+    def __init__(self, settings: Settings, *, check_url=None) -> None:
+        self.settings = settings
+        W.configure_environment(settings.weights_dir)
+        self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
+                                    check_url=check_url or (lambda url: None))
+        self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
+        self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
+        self.loops = [DeviceLoop(device, settings, self.encode_pool, partial(load_model, settings),
+                                 LazyMbd(settings.weights_dir, device))
+                      for device in resolve_devices(settings.devices)]
+        per_loop = settings.max_batch if settings.decoder == "fast" else 1
+        self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
+
+    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
+        request = request.with_seed()
+        run = LocalRun()
+        try:
+            check_semantics(request, self.settings.max_duration)
+        except UserError as exc:
+            run.emit(Failed(str(exc)))
+            return run
+        run.emit(Log(f"Using seed {request.seed}"))
+        self.prepare_pool.submit(self._prepare, Job(request, run, stream))
+        return run
+
+    def _prepare(self, job: Job) -> None:
+        try:
+            if job.run.canceled.is_set():
+                raise Cancelled()
+            request = job.request
+            weights_check(self.settings, request.model_version, request.multi_band_diffusion, job.log)
+            if request.input_audio:
+                with tempfile.TemporaryDirectory(dir=self.scratch) as work_dir:
+                    clip = inputs.load(request, W.PRESETS[request.model_version].channels, Path(work_dir),
+                                       self.limits, job.run.canceled)
+                job.clip = clip.wav
+                for note in clip.notes:
+                    job.log(note)
+            self._route(request.model_version).put(job)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
+            if not isinstance(exc, UserError | Cancelled):
+                log.warning("preparing %s failed: %s", job.request, exc)
+            job.run.emit(failure(exc))
+
+    def _route(self, model_version: str) -> DeviceLoop:
+        """The least loaded device among those that already hold the model, else among all."""
+        holding = [loop for loop in self.loops if model_version in loop.models]
+        return min(holding or self.loops, key=lambda loop: loop.jobs)
+
+    def health(self) -> dict[str, Any]:
+        ready = all(loop.ready.is_set() for loop in self.loops)
+        return {"status": "READY" if ready else "STARTING", "decoder": self.settings.decoder,
+                "max_batch": self.settings.max_batch, "devices": [loop.health() for loop in self.loops]}
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return all(loop.ready.wait(timeout) for loop in self.loops)
+
+    def close(self) -> None:
+        for loop in self.loops:
+            loop.stop()
+        self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self.encode_pool.shutdown(wait=True)

@@ -1,0 +1,95 @@
+"""From a request to what the LM decodes: conditions, continuation prompt, and 30 s windows.
+
+Past the model's 30 s segment, windows follow audiocraft's `MusicGen._generate_tokens` exactly
+(extend_stride 18: each window re-prompted with the last 12 s of the one before, advancing 18 s),
+but the windows are ours so that either decoder runs them, progress counts steps over the whole
+request, and a melody is separated once per request rather than once per window.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from . import melody as M
+from .api import Request
+
+EXTEND_STRIDE_S = 18  # Replicate's predictor keeps audiocraft's default
+
+
+def window_plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(frame offset, prompt frames, frames to generate incl. prompt) for each LM call, following
+    audiocraft's loop arithmetic exactly."""
+    if total <= window:
+        return [(0, prompt, total)]
+    plan, offset = [], 0
+    while offset + prompt < total:
+        gen = min(total - offset, window)
+        plan.append((offset, prompt, gen))
+        prompt = gen - stride
+        offset += stride
+    return plan
+
+
+@dataclass
+class Plan:
+    """What to decode for one request."""
+
+    model: Any  # audiocraft MusicGen
+    attributes: list  # ConditioningAttributes of the one request
+    prompt_tokens: torch.Tensor | None  # [1, K, P] continuation prompt
+    windows: list[tuple[int, int, int]]  # window_plan's (frame offset, prompt frames, frames incl. prompt)
+    stride: int  # frames between window starts
+    max_delay: int  # the codebook pattern's extra steps per window
+    melody: torch.Tensor | None = None  # separated stems [1, 1, T] of a melody request
+
+    @property
+    def steps_total(self) -> int:
+        """Decoding steps over every window, for progress (the reference's callback counts)."""
+        return sum(gen - p + self.max_delay for _, p, gen in self.windows)
+
+    def window_attributes(self, index: int) -> list:
+        """The attributes for window `index`: the melody moves with the window."""
+        if self.melody is not None:
+            offset_s = self.windows[index][0] / self.model.frame_rate
+            condition = M.window_condition(self.model, self.melody, offset_s, windowed=len(self.windows) > 1)
+            for attr in self.attributes:
+                attr.wav[M.CONDITION] = condition
+        return self.attributes
+
+    def window_conditions(self, index: int) -> dict:
+        """The condition tensors of window `index`, conditional then unconditional (LMModel's CFG layout)."""
+        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+
+        attributes = self.window_attributes(index)
+        provider = self.model.lm.condition_provider
+        null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+        with M.stems_precomputed(self.model):
+            return provider(provider.tokenize(attributes + null))
+
+
+def plan_request(model, request: Request, clip: torch.Tensor | None, rng: random.Random) -> Plan:
+    """Conditions, prompt and windows; `clip` is the cropped input [C, T] at the model's rate and
+    channel count, or None. Encodes a continuation prompt and separates a melody (GPU work)."""
+    descriptions = [request.prompt]
+    stems = None
+    if clip is None or request.continuation:
+        wav = None if clip is None else clip[None].to(model.device)  # [1, C, T]: the continuation prompt
+        attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, wav)
+    else:
+        attributes, prompt_tokens = model._prepare_tokens_and_attributes(descriptions, None, [clip])
+        stems = M.separate(model, clip[None].to(model.device), rng)
+    fr = model.frame_rate
+    total, window = int(request.duration * fr), int(min(request.duration, model.max_duration) * fr)
+    prompt_len = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
+    if prompt_len >= window:
+        raise UserError(f"The continuation prompt ({prompt_len / fr:.1f} s after cropping) must be shorter than "
+                        f"`duration` ({request.duration} s): the output includes the prompt.")
+    stride = int(fr * EXTEND_STRIDE_S)
+    windows = window_plan(total, prompt_len, window, stride)
+    max_delay = max(model.lm.pattern_provider.delays)
+    return Plan(model, attributes, prompt_tokens, windows, stride, max_delay, stems)

@@ -1,0 +1,202 @@
+"""Predictions into the engine and its events back into predictions.
+
+Queued predictions wait here, oldest first, until the engine has room (`engine.capacity` runs in
+flight); each run in flight has a thread that turns its events into the prediction's status, logs,
+webhooks and output file. Listeners (the SSE streams) see every event too. Nothing here touches a
+tensor or waits on the GPU: a slow consumer only delays its own prediction's bookkeeping.
+
+After a crash the store still holds what was queued or running: `start` queues it again in order; a
+prediction that was running is run once more from the start (its seed was fixed at creation, so it
+gives the same audio), and failed with a message if that already happened once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
+from .prediction import Prediction, now
+from .store import Store
+from .webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+Listener = Callable[[Prediction, Event], None]
+INTERRUPTED_TWICE = ("The server stopped twice while this prediction was running, so it was not run a third "
+                     "time. Create the prediction again.")
+
+
+class Dispatcher:
+    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, capacity: int = 1) -> None:
+        self.engine, self.store, self.webhooks = engine, store, webhooks
+        self.capacity = max(1, capacity)
+        self._queue: deque[str] = deque()  # prediction ids not handed to the engine yet, oldest first
+        self._runs: dict[str, Run] = {}  # handed to the engine and not finished
+        self._held: set[str] = set()  # draining: runs canceled only to stay queued for the next start
+        self._changed = threading.Condition()
+        self._feeding = True
+        self.accepting = True  # False while draining: creates are refused (503)
+        self._listeners: list[Listener] = []
+        self._feeder = threading.Thread(target=self._feed, name="dispatcher", daemon=True)
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Queue what the store left unfinished (a crash or a drained shutdown), then start feeding."""
+        for pred in self.store.unfinished():
+            if pred.status == "processing" and pred.attempts >= 2:
+                self._finish(pred, "failed", INTERRUPTED_TWICE)
+                continue
+            if pred.status == "processing":
+                pred.logs += "The server restarted while this prediction was running: running it again.\n"
+            pred.status, pred.started_at = "starting", None
+            self.store.save(pred)
+            self._queue.append(pred.id)
+        self._feeder.start()
+
+    def drain(self, grace_s: float) -> None:
+        """Stop taking predictions; let those generating finish for up to `grace_s`; leave the rest
+        (queued, or still generating at the deadline) stored as they are, for the next start."""
+        if not self.accepting:  # draining already (a second signal, then the app's shutdown)
+            return
+        self.accepting = False
+        with self._changed:
+            self._feeding = False
+            self._changed.notify_all()
+            not_started = [pid for pid in self._runs if self.store.get(pid).status == "starting"]
+            self._held.update(not_started)
+        for pid in not_started:
+            if (run := self._runs.get(pid)) is not None:
+                run.cancel()
+        with self._changed:
+            self._changed.wait_for(lambda: not self._runs, timeout=grace_s)
+            left = list(self._runs)
+        if left:
+            log.warning("shutting down with %d prediction(s) still generating; they run again at the next start",
+                        len(left))
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # ---------------------------------------------------------------------------------- predictions
+
+    def submit(self, pred: Prediction) -> None:
+        self.store.add(pred)
+        with self._changed:
+            self._queue.append(pred.id)
+            self._changed.notify_all()
+
+    def cancel(self, pred: Prediction) -> None:
+        """A prediction that has not started ends now; one generating as soon as the engine stops it."""
+        with self._changed:
+            if pred.done:
+                return
+            run = self._runs.get(pred.id)
+            if run is None and pred.id in self._queue:
+                self._queue.remove(pred.id)
+        if run is not None:
+            run.cancel()
+        if pred.status == "starting":  # whatever the engine says later about it is ignored
+            self._finish(pred, "canceled")
+
+    def pending(self) -> int:
+        """Predictions created and not finished."""
+        with self._changed:
+            return len(self._queue) + len(self._runs)
+
+    # ---------------------------------------------------------------------------------- feeding
+
+    def _feed(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._feeding or (self._queue and len(self._runs) < self.capacity))
+                if not self._feeding:
+                    return
+                pred = self.store.get(self._queue.popleft())
+                if pred is None or pred.done:
+                    continue
+                pred.attempts += 1
+                self.store.save(pred)
+                run = self._runs[pred.id] = self.engine.submit(_engine_request(pred), stream=True)
+            threading.Thread(target=self._consume, args=(pred, run), name=f"run-{pred.id[:8]}", daemon=True).start()
+
+    def _consume(self, pred: Prediction, run: Run) -> None:
+        on_progress = _progress_lines(lambda line: self._log(pred, line))
+        try:
+            for event in run:
+                if pred.done:  # canceled before it started: the engine's last words do not matter
+                    continue
+                self._handle(pred, event, on_progress)
+                for listener in self._listeners:
+                    listener(pred, event)
+        except Exception:  # a bug of ours: fail this prediction, keep serving the others
+            log.exception("prediction %s: unexpected error", pred.id)
+            self._finish(pred, "failed", "Internal error while generating; see the server log.")
+        finally:
+            with self._changed:
+                self._runs.pop(pred.id, None)
+                self._changed.notify_all()
+
+    def _handle(self, pred: Prediction, event: Event, on_progress: Callable[[Progress], None]) -> None:
+        if isinstance(event, Started):
+            pred.status, pred.started_at = "processing", now()
+            self.store.save(pred)
+            self.webhooks.notify(pred, "start")
+        elif isinstance(event, Log):
+            self._log(pred, event.line)
+        elif isinstance(event, Progress):
+            on_progress(event)
+        elif isinstance(event, Done):
+            path = self.store.prediction_dir(pred.id) / event.result.filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(event.result.audio)
+            pred.output_file = path.name
+            self.webhooks.notify(pred, "output")
+            self._finish(pred, "succeeded")
+        elif isinstance(event, Failed):
+            if event.kind == "internal":
+                log.error("prediction %s: %s", pred.id, event.message)
+            self._finish(pred, "failed", event.message)
+        elif isinstance(event, Canceled):
+            if pred.id in self._held:  # canceled by a drain before it started: it stays queued
+                pred.attempts -= 1
+                self.store.save(pred)
+            else:
+                self._finish(pred, "canceled")
+        elif not isinstance(event, Audio):
+            log.warning("prediction %s: unknown event %r", pred.id, event)
+
+    def _log(self, pred: Prediction, line: str) -> None:
+        log.info("prediction %s: %s", pred.id, line)
+        pred.logs += line.rstrip("\n") + "\n"
+        if pred.status == "processing":  # as on Replicate, `start` is the first webhook; it carries earlier logs
+            self.webhooks.notify(pred, "logs")
+
+    def _finish(self, pred: Prediction, status: str, error: str | None = None) -> None:
+        pred.status, pred.error, pred.completed_at = status, error, now()
+        self.store.save(pred)
+        log.info("prediction %s: %s%s", pred.id, status, f" ({error})" if error else "")
+        self.webhooks.notify(pred, "completed")
+
+
+def _engine_request(pred: Prediction) -> Request:
+    """The engine's Request, as the front door built it at creation (seed fixed, input resolved)."""
+    return Request(**pred.request)
+
+
+def _progress_lines(log_line: Callable[[str], None]) -> Callable[[Progress], None]:
+    """tqdm-style lines (what the Node client's `parseProgressFromLogs` reads), one per percent at most."""
+    started, last = time.monotonic(), [-1]
+
+    def on_progress(event: Progress) -> None:
+        percent = int(100 * event.done / max(event.total, 1))
+        if percent != last[0]:
+            last[0] = percent
+            log_line(tqdm.format_meter(event.done, event.total, time.monotonic() - started))
+
+    return on_progress

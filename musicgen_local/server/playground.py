@@ -1,0 +1,36 @@
+"""The browser playground: `GET /` serves one page, `/playground/*` its scripts and styles.
+
+The page is a client of the public /v1 API like any other (it builds its form from the version's
+`openapi_schema` and sends the token like the official clients do), so nothing here knows about
+predictions. Page and assets are public: they hold no data, and the page asks for the token when
+/v1 answers 401. Everything is served from the package; the page loads nothing from elsewhere, and
+its Content-Security-Policy keeps it that way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC = Path(__file__).resolve().parent / "static"
+ASSETS = "/playground"
+# Same origin only. Outputs are same-origin URLs or data: URIs; decoded audio is drawn from blobs.
+CSP = ("default-src 'self'; media-src 'self' data: blob:; connect-src 'self' data:; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html",
+                        headers={"content-security-policy": CSP, "cache-control": "no-cache"})
+
+
+def install(app: FastAPI) -> None:
+    """Add the page and its assets to `app`, outside /v1 and its token."""
+    app.include_router(router)
+    app.mount(ASSETS, StaticFiles(directory=STATIC), name="playground")

@@ -1,0 +1,215 @@
+// The playground: load the schema, build the form, run predictions and show them.
+// A prediction's life on the page: submit -> watch() polls GET /v1/predictions/{id} -> showRun()
+// on every answer -> showResult() once it succeeded.
+
+import { api, isProgressLine, progressFromLogs, seedFromLogs, TERMINAL } from "./api.js";
+import { decodeAudio, showPictures } from "./audio-view.js";
+import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
+import { History } from "./history.js";
+
+const POLL_MS = 400;
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const form = $("predict-form");
+const state = { version: null, fields: [], current: null, shown: null, watching: 0 };
+
+const history = new History(
+  { list: $("history-list"), empty: $("history-empty"), newer: $("history-newer"), older: $("history-older"),
+    refresh: $("history-refresh") },
+  { onLoad: loadIntoForm, onOpen: (pred) => { revealOutput(); watch(pred); } },
+);
+
+async function start() {
+  try {
+    const model = await api("/v1/models/meta/musicgen");
+    state.version = model.latest_version.id;
+    state.fields = fieldsFromSchema(model.latest_version.openapi_schema);
+  } catch (err) {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.textContent = "Try again";
+    retry.addEventListener("click", start);
+    $("fields").replaceChildren(`Could not load the model schema: ${err.message} `, retry);
+    return;
+  }
+  buildForm($("fields"), state.fields);
+  fillForm(form, state.fields);
+  history.defaults = Object.fromEntries(state.fields.map((f) => [f.name, f.default]));
+  $("version-label").textContent = ` · version ${state.version.slice(0, 8)}`;
+  $("submit").disabled = false;
+  await history.load();
+}
+
+function note(text, isError = false) {
+  const el = $("form-note");
+  el.textContent = text || "";
+  el.hidden = !text;
+  el.classList.toggle("error", isError);
+  el.setAttribute("role", isError ? "alert" : "status");
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  note(null);
+  const input = readInput(form, state.fields);
+  $("submit").disabled = true;
+  let pred;
+  try {
+    pred = await api("/v1/predictions", { method: "POST", json: { version: state.version, input } });
+  } catch (err) {
+    note(err.message, true);
+    markInvalid(form, err.body && err.body.invalid_fields);
+    return;
+  } finally {
+    $("submit").disabled = false;
+  }
+  markInvalid(form, []);
+  revealOutput();
+  watch(pred);
+});
+
+// On a phone the output sits below the form, and from the history it is above: bring it into view.
+function revealOutput() {
+  const { top } = document.querySelector(".output").getBoundingClientRect();
+  if (top < 0 || top > window.innerHeight * 0.5) document.querySelector(".output").scrollIntoView({ block: "start" });
+}
+
+$("reset").addEventListener("click", () => {
+  fillForm(form, state.fields);
+  note(null);
+});
+
+// Follow one prediction until it ends; a newer watch (another submit, "Open" in the history)
+// replaces this one.
+async function watch(pred) {
+  const ticket = ++state.watching;
+  state.current = pred;
+  $("idle").hidden = true;
+  $("result").hidden = true;
+  $("run").hidden = false;
+  // Streaming plugs in here: once the server streams, a playStream(pred) call at this point plays
+  // pred.urls.stream as segments arrive; showResult() below then swaps in the finished file.
+  showRun(pred);
+  while (!TERMINAL.has(pred.status)) {
+    await sleep(POLL_MS);
+    if (ticket !== state.watching) return;
+    try {
+      pred = await api(`/v1/predictions/${pred.id}`);
+    } catch (err) {
+      $("status").textContent = `Lost contact with the server (${err.message}); retrying…`;
+      continue;
+    }
+    if (ticket !== state.watching) return;
+    state.current = pred;
+    showRun(pred);
+  }
+  if (pred.status === "succeeded") await showResult(pred);
+  if (ticket === state.watching) await history.load();
+}
+
+function statusText(pred) {
+  const progress = progressFromLogs(pred.logs);
+  switch (pred.status) {
+    case "starting":
+      return "Waiting for the engine…";
+    case "processing":
+      return progress ? `Generating: ${progress.percent}% (${progress.current}/${progress.total} steps)` : "Preparing…";
+    case "succeeded": {
+      const time = pred.metrics && pred.metrics.predict_time;
+      return time ? `Succeeded in ${time.toFixed(1)} s` : "Succeeded";
+    }
+    case "failed":
+      return `Failed: ${pred.error || "unknown error"}`;
+    default:
+      return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
+  }
+}
+
+// The logs, with the progress lines folded into the latest one.
+function visibleLogs(logs) {
+  const lines = (logs || "").split("\n").filter((line) => line.trim() !== "");
+  const last = lines.filter(isProgressLine).pop();
+  return [...lines.filter((line) => !isProgressLine(line)), ...(last ? [last] : [])].join("\n");
+}
+
+function showRun(pred) {
+  const status = $("status");
+  status.textContent = statusText(pred);
+  status.dataset.status = pred.status;
+  status.dataset.predictionId = pred.id;
+  const progress = progressFromLogs(pred.logs);
+  $("progress").value = pred.status === "succeeded" ? 100 : progress ? progress.percent : 0;
+  $("cancel").hidden = TERMINAL.has(pred.status);
+  $("cancel").disabled = false;
+  const logs = $("logs");
+  logs.textContent = visibleLogs(pred.logs);
+  logs.scrollTop = logs.scrollHeight;
+}
+
+$("cancel").addEventListener("click", async () => {
+  const pred = state.current;
+  if (!pred) return;
+  $("cancel").disabled = true;
+  $("status").textContent = "Canceling…";
+  try {
+    await api(`/v1/predictions/${pred.id}/cancel`, { method: "POST" });
+  } catch (err) {
+    $("status").textContent = `Could not cancel: ${err.message}`;
+    $("cancel").disabled = false;
+  } // the watch loop sees the prediction end `canceled`
+});
+
+async function showResult(pred) {
+  state.shown = pred;
+  const player = $("player");
+  player.dataset.predictionId = pred.id;
+  player.src = pred.output;
+  const download = $("download");
+  download.href = pred.output;
+  download.download = `musicgen-${pred.id}.${(pred.input && pred.input.output_format) || "wav"}`;
+  const seed = seedFromLogs(pred.logs);
+  $("seed").textContent = seed === null ? "unknown" : String(seed);
+  $("reuse-seed").disabled = seed === null;
+  $("result").hidden = false;
+  const labels = document.querySelectorAll(".channels-label");
+  try {
+    const buffer = await decodeAudio(pred.output);
+    if (state.shown !== pred) return;
+    $("nyquist").textContent = `${buffer.sampleRate / 2000} kHz`;
+    labels.forEach((el) => { el.textContent = buffer.numberOfChannels === 2 ? "(stereo: left above, right below)" : ""; });
+    showPictures(buffer, $("waveform"), $("spectrogram"));
+  } catch (err) {
+    labels.forEach((el) => { el.textContent = `(could not draw: ${err.message})`; });
+  }
+}
+
+function firstUriField() {
+  const field = state.fields.find((f) => f.kind === "uri");
+  return field && form.elements.namedItem(field.name);
+}
+
+$("use-as-input").addEventListener("click", () => {
+  const target = firstUriField();
+  if (!state.shown || !target) return;
+  target.value = state.shown.output;
+  target.focus();
+  note(`The output is now ${target.name}: pick a melody model, or turn on continuation, and generate.`);
+});
+
+$("reuse-seed").addEventListener("click", () => {
+  const seed = seedFromLogs(state.shown && state.shown.logs);
+  const target = form.elements.namedItem("seed");
+  if (seed === null || !target) return;
+  target.value = String(seed);
+  target.focus();
+});
+
+function loadIntoForm(pred) {
+  fillForm(form, state.fields, pred.input || {});
+  note(`Loaded the inputs of prediction ${pred.id}.`);
+  form.scrollIntoView({ block: "start" });
+  const first = form.querySelector("input, select, textarea");
+  if (first) first.focus({ preventScroll: true });
+}
+
+start();

@@ -1,0 +1,166 @@
+"""Nothing is lost across a restart: finished predictions keep their files; what was queued or running
+when the process died runs after the restart, in order, and sends its `completed` webhook; SIGTERM
+drains (creates answer 503, running predictions finish, queued ones wait for the next start)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from server_helpers import V1, Receiver, make_client, wait_done
+
+from musicgen_local.server.dispatcher import INTERRUPTED_TWICE
+from musicgen_local.server.prediction import Prediction
+
+HERE = Path(__file__).resolve().parent
+
+
+def _store_as_a_crash_left_it(data_dir: Path, *preds: Prediction) -> None:
+    db = sqlite3.connect(data_dir / "musicgen.sqlite3")
+    for pred in preds:
+        db.execute("INSERT INTO predictions VALUES (?, ?, ?)",
+                   (pred.id, pred.created_at.isoformat(), json.dumps(pred.to_record())))
+    db.commit()
+    db.close()
+
+
+def _request(prompt: str, seed: int) -> dict:
+    return {"model_version": "large", "prompt": prompt, "duration": 1, "seed": seed}
+
+
+def test_finished_predictions_and_their_files_survive_a_restart(tmp_path):
+    with make_client(tmp_path) as c:
+        done = c.post("/v1/predictions", headers={"Prefer": "wait"},
+                      json={"version": V1, "input": {"prompt": "x", "duration": 1}}).json()
+        audio = c.get(done["output"]).content
+    with make_client(tmp_path) as c:
+        again = c.get(f"/v1/predictions/{done['id']}").json()
+        assert {k: again[k] for k in ("status", "output", "logs")} == {k: done[k] for k in ("status", "output", "logs")}
+        assert c.get(again["output"]).content == audio
+
+
+def test_what_a_crash_interrupted_runs_after_the_restart_in_order(tmp_path, receiver):
+    with make_client(tmp_path):  # creates the store
+        pass
+    running = Prediction(id="r" * 26, version=V1, input={"prompt": "a"}, status="processing", attempts=1,
+                         logs="Using seed 3\n", request=_request("a", 3), webhook=receiver.url)
+    queued = [Prediction(id=c * 26, version=V1, input={"prompt": c}, request=_request(c, 4), webhook=receiver.url,
+                         webhook_events_filter=("completed",)) for c in "bc"]
+    twice = Prediction(id="t" * 26, version=V1, input={"prompt": "t"}, status="processing", attempts=2,
+                       request=_request("t", 5), webhook=receiver.url, webhook_events_filter=("completed",))
+    _store_as_a_crash_left_it(tmp_path / "data", running, *queued, twice)
+
+    with make_client(tmp_path) as c:
+        finished = [wait_done(c, p.id) for p in (running, *queued, twice)]
+        receiver.wait_for(lambda evs: len([e for e in evs if e["status"] in ("succeeded", "failed")]) == 4)
+        engine_order = [r.prompt for r in c.app.state.engine.started]
+
+    assert [p["status"] for p in finished] == ["succeeded", "succeeded", "succeeded", "failed"]
+    assert engine_order == ["a", "b", "c"]  # oldest first; the one interrupted twice is not run again
+    assert "running it again" in finished[0]["logs"] and finished[0]["logs"].count("Using seed 3") == 2
+    assert finished[3]["error"] == INTERRUPTED_TWICE
+    completed = {e["id"]: e["status"] for e in receiver.events() if e["status"] in ("succeeded", "failed")}
+    assert completed == {running.id: "succeeded", queued[0].id: "succeeded", queued[1].id: "succeeded",
+                         twice.id: "failed"}
+
+
+class ServerProcess:
+    """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
+
+    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01) -> None:
+        from e2e_port import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(data_dir), str(self.port),
+                                      str(grace_s), str(step_delay_s)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health-check", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, Path(self.log.name).read_text()
+            time.sleep(0.1)
+
+    def create(self, prompt: str, duration: int, webhook: str | None = None) -> httpx.Response:
+        body = {"version": V1, "input": {"prompt": prompt, "duration": duration}}
+        if webhook:
+            body |= {"webhook": webhook, "webhook_events_filter": ["completed"]}
+        return httpx.post(f"{self.url}/v1/predictions", json=body, timeout=10)
+
+    def get(self, pred_id: str) -> dict:
+        return httpx.get(f"{self.url}/v1/predictions/{pred_id}", timeout=10).json()
+
+    def wait_for(self, pred_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while (body := self.get(pred_id))["status"] not in statuses:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+        return body
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started: list[ServerProcess] = []
+
+    def start(**kwargs) -> ServerProcess:
+        started.append(ServerProcess(tmp_path / "data", **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_kill_9_loses_no_prediction_and_no_completed_webhook(processes):
+    hook = Receiver()
+    try:
+        server = processes(step_delay_s=0.02)
+        ids = [server.create(f"p{i}", 2, hook.url).json()["id"] for i in range(6)]  # 2 s of audio = 2 s each
+        server.wait_for(ids[0], ("processing",))
+        server.proc.send_signal(signal.SIGKILL)  # no chance to clean up or drain
+        server.proc.wait(timeout=10)
+
+        again = processes(step_delay_s=0.0)
+        assert [again.wait_for(i, ("succeeded", "failed", "canceled"))["status"] for i in ids] == ["succeeded"] * 6
+        hook.wait_for(lambda evs: len(evs) >= 6)
+        assert sorted(e["id"] for e in hook.events()) == sorted(ids)
+    finally:
+        hook.server.shutdown()
+
+
+def test_sigterm_drains_then_the_next_start_runs_what_was_left(processes):
+    server = processes(grace_s=20, step_delay_s=0.02)
+    running = server.create("running", 2).json()["id"]  # 100 steps at 20 ms: done within the grace
+    queued = server.create("queued", 1).json()["id"]
+    server.wait_for(running, ("processing",))
+    server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (refused := server.create("late", 1)).status_code != 503:  # draining: no new predictions
+        assert time.monotonic() < deadline, refused.text
+    assert "shutting down" in refused.json()["detail"]
+    assert httpx.get(f"{server.url}/health-check").json()["status"] == "DRAINING"
+    assert server.get(queued)["status"] == "starting"  # reads still work
+    assert server.proc.wait(timeout=30) == 0  # it stopped by itself once the running one was done
+
+    again = processes(step_delay_s=0.0)
+    assert again.get(running)["status"] == "succeeded" and again.get(running)["output"]
+    assert again.wait_for(queued, ("succeeded",))["status"] == "succeeded"  # left queued, run now
