@@ -1,12 +1,16 @@
-"""Benchmark: audiocraft's eager `LMModel.generate` against our fast decoder, in one run.
+"""Benchmark: our fast decoder against audiocraft's eager `LMModel.generate` and Hugging Face
+transformers' `MusicgenForConditionalGeneration.generate`, in one run.
 
     PYTHONPATH=. .venv/bin/python -m bench.decoder            # defaults for the device found
-    PYTHONPATH=. .venv/bin/python -m bench.decoder --models large --durations 8 30 --batches 1 32
+    PYTHONPATH=. .venv/bin/python -m bench.decoder --models small --durations 4 --batches 1 8 --threads 1
 
 Random weights (decode speed does not depend on their values) in the real architectures: audiocraft's
-MusicGen LM structure (musicgen_lm.yaml) at the model_scale sizes. Conditioning uses the tiny
-real-format T5 and demucs from musicgen_local.testing.tiny, so nothing is downloaded. Prints a table
-and appends it, with the device named, to bench/RESULTS.md.
+MusicGen LM structure (musicgen_lm.yaml) at the model_scale sizes, and a transformers MusicGen decoder
+of the same size (layers, width, heads, 4x feed-forward, K codebooks of 2048). All three decode with
+classifier-free guidance 3 and top_k 250, timed the same way (wall time / decoding steps). Text
+conditioning uses the tiny real-format T5 from musicgen_local.testing.tiny (transformers: a T5 of the
+same tiny size), so nothing is downloaded and the text encoder costs nothing next to the decoder.
+Prints a table and appends it, with the device named, to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -163,31 +167,125 @@ def attributes(n: int, melody: bool):
 
 def run_one(lm, decoder: str, duration: int, batch: int, device: str, melody: bool, mode: str) -> tuple[float, int]:
     """One timed generation; returns (wall seconds, decode steps)."""
-    from musicgen_local.engine.fast import DecodeJob, SamplingParams, generate_batch
-
     frames = duration * FRAME_RATE
-    steps = lm.pattern_provider.get_pattern(frames).num_sequence_steps  # frames + the largest delay
+    steps = lm.pattern_provider.get_pattern(frames).num_sequence_steps - 1  # frames + the largest delay
+    with torch.no_grad():
+        if decoder == "transformers":
+            return _time(device, lambda: _hf_generate(lm, batch, steps)), steps
+        if decoder == "audiocraft":
+            conditions = attributes(batch, melody)
+            return _time(device, lambda: lm.generate(None, conditions, max_gen_len=frames, use_sampling=True,
+                                                     top_k=250)), steps
+        slots = fast_batch(lm, batch, frames, melody, mode)  # each request its own slot and seed stream
+        windows = fast_windows(lm, batch, frames, melody, device)
+        return _time(device, lambda: decode(slots, windows)), steps
+
+
+def _time(device: str, fn) -> float:
     sync(device)
     t = time.perf_counter()
-    with torch.no_grad():
-        if decoder == "audiocraft":
-            lm.generate(None, attributes(batch, melody), max_gen_len=frames, use_sampling=True, top_k=250)
-        else:  # each request its own job, seed stream and parameters: the batching primitive
-            jobs = [
-                DecodeJob([a], frames, SamplingParams(), generator=torch.Generator(device).manual_seed(i))
-                for i, a in enumerate(attributes(batch, melody))
-            ]
-            generate_batch(lm, jobs, progress_every=50, mode=mode)
+    fn()
     sync(device)
-    return time.perf_counter() - t, steps
+    return time.perf_counter() - t
+
+
+_BATCHES: dict = {}
+
+
+def fast_batch(lm, slots: int, frames: int, melody: bool, mode: str):
+    """A SlotBatch for this LM, kept across runs (allocated and, on CUDA, its graphs captured once,
+    as the engine does at warm-up)."""
+    from musicgen_local.engine.fast import SlotBatch
+
+    key = (id(lm), slots, frames, mode)
+    if key not in _BATCHES:
+        _BATCHES.clear()
+        _BATCHES[key] = SlotBatch(lm, slots, frames, prefix=300 if melody else 0, mode=mode)
+        with _autocast(device_of(lm)):
+            _BATCHES[key].warm_up()
+    return _BATCHES[key]
+
+
+def fast_windows(lm, batch: int, frames: int, melody: bool, device: str) -> list:
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+
+    from musicgen_local.engine.fast import SamplingParams, Window
+
+    out = []
+    for i, attr in enumerate(attributes(batch, melody)):
+        provider = lm.condition_provider
+        conditions = provider(provider.tokenize([attr] + ClassifierFreeGuidanceDropout(p=1.0)([attr])))
+        out.append(Window(conditions, None, frames, SamplingParams(), torch.Generator(device).manual_seed(i)))
+    return out
+
+
+def decode(slots, windows) -> None:
+    from musicgen_local.engine.fast import decode as fast_decode
+
+    with _autocast(device_of(slots.lm)):
+        fast_decode(slots, windows)
+
+
+def device_of(lm) -> str:
+    return next(lm.parameters()).device.type
+
+
+def _autocast(device: str):
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------ transformers
+
+_HF: dict = {}
+
+
+def hf_model(lm):
+    """transformers' MusicGen with a decoder the size of `lm` (random weights), cached per LM."""
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
+
+    key = id(lm)
+    if key not in _HF:
+        _HF.clear()
+        first = next(lm.parameters())
+        layer = lm.transformer.layers[0]
+        decoder = MusicgenDecoderConfig(hidden_size=lm.dim, num_attention_heads=layer.self_attn.num_heads,
+                                        num_hidden_layers=len(lm.transformer.layers),
+                                        ffn_dim=layer.linear1.out_features, num_codebooks=lm.num_codebooks,
+                                        vocab_size=lm.card, max_position_embeddings=4096)
+        text = T5Config(vocab_size=64, d_model=768, d_kv=16, d_ff=64, num_layers=1, num_heads=2)
+        codec = EncodecConfig(target_bandwidths=[2.2], sampling_rate=32000, audio_channels=1, normalize=False,
+                              chunk_length_s=None, overlap=None, hidden_size=16, num_filters=2, num_residual_layers=1,
+                              upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=16, num_lstm_layers=1,
+                              use_causal_conv=False)
+        config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
+        torch.manual_seed(0)
+        _HF[key] = MusicgenForConditionalGeneration(config).to(first.device, first.dtype).eval()
+    return _HF[key]
+
+
+def _hf_generate(lm, batch: int, steps: int) -> None:
+    model = hf_model(lm)
+    device = next(model.parameters()).device
+    ids = torch.randint(0, 64, (batch, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    with _autocast(device.type):
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=True,
+                       top_k=250, guidance_scale=3.0)
 
 
 def bench(args) -> tuple[list[Row], float]:
     device = args.device
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    from musicgen_local.engine.fast.graph import resolve_mode
+    from musicgen_local.engine.fast import resolve_mode
 
-    label = f"fast/{resolve_mode(args.mode, torch.device(device).type)}"
+    label = f"fast/{resolve_mode(args.mode, torch.device(device))}"
     bandwidth = copy_bandwidth(device)
     log.info("copy bandwidth %.1f GB/s", bandwidth / 1e9)
     rows = []
@@ -195,7 +293,8 @@ def bench(args) -> tuple[list[Row], float]:
         lm = build_lm(name, device, dtype)
         floor_ms = 1000 * step_bytes(lm) / bandwidth
         melody = MODELS[name][2]
-        run_one(lm, args.decoders[-1], 1, 1, device, melody, args.mode)  # warm-up (allocator, graphs, T5)
+        for decoder in args.decoders:  # warm-up: allocators, T5, the transformers model
+            run_one(lm, decoder, 1, 1, device, melody, args.mode)
         for duration in args.durations:
             for batch in args.batches:
                 for decoder in args.decoders:
@@ -204,7 +303,7 @@ def bench(args) -> tuple[list[Row], float]:
                     wall, steps = run_one(lm, decoder, duration, batch, device, melody, args.mode)
                     row = Row(
                         name,
-                        decoder if decoder == "audiocraft" else label,
+                        label if decoder == "fast" else decoder,
                         duration,
                         batch,
                         wall,
@@ -231,12 +330,15 @@ def table(rows: list[Row]) -> str:
 
 
 def speedups(rows: list[Row]) -> str:
-    ref = {(r.model, r.duration, r.batch): r.wall_s for r in rows if r.decoder == "audiocraft"}
-    out = [
-        f"- {r.model} {r.duration} s batch {r.batch}: {ref[(r.model, r.duration, r.batch)] / r.wall_s:.2f}x"
-        for r in rows
-        if r.decoder != "audiocraft" and (r.model, r.duration, r.batch) in ref
-    ]
+    """Per-step speed of the fast decoder over each peer measured in the same run (> 1: ours is faster)."""
+    peers = {(r.model, r.duration, r.batch, r.decoder): r.ms_per_step for r in rows if not r.decoder.startswith("fast")}
+    out = []
+    for r in rows:
+        if not r.decoder.startswith("fast"):
+            continue
+        ratios = [f"{peer} {peers[(r.model, r.duration, r.batch, peer)] / r.ms_per_step:.2f}x"
+                  for peer in ("audiocraft", "transformers") if (r.model, r.duration, r.batch, peer) in peers]
+        out.append(f"- {r.model} {r.duration} s batch {r.batch}: " + ", ".join(ratios))
     return "\n".join(out)
 
 
@@ -253,8 +355,9 @@ def main(argv=None) -> None:
     )
     p.add_argument("--durations", nargs="+", type=int, default=[8, 30])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32] if cuda else [1, 8])
-    p.add_argument("--decoders", nargs="+", default=["audiocraft", "fast"], choices=["audiocraft", "fast"])
-    p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | static | graph | compile")
+    p.add_argument("--decoders", nargs="+", default=["audiocraft", "transformers", "fast"],
+                   choices=["audiocraft", "transformers", "fast"])
+    p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | graph | compile")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument(
         "--weights",
@@ -272,8 +375,8 @@ def main(argv=None) -> None:
     report = (
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.dtype}, "
         f"mode {args.mode}\n\nCopy bandwidth {bandwidth / 1e9:.1f} GB/s. 'of floor' = (weight bytes per step "
-        f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed-up of fast over audiocraft, "
-        f"same run:\n{speedups(rows)}\n"
+        f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed of the fast decoder per step, as "
+        f"a ratio to each peer in the same run:\n{speedups(rows)}\n"
     )
     print(report)
     if not args.no_append:

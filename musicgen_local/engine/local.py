@@ -34,14 +34,14 @@ ENCODE_WORKERS = 2  # ffmpeg processes at once
 
 
 class LocalEngine:
-    def __init__(self, settings: Settings, *, check_url=None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         W.configure_environment(settings.weights_dir)
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
-                                    check_url=check_url or (lambda url: None))
+                                    check_url=partial(_check_input_url, block_private=settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
         self.loops = [DeviceLoop(device, settings, self.encode_pool, partial(load_model, settings),
@@ -99,3 +99,13 @@ class LocalEngine:
             loop.stop()
         self.prepare_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=True)
+
+
+def _check_input_url(url: str, block_private: bool) -> None:
+    """Every URL an input download goes to, redirects included: never link-local or cloud metadata."""
+    from ..netpolicy import URLRefused, check_url
+
+    try:
+        check_url(url, block_private)
+    except URLRefused as exc:
+        raise UserError(f"`input_audio` cannot be downloaded: {exc}") from None

@@ -1,0 +1,147 @@
+"""input_audio within limits: a slow or silent URL, a huge download or an hour-long file delays only its
+own prediction, is stopped by the total deadline, the byte cap or cancellation, and never reaches
+link-local or metadata addresses through a redirect (real engine, tiny weights, loopback servers)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from musicgen_local.engine import Request, load_engine, result_of
+from musicgen_local.engine.api import Canceled, Done, Failed, Progress
+from musicgen_local.errors import UserError
+from tests.audio_helpers import write_tone
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    tone: bytes = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        if self.path == "/silent":  # accepts, then never answers
+            time.sleep(30)
+        elif self.path == "/trickle.wav":  # headers, then a byte a second
+            self._headers(1000)
+            for _ in range(30):
+                self.wfile.write(b"R")
+                self.wfile.flush()
+                time.sleep(1)
+        elif self.path == "/huge.wav":  # more bytes than the cap, with no Content-Length
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"\0" * 65536
+            for _ in range(200):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/declared.wav":  # a Content-Length over the cap: refused before the body
+            self._headers(10**12)
+        elif self.path == "/to-metadata":
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/hop":
+            self.send_response(302)
+            self.send_header("Location", "/tone.wav")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/tone.wav":
+            self._headers(len(self.tone))
+            self.wfile.write(self.tone)
+        else:
+            self.send_error(404)
+
+    def _headers(self, length: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    Handler.tone = write_tone(tmp_path_factory.mktemp("tone") / "t.wav", 1.0).read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def limited(settings):
+    engine = load_engine(settings.with_(input_timeout=3, max_input_bytes=1_000_000, max_duration=5,
+                                        warmup="none"))
+    yield engine
+    engine.close()
+
+
+def _melody(url: str, path: str, **extra) -> Request:
+    return Request(model_version="melody-large", prompt="x", duration=1, input_audio=url + path, **extra)
+
+
+@pytest.mark.parametrize("path", ["/silent", "/trickle.wav"])
+def test_a_url_that_sends_nothing_or_trickles_fails_at_the_deadline_and_holds_up_no_one(limited, url, path):
+    stalled = limited.submit(_melody(url, path))
+    start = time.monotonic()
+    other = result_of(limited.submit(Request(model_version="large", prompt="y", duration=1, seed=1)))
+    assert other.num_samples == 32000 and time.monotonic() - start < 3  # done while the other still waits
+    failed = list(stalled)[-1]
+    assert isinstance(failed, Failed) and failed.kind == "user"
+    assert "took longer than 3 s (MUSICGEN_INPUT_TIMEOUT)" in failed.message
+    assert 2.5 < time.monotonic() - start < 10
+
+
+def test_cancel_interrupts_a_download(limited, url):
+    run = limited.submit(_melody(url, "/silent"))
+    time.sleep(0.5)
+    canceled_at = time.monotonic()
+    run.cancel()
+    assert isinstance(list(run)[-1], Canceled) and time.monotonic() - canceled_at < 1
+
+
+@pytest.mark.parametrize("path", ["/huge.wav", "/declared.wav"])
+def test_a_download_larger_than_the_cap_is_refused(limited, url, path):
+    with pytest.raises(UserError, match=r"is larger than 1000000 bytes \(MUSICGEN_MAX_INPUT_BYTES\)"):
+        result_of(limited.submit(_melody(url, path)))
+
+
+def test_redirects_are_followed_and_each_hop_is_checked(limited, url):
+    assert result_of(limited.submit(_melody(url, "/hop"))).num_samples == 32000
+    with pytest.raises(UserError, match="cannot be downloaded: Refused 'http://169.254.169.254/latest/meta-data/'"):
+        result_of(limited.submit(_melody(url, "/to-metadata")))
+
+
+def test_encode_decode_input_longer_than_the_limit_is_refused_before_decoding(limited, tmp_path):
+    long = write_tone(tmp_path / "long.wav", 8.0)
+    with pytest.raises(UserError, match=r"`input_audio` is 8.0 s long after cropping; `encode-decode` takes at most "
+                                        r"5 s \(MUSICGEN_MAX_DURATION\)"):
+        result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(long))))
+    cropped = result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(long),
+                                               continuation_start=2, continuation_end=6)))
+    assert cropped.num_samples == 4 * 32000
+
+
+def test_only_the_span_a_request_uses_is_decoded(limited, tmp_path, monkeypatch):
+    from audiocraft.data import audio as audiocraft_audio
+
+    reads = []
+    original = audiocraft_audio.audio_read
+    monkeypatch.setattr(audiocraft_audio, "audio_read",
+                        lambda path, seek_time=0.0, duration=-1.0, pad=False: reads.append((seek_time, duration))
+                        or original(path, seek_time, duration, pad))
+    hour = write_tone(tmp_path / "long.wav", 120.0)  # stands in for an hour: only its length matters
+    events = list(limited.submit(Request(model_version="large", prompt="x", duration=3, input_audio=str(hour),
+                                         continuation=True, continuation_start=10, continuation_end=11)))
+    assert isinstance(events[-1], Done) and reads == [(10, 1)]
+    melody = list(limited.submit(Request(model_version="melody-large", prompt="x", duration=2,
+                                         input_audio=str(hour))))
+    assert isinstance(melody[-1], Done) and reads[-1] == (0, 60)  # no 30 s window reaches past 30 s + 30 s
+    assert any(isinstance(e, Progress) for e in melody)
