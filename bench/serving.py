@@ -3,13 +3,14 @@
     PYTHONPATH=. .venv/bin/python -m bench.serving                      # tiny checkpoints, CPU
     PYTHONPATH=. .venv/bin/python -m bench.serving --weights weights --model stereo-melody-large
 
-N requests (different prompts and seeds) arrive together (or --stagger seconds apart) on N threads,
-the server's engine threads.
-Measured from request to encoded wav, so conditioning, EnCodec and ffmpeg count too: the `reference`
-engine runs them one at a time (audiocraft's decoder); `fast` decodes them together
-(MUSICGEN_DECODER=fast, MUSICGEN_MAX_BATCH=N). Prints a table of seconds of audio per wall second
-and appends it, with the device named, to bench/RESULTS.md. Without --weights it writes and uses
-the tiny real-format checkpoints (bench/.weights), whose per-step cost is all overhead.
+N requests (different prompts and seeds) are submitted together (or --stagger seconds apart), as the
+server submits them, and followed to their files. Measured from submission to encoded file, so
+input preparation, conditioning, EnCodec and ffmpeg count too: the `reference` engine decodes them
+one at a time (audiocraft's decoder); `fast` decodes them together on the device loop
+(MUSICGEN_MAX_BATCH=N). Prints a table of seconds of audio per wall second and the largest batch
+the requests reported, and appends it, with the device named, to bench/RESULTS.md. Without --weights
+it writes and uses the tiny real-format checkpoints (bench/.weights), whose per-step cost is all
+overhead.
 """
 
 from __future__ import annotations
@@ -29,24 +30,28 @@ from bench.decoder import device_name, prepare_conditioning
 PROMPTS = ["lofi hip hop beat", "jazz trio with walking bass", "ambient pads", "rock anthem with guitars",
            "orchestral film score", "techno with a heavy kick", "acoustic folk song", "bossa nova"]
 PART = "# Part 3: concurrent requests through the engine (`bench/serving.py`, issue 6)"
-HEADER = ["decoder", "concurrent", "wall s", "audio-s per wall-s", "mean latency s", "batches formed"]
+HEADER = ["decoder", "concurrent", "wall s", "audio-s per wall-s", "mean latency s", "largest batch reported"]
 
 
-def run(engine, model: str, duration: int, concurrent: int, out: Path, stagger: float = 0.0) -> tuple[float, float]:
-    """(wall seconds for all requests, mean seconds from arrival to file); request i arrives i x stagger s in."""
+def run(engine, model: str, duration: int, concurrent: int, stagger: float = 0.0) -> tuple[float, float, int]:
+    """(wall seconds for all requests, mean seconds from submission to file, largest batch reported);
+    request i is submitted i x stagger s in."""
     from musicgen_local.engine import Request
+    from musicgen_local.engine.api import Done, Log
 
-    def one(i: int) -> float:
+    def one(i: int) -> tuple[float, int]:
         time.sleep(i * stagger)
         start = time.monotonic()
         request = Request(model_version=model, prompt=PROMPTS[i % len(PROMPTS)], duration=duration, seed=i + 1)
-        engine.generate(request, out / f"{concurrent}-{i}")
-        return time.monotonic() - start
+        events = list(engine.submit(request))
+        assert isinstance(events[-1], Done), events[-1]
+        sizes = [int(e.line.split()[5]) for e in events if isinstance(e, Log) and e.line.startswith("Decoding in a")]
+        return time.monotonic() - start, max(sizes, default=1)
 
     start = time.monotonic()
     with ThreadPoolExecutor(concurrent) as pool:
-        latencies = list(pool.map(one, range(concurrent)))
-    return time.monotonic() - start, sum(latencies) / len(latencies)
+        outcomes = list(pool.map(one, range(concurrent)))
+    return time.monotonic() - start, sum(t for t, _ in outcomes) / concurrent, max(b for _, b in outcomes)
 
 
 def bench(args) -> list[list[str]]:
@@ -56,22 +61,18 @@ def bench(args) -> list[list[str]]:
     rows = []
     for decoder in args.decoders:
         for concurrent in args.concurrency:
-            settings = Settings(weights_dir=args.weights.resolve(), device=args.device, decoder=decoder,
-                                max_batch=concurrent)
-            engine = load_engine(settings)
-            with tempfile.TemporaryDirectory() as tmp:
-                run(engine, args.model, 1, 1, Path(tmp))  # load the model, warm the allocator
-                scheduler = engine.batching.scheduler if engine.batching else None
-                formed, joined = (len(scheduler.batch_sizes), scheduler.joined) if scheduler else (0, 0)
-                wall, latency = run(engine, args.model, args.duration, concurrent, Path(tmp), args.stagger)
-            merged = "one at a time"
-            if scheduler:
-                merged = " ".join(map(str, scheduler.batch_sizes[formed:]))
-                merged += f", {scheduler.joined - joined} joined" if scheduler.joined > joined else ""
+            with tempfile.TemporaryDirectory() as data:
+                settings = Settings(weights_dir=args.weights.resolve(), devices=args.device, decoder=decoder,
+                                    max_batch=concurrent, warmup=args.model, data_dir=Path(data))
+                engine = load_engine(settings)
+                engine.wait_ready()
+                run(engine, args.model, 1, 1)  # warm the allocator and the conditioners
+                wall, latency, batch = run(engine, args.model, args.duration, concurrent, args.stagger)
+                engine.close()
+            merged = "one at a time" if decoder == "reference" else str(batch)
             rows.append([decoder, str(concurrent), f"{wall:.2f}", f"{args.duration * concurrent / wall:.2f}",
                          f"{latency:.2f}", merged])
             logging.info("%s", " | ".join(rows[-1]))
-            del engine
     return rows
 
 

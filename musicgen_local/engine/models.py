@@ -49,6 +49,8 @@ def load_musicgen(settings: Settings, model_version: str, device: str):
     from audiocraft.models import MusicGen, loaders
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    from .fast.model import lay_out_for_cpu
+
     source = checkpoint_source(settings, model_version)
     cache_dir = str(W.hub_cache(settings.weights_dir))
     try:
@@ -56,6 +58,7 @@ def load_musicgen(settings: Settings, model_version: str, device: str):
         compression = loaders.load_compression_model(source, device=device, cache_dir=cache_dir)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
         raise _missing_weights(model_version, exc) from None
+    lay_out_for_cpu(lm)  # before anything decodes with it, so that both decoders see one layout
     if "self_wav" in lm.condition_provider.conditioners:
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False

@@ -27,10 +27,14 @@ SAMPLING = {
 def lms(tiny_weights):
     from audiocraft.models.builders import get_lm_model
 
+    from musicgen_local.engine.fast.model import lay_out_for_cpu
     from musicgen_local.testing.tiny import lm_cfg
 
     torch.manual_seed(1)
-    return {kind: get_lm_model(lm_cfg(*flags)).eval() for kind, flags in KINDS.items()}
+    lms = {kind: get_lm_model(lm_cfg(*flags)).eval() for kind, flags in KINDS.items()}
+    for lm in lms.values():
+        lay_out_for_cpu(lm)  # as the engine loads them: both decoders compute with the same layout
+    return lms
 
 
 def attributes(kind: str, text: str = "lofi hip hop beat with warm piano chords"):

@@ -21,7 +21,8 @@ def test_server_paths_and_other_schemes_are_refused(client, fake_engine, ref):
 
 def test_an_upload_of_this_server_is_used_and_an_unknown_one_refused(client, fake_engine):
     up = client.post("/v1/files", files={"content": ("m.wav", b"RIFF....", "audio/wav")}).json()
-    ok = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "input_audio": up["urls"]["get"]}})
+    body = {"version": V1, "input": {"prompt": "x", "input_audio": up["urls"]["get"]}}
+    ok = client.post("/v1/predictions", json=body)
     assert ok.status_code == 201
     missing = up["urls"]["get"].replace(up["id"], "nosuchfile")
     resp = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "input_audio": missing}})

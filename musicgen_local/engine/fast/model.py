@@ -39,6 +39,21 @@ def unsupported_reason(lm) -> str | None:
     return None
 
 
+def lay_out_for_cpu(lm) -> None:
+    """Store the transformer's and heads' weight matrices transposed ([in, out] contiguous, exposed as
+    the usual [out, in] view): the CPU's matrix kernels stream a few rows times [in, out] about 1.4x
+    faster than times [out, in]^T. Same values, same memory; every user of the LM (ours and
+    audiocraft's own loop) sees the same layout, so they keep computing the same numbers."""
+    if next(lm.parameters()).device.type != "cpu":
+        return
+    for module in [*lm.transformer.modules(), *lm.linears]:
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.dim() == 2 and (name == "in_proj_weight" or isinstance(module, torch.nn.Linear)) \
+                    and param.stride(0) != 1:
+                setattr(module, name, torch.nn.Parameter(param.detach().t().contiguous().t(),
+                                                         requires_grad=param.requires_grad))
+
+
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, t, _ = x.shape
     return x.view(b, t, heads, -1).transpose(1, 2)  # [B, T, H*D] -> [B, H, T, D]
@@ -76,6 +91,7 @@ class StaticLM:
     """
 
     def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64):
+        lay_out_for_cpu(lm)
         self.lm = lm
         first = next(lm.parameters())
         self.device, self.dtype = first.device, first.dtype
