@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -34,7 +35,9 @@ ENCODE_WORKERS = 2  # ffmpeg processes at once
 
 
 class LocalEngine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, load: Callable[[str, str], Any] | None = None) -> None:
+        """load(model_version, device) -> model: how the device loops load models (default: from
+        MUSICGEN_WEIGHTS; the GPU check builds random full-size ones)."""
         self.settings = settings
         W.configure_environment(settings.weights_dir)
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
@@ -44,7 +47,7 @@ class LocalEngine:
                                     check_url=partial(_check_input_url, block_private=settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
-        self.loops = [DeviceLoop(device, settings, self.encode_pool, partial(load_model, settings),
+        self.loops = [DeviceLoop(device, settings, self.encode_pool, load or partial(load_model, settings),
                                  LazyMbd(settings.weights_dir, device))
                       for device in resolve_devices(settings.devices)]
         per_loop = settings.max_batch if settings.decoder == "fast" else 1

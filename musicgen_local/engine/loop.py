@@ -300,7 +300,13 @@ class DeviceLoop:
         model = self._load(model_version, self.device)
         self.model_loads += 1
         say(f"Model {model_version} loaded in {time.monotonic() - start:.1f}s.")
-        self.models[model_version] = Resident(model, self._new_batch(model) if W.PRESETS[model_version].lm else None)
+        batch = self._new_batch(model) if W.PRESETS[model_version].lm else None
+        if batch is not None:
+            with _autocast(self.device):
+                graphs = batch.warm_up()  # every (slots, cache length) bucket, before any slot is live
+            if graphs:
+                say(f"Captured {graphs} decode-step graphs for {model_version}.")
+        self.models[model_version] = Resident(model, batch)
         self._evict()
         return model
 
@@ -331,12 +337,10 @@ class DeviceLoop:
             job.mbd = self.mbd.get()
 
     def _warm_up(self) -> None:
+        """Load the models MUSICGEN_WARMUP names (capturing their step graphs) before saying ready."""
         for model_version in warmup_models(self.settings):
-            with torch.inference_mode(), _autocast(self.device):
+            with torch.inference_mode():
                 self._model(model_version)
-                batch = self.models[model_version].batch
-                graphs = batch.warm_up() if batch is not None else 0
-            log.info("%s warmed up on %s (%d step graphs captured)", model_version, self.device, graphs)
 
     # ---------------------------------------------------------------------------------- endings
 

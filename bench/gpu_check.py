@@ -1,0 +1,330 @@
+"""The GPU check: everything a lent GPU should measure, in one run of a few minutes (`bench/gpu-check`).
+
+    bench/gpu-check                       # on the GPU machine (installs the carried .whl/ first)
+    bench/gpu-check --device cpu --quick  # here: the same code at tiny sizes, to find bugs for free
+
+Random weights in the real architectures (speed does not depend on their values). Sections, each
+timed and written as soon as it is done (a section that fails is reported and the next one runs):
+1. fast vs reference token agreement (CUDA float16, `large`), and batched == alone on the device;
+2. graph vs torch.compile step, ms/step;
+3. ms/step for `large`, 8 s and 30 s, batch 1, 8 and 64, beside audiocraft's eager loop and
+   transformers' MusicGen (batch 1, 8 s), with peak memory;
+4. the peer to beat, fast-musicgen 0.1.0 (CUDA graphs, batch 1) at the same size;
+5. request -> file for an 8 s clip through the engine (full-size random `large` and EnCodec),
+   time to the first streamed segment;
+6. EnCodec decode (8 s, 30 s), MultiBand Diffusion (8 s), htdemucs (30 s).
+The report goes to bench/RESULTS.md (Part 1) and, with --out, to a file there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench import results
+
+log = logging.getLogger("gpu-check")
+ROOT = Path(__file__).resolve().parents[1]
+LARGE = (2048, 32, 48)  # dim, heads, layers: audiocraft model_scale/large.yaml
+TINY = (32, 2, 2)
+
+
+class Report:
+    def __init__(self, device: str, out: Path | None) -> None:
+        self.device, self.out, self.lines = device, out, []
+
+    def add(self, line: str = "") -> None:
+        log.info("%s", line)
+        self.lines.append(line)
+        if self.out is not None:
+            self.out.write_text("\n".join(self.lines) + "\n")
+
+    def section(self, title: str, fn, *args) -> None:
+        self.add(f"\n### {title}\n")
+        start = time.monotonic()
+        try:
+            fn(self, *args)
+        except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others their minutes
+            self.add(f"FAILED: {type(exc).__name__}: {exc}")
+            log.error("%s", traceback.format_exc())
+        self.add(f"\n({time.monotonic() - start:.0f} s)")
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(device: str, fn) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def lm_for(scale: tuple[int, int, int], device: str, stereo: bool = False):
+    """An audiocraft LM of this size with random weights, built on the device, float16 on CUDA."""
+    from audiocraft.models.builders import get_lm_model
+
+    from musicgen_local.engine.fast.model import lay_out_for_cpu
+    from musicgen_local.testing.tiny import lm_cfg
+
+    dim, heads, layers = scale
+    cfg = lm_cfg(stereo, False)
+    cfg.device, cfg.dtype = device, "float16" if device.startswith("cuda") else "float32"
+    cfg.transformer_lm.update(dim=dim, num_heads=heads, num_layers=layers, hidden_scale=4, activation="gelu")
+    torch.manual_seed(0)
+    with torch.device(device):
+        lm = get_lm_model(cfg).eval()
+    lay_out_for_cpu(lm)
+    return lm
+
+
+def conditions_for(lm, text: str = "lofi hip hop beat with warm piano chords") -> dict:
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+
+    attrs = [ConditioningAttributes(text={"description": text})]
+    provider = lm.condition_provider
+    return provider(provider.tokenize(attrs + ClassifierFreeGuidanceDropout(p=1.0)(attrs)))
+
+
+def windows_for(lm, n: int, frames: int, device: str, seed: int = 0) -> list:
+    from musicgen_local.engine.fast import SamplingParams, Window
+
+    return [Window(conditions_for(lm, f"request {i}"), None, frames, SamplingParams(),
+                   torch.Generator(device).manual_seed(seed + i)) for i in range(n)]
+
+
+def fast_decode(lm, slots: int, frames: int, windows: list, device: str, mode: str = "auto"):
+    """(codes per window, seconds) with a SlotBatch whose graphs are captured before the clock starts."""
+    from musicgen_local.engine.fast import SlotBatch, decode
+
+    with torch.inference_mode(), autocast(device):
+        batch = SlotBatch(lm, slots, frames, mode=mode)
+        batch.warm_up()
+        out: list = []
+        seconds = timed(device, lambda: out.extend(decode(batch, windows)))
+    return out, seconds
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def agreement(report: Report, scale, device: str, frames: int) -> None:
+    """Same seed: the fast decoder (one slot: audiocraft's shapes) against audiocraft's generate."""
+    lm = lm_for(scale, device)
+    with torch.inference_mode(), autocast(device):
+        text = "lofi hip hop beat with warm piano chords"
+        torch.manual_seed(7)
+        reference = lm.generate(None, _attributes(text), max_gen_len=frames, use_sampling=True, top_k=250)
+        conditions = conditions_for(lm, text)
+    ours, _ = fast_decode(lm, 1, frames, [_window(lm, conditions, frames, device, 7)], device)
+    same = (ours[0] == reference).float().mean().item()
+    first = _first_difference(ours[0], reference)
+    report.add(f"- fast (1 slot) vs audiocraft, {frames} frames, seed 7: {same:.1%} of tokens equal; "
+               f"first difference at frame {first}")
+    alone, _ = fast_decode(lm, 8, frames, windows_for(lm, 1, frames, device, seed=3), device)
+    batched, _ = fast_decode(lm, 8, frames, windows_for(lm, 8, frames, device, seed=3), device)
+    report.add(f"- batched == alone on this device (8 slots, request 0 alone vs beside 7 others): "
+               f"{torch.equal(alone[0], batched[0])} ({(alone[0] == batched[0]).float().mean().item():.1%} equal)")
+
+
+def _attributes(text: str) -> list:
+    from audiocraft.modules.conditioners import ConditioningAttributes
+
+    return [ConditioningAttributes(text={"description": text})]
+
+
+def _window(lm, conditions: dict, frames: int, device: str, seed: int):
+    from musicgen_local.engine.fast import SamplingParams, Window
+
+    return Window(conditions, None, frames, SamplingParams(), torch.Generator(device).manual_seed(seed))
+
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    diff = (a != b).any(dim=1)[0].nonzero()
+    return "none" if len(diff) == 0 else str(int(diff[0]))
+
+
+def step_modes(report: Report, scale, device: str, frames: int) -> None:
+    lm = lm_for(scale, device)
+    modes = ["graph", "compile"] if device.startswith("cuda") else ["eager"]
+    for mode in modes:
+        start = time.monotonic()
+        _, seconds = fast_decode(lm, 1, frames, windows_for(lm, 1, frames, device), device, mode)
+        report.add(f"- {mode}: {1000 * seconds / (frames + 3):.2f} ms/step (batch 1, {frames} frames; "
+                   f"capture and compile took {time.monotonic() - start - seconds:.0f} s)")
+
+
+def step_speed(report: Report, scale, device: str, durations: list[int], batches: list[int]) -> None:
+    lm = lm_for(scale, device)
+    report.add("| decoder | audio s | batch | ms/step | audio-s per wall-s | peak GiB |")
+    report.add("|---|---|---|---|---|---|")
+    for duration in durations:
+        frames = duration * 50
+        for batch in batches:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            _, seconds = fast_decode(lm, batch, frames, windows_for(lm, batch, frames, device), device)
+            report.add(f"| fast | {duration} | {batch} | {1000 * seconds / (frames + 3):.2f} | "
+                       f"{duration * batch / seconds:.1f} | {peak_gib(device):.1f} |")
+    frames = durations[0] * 50
+    with torch.inference_mode(), autocast(device):
+        seconds = timed(device, lambda: lm.generate(None, _attributes("lofi"), max_gen_len=frames,
+                                                    use_sampling=True, top_k=250))
+    report.add(f"| audiocraft eager | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
+               f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |")
+    from bench.decoder import _hf_generate
+
+    _hf_generate(lm, 1, 8)  # build and warm it
+    seconds = timed(device, lambda: _hf_generate(lm, 1, frames + 3))
+    report.add(f"| transformers | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
+               f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |")
+
+
+def fast_musicgen_peer(report: Report, scale, device: str, frames: int) -> None:
+    """fast-musicgen in a process of its own (it sets torch's default device for the whole process)."""
+    if not device.startswith("cuda"):
+        report.add("- skipped: fast-musicgen needs CUDA")
+        return
+    code = f"import bench.gpu_peer as p; p.main({list(scale)!r}, {frames})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False)
+    report.add(done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip()
+               else f"- FAILED ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+
+
+def request_to_file(report: Report, scale, device: str, duration: int, weights: Path) -> None:
+    """Through the engine, as the server uses it: submit -> Started -> first segment -> Done."""
+    from musicgen_local.engine import Request
+    from musicgen_local.engine.api import Audio, Done, Started
+    from musicgen_local.engine.local import LocalEngine
+    from musicgen_local.settings import Settings
+
+    model = musicgen_for(scale, device)
+    with tempfile.TemporaryDirectory() as data:
+        settings = Settings(weights_dir=weights, devices=device, warmup="none", data_dir=Path(data), max_batch=8)
+        engine = LocalEngine(settings, load=lambda version, dev: model)
+        try:
+            for attempt in ("first (loads, captures graphs)", "second"):
+                start, marks = time.perf_counter(), {}
+                for event in engine.submit(Request(model_version="large", prompt="lofi", duration=duration,
+                                                   seed=1), stream=True):
+                    kind = type(event).__name__
+                    if isinstance(event, Started | Audio | Done) and kind not in marks:
+                        marks[kind] = time.perf_counter() - start
+                report.add(f"- {attempt} {duration} s request: " + ", ".join(f"{k} at {v:.2f} s" for k, v in
+                                                                            marks.items()))
+        finally:
+            engine.close()
+
+
+def musicgen_for(scale, device: str):
+    """A whole MusicGen: the LM above and EnCodec 32 kHz at its real size, random weights."""
+    from audiocraft.models import MusicGen
+
+    return MusicGen("large", encodec_for(device), lm_for(scale, device), max_duration=30)
+
+
+def encodec_for(device: str):
+    from audiocraft.models import builders
+
+    from musicgen_local.testing.tiny import _encodec_cfg
+
+    cfg = _encodec_cfg()
+    cfg.seanet.update(dimension=128, n_filters=64, lstm=2)  # facebook/encodec_32khz's sizes
+    torch.manual_seed(1)
+    return builders.get_compression_model(cfg).to(device).eval()
+
+
+def codecs(report: Report, device: str, seconds: list[int], mbd_seconds: float, demucs_seconds: float) -> None:
+    from bench.mbd_demucs import time_htdemucs, time_mbd
+
+    codec = encodec_for(device)
+    with torch.inference_mode():
+        for s in seconds:
+            codes = torch.randint(0, 2048, (1, 4, s * 50), device=device)
+            codec.decode(codes, None)
+            report.add(f"- EnCodec decode, {s} s: {timed(device, lambda c=codes: codec.decode(c, None)):.3f} s")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    report.add(f"- MBD decode (4 bands x 20 steps), {mbd_seconds:g} s: {time_mbd(device, dtype, mbd_seconds):.2f} s")
+    report.add(f"- htdemucs, {demucs_seconds:g} s stereo: {time_htdemucs(device, demucs_seconds):.2f} s")
+
+
+def extras(report: Report, device: str, quick: bool) -> None:
+    """Checks that other parts of the project contribute (streaming, scale-out), when present."""
+    for module in ("bench.streaming", "bench.ray_scale"):
+        try:
+            check = __import__(module, fromlist=["gpu_check"]).gpu_check
+        except (ImportError, AttributeError):
+            report.add(f"- {module}: no gpu_check() to run")
+            continue
+        for line in check(device, quick):
+            report.add(line)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a dry run of every section")
+    p.add_argument("--out", type=Path, help="also write the report into this folder")
+    p.add_argument("--no-append", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    weights = Path(tempfile.mkdtemp(prefix="gpu-check-weights-"))
+    from musicgen_local.testing.tiny import write_tiny_weights
+
+    write_tiny_weights(weights, ["t5"])  # the text conditioner's files (tiny: its cost is not what we measure)
+    scale = TINY if args.quick else LARGE
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU (dry run)"
+    out = None
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / "gpu-check.md"
+    report = Report(args.device, out)
+    report.add(f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
+               f"{' (quick: tiny sizes)' if args.quick else ''}")
+    frames = 100 if args.quick else 400
+    durations, batches = ([1, 2], [1, 2]) if args.quick else ([8, 30], [1, 8, 64])
+    report.section("Token agreement", agreement, scale, args.device, frames)
+    report.section("Graph vs compile", step_modes, scale, args.device, frames)
+    report.section("Decode speed (large, random weights)", step_speed, scale, args.device, durations, batches)
+    report.section("fast-musicgen 0.1.0, batch 1", fast_musicgen_peer, scale, args.device, frames)
+    report.section("Request to file through the engine", request_to_file, scale, args.device,
+                   2 if args.quick else 8, weights)
+    report.section("Codecs", codecs, args.device, [1, 2] if args.quick else [8, 30], 0.05 if args.quick else 8.0,
+                   0.25 if args.quick else 30.0)
+    report.section("Streaming and scale-out", extras, args.device, args.quick)
+    text = "\n".join(report.lines) + "\n"
+    print(text)
+    if not args.no_append:
+        results.append("# Part 1", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Stand-in: audiocraft's conditioners import spacy for their word tokenizers; MusicGen uses T5's."""
+
+
+def load(*args, **kwargs):
+    raise RuntimeError("spacy is a stand-in on the GPU check (bench/stand_ins)")
