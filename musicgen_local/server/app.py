@@ -22,12 +22,13 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import EngineClient
 from ..settings import Settings
-from . import resources, routes
+from . import resources, routes, stream_routes
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
 from .prediction import Prediction
 from .routes import InputInvalid
 from .store import Store
+from .streams import StreamHub
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,15 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
         inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
-        return pred.to_json(base_url, inline)
+        out = pred.to_json(base_url, inline)
+        out["urls"]["stream"] = stream_routes.stream_url(settings, base_url or pred.base_url, pred.id)
+        return out
 
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                              render=render)
     dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1))
+    streams = StreamHub(store)
+    dispatcher.subscribe(streams.on_event)
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
         pred = store.get(pred_id)
@@ -148,10 +153,13 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
+    app.state.streams = streams
     _install_error_handlers(app)
     _limit_body(app)
     auth = [Depends(require_token)]
     app.include_router(routes.router, prefix="/v1", dependencies=auth)
     app.include_router(resources.v1, prefix="/v1", dependencies=auth)
     app.include_router(resources.public)
+    app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
+    app.include_router(stream_routes.public)
     return app

@@ -16,11 +16,12 @@ from urllib.parse import urlencode
 
 import pydantic
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..engine.api import Request as EngineRequest
 from ..schema import VERSION_IDS, parse_input
+from . import stream_routes
 from .params import CancelAfter, CreatedAfter, CreatedBefore
 from .prediction import MODEL, Prediction, iso, new_id
 
@@ -71,7 +72,7 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-async def _create(request: Request, version_ref: str | None, cancel_after: float | None) -> JSONResponse:
+async def _create(request: Request, version_ref: str | None, cancel_after: float | None) -> Response:
     raw = await _json_body(request)
     if not isinstance(raw, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
@@ -97,6 +98,9 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
     request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
+    if stream_routes.wants_events(request):  # Cog's shape: the events from creation, in the create's response
+        location = request.app.state.render(pred, str(request.base_url))["urls"]["get"]
+        return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
     return JSONResponse(await _wait(request, pred), status_code=201)
 
 
@@ -113,12 +117,12 @@ async def _wait(request: Request, pred: Prediction) -> dict[str, Any]:
 
 
 @router.post("/predictions")
-async def create_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+async def create_prediction(request: Request, cancel_after: CancelAfter = None) -> Response:
     return await _create(request, None, cancel_after)
 
 
 @router.post("/models/meta/musicgen/predictions")
-async def create_model_prediction(request: Request, cancel_after: CancelAfter = None) -> JSONResponse:
+async def create_model_prediction(request: Request, cancel_after: CancelAfter = None) -> Response:
     return await _create(request, MODEL, cancel_after)
 
 
