@@ -137,6 +137,7 @@ class StreamHub:
         self.poll_s = poll_s  # how often a waiting follower checks whether its prediction ended unseen
         self.ping_s = ping_s  # an SSE comment after this long without an event keeps proxies and clients reading
         self._live: dict[str, EventLog] = {}
+        self._preds: dict[str, Prediction] = {}  # the (live) prediction each live log follows
         self._lock = threading.Lock()
         self.followers = 0
 
@@ -159,7 +160,8 @@ class StreamHub:
                 return EventLog.load(path)
             if pred.done:
                 return EventLog.replay(pred)
-            return self._live.setdefault(pred.id, EventLog())
+            self._live[pred.id], self._preds[pred.id] = EventLog(), pred
+            return self._live[pred.id]
 
     # ---------------------------------------------------------------------------------- writers
 
@@ -176,8 +178,17 @@ class StreamHub:
                 log_.append("output", name)
             elif isinstance(event, TERMINAL) and pred.done:  # not a drain's hold: that one runs again
                 self.end(pred, log_)
+            self._sweep()
         except Exception:  # noqa: BLE001 - a stream's trouble is logged; the prediction goes on
             log.exception("prediction %s: streaming %s failed", pred.id, type(event).__name__)
+
+    def _sweep(self) -> None:
+        """End the logs of predictions that ended with no last event to us: the dispatcher drops a
+        run's events once its prediction is over (canceled before it started, an internal error)."""
+        with self._lock:
+            ended = [(self._preds[pid], log_) for pid, log_ in self._live.items() if self._preds[pid].done]
+        for pred, log_ in ended:
+            self.end(pred, log_)
 
     def end(self, pred: Prediction, log_: EventLog) -> None:
         """Close the log, keep it as a file, and drop it from memory (whoever gets here first)."""
@@ -190,7 +201,7 @@ class StreamHub:
         with self._lock:
             tmp.replace(path)
             if self._live.get(pred.id) is log_:
-                del self._live[pred.id]
+                del self._live[pred.id], self._preds[pred.id]
 
     # ---------------------------------------------------------------------------------- followers
 

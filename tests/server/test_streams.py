@@ -107,6 +107,21 @@ def test_a_prediction_canceled_before_it_started_ends_its_stream(tmp_path):
         srv.http.post(first["urls"]["cancel"])
 
 
+def test_a_prediction_canceled_while_waiting_for_the_engine_leaves_no_log_in_memory(tmp_path):
+    engine = FakeEngine(step_delay_s=0.01, concurrency=1)  # both reach the engine; the second waits for a slot
+    with live(tmp_path, engine) as srv:
+        first, second = srv.create(duration=2), srv.create(duration=1)
+        deadline = time.monotonic() + 5
+        while srv.app.state.streams.stats()["live_logs"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the second's first event (its seed) reached the streams
+        srv.http.post(second["urls"]["cancel"])  # ended at once; what its run says later is dropped
+        srv.wait(first["id"])
+        assert srv.app.state.streams.stats()["live_logs"] == 0
+        seen = events(srv.http, second["urls"]["stream"])
+        assert [(e.event, e.data) for e in seen] == [("logs", "Using seed " + seen[0].data.split()[-1]),
+                                                     ("done", '{"reason": "canceled"}')]
+
+
 def test_unknown_ids_are_404_and_other_media_406(tmp_path):
     with live(tmp_path) as srv:
         assert srv.http.get(f"{srv.url}/v1/files/streams/nosuchprediction", headers=SSE).status_code == 404
