@@ -43,7 +43,7 @@ class Entry:
 
 
 class EventLog:
-    """One prediction's entries. Appended from one thread at a time, read from the event loop."""
+    """One prediction's entries: appended (under its lock) from the dispatcher's threads, read from the event loop."""
 
     def __init__(self, entries: list[Entry] | None = None, closed: bool = False) -> None:
         self._entries = entries or []

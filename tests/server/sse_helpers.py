@@ -33,8 +33,10 @@ class Live:
     app: object
     http: httpx.Client
 
-    def create(self, **inputs) -> dict:
+    def create(self, stream: bool | None = None, **inputs) -> dict:
         body = {"version": V1, "input": {"prompt": "x", "duration": 2, **inputs}}
+        if stream is not None:
+            body["stream"] = stream  # the flag both clients still send
         resp = self.http.post(f"{self.url}/v1/predictions", json=body)
         assert resp.status_code == 201, resp.text
         return resp.json()
