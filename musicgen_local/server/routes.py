@@ -98,7 +98,7 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
     request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
-    if stream_routes.wants_events(request):  # Cog's shape: the events from creation, in the create's response
+    if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
         location = request.app.state.render(pred, str(request.base_url))["urls"]["get"]
         return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
     return JSONResponse(await _wait(request, pred), status_code=201)
