@@ -32,8 +32,13 @@ def cmd_predict(args, settings: Settings) -> int:
     out = Path(args.output or f"out.{request.output_format}")
     with tempfile.TemporaryDirectory(prefix="musicgen-") as scratch:  # downloads; nothing is left behind
         engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # load only the model it names
+        growing = _growing_file(out, request) if args.stream else None
         try:
-            result = _follow(engine.submit(request, stream=args.stream), out)
+            result = _follow(engine.submit(request, stream=args.stream), out, growing)
+        except BaseException:
+            if growing is not None:  # no half file is left behind
+                growing.discard()
+            raise
         finally:
             engine.close()
     print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
@@ -41,8 +46,17 @@ def cmd_predict(args, settings: Settings) -> int:
     return 0
 
 
-def _follow(run, out: Path):
-    """Show a run's progress and logs, write its file; raise its error if it fails."""
+def _growing_file(out: Path, request):
+    """--stream: the wav that grows as segments arrive (musicgen_local/growing_wav.py); `out` itself,
+    or beside it when the output is an mp3."""
+    from .growing_wav import GrowingWav
+
+    return GrowingWav(out if request.output_format == "wav" else out.with_name(out.name + ".partial.wav"))
+
+
+def _follow(run, out: Path, growing=None):
+    """Show a run's progress and logs, write its file (as it grows, with a GrowingWav); raise its
+    error if it fails."""
     from tqdm import tqdm
 
     from .engine.api import Audio, Done, Failed, Log, Progress, terminal_error
@@ -56,9 +70,14 @@ def _follow(run, out: Path):
             tqdm.write(event.line, file=sys.stderr)
         elif isinstance(event, Audio):
             tqdm.write(f"segment {event.index}: {event.start_s:.2f} s", file=sys.stderr)
+            if growing is not None:
+                growing.append(event.wav)
         elif isinstance(event, Done):
             bar.close()
-            out.write_bytes(event.result.audio)
+            if growing is not None:
+                growing.finish(event.result.audio, out)
+            else:
+                out.write_bytes(event.result.audio)
             return event.result
         elif isinstance(event, Failed):
             bar.close()
@@ -116,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
                    help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)")
     p.add_argument("-o", "--output", help="where to write the audio (default: out.wav / out.mp3)")
-    p.add_argument("--stream", action="store_true", help="report each audio segment as it is generated")
+    p.add_argument("--stream", action="store_true",
+                   help="write the output as it is generated: a wav that grows segment by segment (not yet "
+                        "normalised), replaced by the final file at the end")
     p.set_defaults(func=cmd_predict)
 
     for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),

@@ -23,13 +23,14 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import EngineClient
 from ..settings import Settings
-from . import bodies, playground, resources, routes
+from . import bodies, playground, resources, routes, stream_routes
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
 from .prediction import Prediction
 from .routes import FieldsInvalid, QueueFull
 from .store import Store
+from .streams import StreamHub
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,16 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
         inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
-        return pred.to_json(base_url, inline)
+        out = pred.to_json(base_url, inline)
+        out["urls"]["stream"] = stream_routes.stream_url(settings, base_url or pred.base_url, pred.id)
+        return out
 
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                              timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
                              render=render)
     dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1))
+    streams = StreamHub(store)
+    dispatcher.subscribe(streams.on_event)
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
         pred = store.get(pred_id)
@@ -169,12 +174,15 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
+    app.state.streams = streams
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
     app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.public)
+    app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
+    app.include_router(stream_routes.public)
     playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
     bodies.install(app)
     return app

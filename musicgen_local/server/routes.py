@@ -16,14 +16,14 @@ from urllib.parse import urlencode
 
 import pydantic
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import netpolicy
 from ..engine.api import Request as EngineRequest
 from ..schema import FIELDS_BY_NAME, VERSION_IDS, parse_input
-from . import surrogates
+from . import stream_routes, surrogates
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
 from .params import CancelAfter, CreatedAfter, CreatedBefore
@@ -124,7 +124,7 @@ def _engine_request(request: Request, parsed: pydantic.BaseModel) -> dict[str, A
 
 
 async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
-                  prefer: str | None) -> JSONResponse:
+                  prefer: str | None) -> Response:
     body = CreateBody.model_validate(await _json_body(request))
     version = resolve_version(body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
@@ -141,6 +141,9 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
     request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)
+    if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
+        location = request.app.state.render(pred, str(request.base_url))["urls"]["get"]
+        return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
     return JSONResponse(await _wait(request, pred, prefer), status_code=201)
 
 
@@ -165,13 +168,13 @@ FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
 
 
 @router.post("/predictions", **CREATE)
-async def create_prediction(request: Request, cancel_after: CancelAfter = None, prefer: Prefer = None) -> JSONResponse:
+async def create_prediction(request: Request, cancel_after: CancelAfter = None, prefer: Prefer = None) -> Response:
     return await _create(request, None, cancel_after, prefer)
 
 
 @router.post("/models/meta/musicgen/predictions", **CREATE)
 async def create_model_prediction(request: Request, cancel_after: CancelAfter = None,
-                                  prefer: Prefer = None) -> JSONResponse:
+                                  prefer: Prefer = None) -> Response:
     return await _create(request, MODEL, cancel_after, prefer)
 
 

@@ -65,5 +65,26 @@ async function badToken() {
   }
 }
 
-const actions = { run, webhook, badToken };
+async function stream() {
+  // replicate.stream() as a user writes it; each segment read back through the client's own FileOutput
+  const seen = [];
+  try {
+    for await (const event of replicate.stream(ref, { input: args.input })) {
+      const item = { event: event.event, id: event.id };
+      if (event.event === "output") {
+        const bytes = new Uint8Array(await (await event.data.blob()).arrayBuffer());
+        Object.assign(item, { type: event.data.constructor.name, url: String(event.data), bytes: bytes.length,
+                              head: new TextDecoder().decode(bytes.slice(0, 4)) });
+      } else {
+        item.data = event.data;
+      }
+      seen.push(item);
+    }
+    return { seen, error: null };
+  } catch (e) {
+    return { seen, error: String(e.message) };
+  }
+}
+
+const actions = { run, webhook, badToken, stream };
 console.log(JSON.stringify(await actions[action]()));
