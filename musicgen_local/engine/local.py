@@ -39,7 +39,6 @@ class LocalEngine:
         """load(model_version, device) -> model: how the device loops load models (default: from
         MUSICGEN_WEIGHTS; the GPU check builds random full-size ones)."""
         self.settings = settings
-        W.configure_environment(settings.weights_dir)
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ def resolve_devices(spec: str) -> list[str]:
 
 def load_model(settings: Settings, model_version: str, device: str):
     """What the device loop serves a model_version with: a MusicGen, or EnCodec for encode-decode."""
+    W.configure_environment(settings.weights_dir)  # transformers and demucs find their files through it
     if not W.PRESETS[model_version].lm:
         return load_codec(settings, device)
     return load_musicgen(settings, model_version, device)
