@@ -218,6 +218,22 @@ def test_generate_plays_the_requested_duration_and_draws_it(page, live_server, s
     assert page.find_element(By.NAME, "input_audio").get_attribute("value") == pred["output"]
 
 
+def test_the_audio_plays_while_it_generates(page, live_server, shots):
+    """The page follows the prediction's stream and schedules each segment as it arrives, before
+    the finished file replaces it."""
+    fill(page, prompt="slow ambient pads", model_version="large", duration=8)
+    page.find_element(By.ID, "submit").click()
+    segments = wait_for(page, lambda d: d.execute_script(
+        "const live = document.getElementById('live');"
+        "return !live.hidden && document.getElementById('result').hidden ? Number(live.dataset.segments) : 0"),
+        GENERATE_S)
+    assert segments >= 1 and status(page)[0] == "processing"  # heard before the file exists
+    shot(page, shots, "03b-streaming")
+    wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
+    final = int(page.find_element(By.ID, "live").get_attribute("data-segments"))
+    assert 1 <= final <= 8  # one per second of audio (MUSICGEN_STREAM_SECONDS)
+
+
 def test_cancel_ends_a_long_prediction_canceled(page, live_server, shots):
     fill(page, prompt="a very long one", model_version="large", duration=60)
     page.find_element(By.ID, "submit").click()

@@ -6,12 +6,18 @@ import { api, isProgressLine, progressFromLogs, seedFromLogs, TERMINAL } from ".
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
+import { StreamPlayer } from "./stream.js";
 
 const POLL_MS = 400;
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const form = $("predict-form");
 const state = { version: null, fields: [], current: null, shown: null, watching: 0 };
+const live = new StreamPlayer((count) => {
+  $("live").hidden = false;
+  $("live").dataset.segments = String(count);
+  $("live").textContent = `Playing as it generates: ${count} segment${count === 1 ? "" : "s"} so far`;
+});
 
 const history = new History(
   { list: $("history-list"), empty: $("history-empty"), newer: $("history-newer"), older: $("history-older"),
@@ -52,6 +58,7 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   note(null);
   const input = readInput(form, state.fields);
+  live.unlock(); // inside the click: browsers allow sound once the user has acted
   $("submit").disabled = true;
   let pred;
   try {
@@ -87,8 +94,9 @@ async function watch(pred) {
   $("idle").hidden = true;
   $("result").hidden = true;
   $("run").hidden = false;
-  // Streaming plugs in here: once the server streams, a playStream(pred) call at this point plays
-  // pred.urls.stream as segments arrive; showResult() below then swaps in the finished file.
+  $("live").hidden = true;
+  delete $("live").dataset.segments;
+  if (!TERMINAL.has(pred.status) && pred.urls && pred.urls.stream) live.play(pred.urls.stream);
   showRun(pred);
   while (!TERMINAL.has(pred.status)) {
     await sleep(POLL_MS);
@@ -103,6 +111,7 @@ async function watch(pred) {
     state.current = pred;
     showRun(pred);
   }
+  if (ticket === state.watching) live.stop(); // the finished file (or nothing, if it failed) takes over
   if (pred.status === "succeeded") await showResult(pred);
   if (ticket === state.watching) await history.load();
 }
