@@ -49,6 +49,7 @@ class LocalEngine:
         self.loops = [DeviceLoop(device, settings, self.encode_pool, load or partial(load_model, settings),
                                  LazyMbd(settings.weights_dir, device))
                       for device in resolve_devices(settings.devices)]
+        self._weights_found: set[tuple[str, bool]] = set()
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
 
@@ -69,7 +70,7 @@ class LocalEngine:
             if job.run.canceled.is_set():
                 raise Cancelled()
             request = job.request
-            weights_check(self.settings, request.model_version, request.multi_band_diffusion, job.log)
+            self._weights_there(request, job)
             if request.input_audio:
                 with tempfile.TemporaryDirectory(dir=self.scratch) as work_dir:
                     clip = inputs.load(request, W.PRESETS[request.model_version].channels, Path(work_dir),
@@ -82,6 +83,13 @@ class LocalEngine:
             if not isinstance(exc, UserError | Cancelled):
                 log.warning("preparing %s failed: %s", job.request, exc)
             job.run.emit(failure(exc))
+
+    def _weights_there(self, request: Request, job: Job) -> None:
+        """Check (or fetch) a model's files the first time a request names it; once found, they stay."""
+        key = (request.model_version, request.multi_band_diffusion)
+        if key not in self._weights_found:
+            weights_check(self.settings, request.model_version, request.multi_band_diffusion, job.log)
+            self._weights_found.add(key)
 
     def _route(self, model_version: str) -> DeviceLoop:
         """The least loaded device among those that already hold the model, else among all."""

@@ -8,6 +8,7 @@ request, and a melody is separated once per request rather than once per window.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,7 @@ class Plan:
         attributes = self.window_attributes(index)
         provider = self.model.lm.condition_provider
         null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-        with M.stems_precomputed(self.model):
+        with M.stems_precomputed(self.model) if self.melody is not None else contextlib.nullcontext():
             return provider(provider.tokenize(attributes + null))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def decode(plan: Plan, request: Request, on_step: Callable[[int, int], None]) ->
     chunks = [] if prompt is None else [prompt]
     for index, (_, p, gen) in enumerate(plan.windows):
         attributes = plan.window_attributes(index)
-        with plan.model.autocast, M.stems_precomputed(plan.model):
+        with plan.model.autocast, M.stems_precomputed(plan.model) if plan.melody is not None else nullcontext():
             tokens = plan.model.lm.generate(prompt, attributes, max_gen_len=gen, callback=callback, **params)
         chunks.append(tokens[..., p:])
         steps_before += gen - p + plan.max_delay
