@@ -79,28 +79,52 @@ def _post(url: str, payload: dict, **kwargs) -> dict:
 
 def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(cog_server):
     """Cog has no batching of its own: predict.py's async run() feeds the engine's device loop, which
-    decodes concurrent predictions together. A long one starts; two more arrive while it decodes."""
+    decodes concurrent predictions together. A long one starts; once its webhooks show it decoding,
+    two more arrive and join its batch."""
+    import json
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    seen: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            seen.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
     inputs = [{"model_version": "stereo-melody-large", "prompt": p, "duration": d, "seed": s}
-              for p, d, s in (("lofi", 10, 1), ("jazz", 1, 2), ("rock", 2, 3))]
-    results: dict[int, dict] = {}
+              for p, d, s in (("lofi", 30, 1), ("jazz", 1, 2), ("rock", 2, 3))]
+    try:
+        _post(cog_server, {"input": inputs[0], "webhook": f"http://127.0.0.1:{hook.server_port}/hook"},
+              headers={"Prefer": "respond-async"})
+        deadline = time.monotonic() + 120
+        while not any(" / " in (event.get("logs") or "") for event in seen):  # a progress line: decoding
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        results: dict[int, dict] = {}
 
-    def predict(i: int) -> None:
-        results[i] = _post(cog_server, {"input": inputs[i]})
+        def predict(i: int) -> None:
+            results[i] = _post(cog_server, {"input": inputs[i]})
 
-    first = threading.Thread(target=predict, args=(0,))
-    first.start()
-    time.sleep(3)  # the first is decoding (a 10 s tiny clip decodes for several seconds on CPU)
-    others = [threading.Thread(target=predict, args=(i,)) for i in (1, 2)]
-    for thread in others:
-        thread.start()
-    for thread in [first, *others]:
-        thread.join(timeout=300)
-
+        others = [threading.Thread(target=predict, args=(i,)) for i in (1, 2)]
+        for thread in others:
+            thread.start()
+        for thread in others:
+            thread.join(timeout=300)
+        while not any(event.get("status") in ("succeeded", "failed") for event in seen):
+            assert time.monotonic() < deadline + 180, seen[-1:]
+            time.sleep(0.1)
+    finally:
+        hook.shutdown()
+    results[0] = next(event for event in seen if event.get("status") in ("succeeded", "failed"))
     for i, body in results.items():
         assert body["status"] == "succeeded", body
-        print(i, body["logs"][:300], body.get("metrics"))
         assert "Decoding in a batch of" in body["logs"], (i, body["logs"])
     for i in (1, 2):  # the same input alone: the same file
         assert _post(cog_server, {"input": inputs[i]})["output"] == results[i]["output"]

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..settings import Settings
+from .bodies import problems
 from .prediction import Prediction
 from .streams import Entry
 
@@ -88,7 +89,16 @@ def _after(last_event_id: str | None) -> int:
     return int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else 0
 
 
-@v1.get("/files/streams/{pred_id}")
+STREAM = {"responses": {200: {"description": "Server-Sent Events: `output`, `logs`, `error`, `done`, each with an id.",
+                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                       204: {"description": "The client saw `done` already (its Last-Event-ID): nothing more."},
+                       **problems(401, 404, 406)}}
+SEGMENT = {"responses": {200: {"description": "A WAV file (32-bit float) of one segment.",
+                               "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                         **problems(404)}}
+
+
+@v1.get("/files/streams/{pred_id}", **STREAM)
 async def stream_prediction(request: Request, pred_id: str,
                             last_event_id: Annotated[str | None, Header()] = None) -> Response:
     _authorize(request, pred_id)
@@ -105,7 +115,7 @@ async def stream_prediction(request: Request, pred_id: str,
     return event_stream(request, pred, after)
 
 
-@public.get("/delivery/{pred_id}/stream/{name}")
+@public.get("/delivery/{pred_id}/stream/{name}", **SEGMENT)
 async def deliver_segment(request: Request, pred_id: str, name: str) -> FileResponse:
     """A streamed segment: a WAV (32-bit float, not normalised) of a part of the audio."""
     path = request.app.state.streams.segment_path(pred_id, name)

@@ -44,7 +44,7 @@ def test_every_route_declares_its_request_body_and_responses(client):
         for method, op in item.items():
             codes = set(op["responses"])
             assert any(code.startswith("2") for code in codes), (method, path)
-            for code in codes - {"200", "201"}:
+            for code in (c for c in codes if not c.startswith("2")):  # errors: the problem shape
                 schema = op["responses"][code]["content"]["application/problem+json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Problem"}, (method, path, code)
     assert "HTTPValidationError" not in schemas
