@@ -26,6 +26,7 @@ VERSION_IDS = (
     "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb",
 )
 _REQUIRED = object()
+CODEBOOK_SIZE = 2048  # tokens each MusicGen codebook has: top_k past it has nothing more to keep
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,9 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
     if v != "encode-decode" and inp.duration > max_duration:
         raise UserError(f"`duration` must be at most {max_duration} seconds, got {inp.duration}. "
                         "The server's limit is set by MUSICGEN_MAX_DURATION.")
-    if inp.top_k < 0:
-        raise UserError(f"`top_k` must be 0 or more, got {inp.top_k}.")
+    if not 0 <= inp.top_k <= CODEBOOK_SIZE:
+        raise UserError(f"`top_k` must be from 0 to {CODEBOOK_SIZE} (the size of MusicGen's codebooks), "
+                        f"got {inp.top_k}.")
     if not 0.0 <= inp.top_p <= 1.0:
         raise UserError(f"`top_p` must be between 0 and 1, got {inp.top_p}.")
     if inp.temperature <= 0:

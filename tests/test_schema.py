@@ -92,7 +92,8 @@ MELODY_MSG = ("`stereo-large` and `large` model does not support melody input. S
     ({"prompt": "x", "duration": 0}, "`duration` must be at least 1 second, got 0."),
     ({"prompt": "x", "duration": 301}, ("`duration` must be at most 300 seconds, got 301. "
                                         "The server's limit is set by MUSICGEN_MAX_DURATION.")),
-    ({"prompt": "x", "top_k": -1}, "`top_k` must be 0 or more, got -1."),
+    ({"prompt": "x", "top_k": -1}, "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got -1."),
+    ({"prompt": "x", "top_k": 2049}, "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got 2049."),
     ({"prompt": "x", "top_p": 1.5}, "`top_p` must be between 0 and 1, got 1.5."),
     ({"prompt": "x", "top_p": -0.1}, "`top_p` must be between 0 and 1, got -0.1."),
     ({"prompt": "x", "temperature": 0}, "`temperature` must be greater than 0, got 0.0."),
