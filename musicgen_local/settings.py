@@ -6,6 +6,7 @@ Read once, at start-up, into a frozen `Settings`; nothing reads the environment 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
+    "MUSICGEN_RAY_ADDRESS": ("", ("unset: the engine runs in this process; `local`: on a Ray Serve instance started "
+                                  "here, one replica per GPU; `auto` or an address such as ray://host:10001: on "
+                                  "that Ray cluster")),
+    "MUSICGEN_RAY_REPLICAS": ("", ("with MUSICGEN_RAY_ADDRESS: engine replicas, a count or `min-max` to autoscale "
+                                   "on queued requests; unset: one per GPU of the cluster (one on CPU)")),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
@@ -44,6 +50,18 @@ def _flag(value: str) -> bool:
 def _checkpoint_overrides(value: str) -> dict[str, str]:
     pairs = (item.split("=", 1) for item in value.split(",") if "=" in item)
     return {name.strip(): source.strip() for name, source in pairs}
+
+
+def _replica_range(value: str) -> tuple[int, int] | None:
+    """MUSICGEN_RAY_REPLICAS: "4" -> (4, 4); "1-4" -> (1, 4); "" -> None."""
+    value = value.strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", value)
+    bounds = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"MUSICGEN_RAY_REPLICAS={value!r}: give a count such as 2, or a range such as 1-4.")
+    return bounds
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,8 @@ class Settings:
     output: str = "url"
     shutdown_grace: float = 30.0
     checkpoints: dict[str, str] = field(default_factory=dict)
+    ray_address: str = ""
+    ray_replicas: tuple[int, int] | None = None  # (min, max); None: one per GPU
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +111,8 @@ class Settings:
             output=get("MUSICGEN_OUTPUT"),
             shutdown_grace=float(get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
+            ray_address=get("MUSICGEN_RAY_ADDRESS").strip(),
+            ray_replicas=_replica_range(get("MUSICGEN_RAY_REPLICAS")),
         )
 
     def with_(self, **changes) -> Settings:
