@@ -1,0 +1,105 @@
+"""A real Ray cluster for the tests (`ray start --head` on 127.0.0.1, in a temporary directory, in a
+process group of its own so that it can be stopped, or killed to test a lost cluster, by that id),
+and helpers to read a Run's events."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from musicgen_local.engine.api import Done, Log
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    def __init__(self, num_cpus: int = 2, port: int | None = None) -> None:
+        self.port = port or _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length cap
+        ray = Path(sys.executable).with_name("ray")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(ray), "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
+             f"--num-cpus={num_cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+             "--disable-usage-stats", f"--ray-client-server-port={_free_port()}"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_listening()
+
+    def _wait_listening(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, Path(self.log.name).read_text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"the Ray head did not listen on {self.address} within {timeout} s")
+
+    def kill(self) -> None:
+        """Every process of the cluster, at once, as a crashed head machine would go."""
+        if self._group_alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def _group_alive(self) -> bool:
+        self.process.poll()  # reap the head's own process, if it ended
+        try:
+            os.killpg(self.process.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def stop(self) -> None:
+        """`ray start --block` stops its processes on SIGTERM; whatever is left of the group after 30 s is killed."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self._group_alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_for(condition, timeout: float, message=lambda: "timed out") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message()
+        time.sleep(0.2)
+
+
+def log_lines(events) -> list[str]:
+    return [e.line for e in events if isinstance(e, Log)]
+
+
+def replicas_of(events) -> list[str]:
+    """The replica ids the events say ran the request, in order (more than one after a re-run)."""
+    return [line.split()[2] for line in log_lines(events) if line.startswith("Engine replica: ")]
+
+
+def pid_of(events) -> int:
+    line = next(line for line in log_lines(events) if line.startswith("Engine replica: "))
+    return int(line.split(" pid ")[1].split()[0])
+
+
+def audio_of(events) -> bytes:
+    assert isinstance(events[-1], Done), events[-1]
+    return events[-1].result.audio
