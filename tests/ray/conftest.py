@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 from ray_helpers import Cluster, wait_for
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = Cluster(num_cpus=2)
-    yield cluster
-    cluster.stop()
+    # Token authentication with a token of this module's own: Ray turns it on for `ray start` whenever
+    # ~/.ray/auth_token exists (a `local` run writes one), and a driver given an address must then be told.
+    # The Ray driver process (`ray_bridge`) inherits this environment.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        env.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        cluster = Cluster(num_cpus=2)
+        yield cluster
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -53,30 +53,54 @@ class Cluster:
 
     def kill(self) -> None:
         """Every process of the cluster, at once, as a crashed head machine would go."""
-        if self._group_alive():
-            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in [self.process.pid, *self._descendants()]:
+            _signal(pid, signal.SIGKILL)
         self.process.wait()
 
-    def _group_alive(self) -> bool:
-        self.process.poll()  # reap the head's own process, if it ended
-        try:
-            os.killpg(self.process.pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-
     def stop(self) -> None:
-        """`ray start --block` stops its processes on SIGTERM; whatever is left of the group after 30 s is killed."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while self._group_alive() and time.monotonic() < deadline:
+        """`ray start --block` stops the cluster on SIGTERM; what is left after 15 s is killed. Ray's workers
+        run in process groups of their own, so they are found as descendants of the head, by process id."""
+        pids = self._descendants()
+        _signal(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in [self.process.pid, *pids]) and time.monotonic() < deadline:
+            self.process.poll()
             time.sleep(0.2)
-        if self._group_alive():
-            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in [self.process.pid, *pids, *self._descendants()]:
+            _signal(pid, signal.SIGKILL)
         self.process.wait()
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _descendants(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [self.process.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def wait_for(condition, timeout: float, message=lambda: "timed out") -> None:

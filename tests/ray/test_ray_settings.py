@@ -20,6 +20,12 @@ def test_replicas_setting_is_a_count_or_a_range():
             Settings.from_env({"MUSICGEN_RAY_REPLICAS": bad})
 
 
+def test_ray_client_addresses_are_refused_with_what_to_use_instead():
+    assert Settings.from_env({"MUSICGEN_RAY_ADDRESS": " auto "}).ray_address == "auto"
+    with pytest.raises(ValueError, match="MUSICGEN_RAY_ADDRESS=auto"):
+        Settings.from_env({"MUSICGEN_RAY_ADDRESS": "ray://head:10001"})
+
+
 def test_one_replica_per_gpu_unless_told_otherwise():
     settings = Settings(max_batch=8)
     four_gpus = plan(settings, {"GPU": 4.0, "CPU": 32.0})
