@@ -32,9 +32,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
-    "MUSICGEN_RAY_ADDRESS": ("", ("unset: the engine runs in this process; `local`: on a Ray Serve instance started "
-                                  "here, one replica per GPU; `auto` or an address such as ray://host:10001: on "
-                                  "that Ray cluster")),
+    "MUSICGEN_RAY_ADDRESS": ("", ("unset: the engine runs in this process; `local`: on Ray Serve started here, one "
+                                  "replica per GPU; `auto` (the cluster this machine is a node of) or the head's "
+                                  "host:port (6379): on that Ray cluster")),
     "MUSICGEN_RAY_REPLICAS": ("", ("with MUSICGEN_RAY_ADDRESS: engine replicas, a count or `min-max` to autoscale "
                                    "on queued requests; unset: one per GPU of the cluster (one on CPU)")),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
@@ -50,6 +50,15 @@ def _flag(value: str) -> bool:
 def _checkpoint_overrides(value: str) -> dict[str, str]:
     pairs = (item.split("=", 1) for item in value.split(",") if "=" in item)
     return {name.strip(): source.strip() for name, source in pairs}
+
+
+def _ray_address(value: str) -> str:
+    value = value.strip()
+    if value.startswith("ray://"):  # Ray 2.60: "Streaming DeploymentHandles are not currently supported" there
+        raise ValueError(f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
+                         "server on a node of the cluster with MUSICGEN_RAY_ADDRESS=auto, or give the head's "
+                         "host:port (6379 by default).")
+    return value
 
 
 def _replica_range(value: str) -> tuple[int, int] | None:
@@ -111,7 +120,7 @@ class Settings:
             output=get("MUSICGEN_OUTPUT"),
             shutdown_grace=float(get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
-            ray_address=get("MUSICGEN_RAY_ADDRESS").strip(),
+            ray_address=_ray_address(get("MUSICGEN_RAY_ADDRESS")),
             ray_replicas=_replica_range(get("MUSICGEN_RAY_REPLICAS")),
         )
 
