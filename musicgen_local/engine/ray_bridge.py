@@ -30,9 +30,10 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import RequestCancelledError
 
+from ..errors import UserError
 from ..settings import Settings
 from . import ray_serve
-from .api import TERMINAL, Canceled, Failed, Log, Request
+from .api import TERMINAL, Audio, Canceled, Event, Failed, Log, Request, Started
 
 log = logging.getLogger(__name__)
 PROBE_S = 1.0  # how often the cluster is checked
@@ -54,6 +55,8 @@ class Flight:
     stream: bool
     response: Any = None
     canceled: bool = False
+    started: bool = False  # Started went to the API
+    segments: int = 0  # Audio segments that went to the API
 
 
 class Bridge:
@@ -153,6 +156,8 @@ class Bridge:
             flight.request = await asyncio.to_thread(inline_input, flight.request)
             await self.deployed.wait()
             await self._attempts(run_id, flight)
+        except UserError as exc:
+            self._send("event", run_id, Failed(str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug or Ray's: this run fails with what happened
             log.exception("run %d failed", run_id)
             self._send("event", run_id, Failed(f"The Ray cluster could not run this prediction "
@@ -192,14 +197,28 @@ class Bridge:
         stream = response.__aiter__()
         if first_within:  # a re-run: the replica's first event says one took it up
             try:
-                self._send("event", run_id, await asyncio.wait_for(stream.__anext__(), first_within))
+                self._forward(run_id, await asyncio.wait_for(stream.__anext__(), first_within))
             except StopAsyncIteration:
                 return False
         async for event in stream:
-            self._send("event", run_id, event)
+            self._forward(run_id, event)
             if isinstance(event, TERMINAL):
                 return True
         return False
+
+    def _forward(self, run_id: int, event: Event) -> None:
+        """Pass an event on, except what a first attempt already sent: its Started, and its audio segments
+        (a re-run has the same seed, so its segments are the same)."""
+        flight = self.flights[run_id]
+        if isinstance(event, Started):
+            if flight.started:
+                return
+            flight.started = True
+        elif isinstance(event, Audio):
+            if event.index < flight.segments:
+                return
+            flight.segments = event.index + 1
+        self._send("event", run_id, event)
 
     # ---------------------------------------------------------------------------------- health
 
@@ -230,9 +249,10 @@ class Bridge:
         for deployment in app.deployments.values():
             for state, count in deployment.replica_states.items():
                 replicas[_name(state)] = replicas.get(_name(state), 0) + count
-        status = {"RUNNING": "READY", "DEPLOYING": "STARTING"}.get(_name(app.status), "UNHEALTHY")
-        if replicas.get("RUNNING", 0) and status == "UNHEALTHY":
-            status = "READY"  # some replicas serve while the others are replaced
+        if replicas.get("RUNNING"):  # some serve, maybe while others are replaced or added
+            status = "READY"
+        else:
+            status = "STARTING" if _name(app.status) in ("NOT_STARTED", "DEPLOYING") else "UNHEALTHY"
         return {"status": status, "application": _name(app.status), "replicas": replicas}
 
 
@@ -244,7 +264,7 @@ def inline_input(request: Request) -> Request:
         return request
     path = Path(ref.removeprefix("file://")).expanduser()
     if not path.is_file():
-        return request  # the replica reports it missing, in the engine's words
+        raise UserError(f"`input_audio` file not found: {ref}")
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return replace(request, input_audio=f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}")
 

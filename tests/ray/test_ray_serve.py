@@ -12,7 +12,7 @@ import replicate
 from ray_helpers import audio_of, log_lines, pid_of, replicas_of, wait_for
 
 from musicgen_local.engine import Request, result_of
-from musicgen_local.engine.api import Canceled, Done, Progress
+from musicgen_local.engine.api import Audio, Canceled, Done, Progress, Started
 from tests.e2e.e2e_helpers import TOKEN, LiveServer, audio_info, melody_wav  # noqa: F401 - melody_wav is a fixture
 
 REF = "meta/musicgen:b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
@@ -66,14 +66,17 @@ def test_cancel_reaches_the_replica(ray_engine):
 
 def test_a_killed_replica_runs_its_prediction_again_elsewhere_with_the_same_audio(ray_engine, engine):
     request = Request(model_version="stereo-melody-large", prompt="killed", duration=10, seed=7)
-    run = ray_engine.submit(request)
-    events = until(run, decoding(20))
+    run = ray_engine.submit(request, stream=True)
+    events = until(run, decoding(200))  # 4 s of audio decoded: some segments streamed
     os.kill(pid_of(events), signal.SIGKILL)
     events += list(run)
     killed, again = replicas_of(events)
     assert killed != again
     assert [line for line in log_lines(events) if "stopped" in line and "running it again from the start" in line]
     assert audio_of(events) == result_of(engine.submit(request)).audio  # the in-process engine, same seed
+    # What the first attempt had already sent is not sent twice: one start, each audio segment once.
+    assert [e for e in events if isinstance(e, Started)] == [Started()]
+    assert [e.index for e in events if isinstance(e, Audio)] == list(range(10))
 
     # The other replica went on serving, and the cluster replaces the dead one: soon, 6 predictions at
     # once are served by two replicas again, neither of them the one killed.
