@@ -79,9 +79,10 @@ class RayEngine:
     def _launch(self) -> tuple[Any, Any]:
         """Start a bridge and wait until it joined the cluster: (conn, info), or (None, why not)."""
         ours, theirs = socket.socketpair()
-        # A fresh interpreter (not multiprocessing, which would import the caller's __main__ again).
+        # A fresh interpreter (not multiprocessing, which would import the caller's __main__ again), in a
+        # session of its own: a Ctrl-C at the terminal is the server's to handle (it drains, then closes us).
         self._bridge = subprocess.Popen([sys.executable, "-m", "musicgen_local.engine.ray_bridge",
-                                         str(theirs.fileno())], pass_fds=[theirs.fileno()])
+                                         str(theirs.fileno())], pass_fds=[theirs.fileno()], start_new_session=True)
         theirs.close()
         conn = Connection(ours.detach())
         conn.send(self.settings)
