@@ -45,7 +45,7 @@ class RayEngine:
         self._conn, info = self._launch()
         if self._conn is None:
             raise EngineError(f"Could not use the Ray cluster at MUSICGEN_RAY_ADDRESS={settings.ray_address}: {info}")
-        self.capacity = info["capacity"]  # runs worth having in flight: every replica's batch, and one more
+        self.capacity = info["capacity"]  # runs worth having in flight: 2 x MUSICGEN_MAX_BATCH per replica
         self._gcs = info["gcs"]  # host:port of the cluster, probed before joining it again
         self._supervisor = threading.Thread(target=self._supervise, name="ray-bridge-supervisor", daemon=True)
         self._supervisor.start()

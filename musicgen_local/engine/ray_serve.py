@@ -35,8 +35,8 @@ class EngineReplica:
         from .local import LocalEngine  # torch: here, in the replica, never in the process that deploys
 
         self.scratch = Path(tempfile.mkdtemp(prefix="musicgen-replica-"))  # inputs being read, on this node
-        self.device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to our share
-        self.engine = LocalEngine(settings.with_(devices=self.device, data_dir=self.scratch))
+        device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to this replica's share
+        self.engine = LocalEngine(settings.with_(devices=device, data_dir=self.scratch))
         self.engine.wait_ready()  # Serve routes nothing here before the models are warm
         context = serve.get_replica_context()
         self.name = (f"{context.replica_id.unique_id} ({self.engine.health()['devices'][0]['device']}, "
@@ -60,9 +60,6 @@ class EngineReplica:
                 yield event
         finally:  # the caller canceled or went away: stop generating
             run.cancel()
-
-    def health(self) -> dict[str, Any]:
-        return self.engine.health()
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
