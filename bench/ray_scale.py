@@ -13,7 +13,7 @@
    then --gets GETs, --concurrency at a time. Reported: requests per second and the p50/p95 latency
    of each, and how long until every created prediction had completed (each one logs ~100
    progress lines, stored in SQLite).
-Prints the tables and appends them to bench/RESULTS.md (Part 4).
+Prints the tables and appends them to bench/RESULTS.md (Part 5).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import httpx
 
 from bench import results
 
-PART = "# Part 4: the engine on Ray Serve, and one API process in front (`bench/ray_scale.py`, issue 13)"
+PART = "# Part 5: the engine on Ray Serve, and one API process in front (`bench/ray_scale.py`, issue 13)"
 V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
 REPLICA = "Engine replica: "
 log = logging.getLogger("bench.ray_scale")
