@@ -17,7 +17,7 @@ $(NODE_E2E): tests/e2e/package-lock.json
 	else echo "npm not found: the npm-client e2e tests will be skipped"; fi
 
 # Re-runs only when a requirements file or pyproject changes; a second `make install` takes seconds.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -r requirements-dev.txt

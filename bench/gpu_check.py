@@ -11,8 +11,9 @@ timed and written as soon as it is done (a section that fails is reported and th
    transformers' MusicGen (batch 1, 8 s), with peak memory;
 4. the peer to beat, fast-musicgen 0.1.0 (CUDA graphs, batch 1) at the same size;
 5. request -> file for an 8 s clip through the engine (full-size random `large` and EnCodec),
-   time to the first streamed segment;
-6. EnCodec decode (8 s, 30 s), MultiBand Diffusion (8 s), htdemucs (30 s).
+   time to the first streamed segment and the stream's speed against real time;
+6. EnCodec decode (8 s, 30 s), MultiBand Diffusion (8 s), htdemucs (30 s);
+7. two Ray Serve replicas sharing the GPU, half each (when ray is installed there).
 The report goes to bench/RESULTS.md (Part 1) and, with --out, to a file there.
 """
 
@@ -235,8 +236,12 @@ def request_to_file(report: Report, scale, device: str, duration: int, weights: 
                     kind = type(event).__name__
                     if isinstance(event, Started | Audio | Done) and kind not in marks:
                         marks[kind] = time.perf_counter() - start
-                report.add(f"- {attempt} {duration} s request: " + ", ".join(f"{k} at {v:.2f} s" for k, v in
-                                                                            marks.items()))
+                    if isinstance(event, Audio):
+                        marks["last segment"] = time.perf_counter() - start
+                stream = duration / (marks["last segment"] - marks["Audio"] + 1e-9) if "Audio" in marks else 0
+                report.add(f"- {attempt} {duration} s request: " + ", ".join(
+                    f"{'first segment' if k == 'Audio' else k} at {v:.2f} s" for k, v in marks.items())
+                    + f"; the stream ran {stream:.1f}x real time after its first segment")
         finally:
             engine.close()
 
@@ -273,16 +278,19 @@ def codecs(report: Report, device: str, seconds: list[int], mbd_seconds: float, 
     report.add(f"- htdemucs, {demucs_seconds:g} s stereo: {time_htdemucs(device, demucs_seconds):.2f} s")
 
 
-def extras(report: Report, device: str, quick: bool) -> None:
-    """Checks that other parts of the project contribute (streaming, scale-out), when present."""
-    for module in ("bench.streaming", "bench.ray_scale"):
-        try:
-            check = __import__(module, fromlist=["gpu_check"]).gpu_check
-        except (ImportError, AttributeError):
-            report.add(f"- {module}: no gpu_check() to run")
-            continue
-        for line in check(device, quick):
-            report.add(line)
+def ray_wiring(report: Report, device: str) -> None:
+    """Two Ray Serve replicas sharing the one GPU, half each (bench/ray_scale.py --gpu-check)."""
+    import importlib.util
+
+    if not device.startswith("cuda"):
+        report.add("- skipped: needs CUDA (on CPU the Ray tests in tests/ray cover the wiring)")
+        return
+    if importlib.util.find_spec("ray") is None:
+        report.add("- skipped: ray is not installed there (its wheel is larger than what a device run may carry)")
+        return
+    done = subprocess.run([sys.executable, "-m", "bench.ray_scale", "--gpu-check"], capture_output=True, text=True,
+                          timeout=400, cwd=ROOT, check=False)
+    report.add(f"- exit {done.returncode}: " + " / ".join(done.stdout.strip().splitlines()[-3:]))
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -319,7 +327,7 @@ def main(argv=None) -> None:
                    2 if args.quick else 8, weights)
     report.section("Codecs", codecs, args.device, [1, 2] if args.quick else [8, 30], 0.05 if args.quick else 8.0,
                    0.25 if args.quick else 30.0)
-    report.section("Streaming and scale-out", extras, args.device, args.quick)
+    report.section("Scale-out wiring: two Ray replicas on one GPU", ray_wiring, args.device)
     text = "\n".join(report.lines) + "\n"
     print(text)
     if not args.no_append:

@@ -36,6 +36,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
     "MUSICGEN_RETENTION": ("", "server: remove outputs and uploads after this long (e.g. 1h, 7d); unset = keep"),
     "MUSICGEN_BLOCK_PRIVATE_URLS": ("0", "1: webhook and input URLs may not reach private or loopback addresses"),
+    "MUSICGEN_RAY_ADDRESS": ("", ("unset: the engine runs in this process; `local`: on Ray Serve started here, one "
+                                  "replica per GPU; `auto` (the cluster this machine is a node of) or the head's "
+                                  "host:port (6379): on that Ray cluster")),
+    "MUSICGEN_RAY_REPLICAS": ("", ("with MUSICGEN_RAY_ADDRESS: engine replicas, a count or `min-max` to autoscale "
+                                   "on queued requests; unset: one per GPU of the cluster (one on CPU)")),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
@@ -67,6 +72,27 @@ def _checkpoint_overrides(value: str) -> dict[str, str]:
     return {name.strip(): source.strip() for name, source in pairs}
 
 
+def _ray_address(value: str) -> str:
+    value = value.strip()
+    if value.startswith("ray://"):  # Ray 2.60: "Streaming DeploymentHandles are not currently supported" there
+        raise ValueError(f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
+                         "server on a node of the cluster with MUSICGEN_RAY_ADDRESS=auto, or give the head's "
+                         "host:port (6379 by default).")
+    return value
+
+
+def _replica_range(value: str) -> tuple[int, int] | None:
+    """MUSICGEN_RAY_REPLICAS: "4" -> (4, 4); "1-4" -> (1, 4); "" -> None."""
+    value = value.strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", value)
+    bounds = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"MUSICGEN_RAY_REPLICAS={value!r}: give a count such as 2, or a range such as 1-4.")
+    return bounds
+
+
 @dataclass(frozen=True)
 class Settings:
     weights_dir: Path = Path("./weights")
@@ -90,6 +116,8 @@ class Settings:
     max_queue: int = 1000
     retention_s: float | None = None
     block_private_urls: bool = False
+    ray_address: str = ""
+    ray_replicas: tuple[int, int] | None = None  # (min, max); None: one per GPU
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +148,8 @@ class Settings:
             max_queue=int(get("MUSICGEN_MAX_QUEUE")),
             retention_s=parse_duration(get("MUSICGEN_RETENTION")),
             block_private_urls=_flag(get("MUSICGEN_BLOCK_PRIVATE_URLS")),
+            ray_address=_ray_address(get("MUSICGEN_RAY_ADDRESS")),
+            ray_replicas=_replica_range(get("MUSICGEN_RAY_REPLICAS")),
         )
 
     def with_(self, **changes) -> Settings:

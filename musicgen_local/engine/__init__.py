@@ -7,8 +7,15 @@ __all__ = ["EngineClient", "Request", "Result", "Run", "load_engine", "result_of
 
 
 def load_engine(settings=None) -> EngineClient:
-    """One device loop per device of MUSICGEN_DEVICES, in this process."""
+    """One device loop per device of MUSICGEN_DEVICES, in this process; with MUSICGEN_RAY_ADDRESS, replicas
+    of it on a Ray Serve cluster (this process then imports neither torch nor ray)."""
     from ..settings import Settings
+
+    settings = settings or Settings.from_env()
+    if settings.ray_address:
+        from .ray_client import RayEngine
+
+        return RayEngine(settings)
     from .local import LocalEngine
 
-    return LocalEngine(settings or Settings.from_env())
+    return LocalEngine(settings)

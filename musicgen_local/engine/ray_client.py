@@ -1,0 +1,191 @@
+"""`RayEngine`: the engine on a Ray Serve cluster, seen from the API process (MUSICGEN_RAY_ADDRESS).
+
+The same `EngineClient` as the in-process engine: submit a Request, iterate its Run, cancel it.
+This process imports neither torch nor ray: a child process (`ray_bridge`) is the Ray driver, and
+the two exchange requests and the engine's plain events over a pipe. If that process ends (the
+cluster went away), the runs in flight fail with a message that says so, new ones fail at once,
+health says UNHEALTHY, and a new bridge is started every RECONNECT_S until the cluster answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import EngineError
+from ..settings import Settings
+from .api import TERMINAL, Failed, Request
+from .run import LocalRun
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 180.0  # joining (or starting) the cluster
+RECONNECT_S = 10.0
+CLOSE_TIMEOUT_S = 60.0  # the replicas' own graceful stop, and a margin
+UNREACHABLE = ("The Ray cluster that runs the engine ({address}) cannot be reached: {reason}. The prediction was "
+               "not run; create it again once /health-check says READY.")
+
+
+class RayEngine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._runs: dict[int, LocalRun] = {}
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._health: dict[str, Any] = {"status": "STARTING"}
+        self._lost_because = ""
+        self._bridge: subprocess.Popen | None = None
+        self._conn, info = self._launch()
+        if self._conn is None:
+            raise EngineError(f"Could not use the Ray cluster at MUSICGEN_RAY_ADDRESS={settings.ray_address}: {info}")
+        self.capacity = info["capacity"]  # runs worth having in flight: 2 x MUSICGEN_MAX_BATCH per replica
+        self._gcs = info["gcs"]  # host:port of the cluster, probed before joining it again
+        self._supervisor = threading.Thread(target=self._supervise, name="ray-bridge-supervisor", daemon=True)
+        self._supervisor.start()
+
+    # ---------------------------------------------------------------------------------- EngineClient
+
+    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
+        request = request.with_seed()  # fixed here, so that a re-run on another replica gives the same audio
+        run_id = next(self._ids)
+        run = LocalRun(on_cancel=lambda run: self._send(("cancel", run_id)))
+        self._runs[run_id] = run
+        if not self._send(("submit", run_id, request, stream)):
+            self._end(run_id, Failed(self._unreachable(), kind="internal"))
+        return run
+
+    def health(self) -> dict[str, Any]:
+        return {**self._health, "engine": "ray", "ray_address": self.settings.ray_address}
+
+    def close(self) -> None:
+        self._closing.set()
+        self._send(("close",))  # the bridge deletes the replicas (and stops a `local` cluster), then exits
+        bridge = self._bridge
+        try:
+            bridge.wait(timeout=CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            bridge.kill()
+            bridge.wait()
+
+    # ---------------------------------------------------------------------------------- the bridge
+
+    def _launch(self) -> tuple[Any, Any]:
+        """Start a bridge and wait until it joined the cluster: (conn, info), or (None, why not)."""
+        ours, theirs = socket.socketpair()
+        # A fresh interpreter (not multiprocessing, which would import the caller's __main__ again), in a
+        # session of its own: a Ctrl-C at the terminal is the server's to handle (it drains, then closes us).
+        self._bridge = subprocess.Popen([sys.executable, "-m", "musicgen_local.engine.ray_bridge",
+                                         str(theirs.fileno())], pass_fds=[theirs.fileno()], start_new_session=True)
+        theirs.close()
+        conn = Connection(ours.detach())
+        conn.send(self.settings)
+        kind, info = "lost", f"no answer within {CONNECT_TIMEOUT_S:.0f} s"
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline and not self._closing.is_set():
+            if conn.poll(0.5):
+                try:
+                    kind, info = conn.recv()
+                except (EOFError, OSError):
+                    kind, info = "lost", "the Ray driver process ended while joining the cluster"
+                break
+        if kind == "connected":
+            self._health = {"status": "STARTING", "replicas": {}}
+            return conn, info
+        self._bridge.kill()
+        self._bridge.wait()
+        conn.close()
+        return None, info
+
+    def _supervise(self) -> None:
+        """Relay the bridge's messages; when it ends, fail what it was running and join the cluster again."""
+        while True:
+            reason = self._pump(self._conn)
+            try:
+                self._bridge.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._bridge.kill()
+            with self._send_lock:
+                self._conn.close()
+                self._conn = None
+            self._lost(reason)
+            while self._conn is None:
+                if self._closing.wait(RECONNECT_S):
+                    return
+                if self.settings.ray_address != "local" and not _listening(self._gcs):
+                    continue  # joining a cluster that is not there would hang in ray.init for minutes
+                conn, info = self._launch()
+                if conn is None:
+                    self._health = {"status": "UNHEALTHY", "error": f"{info}; trying again every {RECONNECT_S:.0f} s"}
+                    continue
+                with self._send_lock:
+                    self._conn = conn
+                log.info("Ray cluster at %s joined again", self.settings.ray_address)
+
+    def _pump(self, conn) -> str:
+        """Relay the bridge's messages until it ends; why it ended."""
+        reason = "the Ray driver process ended"
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return reason
+            if message[0] == "event":
+                self._deliver(message[1], message[2])
+            elif message[0] == "health":
+                self._health = message[1]
+            elif message[0] == "lost":  # the bridge exits next; until then nothing reaches the cluster
+                reason = self._lost_because = message[1]
+                self._health = {"status": "UNHEALTHY", "error": reason}
+
+    def _lost(self, reason: str) -> None:
+        if self._closing.is_set():
+            reason = "the server is shutting down"
+        else:
+            log.error("Ray cluster lost: %s", reason)
+        self._health = {"status": "UNHEALTHY", "error": f"{reason}; trying again every {RECONNECT_S:.0f} s"}
+        self._lost_because = reason
+        for run_id in list(self._runs):
+            self._end(run_id, Failed(f"The engine stopped while this prediction was running: {reason}. Create it "
+                                     "again once /health-check says READY.", kind="internal"))
+
+    def _deliver(self, run_id: int, event) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.emit(event)
+            if isinstance(event, TERMINAL):
+                self._runs.pop(run_id, None)
+
+    def _end(self, run_id: int, event: Failed) -> None:
+        run = self._runs.pop(run_id, None)
+        if run is not None:
+            run.emit(event)
+
+    def _send(self, message: tuple) -> bool:
+        with self._send_lock:
+            if self._conn is None:
+                return False
+            try:
+                self._conn.send(message)
+                return True
+            except (OSError, ValueError):
+                return False
+
+    def _unreachable(self) -> str:
+        return UNREACHABLE.format(address=self.settings.ray_address,
+                                  reason=self._lost_because or "the Ray driver process is not running")
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return True
+    except OSError:
+        return False

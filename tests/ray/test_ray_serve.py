@@ -1,0 +1,109 @@
+"""The engine on a real Ray Serve cluster (two CPU replicas on 127.0.0.1, tiny weights), through the
+same EngineClient interface as the in-process engine, and behind the unchanged v1 API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import replicate
+from ray_helpers import audio_of, log_lines, pid_of, replicas_of, wait_for
+
+from musicgen_local.engine import Request, result_of
+from musicgen_local.engine.api import Audio, Canceled, Done, Progress, Started
+from tests.e2e.e2e_helpers import TOKEN, LiveServer, audio_info, melody_wav  # noqa: F401 - melody_wav is a fixture
+
+REF = "meta/musicgen:b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+
+
+def until(run, condition) -> list:
+    """The run's events up to the first one that meets `condition` (the run goes on)."""
+    events = []
+    for event in run:
+        events.append(event)
+        if condition(event):
+            return events
+    raise AssertionError(f"the run ended first: {events[-1]}")
+
+
+def decoding(steps: int):
+    return lambda event: isinstance(event, Progress) and event.done >= steps
+
+
+def test_predictions_spread_over_the_two_replicas(ray_engine):
+    # A replica takes 4 runs at once (2 x MUSICGEN_MAX_BATCH): 6 at once cannot all go to one.
+    runs = [ray_engine.submit(Request(model_version="large", prompt=f"p{i}", duration=2, seed=i + 1))
+            for i in range(6)]
+    events = [list(run) for run in runs]
+    assert all(isinstance(e[-1], Done) for e in events)
+    assert len({replicas_of(e)[0] for e in events}) == 2
+
+
+def test_a_replica_that_holds_a_model_gets_its_next_requests(ray_engine):
+    first = list(ray_engine.submit(Request(model_version="stereo-large", prompt="a", duration=1, seed=1)))
+    holder = replicas_of(first)
+    for seed in range(2, 7):  # at random, 5 in a row on the same replica of two: 1 in 32
+        events = list(ray_engine.submit(Request(model_version="stereo-large", prompt="b", duration=1, seed=seed)))
+        assert replicas_of(events) == holder
+
+
+def test_cancel_reaches_the_replica(ray_engine):
+    long = ray_engine.submit(Request(model_version="melody-large", prompt="long", duration=300, seed=1))
+    holder = replicas_of(until(long, decoding(10)))
+    long.cancel()
+    started = time.monotonic()
+    assert isinstance(list(long)[-1], Canceled)
+    assert time.monotonic() - started < 10
+    # The next request for that model goes to the same replica; had the canceled one gone on decoding
+    # there, the two would decode together ("Decoding in a batch of 2 requests").
+    after = list(ray_engine.submit(Request(model_version="melody-large", prompt="next", duration=1, seed=2)))
+    assert replicas_of(after) == holder
+    assert isinstance(after[-1], Done)
+    assert not [line for line in log_lines(after) if "batch of" in line]
+
+
+def test_a_killed_replica_runs_its_prediction_again_elsewhere_with_the_same_audio(ray_engine, engine):
+    request = Request(model_version="stereo-melody-large", prompt="killed", duration=10, seed=7)
+    run = ray_engine.submit(request, stream=True)
+    events = until(run, decoding(200))  # 4 s of audio decoded: some segments streamed
+    os.kill(pid_of(events), signal.SIGKILL)
+    events += list(run)
+    killed, again = replicas_of(events)
+    assert killed != again
+    assert [line for line in log_lines(events) if "stopped" in line and "running it again from the start" in line]
+    assert audio_of(events) == result_of(engine.submit(request)).audio  # the in-process engine, same seed
+    # What the first attempt had already sent is not sent twice: one start, each audio segment once.
+    assert [e for e in events if isinstance(e, Started)] == [Started()]
+    assert [e.index for e in events if isinstance(e, Audio)] == list(range(10))
+
+    # The other replica went on serving, and the cluster replaces the dead one: soon, 6 predictions at
+    # once are served by two replicas again, neither of them the one killed.
+    assert isinstance(list(ray_engine.submit(Request(model_version="large", prompt="x", duration=1)))[-1], Done)
+    serving: list[set[str]] = []
+
+    def two_replicas_serve() -> bool:
+        runs = [ray_engine.submit(Request(model_version="large", prompt=f"q{i}", duration=2)) for i in range(6)]
+        serving.append({replicas_of(list(run))[0] for run in runs})
+        return len(serving[-1]) == 2
+
+    wait_for(two_replicas_serve, 120, lambda: f"served by {serving}; {ray_engine.health()}")
+    assert killed not in serving[-1]
+
+
+def test_the_python_client_against_the_ray_backed_server(ray_engine, ray_settings, engine, melody_wav):  # noqa: F811
+    with LiveServer(ray_settings.with_(api_token=TOKEN), ray_engine) as server:
+        client = replicate.Client(api_token=TOKEN, base_url=server.url)
+        with open(melody_wav, "rb") as f:  # uploaded to the API, read by a replica in another process
+            output = client.run(REF, input={"prompt": "hum", "duration": 1, "model_version": "stereo-melody-large",
+                                            "input_audio": f, "seed": 5})
+        assert audio_info(output) == (2, 32000, 32000)
+        prediction = client.predictions.list().results[0]
+        assert prediction.status == "succeeded" and "Engine replica: " in prediction.logs
+        health = httpx.get(f"{server.url}/health-check").json()
+        assert health["status"] == "READY" and health["engine"]["engine"] == "ray"
+        audio = httpx.get(output).content
+    local = result_of(engine.submit(Request(model_version="stereo-melody-large", prompt="hum", duration=1, seed=5,
+                                            input_audio=str(melody_wav))))
+    assert audio == local.audio
