@@ -40,8 +40,9 @@ TINY = (32, 2, 2)
 
 
 class Report:
-    def __init__(self, device: str, out: Path | None) -> None:
+    def __init__(self, device: str, out: Path | None, budget_s: float) -> None:
         self.device, self.out, self.lines = device, out, []
+        self.deadline = time.monotonic() + budget_s  # past it, the remaining sections are skipped
 
     def add(self, line: str = "") -> None:
         log.info("%s", line)
@@ -52,6 +53,9 @@ class Report:
     def section(self, title: str, fn, *args) -> None:
         self.add(f"\n### {title}\n")
         start = time.monotonic()
+        if start > self.deadline:
+            self.add("skipped: the run's time budget (--budget-s) is spent")
+            return
         try:
             fn(self, *args)
         except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others their minutes
@@ -220,7 +224,7 @@ def fast_musicgen_peer(report: Report, scale, device: str, frames: int) -> None:
 def request_to_file(report: Report, scale, device: str, duration: int, weights: Path) -> None:
     """Through the engine, as the server uses it: submit -> Started -> first segment -> Done."""
     from musicgen_local.engine import Request
-    from musicgen_local.engine.api import Audio, Done, Started
+    from musicgen_local.engine.api import Audio, Done, Failed, Started
     from musicgen_local.engine.local import LocalEngine
     from musicgen_local.settings import Settings
 
@@ -238,6 +242,8 @@ def request_to_file(report: Report, scale, device: str, duration: int, weights: 
                         marks[kind] = time.perf_counter() - start
                     if isinstance(event, Audio):
                         marks["last segment"] = time.perf_counter() - start
+                    if isinstance(event, Failed):
+                        raise RuntimeError(event.message)
                 stream = duration / (marks["last segment"] - marks["Audio"] + 1e-9) if "Audio" in marks else 0
                 report.add(f"- {attempt} {duration} s request: " + ", ".join(
                     f"{'first segment' if k == 'Audio' else k} at {v:.2f} s" for k, v in marks.items())
@@ -301,6 +307,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a dry run of every section")
     p.add_argument("--out", type=Path, help="also write the report into this folder")
+    p.add_argument("--budget-s", type=float, default=420, help="start no section after this many seconds")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -314,7 +321,7 @@ def main(argv=None) -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / "gpu-check.md"
-    report = Report(args.device, out)
+    report = Report(args.device, out, args.budget_s)
     report.add(f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
                f"{' (quick: tiny sizes)' if args.quick else ''}")
     frames = 100 if args.quick else 400

@@ -50,6 +50,7 @@ class LocalEngine:
                                  LazyMbd(settings.weights_dir, device))
                       for device in resolve_devices(settings.devices)]
         self._weights_found: set[tuple[str, bool]] = set()
+        self._own_loader = load is not None
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
 
@@ -87,6 +88,8 @@ class LocalEngine:
     def _weights_there(self, request: Request, job: Job) -> None:
         """Check (or fetch) a model's files the first time a request names it; once found, they stay."""
         key = (request.model_version, request.multi_band_diffusion)
+        if self._own_loader:  # the loader given to the engine brings its models' weights
+            return
         if key not in self._weights_found:
             weights_check(self.settings, request.model_version, request.multi_band_diffusion, job.log)
             self._weights_found.add(key)

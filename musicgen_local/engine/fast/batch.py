@@ -204,8 +204,7 @@ class SlotBatch:
     def _step_fn(self, n: int, length: int):
         cross = self.static.cross_len
         if self.mode == "compile":
-            self._compiled = self._compiled or torch.compile(decode_step, mode="max-autotune-no-cudagraphs",
-                                                             fullgraph=False)
+            self._compiled = self._compiled or torch.compile(decode_step)  # its kernels, in our graphs
             return lambda: self._compiled(self.static, self.state, n, length, cross, True, ALL_MODES)
         return lambda: decode_step(self.static, self.state, n, length, cross, True, ALL_MODES)
 
