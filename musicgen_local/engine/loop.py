@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +55,7 @@ class Job:
     steps_before: int = 0  # decoding steps of finished windows
     segments: codec.SegmentStream | None = None
     batch_logged: int = 1  # the largest batch this request was told it decodes in
-    started: bool = field(default=False)
+    started: bool = False  # Started was emitted
 
     def log(self, line: str) -> None:
         self.run.emit(Log(line))
@@ -70,7 +70,7 @@ class Resident:
 class DeviceLoop:
     def __init__(self, device: str, settings: Settings, encode_pool: Executor, load, mbd) -> None:
         self.device, self.settings, self.encode_pool = device, settings, encode_pool
-        self._load, self.mbd = load, mbd  # load(model_version, device, on_log) -> model; mbd: LazyMbd
+        self._load, self.mbd = load, mbd  # load(model_version, device) -> model; mbd: LazyMbd
         self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.models: OrderedDict[str, Resident] = OrderedDict()
         self.model_loads = 0
