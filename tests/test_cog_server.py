@@ -3,7 +3,6 @@
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,16 @@ import httpx
 import pytest
 import soundfile
 
+from musicgen_local.testing.live import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def cog_server(tiny_weights, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("cog") / "server.log").open("w")
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICE="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],

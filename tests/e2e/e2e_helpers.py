@@ -5,51 +5,28 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import struct
 import subprocess
-import threading
 import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
 
 import httpx
 import pytest
-import uvicorn
 
 from musicgen_local.server import create_app
+from musicgen_local.testing import live
 
 E2E = Path(__file__).resolve().parent
 TOKEN = "r8_local_test_token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LiveServer(live.LiveServer):
+    """The real app on `engine`, served on 127.0.0.1."""
 
-
-class LiveServer:
     def __init__(self, settings, engine) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(create_app(settings, engine))
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,16 @@ import time
 from pathlib import Path
 
 from musicgen_local.engine.api import Done, Log
+from musicgen_local.testing.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
     def __init__(self, num_cpus: int = 2, port: int | None = None) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length cap
         ray = Path(sys.executable).with_name("ray")
@@ -36,7 +33,7 @@ class Cluster:
         self.process = subprocess.Popen(
             [str(ray), "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
              f"--num-cpus={num_cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-             "--disable-usage-stats", f"--ray-client-server-port={_free_port()}"],
+             "--disable-usage-stats", f"--ray-client-server-port={free_port()}"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_listening()
 

@@ -10,11 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from musicgen_local.server import create_app
 from musicgen_local.settings import Settings
+from musicgen_local.testing import live
 from musicgen_local.testing.fake_engine import FakeEngine
 
 V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
@@ -111,25 +111,4 @@ class HangingReceiver:
         self.sock.close()
 
 
-class LiveServer:
-    """The app under uvicorn on 127.0.0.1, in a thread: for clients that need a real socket."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+LiveServer = live.LiveServer  # the app under uvicorn on 127.0.0.1

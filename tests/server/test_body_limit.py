@@ -16,6 +16,8 @@ import httpx
 import pytest
 from server_helpers import V1, make_client
 
+from musicgen_local.testing.live import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1 << 20  # 1 MiB
 SERVE = ("import sys, uvicorn; from musicgen_local.server import create_app; "
@@ -26,16 +28,12 @@ MULTIPART_HEAD = (b'--XyZ\r\nContent-Disposition: form-data; name="content"; fil
                   b"Content-Type: audio/wav\r\n\r\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, int]]:
     """The app on the fake engine in a process of its own, so its memory can be read from /proc."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MUSICGEN_MAX_BODY_BYTES": str(LIMIT),
            "MUSICGEN_DATA": str(tmp_path_factory.mktemp("data"))}
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], env=env)

@@ -19,6 +19,7 @@ from server_helpers import V1, Receiver, make_client, wait_done
 
 from musicgen_local.server.dispatcher import INTERRUPTED_TWICE
 from musicgen_local.server.prediction import Prediction
+from musicgen_local.testing.live import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,8 +77,6 @@ class ServerProcess:
     """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
 
     def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01) -> None:
-        from e2e_port import free_port
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
