@@ -104,11 +104,6 @@ class Dispatcher:
         if pred.status == "starting":  # whatever the engine says later about it is ignored
             self._finish(pred, "canceled")
 
-    def pending(self) -> int:
-        """Predictions created and not finished."""
-        with self._changed:
-            return len(self._queue) + len(self._runs)
-
     # ---------------------------------------------------------------------------------- feeding
 
     def _feed(self) -> None:
