@@ -140,7 +140,7 @@ def copy_bandwidth(device: str) -> float:
 
 
 def sync(device: str) -> None:
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -172,17 +172,18 @@ def run_one(lm, decoder: str, duration: int, batch: int, device: str, melody: bo
     steps = lm.pattern_provider.get_pattern(frames).num_sequence_steps - 1  # frames + the largest delay
     with torch.no_grad():
         if decoder == "transformers":
-            return _time(device, lambda: _hf_generate(lm, batch, steps)), steps
+            return timed(device, lambda: _hf_generate(lm, batch, steps)), steps
         if decoder == "audiocraft":
             conditions = attributes(batch, melody)
-            return _time(device, lambda: lm.generate(None, conditions, max_gen_len=frames, use_sampling=True,
+            return timed(device, lambda: lm.generate(None, conditions, max_gen_len=frames, use_sampling=True,
                                                      top_k=250)), steps
         slots = fast_batch(lm, batch, frames, melody, mode)  # each request its own slot and seed stream
         windows = fast_windows(lm, batch, frames, melody, device)
-        return _time(device, lambda: decode(slots, windows)), steps
+        return timed(device, lambda: decode(slots, windows)), steps
 
 
-def _time(device: str, fn) -> float:
+def timed(device: str, fn) -> float:
+    """Seconds `fn()` takes, the device's queued work included."""
     sync(device)
     t = time.perf_counter()
     fn()
@@ -206,7 +207,7 @@ def fast_batch(lm, slots: int, frames: int, melody: bool, mode: str):
             _FAST_LM[id(lm)] = copy.deepcopy(lm) if device_of(lm) == "cpu" else lm
         own = _FAST_LM[id(lm)]
         _BATCHES[key] = SlotBatch(own, slots, frames, prefix=300 if melody else 0, mode=mode)
-        with _autocast(device_of(lm)):
+        with autocast(device_of(lm)):
             _BATCHES[key].warm_up()
     return _BATCHES[key]
 
@@ -227,7 +228,7 @@ def fast_windows(lm, batch: int, frames: int, melody: bool, device: str) -> list
 def decode(slots, windows) -> None:
     from musicgen_local.engine.fast import decode as fast_decode
 
-    with _autocast(device_of(slots.lm)):
+    with autocast(device_of(slots.lm)):
         fast_decode(slots, windows)
 
 
@@ -235,10 +236,11 @@ def device_of(lm) -> str:
     return next(lm.parameters()).device.type
 
 
-def _autocast(device: str):
+def autocast(device: str):
+    """float16 autocast on CUDA, as MusicGen decodes there; nothing elsewhere."""
     import contextlib
 
-    return torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------ transformers
@@ -280,7 +282,7 @@ def _hf_generate(lm, batch: int, steps: int) -> None:
     model = hf_model(lm)
     device = next(model.parameters()).device
     ids = torch.randint(0, 64, (batch, 12), generator=torch.Generator().manual_seed(0)).to(device)
-    with _autocast(device.type):
+    with autocast(device.type):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=True,
                        top_k=250, guidance_scale=3.0)
 

@@ -20,7 +20,6 @@ The report goes to bench/RESULTS.md (Part 1) and, with --out, to a file there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bench import results
+from bench.decoder import autocast, timed
 
 log = logging.getLogger("gpu-check")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,23 +62,6 @@ class Report:
             self.add(f"FAILED: {type(exc).__name__}: {exc}")
             log.error("%s", traceback.format_exc())
         self.add(f"\n({time.monotonic() - start:.0f} s)")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(device: str, fn) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
 def peak_gib(device: str) -> float:
