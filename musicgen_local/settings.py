@@ -20,6 +20,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                                  "or a list such as cuda:0,cuda:1")),
     "MUSICGEN_DECODER": ("fast", "token decoder: fast (batched, static cache) or reference (audiocraft's loop)"),
     "MUSICGEN_STEP_MODE": ("auto", "fast decoder step: auto (CUDA graphs on CUDA), graph, compile, or eager"),
+    "MUSICGEN_CPU_PRODUCTS": ("rows", ("fast decoder's matrix products on CPU: rows (our batch-invariant kernel, "
+                                       "built with the C compiler at first use) or torch (MKL, as audiocraft)")),
     "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
     "MUSICGEN_WARMUP": ("default", ("models loaded and warmed before READY: default (stereo-melody-large when "
                                    "present), all, none, or a comma-separated list")),
@@ -45,6 +47,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
 }
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: give one of {', '.join(choices)}.")
+    return value
 
 
 def _flag(value: str) -> bool:
@@ -101,6 +109,7 @@ class Settings:
     devices: str = "auto"
     decoder: str = "fast"
     step_mode: str = "auto"
+    cpu_products: str = "rows"
     max_batch: int = 8
     warmup: str = "default"
     auto_fetch: bool = False
@@ -133,6 +142,7 @@ class Settings:
             devices=get("MUSICGEN_DEVICES"),
             decoder=get("MUSICGEN_DECODER"),
             step_mode=get("MUSICGEN_STEP_MODE"),
+            cpu_products=_one_of("MUSICGEN_CPU_PRODUCTS", get("MUSICGEN_CPU_PRODUCTS"), ("rows", "torch")),
             max_batch=int(get("MUSICGEN_MAX_BATCH")),
             warmup=get("MUSICGEN_WARMUP"),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),

@@ -318,7 +318,7 @@ class DeviceLoop:
             return None
         prefix = MELODY_PREFIX if "self_wav" in model.lm.condition_provider.conditioners else 0
         return SlotBatch(model.lm, self.settings.max_batch, int(model.max_duration * model.frame_rate), prefix,
-                         self.settings.step_mode)
+                         self.settings.step_mode, self.settings.cpu_products)
 
     def _evict(self) -> None:
         busy = {j.request.model_version for j in self.waiting} | {v for v, jobs in self.decoding.items() if jobs}

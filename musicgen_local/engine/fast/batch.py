@@ -67,13 +67,14 @@ def _buckets(limit: int, first: int) -> list[int]:
 
 
 class SlotBatch:
-    def __init__(self, lm, slots: int, max_frames: int, prefix: int = 0, mode: str = "auto"):
+    def __init__(self, lm, slots: int, max_frames: int, prefix: int = 0, mode: str = "auto",
+                 products: str = "rows"):
         self.lm = lm
         self.delays = list(lm.pattern_provider.delays)
         self.max_delay = max(self.delays)
         self.K, self.card = lm.num_codebooks, lm.card
         max_steps = 1 + max_frames + self.max_delay
-        self.static = StaticLM(lm, 2 * slots, prefix + max_steps)
+        self.static = StaticLM(lm, 2 * slots, prefix + max_steps, products=products)
         logits_dtype = self.static.dtype
         self.state = SlotState(slots, self.K, self.card, max_steps, self.delays, lm.special_token_id,
                                logits_dtype, self.static.device)

@@ -15,6 +15,10 @@ from audiocraft.modules import transformer as ac_transformer
 from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import create_sin_embedding
 
+from . import rows_kernel
+
+PRODUCTS = ("rows", "torch")
+
 
 def unsupported_reason(lm) -> str | None:
     """Why this LM cannot run on the fast path (None when it can)."""
@@ -72,10 +76,6 @@ def _attend(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
     return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).to(dtype))
 
 
-def _sdpa(attn, q, k, v, mask=None, causal=False) -> torch.Tensor:
-    return attn.out_proj(_attend(attn, q, k, v, mask, causal))
-
-
 class StaticLM:
     """Prefill and one-token steps over `rows` cache rows of up to `max_len` positions each.
 
@@ -83,18 +83,27 @@ class StaticLM:
     never move once allocated, so a CUDA graph captured over them stays valid; only a prompt or a
     window longer than any before (`grow_cross`, `grow`) reallocates.
 
-    Every step multiplies all `rows` rows by the weights, however many are in use: matrix kernels
-    pick their algorithm by the number of rows (on CPU, one for 1-2 rows and another from 4 on),
-    and a row's result must not depend on how many other requests decode beside it. Reading the
-    weights costs the same for 2 rows or 16; attention, whose cost grows with rows, runs on the
-    rows in use only.
+    With torch's products every step multiplies all `rows` rows by the weights, however many are in
+    use: BLAS kernels pick their algorithm by the number of rows (MKL on CPU: one for 1-2 rows,
+    another from 4 on), and a row's result must not depend on how many other requests decode beside
+    it. With `rows_kernel` a row's result depends on nothing else, so only the rows in use are
+    multiplied. Attention, whose cost grows with rows, runs on the rows in use only.
+
+    `products` picks the matrix products on CPU in float32: "rows" (`rows_kernel`: a row's result
+    does not depend on the other rows at all, and it is faster) or "torch" (MKL, the products
+    audiocraft's own loop makes, so that with two rows both decoders compute the same bits).
     """
 
-    def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64):
+    def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64, products: str = "rows"):
+        if products not in PRODUCTS:
+            raise ValueError(f"products must be one of {PRODUCTS}, not {products!r}")
         lay_out_for_cpu(lm)
         self.lm = lm
         first = next(lm.parameters())
         self.device, self.dtype = first.device, first.dtype
+        use_rows = products == "rows" and self.device.type == "cpu" and self.dtype == torch.float32
+        self.linear = rows_kernel.linear if use_rows and rows_kernel.available() else F.linear
+        self.pads_rows = self.linear is F.linear
         tr = lm.transformer
         self.layers = list(tr.layers)
         self.heads = tr.layers[0].self_attn.num_heads
@@ -162,7 +171,7 @@ class StaticLM:
             q, k, v = self._qkv(layer, layer.norm1(x))
             self.k[i, rows, :, :t0] = k
             self.v[i, rows, :, :t0] = v
-            x = x + layer.layer_scale_1(_sdpa(layer.self_attn, q, k, v, causal=t0 > 1))
+            x = x + layer.layer_scale_1(self._out(layer.self_attn, _attend(layer.self_attn, q, k, v, causal=t0 > 1)))
             x = self._cross_and_ff(i, layer, x, rows, cross.shape[1] if cross is not None else 0, None)
         return self._logits(x)
 
@@ -172,10 +181,10 @@ class StaticLM:
             attn = layer.cross_attention
             w, b = attn.in_proj_weight, attn.in_proj_bias
             dim = w.shape[0] // 3
-            self.cross_k[i, rows, :, :tc] = _split_heads(F.linear(cross, w[dim:2 * dim], None if b is None
-                                                                  else b[dim:2 * dim]), self.heads)
-            self.cross_v[i, rows, :, :tc] = _split_heads(F.linear(cross, w[2 * dim:], None if b is None
-                                                                  else b[2 * dim:]), self.heads)
+            self.cross_k[i, rows, :, :tc] = _split_heads(self.linear(cross, w[dim:2 * dim], None if b is None
+                                                                     else b[dim:2 * dim]), self.heads)
+            self.cross_v[i, rows, :, :tc] = _split_heads(self.linear(cross, w[2 * dim:], None if b is None
+                                                                     else b[2 * dim:]), self.heads)
         self.cross_valid[rows] = False
         self.cross_valid[rows, :tc] = True
 
@@ -207,21 +216,25 @@ class StaticLM:
             keys.scatter_(2, index, k)
             values.scatter_(2, index, v)
             attended = self._all_rows(_attend(layer.self_attn, q, keys, values, mask=mask))
-            x = x + layer.layer_scale_1(layer.self_attn.out_proj(attended))
+            x = x + layer.layer_scale_1(self._out(layer.self_attn, attended))
             x = self._cross_and_ff(i, layer, x, slice(0, n), cross_length, cross_mask)
         return self._logits(x)[:n]
 
     def _all_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [n, T, C] padded with zero rows to [rows, T, C]: what every matrix product of a step sees."""
-        if x.shape[0] == self.rows:
+        """x [n, T, C] padded with zero rows to [rows, T, C] (what every matrix product of a step sees)
+        where the products need it."""
+        if x.shape[0] == self.rows or not self.pads_rows:
             return x
         return torch.cat([x, x.new_zeros((self.rows - x.shape[0], *x.shape[1:]))])
 
     # -------------------------------------------------------------------------------- pieces
 
+    def _out(self, attn, attended: torch.Tensor) -> torch.Tensor:
+        return self.linear(attended, attn.out_proj.weight, attn.out_proj.bias)
+
     def _qkv(self, layer, x):
         attn = layer.self_attn
-        projected = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, T, 3C]
+        projected = self.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, T, 3C]
         b, t, _ = projected.shape
         packed = projected.view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         return packed[0], packed[1], packed[2]
@@ -232,17 +245,24 @@ class StaticLM:
             attn = layer.cross_attention
             dim = attn.in_proj_weight.shape[0] // 3
             bias = None if attn.in_proj_bias is None else attn.in_proj_bias[:dim]
-            q = _split_heads(F.linear(layer.norm_cross(x), attn.in_proj_weight[:dim], bias), self.heads)
+            q = _split_heads(self.linear(layer.norm_cross(x), attn.in_proj_weight[:dim], bias), self.heads)
             count = rows.stop - rows.start
             keys = self.cross_k[i, rows, :, :cross_length]
             values = self.cross_v[i, rows, :, :cross_length]
             attended = _attend(attn, q[:count], keys, values, mask=cross_mask)
             if count < x.shape[0]:
                 attended = torch.cat([attended, attended.new_zeros((x.shape[0] - count, *attended.shape[1:]))])
-            x = x + layer.layer_scale_cross(attn.out_proj(attended))
-        return x + layer.layer_scale_2(layer._ff_block(layer.norm2(x)))
+            x = x + layer.layer_scale_cross(self._out(attn, attended))
+        return x + layer.layer_scale_2(self._feed_forward(layer, layer.norm2(x)))
+
+    def _feed_forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+        """The layer's `_ff_block` (its dropouts are the identity in eval) through `self.linear`."""
+        hidden = layer.activation(self.linear(x, layer.linear1.weight, layer.linear1.bias))
+        return self.linear(hidden, layer.linear2.weight, layer.linear2.bias)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.lm.out_norm is not None:
             x = self.lm.out_norm(x)
-        return torch.stack([linear(x[:, -1]) for linear in self.lm.linears], dim=1)  # [R, K, card]
+        last = x[:, -1]
+        heads = [self.linear(last, head.weight, head.bias) for head in self.lm.linears]
+        return torch.stack(heads, dim=1)  # [R, K, card]
