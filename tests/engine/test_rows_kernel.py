@@ -77,6 +77,20 @@ def test_torchs_product_serves_where_the_kernel_does_not_apply():
     assert torch.equal(rows_kernel.linear(x.to(torch.bfloat16), half), F.linear(x.to(torch.bfloat16), half))
 
 
+@pytest.mark.skipif(bool(os.environ.get("CFLAGS")), reason="already a build of its own")
+def test_the_avx2_build_passes_these_tests_too():
+    """On a machine with AVX-512, build the 8-float kernel (what AVX2-only CPUs get) and run this file on it."""
+    env = {**os.environ, "CFLAGS": "-mno-avx512f"}
+    code = "from musicgen_local.engine.fast import rows_kernel as r; print(r.vector_width())"
+    width = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                           check=True)
+    assert width.stdout.strip() == "8", width.stderr
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert " passed" in run.stdout and "skipped" in run.stdout  # this test itself, in there
+
+
 def test_without_a_c_compiler_the_decoder_says_so_and_uses_torchs_products():
     code = ("import logging; logging.basicConfig()\n"
             "from musicgen_local.engine.fast import rows_kernel\n"

@@ -18,21 +18,25 @@
 #include <omp.h>
 #endif
 
-/* Tuned for, and only measured on, AVX-512 (16 floats a vector): with 256-bit vectors these tiles spill
-   and run slower than MKL. Without it the build stops here and the decoder uses torch's products. */
-#if !defined(__AVX512F__)
-#error "the rows kernel needs AVX-512"
-#endif
+/* 16 floats a vector with AVX-512, 8 with AVX2. Hardware FMA is required: the vector columns' `acc += a * b`
+   must round once, like the tail's fmaf, or a column would give other bits in a block than in the tail. */
+#if defined(__AVX512F__)
 #define VW 16
-typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
+#define FEW_NV 8
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VW 8
+#define FEW_NV 4
+#else
+#error "the rows kernel needs AVX2 with FMA, or AVX-512"
+#endif
+typedef float vf __attribute__((vector_size(VW * 4), aligned(4), may_alias));
 
-static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf load(const float *p) { return *(const vf *)p; }
+static inline void store(float *p, vf v) { *(vf *)p = v; }
 static inline vf splat(float a) { return (vf){0} + a; }
 
 /* Two rows or fewer: memory-bound. A sweep reads FEW_KB whole weight rows as parallel sequential
-   streams, prefetching one block ahead, while the partial sums wait in y (in L1). */
-#define FEW_NV 8
+   streams (FEW_NV vectors wide), prefetching one block ahead, while the partial sums wait in y (in L1). */
 #define FEW_KB 8
 /* More rows: compute-bound. Tiles of MANY_MR rows x MANY_NV vectors; a weight block of MANY_KB rows
    stays in L1 while every row group passes over it. */
@@ -120,6 +124,8 @@ static void tail(int M, int K, const float *x, ptrdiff_t ldx, const float *w, pt
             y[m * ldy + n] = acc;
         }
 }
+
+int rows_linear_vector_width(void) { return VW; }
 
 void rows_linear(int M, int N, int K, const float *x, ptrdiff_t ldx, const float *w, ptrdiff_t ldw,
                  const float *bias, float *y, ptrdiff_t ldy, int threads) {
