@@ -4,10 +4,11 @@ first use (for this CPU: -march=native) and called through ctypes, which lets go
 Why a kernel of our own: a decode step multiplies 2 to 2 x MUSICGEN_MAX_BATCH rows by every weight
 matrix, and for so few rows MKL reads the weights at about half the memory's rate, while what it
 computes for one row depends on how many rows it is given (batching would change a request's audio).
-The kernel sums every element in the same order whatever the rows, and runs 1.6-2x faster than MKL
-at 2 and 16 rows (`bench/RESULTS.md`). It needs AVX2 with FMA, or AVX-512; without them, or without a
-C compiler, torch's own products are used (and the log says why, once). `CC` and `CFLAGS` work as usual
-(CFLAGS come after ours: `CFLAGS=-mno-avx512f` builds the AVX2 kernel on an AVX-512 machine).
+The kernel sums every element in the same order whatever the rows, and runs 1.5-2x faster than MKL
+at 2 and 16 rows with AVX-512, 1.2-2x with AVX2 (`bench/RESULTS.md`). It needs AVX2 with FMA, or
+AVX-512; without them, or without a C compiler, torch's own products are used (and the log says why,
+once). `CC` and `CFLAGS` work as usual (CFLAGS come after ours: `CFLAGS=-mno-avx512f` builds the AVX2
+kernel on an AVX-512 machine).
 """
 
 from __future__ import annotations
