@@ -106,8 +106,9 @@ def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(co
             time.sleep(0.05)
         results: dict[int, dict] = {}
 
-        def predict(i: int) -> None:
-            results[i] = _post(cog_server, {"input": inputs[i]})
+        def predict(i: int) -> None:  # no asserts here: pytest would not see a failure in this thread
+            response = httpx.post(f"{cog_server}/predictions", json={"input": inputs[i]}, timeout=300)
+            results[i] = {"http_status": response.status_code, "text": response.text}
 
         others = [threading.Thread(target=predict, args=(i,)) for i in (1, 2)]
         for thread in others:
@@ -119,6 +120,9 @@ def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(co
             time.sleep(0.1)
     finally:
         hook.shutdown()
+    for i in (1, 2):
+        assert results.get(i, {}).get("http_status") == 200, (i, results.get(i))
+        results[i] = json.loads(results[i]["text"])
     results[0] = next(event for event in seen if event.get("status") in ("succeeded", "failed"))
     for i, body in results.items():
         assert body["status"] == "succeeded", body
