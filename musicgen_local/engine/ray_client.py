@@ -111,10 +111,11 @@ class RayEngine:
                 self._bridge.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._bridge.kill()
+                self._bridge.wait()
             with self._send_lock:
                 self._conn.close()
                 self._conn = None
-            self._lost(reason)
+            self._lost(reason or self._why_the_bridge_ended())
             while self._conn is None:
                 if self._closing.wait(RECONNECT_S):
                     return
@@ -128,9 +129,9 @@ class RayEngine:
                     self._conn = conn
                 log.info("Ray cluster at %s joined again", self.settings.ray_address)
 
-    def _pump(self, conn) -> str:
-        """Relay the bridge's messages until it ends; why it ended."""
-        reason = "the Ray driver process ended"
+    def _pump(self, conn) -> str | None:
+        """Relay the bridge's messages until it ends; why it ended, if it said."""
+        reason = None
         while True:
             try:
                 message = conn.recv()
@@ -143,6 +144,12 @@ class RayEngine:
             elif message[0] == "lost":  # the bridge exits next; until then nothing reaches the cluster
                 reason = self._lost_because = message[1]
                 self._health = {"status": "UNHEALTHY", "error": reason}
+
+    def _why_the_bridge_ended(self) -> str:
+        # Ray may end its driver before the driver notices the cluster is gone: the cluster's port tells.
+        if self.settings.ray_address != "local" and not _listening(self._gcs):
+            return f"the Ray cluster at {self.settings.ray_address} ({self._gcs}) stopped answering"
+        return f"the Ray driver process ended (exit status {self._bridge.returncode})"
 
     def _lost(self, reason: str) -> None:
         if self._closing.is_set():

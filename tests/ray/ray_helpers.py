@@ -100,6 +100,27 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def ray_driver_pid() -> int:
+    """The Ray driver process (`ray_bridge`) that the engine in this test process started."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"musicgen_local.engine.ray_bridge" in args and _alive(int(stat.parent.name)):
+            return int(stat.parent.name)
+    raise AssertionError("the engine has no Ray driver process")
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_for(condition, timeout: float, message=lambda: "timed out") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
