@@ -41,11 +41,9 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, Path(self.log.name).read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if listening(self.port):
                 return
-            except OSError:
-                time.sleep(0.5)
+            time.sleep(0.5)
         raise AssertionError(f"the Ray head did not listen on {self.address} within {timeout} s")
 
     def kill(self) -> None:
@@ -70,19 +68,25 @@ class Cluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _descendants(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        children = _children()
         found, todo = [], [self.process.pid]
         while todo:
             for child in children.get(todo.pop(), []):
                 found.append(child)
                 todo.append(child)
         return found
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, by parent id, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
 
 
 def _alive(pid: int) -> bool:
@@ -102,14 +106,13 @@ def _signal(pid: int, sig: int) -> None:
 
 def ray_driver_pid() -> int:
     """The Ray driver process (`ray_bridge`) that the engine in this test process started."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in _children().get(os.getpid(), []):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+            args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
             continue
-        if ppid == os.getpid() and b"musicgen_local.engine.ray_bridge" in args and _alive(int(stat.parent.name)):
-            return int(stat.parent.name)
+        if b"musicgen_local.engine.ray_bridge" in args and _alive(pid):
+            return pid
     raise AssertionError("the engine has no Ray driver process")
 
 
