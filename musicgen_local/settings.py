@@ -15,7 +15,10 @@ from pathlib import Path
 ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_WEIGHTS": ("./weights", "directory holding the Hugging Face hub cache and torch hub dir"),
     "MUSICGEN_MAX_DURATION": ("300", "longest `duration` accepted, in seconds (and longest encode-decode input)"),
-    "MUSICGEN_MAX_MODELS": ("0", "models kept resident per device (least recently used evicted); 0 = all"),
+    "MUSICGEN_MAX_MODELS": ("0", ("models kept resident per device at most (least recently used idle ones evicted); "
+                                  "0 = as many as fit in the device's memory plan")),
+    "MUSICGEN_DEVICE_MEMORY": ("", ("bytes each device's memory plan may use (e.g. 20GB, 18GiB); unset = the device's "
+                                    "free memory at start (a 5% margin, and 512 MiB on CUDA, are kept back)")),
     "MUSICGEN_DEVICES": ("auto", ("devices, one engine loop each: auto (every CUDA device, else cpu), cpu, "
                                  "or a list such as cuda:0,cuda:1")),
     "MUSICGEN_DECODER": ("fast", "token decoder: fast (batched, static cache) or reference (audiocraft's loop)"),
@@ -75,6 +78,22 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str) -> int | None:
+    """`24GB`, `24GiB`, `500M`, `1073741824` -> bytes; empty -> None."""
+    if not text.strip():
+        return None
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(f"MUSICGEN_DEVICE_MEMORY={text!r}: give a size such as 20GB, 20GiB or 21474836480.")
+    unit = (match[2] or "").lower()
+    scale = _UNITS[unit[:1]] if "i" not in unit else 2 ** (10 * "kmgt".index(unit[0]) + 10)
+    return int(float(match[1]) * scale)
+
+
 def _checkpoint_overrides(value: str) -> dict[str, str]:
     pairs = (item.split("=", 1) for item in value.split(",") if "=" in item)
     return {name.strip(): source.strip() for name, source in pairs}
@@ -106,6 +125,7 @@ class Settings:
     weights_dir: Path = Path("./weights")
     max_duration: int = 300
     max_models: int = 0
+    device_memory: int | None = None  # bytes; None: free memory at start
     devices: str = "auto"
     decoder: str = "fast"
     step_mode: str = "auto"
@@ -139,6 +159,7 @@ class Settings:
             weights_dir=Path(get("MUSICGEN_WEIGHTS")).expanduser().resolve(),
             max_duration=int(get("MUSICGEN_MAX_DURATION")),
             max_models=int(get("MUSICGEN_MAX_MODELS")),
+            device_memory=parse_size(get("MUSICGEN_DEVICE_MEMORY")),
             devices=get("MUSICGEN_DEVICES"),
             decoder=get("MUSICGEN_DECODER"),
             step_mode=get("MUSICGEN_STEP_MODE"),

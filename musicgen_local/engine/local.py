@@ -1,10 +1,20 @@
-"""`LocalEngine`: the engine in this process. A prepare pool, one device loop per device, an encode pool.
+"""`LocalEngine`: the engine in this process. A prepare pool, a loader pool, one device loop per device,
+an encode pool.
 
 submit() checks the request and returns its Run at once. The prepare pool then makes sure the
 weights are there (fetching them when allowed) and reads the input audio within its limits; the
-request goes to the device that already holds its model, else to the least loaded one; that
-device's loop generates it and hands the waveform to the encode pool. Nothing slow ever runs on a
-device loop but device work, and a device loop never waits on anything but the device.
+request goes to the device that already holds its model, else to the least loaded one. A model the
+device does not hold is read from disk by the loader pool while that device's loop goes on
+decoding; the loop builds it on the device, generates, and hands the waveform to the encode pool.
+
+What still runs on a device loop besides decoding is device work that has to be there: moving a
+read model onto the device, capturing its step graphs, its self-check, MultiBand Diffusion's first
+build, and a request's conditioning (T5, htdemucs) and codec decode. A request decoded by
+audiocraft's own loop (MUSICGEN_DECODER=reference, or a model whose fast decoder failed its
+self-check) holds the loop for its whole generation.
+
+When a device fails for good (`faults.py`), health says UNHEALTHY and `lost` is set, so that
+whoever runs the engine can exit and be restarted.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -26,18 +37,20 @@ from . import inputs
 from .api import Failed, Log, Request, failure
 from .loop import DeviceLoop, Job
 from .mbd import LazyMbd
-from .models import load_model, resolve_devices, weights_check
+from .models import build_model, read_checkpoint, resolve_devices, weights_check
 from .run import LocalRun
 
 log = logging.getLogger(__name__)
 PREPARE_WORKERS = 4  # downloads and decodes at once: I/O bound, independent of the devices
+LOADER_WORKERS = 1  # checkpoints read at once: one disk, and each is gigabytes of host memory
 ENCODE_WORKERS = 2  # ffmpeg processes at once
 
 
 class LocalEngine:
     def __init__(self, settings: Settings, load: Callable[[str, str], Any] | None = None) -> None:
-        """load(model_version, device) -> model: how the device loops load models (default: from
-        MUSICGEN_WEIGHTS; the GPU check builds random full-size ones)."""
+        """load(model_version, device) -> model: how the device loops load models (default: read from
+        MUSICGEN_WEIGHTS by the loader pool, built by the loop; the GPU check builds random full-size
+        ones, all of it on the loop)."""
         self.settings = settings
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -45,9 +58,15 @@ class LocalEngine:
         self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
                                     check_url=partial(_check_input_url, block_private=settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
+        self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
-        self.loops = [DeviceLoop(device, settings, self.encode_pool, load or partial(load_model, settings),
-                                 LazyMbd(settings.weights_dir, device))
+        self.lost = threading.Event()  # a device failed for good: the process should exit (see `faults`)
+        if load is None:
+            read, build = partial(read_checkpoint, settings), partial(build_model, settings)
+        else:
+            read, build = _as_is, load
+        self.loops = [DeviceLoop(device, settings, self.encode_pool, self.loader_pool, read, build,
+                                 LazyMbd(settings.weights_dir, device), self._device_lost)
                       for device in resolve_devices(settings.devices)]
         self._weights_found: set[tuple[str, bool]] = set()
         self._own_loader = load is not None
@@ -100,9 +119,18 @@ class LocalEngine:
         return min(holding or self.loops, key=lambda loop: loop.jobs)
 
     def health(self) -> dict[str, Any]:
+        devices = [loop.health() for loop in self.loops]
         ready = all(loop.ready.is_set() for loop in self.loops)
-        return {"status": "READY" if ready else "STARTING", "decoder": self.settings.decoder,
-                "max_batch": self.settings.max_batch, "devices": [loop.health() for loop in self.loops]}
+        out = {"status": "READY" if ready else "STARTING", "decoder": self.settings.decoder,
+               "max_batch": self.settings.max_batch, "devices": devices}
+        lost = [d["error"] for d in devices if d["status"] == "UNHEALTHY"]
+        if lost:
+            out.update(status="UNHEALTHY", error=" ".join(lost))
+        return out
+
+    def _device_lost(self, device: str, message: str) -> None:
+        log.critical("engine: %s is lost; whoever runs this engine should exit (%s)", device, message)
+        self.lost.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return all(loop.ready.wait(timeout) for loop in self.loops)
@@ -111,7 +139,13 @@ class LocalEngine:
         for loop in self.loops:
             loop.stop()
         self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self.loader_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=True)
+
+
+def _as_is(model_version: str) -> str:
+    """The loader stage of a `load(model_version, device)` given to the engine: nothing to read first."""
+    return model_version
 
 
 def _check_input_url(url: str, block_private: bool) -> None:

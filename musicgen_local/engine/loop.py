@@ -5,6 +5,16 @@ their model's batch (conditions, prefill, first token), runs one decode step for
 has live slots (all models in turn, so none starves another), reports progress and streams audio
 as frames become final, and retires finished windows: the next window of the request, or the codec
 and then the encode pool. Other threads only ever hand it jobs and read its events.
+
+A model it does not hold is read from disk by the loader pool while the loop goes on decoding; once
+read, the loop places it by its memory plan (`memory.py`: evicting idle models, or waiting for busy
+ones to finish), builds it on the device, captures its step graphs and checks its fast decoder
+against audiocraft's (`selfcheck.py`) before any request uses it.
+
+Failures have the reach `faults.py` gives them: a request's error ends that request; running out of
+memory frees the cache and ends what needed the memory; a fatal device error ends every job here
+(those not started yet end `Failed(kind="device")`, so that a server keeps them queued for its next
+start), marks the device lost and tells the engine, whose owner exits.
 """
 
 from __future__ import annotations
@@ -23,10 +33,10 @@ import torch
 
 from .. import audio
 from .. import weights as W
-from ..errors import Cancelled, MusicgenError
+from ..errors import Cancelled, EngineError, MusicgenError
 from ..settings import Settings
-from . import codec, reference
-from .api import Canceled, Done, Log, Progress, Request, Result, Started, failure
+from . import codec, faults, memory, reference, selfcheck
+from .api import Canceled, Done, Failed, Log, Progress, Request, Result, Started, failure
 from .fast import SamplingParams, SlotBatch, Window, unsupported_reason
 from .plan import Plan, plan_request
 from .run import LocalRun
@@ -64,21 +74,40 @@ class Job:
 @dataclass
 class Resident:
     model: Any  # audiocraft MusicGen, or the EnCodec of encode-decode
-    batch: SlotBatch | None  # the fast decoder's slots for this LM
+    batch: SlotBatch | None  # the fast decoder's slots for this LM (None: audiocraft's loop decodes it)
+
+
+@dataclass
+class _Read:
+    """The loader pool's answer: a model's checkpoint in host memory, or why it could not be read."""
+
+    model_version: str
+    host: Any = None
+    error: Exception | None = None
 
 
 class DeviceLoop:
-    def __init__(self, device: str, settings: Settings, encode_pool: Executor, load, mbd) -> None:
-        self.device, self.settings, self.encode_pool = device, settings, encode_pool
-        self._load, self.mbd = load, mbd  # load(model_version, device) -> model; mbd: LazyMbd
-        self.inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    def __init__(self, device: str, settings: Settings, encode_pool: Executor, loader_pool: Executor, read, build,
+                 mbd, on_lost=None) -> None:
+        """read(model_version) -> host copy (the loader pool); build(host copy, device) -> model (here);
+        on_lost(device, message): called once if the device fails for good."""
+        self.device, self.settings, self.encode_pool, self.loader_pool = device, settings, encode_pool, loader_pool
+        self._read, self._build, self.mbd, self._on_lost = read, build, mbd, on_lost
+        self.inbox: queue.SimpleQueue[Job | _Read | None] = queue.SimpleQueue()
         self.models: OrderedDict[str, Resident] = OrderedDict()
+        self.plan = memory.new_plan(device, settings.device_memory)
         self.model_loads = 0
+        self.loading: dict[str, list[Job]] = {}  # model_version -> jobs waiting for it to be read and placed
+        self.read: dict[str, Any] = {}  # model_version -> host copy, read and waiting for room on the device
+        self.fast_decoder: dict[str, str] = {}  # model_version -> "enabled (...)" or "disabled (why)"
         self.waiting: list[Job] = []  # windows waiting for a slot, oldest first (a next window goes first)
         self.decoding: dict[str, dict[int, Job]] = {}  # model_version -> slot -> job
+        self.lost: str | None = None  # why the device can serve nothing more
+        self.out_of_memory = 0  # out-of-memory errors survived
         self.ready = threading.Event()
         self.jobs = 0  # routed here and not ended: how loaded this device is
         self._count = threading.Lock()
+        self._busy_before: set[str] = set()
         self._thread = threading.Thread(target=self._run, name=f"device-loop-{device}", daemon=True)
         self._thread.start()
 
@@ -87,34 +116,53 @@ class DeviceLoop:
     def put(self, job: Job) -> None:
         with self._count:
             self.jobs += 1
-        self.inbox.put(job)
+            lost = self.lost
+        if lost is None:
+            self.inbox.put(job)
+        else:
+            self._end(job, _not_started(self.device, lost))
 
     def stop(self) -> None:
         self.inbox.put(None)
         self._thread.join(timeout=30)
 
     def health(self) -> dict[str, Any]:
-        return {"device": self.device, "ready": self.ready.is_set(), "resident_models": list(self.models),
-                "model_loads": self.model_loads, "mbd_loads": self.mbd.loads, "jobs": self.jobs,
-                "decoding": sum(len(jobs) for jobs in self.decoding.values())}
+        status = "UNHEALTHY" if self.lost else "READY" if self.ready.is_set() else "STARTING"
+        out = {"device": self.device, "status": status, "ready": self.ready.is_set(),
+               "resident_models": list(self.models), "model_loads": self.model_loads, "mbd_loads": self.mbd.loads,
+               "jobs": self.jobs, "decoding": sum(len(jobs) for jobs in self.decoding.values()),
+               "loading": sorted(self.loading), "fast_decoder": dict(self.fast_decoder),
+               "memory": self.plan.as_dict(), "out_of_memory_errors": self.out_of_memory}
+        if self.lost:
+            out["error"] = self.lost
+        return out
 
     # ---------------------------------------------------------------------------------- the loop
 
     def _run(self) -> None:
         try:
             self._warm_up()
+        except faults.DeviceLost as lost:
+            self._lose(lost)
         except Exception:  # noqa: BLE001 - a model that cannot warm up still serves the others, logged
             log.exception("warm-up failed on %s", self.device)
         finally:
             self.ready.set()
         with torch.inference_mode():
-            while self._receive(block=not self.waiting and not any(self.decoding.values())):
+            while not self.lost and self._receive(block=not self.waiting and not any(self.decoding.values())):
                 try:
+                    self._place_waiting_models()
                     self._admit()
                     self._step()
-                except Exception as exc:  # noqa: BLE001 - a bug or a device error: end what was running, go on
+                except faults.DeviceLost as lost:
+                    self._lose(lost)
+                except Exception as exc:  # noqa: BLE001 - a bug: end what was running, go on
+                    if faults.classify(exc, self.device) == faults.FATAL:
+                        self._lose(faults.DeviceLost(self.device, exc))
+                        continue
                     log.exception("device loop %s: step failed", self.device)
                     self._fail_all(exc)
+        self._refuse_forever()
 
     def _fail_all(self, exc: Exception) -> None:
         for job in [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values())]:
@@ -125,22 +173,63 @@ class DeviceLoop:
                 self.models[model_version].batch.release(slot)
             jobs.clear()
 
+    def _lose(self, lost: faults.DeviceLost) -> None:
+        """The device is unusable: every job here ends, and the engine is told (it exits)."""
+        message = (f"The GPU {self.device} failed with an unrecoverable error ({lost.cause}). This server "
+                   "stops and is restarted; predictions that had not started yet run after the restart.")
+        log.critical("device %s lost: %s", self.device, lost)
+        with self._count:
+            self.lost = message
+        started = [*(j for jobs in self.decoding.values() for j in jobs.values()),
+                   *(j for j in self.waiting if j.started)]
+        queued = [*(j for j in self.waiting if not j.started), *(j for jobs in self.loading.values() for j in jobs)]
+        for job in started:
+            self._end(job, Failed(message, kind="internal"))
+        for job in queued:
+            self._end(job, _not_started(self.device, message))
+        self.waiting.clear()
+        self.decoding.clear()
+        self.loading.clear()
+        if self._on_lost is not None:
+            self._on_lost(self.device, message)
+
+    def _refuse_forever(self) -> None:
+        """After a lost device: whatever still arrives ends at once, until the loop is stopped."""
+        while self.lost:
+            item = self.inbox.get()
+            if item is None:
+                return
+            if isinstance(item, Job):
+                self._end(item, _not_started(self.device, self.lost))
+
     def _receive(self, block: bool) -> bool:
         """Take the jobs that arrived (waiting for one when idle); False when told to stop."""
         while True:
             try:
-                job = self.inbox.get(block=block)
+                item = self.inbox.get(block=block)
             except queue.Empty:
                 return True
-            if job is None:
+            if item is None:
                 return False
             block = False
-            self._guard(job, self._arrive, job)
+            if isinstance(item, _Read):
+                self._model_read(item)
+            else:
+                self._guard(item, self._arrive, item)
 
     def _arrive(self, job: Job) -> None:
         if job.run.canceled.is_set():
             raise Cancelled()
-        model = self._model(job.request.model_version, job)
+        model_version = job.request.model_version
+        if model_version not in self.models:
+            return self._wait_for_model(job)
+        self.models.move_to_end(model_version)
+        self._start(job, self.models[model_version].model)
+
+    def _start(self, job: Job, model) -> None:
+        """A job whose model is resident: the codec round trip, audiocraft's loop, or a slot's wait."""
+        if job.run.canceled.is_set():
+            raise Cancelled()
         if job.request.model_version == CODEC_KEY:
             return self._round_trip(job, model)
         if self.settings.decoder == "reference" or self.models[job.request.model_version].batch is None:
@@ -195,7 +284,12 @@ class DeviceLoop:
                 with _autocast(self.device):
                     batch.step()
             except Exception as exc:  # noqa: BLE001 - e.g. out of device memory: this batch's requests fail
+                reach = faults.classify(exc, self.device)
+                if reach == faults.FATAL:
+                    raise faults.DeviceLost(self.device, exc) from exc
                 log.exception("device loop %s: %s step failed", self.device, model_version)
+                if reach == faults.OUT_OF_MEMORY:
+                    exc = self._out_of_memory(exc, f"decoding a batch of {len(jobs)} {model_version} requests")
                 for job in list(jobs.values()):
                     self._release(job, batch)
                     self._end(job, _failure(exc, job))
@@ -288,67 +382,222 @@ class DeviceLoop:
 
     # ---------------------------------------------------------------------------------- models
 
-    def _model(self, model_version: str, job: Job | None = None):
-        """The resident model, loaded on first use; beyond MUSICGEN_MAX_MODELS the least recently used
-        model that no request is using is dropped, and its device memory returned."""
-        if model_version in self.models:
-            self.models.move_to_end(model_version)
-            return self.models[model_version].model
-        say = job.log if job is not None else log.info
-        say(f"Loading model {model_version}...")
+    def _wait_for_model(self, job: Job) -> None:
+        """The job's model is not here: have it read (once) by the loader pool; the job waits."""
+        model_version = job.request.model_version
+        waiting = self.loading.setdefault(model_version, [])
+        waiting.append(job)
+        job.log(f"Loading model {model_version}...")
+        if len(waiting) == 1 and model_version not in self.read:
+            self.loader_pool.submit(self._read_in_pool, model_version)
+
+    def _read_in_pool(self, model_version: str) -> None:
+        """In the loader pool: the checkpoint into host memory, then back to the loop through its inbox."""
+        try:
+            self.inbox.put(_Read(model_version, host=self._read(model_version)))
+        except Exception as exc:  # noqa: BLE001 - reported to the jobs waiting for the model
+            self.inbox.put(_Read(model_version, error=exc))
+
+    def _model_read(self, read: _Read) -> None:
+        if read.error is not None:
+            for job in self.loading.pop(read.model_version, []):
+                self._end(job, _failure(read.error, job))
+            return
+        self.read[read.model_version] = read.host
+        self._place(read.model_version)
+
+    def _place_waiting_models(self) -> None:
+        """Models read but not placed wait for busy models to finish: try again when that changed."""
+        busy = self._busy()
+        if self.read and busy != self._busy_before:
+            for model_version in list(self.read):
+                self._place(model_version)
+        self._busy_before = busy
+
+    def _place(self, model_version: str) -> None:
+        """Build a read model on the device if the plan has room for it (making room by evicting idle
+        models); else it waits for a busy one to finish, or, when nothing else holds the device, its
+        jobs fail with what it needs."""
+        jobs = [j for j in self.loading.get(model_version, []) if not j.run.canceled.is_set()]
+        for job in self.loading.get(model_version, []):
+            if job.run.canceled.is_set():
+                self._end(job, Canceled())
+        self.loading[model_version] = jobs
+        if not jobs:
+            self.read.pop(model_version, None)
+            self.loading.pop(model_version, None)
+            return
+        try:
+            placed = self._activate(model_version, self.read[model_version], jobs[0].log)
+        except faults.DeviceLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model could not be built: its jobs fail, the device goes on
+            if faults.classify(exc, self.device) == faults.FATAL:
+                raise faults.DeviceLost(self.device, exc) from exc
+            if faults.classify(exc, self.device) == faults.OUT_OF_MEMORY:
+                exc = self._out_of_memory(exc, f"loading {model_version}")
+            placed = exc
+        if placed is False:
+            return  # waits for room
+        self.read.pop(model_version, None)
+        for job in self.loading.pop(model_version, []):
+            if isinstance(placed, Exception):
+                self._end(job, _failure(placed, job))
+            else:
+                self._guard(job, self._start, job, self.models[model_version].model)
+
+    def _activate(self, model_version: str, host, say) -> bool:
+        """Build, size, warm and check one model. False: not now (busy models hold the room it needs)."""
+        dtype_bytes = 4 if torch.device(self.device).type == "cpu" else 2
+        lm = W.PRESETS[model_version].lm
+        estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if W.PRESETS[model_version].melody else 0)
+        if estimate is not None and not self._room_for(model_version, estimate.total(1 if lm else 0)):
+            return self._cannot_place(model_version, estimate)
         start = time.monotonic()
-        model = self._load(model_version, self.device)
+        before = _allocated(self.device)
+        model = self._build(host, self.device)
         self.model_loads += 1
+        weights = _allocated(self.device) - before if self.device.startswith("cuda") else (
+            memory.module_bytes(model.lm) + memory.module_bytes(model.compression_model) if lm
+            else memory.module_bytes(model))
+        if lm:
+            fp = memory.footprint_of(model, weights, dtype_bytes, self._prefix(model))
+        else:
+            fp = memory.Footprint(weights, 0, 0, 1, 0, 0, 0, dtype_bytes, streams=2, cross=False)
+        slots = self._slots_for(model_version, fp) if lm else 0
+        if lm and slots == 0:
+            del model
+            faults.free_cached(self.device)
+            return self._cannot_place(model_version, fp)
         say(f"Model {model_version} loaded in {time.monotonic() - start:.1f}s.")
-        batch = self._new_batch(model) if W.PRESETS[model_version].lm else None
+        if lm and slots < self.settings.max_batch and self.settings.decoder == "fast":
+            say(f"{model_version} decodes at most {slots} requests at once on {self.device}: that is what fits in "
+                f"its memory plan (MUSICGEN_MAX_BATCH={self.settings.max_batch}).")
+        batch = self._new_batch(model, slots) if lm else None
         if batch is not None:
             with _autocast(self.device):
                 graphs = batch.warm_up()  # every (slots, cache length) bucket, before any slot is live
             if graphs:
                 say(f"Captured {graphs} decode-step graphs for {model_version}.")
+            batch = self._check(model_version, model, batch)
         self.models[model_version] = Resident(model, batch)
-        self._evict()
-        return model
+        self.plan.models[model_version] = memory.Resident(fp, slots)
+        self._evict_beyond_count()
+        return True
 
-    def _new_batch(self, model) -> SlotBatch | None:
-        reason = unsupported_reason(model.lm)
-        if self.settings.decoder == "reference" or reason:
-            if reason:
-                log.info("%s decodes with audiocraft's loop: %s", model.name, reason)
-            return None
-        prefix = MELODY_PREFIX if "self_wav" in model.lm.condition_provider.conditioners else 0
-        return SlotBatch(model.lm, self.settings.max_batch, int(model.max_duration * model.frame_rate), prefix,
-                         self.settings.step_mode, self.settings.cpu_products)
+    def _check(self, model_version: str, model, batch: SlotBatch) -> SlotBatch | None:
+        """The fast decoder against audiocraft's on this device and dtype; None (audiocraft's loop
+        serves the model) when they disagree."""
+        start = time.monotonic()
+        with _autocast(self.device):
+            verdict = selfcheck.compare(model, batch)
+        took = time.monotonic() - start
+        if verdict.ok:
+            self.fast_decoder[model_version] = f"enabled ({verdict.summary}; checked in {took:.2f} s)"
+            log.info("%s on %s: fast decoder agrees with audiocraft's: %s", model_version, self.device, verdict.summary)
+            return batch
+        self.fast_decoder[model_version] = f"disabled ({verdict.summary})"
+        log.error("!!! %s on %s: the fast decoder DISAGREES with audiocraft's reference (%s). This model is served "
+                  "by audiocraft's own loop instead (one request at a time). Please report it with this line.",
+                  model_version, self.device, verdict.summary)
+        return None
 
-    def _evict(self) -> None:
-        busy = {j.request.model_version for j in self.waiting} | {v for v, jobs in self.decoding.items() if jobs}
+    def _cannot_place(self, model_version: str, fp: memory.Footprint) -> bool | Exception:
+        if self._busy() - {model_version}:
+            return False
+        return EngineError(self.plan.too_big(model_version, fp))
+
+    def _room_for(self, model_version: str, needed: int) -> bool:
+        """Evict idle models, least recently used first, until `needed` bytes are free."""
+        while self.plan.free < needed:
+            idle = [v for v in self.models if v not in self._busy() and v != model_version]
+            if not idle:
+                return False
+            self._unload(idle[0], "to make room")
+        return True
+
+    def _slots_for(self, model_version: str, fp: memory.Footprint) -> int:
+        """MUSICGEN_MAX_BATCH slots when they fit (evicting idle models for them), else as many as fit."""
+        want = self.settings.max_batch if self.settings.decoder == "fast" else 1
+        self._room_for(model_version, fp.total(want) - fp.weights)
+        room = self.plan.free + fp.weights  # the weights are loaded already but not in the plan yet
+        return next((n for n in range(want, 0, -1) if fp.total(n) <= room), 0)
+
+    def _busy(self) -> set[str]:
+        return ({j.request.model_version for j in self.waiting} | {v for v, jobs in self.decoding.items() if jobs}
+                | set(self.loading))
+
+    def _unload(self, model_version: str, why: str) -> None:
+        del self.models[model_version]
+        self.decoding.pop(model_version, None)
+        self.plan.models.pop(model_version, None)
+        self.fast_decoder.pop(model_version, None)
+        log.info("evicted %s from %s %s", model_version, self.device, why)
+        faults.free_cached(self.device)
+
+    def _evict_beyond_count(self) -> None:
+        """MUSICGEN_MAX_MODELS, when set, caps the count too (least recently used idle models go)."""
+        busy = self._busy()
         while self.settings.max_models and len(self.models) > self.settings.max_models:
             idle = [v for v in self.models if v not in busy][:1]
             if not idle:
                 return
-            del self.models[idle[0]]
-            self.decoding.pop(idle[0], None)
-            log.info("evicted %s from %s", idle[0], self.device)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            self._unload(idle[0], f"(MUSICGEN_MAX_MODELS={self.settings.max_models})")
+
+    def _out_of_memory(self, exc: Exception, doing: str) -> EngineError:
+        """After the allocator refused: free its cache and say what failed, readably. The device goes on."""
+        self.out_of_memory += 1
+        faults.free_cached(self.device)
+        log.warning("out of memory on %s while %s: %s", self.device, doing, str(exc).splitlines()[0][:300])
+        return EngineError(f"Out of memory on {self.device} while {doing}. The server goes on serving; try a "
+                           "shorter `duration`, fewer requests at once (MUSICGEN_MAX_BATCH), or fewer models on this "
+                           "device (MUSICGEN_DEVICE_MEMORY).")
+
+    def _prefix(self, model) -> int:
+        return MELODY_PREFIX if "self_wav" in model.lm.condition_provider.conditioners else 0
+
+    def _new_batch(self, model, slots: int) -> SlotBatch | None:
+        reason = unsupported_reason(model.lm)
+        if self.settings.decoder == "reference" or reason:
+            if reason:
+                log.info("%s decodes with audiocraft's loop: %s", model.name, reason)
+                self.fast_decoder[model.name] = f"disabled ({reason})"
+            return None
+        return SlotBatch(model.lm, slots, int(model.max_duration * model.frame_rate), self._prefix(model),
+                         self.settings.step_mode, self.settings.cpu_products)
 
     def _mbd(self, job: Job) -> None:
         if job.request.multi_band_diffusion:
             job.mbd = self.mbd.get()
+            self.plan.shared.setdefault("mbd", self.mbd.bytes())
 
     def _warm_up(self) -> None:
-        """Load the models MUSICGEN_WARMUP names (capturing their step graphs) before saying ready."""
+        """Load the models MUSICGEN_WARMUP names (capturing their step graphs and checking their fast
+        decoder) before saying ready. Nothing else runs yet, so they are read here."""
         for model_version in warmup_models(self.settings):
             with torch.inference_mode():
-                self._model(model_version)
+                try:
+                    placed = self._activate(model_version, self._read(model_version), log.info)
+                except Exception as exc:
+                    if faults.classify(exc, self.device) == faults.FATAL:
+                        raise faults.DeviceLost(self.device, exc) from exc
+                    raise
+            if placed is not True:
+                log.error("warm-up: %s", placed if isinstance(placed, Exception) else f"{model_version} does not fit")
 
     # ---------------------------------------------------------------------------------- endings
 
     def _guard(self, job: Job, fn, *args) -> None:
-        """Run one stage of a job; whatever it raises ends that job alone, with a readable message."""
+        """Run one stage of a job; whatever it raises ends that job alone, with a readable message,
+        unless the device itself failed (then everything here ends: DeviceLost)."""
         try:
             fn(*args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's terminal event
+            reach = faults.classify(exc, self.device)
+            if reach == faults.FATAL:
+                raise faults.DeviceLost(self.device, exc) from exc
+            if reach == faults.OUT_OF_MEMORY:
+                exc = self._out_of_memory(exc, f"generating this {job.request.duration} s request")
             batch = self.models.get(job.request.model_version)
             if batch is not None and batch.batch is not None and job.slot is not None:
                 self._release(job, batch.batch)
@@ -369,6 +618,21 @@ def warmup_models(settings: Settings) -> list[str]:
     names = {"none": [], "": [], "default": lm_versions[:1], "all": lm_versions}.get(
         choice, [v.strip() for v in choice.split(",") if v.strip()])
     return [v for v in names if v in W.PRESETS and not W.missing(settings.weights_dir, W.required_files(v))]
+
+
+def _not_started(device: str, message: str) -> Failed:
+    """A job that never started on a lost device: a server keeps its prediction queued for the restart."""
+    return Failed(message, kind="device")
+
+
+def _estimate(host, dtype_bytes: int, prefix: int) -> memory.Footprint | None:
+    """The footprint a read checkpoint will have on the device, before building it (None: unknown)."""
+    estimate = getattr(host, "footprint", None)
+    return estimate(dtype_bytes, prefix) if callable(estimate) else None
+
+
+def _allocated(device: str) -> int:
+    return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
 
 
 def _failure(exc: Exception, job: Job):

@@ -113,6 +113,15 @@ class LazyMbd:
                 self.loads += 1
             return self._mbd
 
+    def bytes(self) -> int:
+        """What the loaded MBD holds on its device (its diffusion networks and its codec)."""
+        from .memory import module_bytes
+
+        mbd = self._mbd
+        if mbd is None:
+            return 0
+        return module_bytes(mbd.codec_model) + sum(module_bytes(dp.model) for dp in mbd.DPs)
+
 
 def split_stereo_codes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, 2K, T] interleaved per RVQ level (L0, R0, L1, R1, ...) -> left [B, K, T], right [B, K, T]."""

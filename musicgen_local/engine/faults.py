@@ -1,0 +1,62 @@
+"""How far a failure on the device reaches: the request, the batch's memory, or the whole device.
+
+- `REQUEST`: a bug or a bad input. It fails the one request it happened in.
+- `OUT_OF_MEMORY`: the allocator refused. Nothing is poisoned: free what is cached, fail (or shrink)
+  what needed the memory, and go on.
+- `FATAL`: the CUDA context is poisoned (illegal address, device-side assert, ECC, launch failure).
+  Every later kernel on it fails, so the device can serve nothing more: its jobs fail with a
+  message that says so, health turns UNHEALTHY and the process exits so that its supervisor
+  (Docker, Cog, Ray Serve) starts a fresh one. torch raises these as `torch.AcceleratorError`
+  (2.8 and later) or as a RuntimeError whose text carries the CUDA error's name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REQUEST, OUT_OF_MEMORY, FATAL = "request", "out of memory", "fatal"
+
+# The CUDA runtime's sticky errors, as torch spells them in messages: after one, the context is unusable.
+_STICKY = ("illegal memory access", "device-side assert", "uncorrectable ecc", "unspecified launch failure",
+           "misaligned address", "illegal instruction", "an illegal address", "launch timed out",
+           "cudaerrorlaunchfailure", "cublas_status_execution_failed", "hardware stack error",
+           "cuda error: unknown error", "gpu has fallen off the bus", "cudaerrorecc")
+
+
+def classify(exc: BaseException, device: str) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return OUT_OF_MEMORY
+    text = str(exc).lower()
+    if "out of memory" in text and ("cuda" in text or "hip" in text):
+        return OUT_OF_MEMORY
+    if isinstance(exc, RuntimeError) and any(s in text for s in _STICKY):
+        return FATAL
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    if isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError) and "cuda error" in text):
+        return REQUEST if _still_usable(device) else FATAL  # some CUDA errors are not sticky: ask the device
+    return REQUEST
+
+
+def _still_usable(device: str) -> bool:
+    if torch.device(device).type != "cuda":
+        return True
+    try:
+        probe = torch.ones(8, device=device)
+        torch.cuda.synchronize(device)
+        return float(probe.sum().item()) == 8.0
+    except Exception:  # noqa: BLE001 - whatever the probe raises, the context is unusable
+        return False
+
+
+def free_cached(device: str) -> None:
+    """Give the caching allocator's free blocks back (after an out-of-memory error, or an eviction)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class DeviceLost(Exception):
+    """Raised inside the device loop once its device is unusable: every job it holds ends."""
+
+    def __init__(self, device: str, cause: BaseException) -> None:
+        self.device, self.cause = device, cause
+        super().__init__(f"{device} failed: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]}")
