@@ -28,6 +28,11 @@ class Predictor(BaseRunner):
         self.engine = load_engine(settings_for_cog_weights(Settings.from_env(), weights))
         self.engine.wait_ready()  # models warmed and graphs captured before Cog says READY
 
+    def healthcheck(self) -> bool:
+        """coglet asks this for /health-check: False (UNHEALTHY) once a device failed for good, so that the
+        container is replaced; every prediction then fails with a message that says so."""
+        return self.engine.health().get("status") != "UNHEALTHY"
+
     @concurrent(max=MAX_CONCURRENCY)
     async def run(
         self,

@@ -89,8 +89,7 @@ def _follow(run, out: Path, growing=None):
 def cmd_serve(args, settings: Settings) -> int:
     from .server import serve
 
-    serve(settings, args.host, args.port)
-    return 0
+    return serve(settings, args.host, args.port)
 
 
 def cmd_cog_serve(args, settings: Settings) -> int:

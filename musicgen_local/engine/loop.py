@@ -149,7 +149,7 @@ class DeviceLoop:
         finally:
             self.ready.set()
         with torch.inference_mode():
-            while not self.lost and self._receive(block=not self.waiting and not any(self.decoding.values())):
+            while not self.lost and self._receive(block=self._idle()):
                 try:
                     self._place_waiting_models()
                     self._admit()
@@ -163,6 +163,12 @@ class DeviceLoop:
                     log.exception("device loop %s: step failed", self.device)
                     self._fail_all(exc)
         self._refuse_forever()
+
+    def _idle(self) -> bool:
+        """Nothing to do until something arrives: no window waits or decodes, and no read model can be
+        placed now that could not be before (the busy models are the same)."""
+        placeable = bool(self.read) and self._busy() != self._busy_before
+        return not self.waiting and not any(self.decoding.values()) and not placeable
 
     def _fail_all(self, exc: Exception) -> None:
         for job in [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values())]:

@@ -152,17 +152,19 @@ class DevicePlan:
     def too_big(self, name: str, fp: Footprint) -> str:
         return (f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "
                 f"{gib(fp.weights)}, {gib(fp.slot())} per slot), but this device's plan has {gib(self.usable)} "
-                f"({self.source}, less a {gib(self.margin)} margin). Give it more with MUSICGEN_DEVICE_MEMORY, "
+                f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with MUSICGEN_DEVICE_MEMORY, "
                 "or serve this model on a larger device (MUSICGEN_DEVICES).")
 
     def as_dict(self) -> dict:
-        return {"budget_gib": _g(self.budget), "source": self.source, "margin_gib": _g(self.margin),
-                "used_gib": _g(self.used), "free_gib": _g(self.free),
-                "models": {name: {"weights_gib": _g(r.footprint.weights), "slots": r.slots,
-                                  "slot_gib": _g(r.footprint.slot()), "total_gib": _g(r.bytes)}
+        """For /health-check: sizes in bytes, and a line for people."""
+        return {"summary": (f"{gib(self.used)} of {gib(self.usable)} planned ({self.source} {gib(self.budget)}, less "
+                            f"a {gib(self.margin)} margin); {gib(self.free)} free"),
+                "budget_bytes": self.budget, "margin_bytes": self.margin, "used_bytes": self.used,
+                "free_bytes": self.free, "source": self.source,
+                "models": {name: {"slots": r.slots, "weights_bytes": r.footprint.weights,
+                                  "slot_bytes": r.footprint.slot(), "total_bytes": r.bytes}
                            for name, r in self.models.items()},
-                "shared_gib": {name: _g(size) for name, size in self.shared.items()},
-                "longest_clip_s": self.longest_clip()}
+                "shared_bytes": dict(self.shared), "longest_clip_s": self.longest_clip()}
 
     def longest_clip(self, streams: int = 2) -> int:
         """Seconds of audio the codec can decode at once with what is left plus one window's reserve."""
@@ -198,11 +200,7 @@ def free_memory(device: str) -> int:
 
 
 def gib(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / 2**20:.2f} MiB"
-
-
-def _g(n: int) -> float:
-    return round(n / GIB, 4)
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.2f} MiB"
 
 
 # ------------------------------------------------------------------------------------------ cards

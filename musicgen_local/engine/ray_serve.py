@@ -42,6 +42,12 @@ class EngineReplica:
         self.name = (f"{context.replica_id.unique_id} ({self.engine.health()['devices'][0]['device']}, "
                      f"pid {os.getpid()} on {socket.gethostname()})")
 
+    def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose device failed for good is replaced (its runs have ended)."""
+        health = self.engine.health()
+        if health.get("status") == "UNHEALTHY":
+            raise RuntimeError(health.get("error", "the device failed"))
+
     @serve.multiplexed(max_num_models_per_replica=-1)
     async def _holds(self, model_version: str) -> str:
         """Tells the router that this replica now holds `model_version`; the engine's device loop loads

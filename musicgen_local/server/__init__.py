@@ -16,10 +16,18 @@ __all__ = ["create_app", "serve"]
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=None) -> None:
+EXIT_DEVICE_LOST = 3  # the exit status after a device failed for good: restart me
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=None) -> int:
     """Blocking: load the engine (unless one is given), then serve /v1 until interrupted. The first
     SIGTERM or Ctrl-C drains (creates answer 503, everything else keeps working, running predictions
-    get MUSICGEN_SHUTDOWN_GRACE seconds to finish); a second one stops at once."""
+    get MUSICGEN_SHUTDOWN_GRACE seconds to finish); a second one stops at once.
+
+    Returns the exit status: 0, or EXIT_DEVICE_LOST when a device failed for good (the engine's `lost`
+    event). Then the server drains as for SIGTERM, which is quick since the engine has ended every run
+    it held, sends the webhooks it can, and stops, so that its supervisor starts a fresh process; the
+    predictions that had not started run then."""
     import uvicorn
 
     from ..engine import load_engine
@@ -40,8 +48,23 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
             app.state.dispatcher.drain(settings.shutdown_grace)
             self.should_exit = True
 
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    status = [0]
+    lost = getattr(engine, "lost", None)
+    if lost is not None:
+        def exit_when_lost() -> None:
+            lost.wait()
+            status[0] = EXIT_DEVICE_LOST
+            log.critical("A device failed for good (%s). Finishing what can be answered, then exiting with status "
+                         "%d so that the server is restarted.", engine.health().get("error", ""), EXIT_DEVICE_LOST)
+            app.state.dispatcher.drain(settings.shutdown_grace)
+            app.state.webhooks.drain(timeout=10)
+            server.should_exit = True
+
+        threading.Thread(target=exit_when_lost, name="device-lost", daemon=True).start()
     log.info("Serving meta/musicgen at http://%s:%d/v1 (data in %s)", host, port, settings.data_dir)
     try:
-        DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+        server.run()
     finally:
         engine.close()
+    return status[0]

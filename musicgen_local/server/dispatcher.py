@@ -8,6 +8,10 @@ tensor or waits on the GPU: a slow consumer only delays its own prediction's boo
 After a crash the store still holds what was queued or running: `start` queues it again in order; a
 prediction that was running is run once more from the start (its seed was fixed at creation, so it
 gives the same audio), and failed with a message if that already happened once.
+
+A prediction the engine could not start because its device failed (`Failed(kind="device")`) is not
+failed: it stays `starting`, queued again while the engine still has healthy devices (on Ray, a
+replaced replica), else kept in the store for the restart that follows.
 """
 
 from __future__ import annotations
@@ -154,6 +158,9 @@ class Dispatcher:
             self.webhooks.notify(pred, "output")
             self._finish(pred, "succeeded")
         elif isinstance(event, Failed):
+            if event.kind == "device" and pred.status == "starting":
+                self._requeue_after_device_loss(pred, event.message)
+                return
             if event.kind == "internal":
                 log.error("prediction %s: %s", pred.id, event.message)
             self._finish(pred, "failed", event.message)
@@ -165,6 +172,16 @@ class Dispatcher:
                 self._finish(pred, "canceled")
         elif not isinstance(event, Audio):
             log.warning("prediction %s: unknown event %r", pred.id, event)
+
+    def _requeue_after_device_loss(self, pred: Prediction, message: str) -> None:
+        pred.attempts -= 1
+        self.store.save(pred)
+        if self.engine.health().get("status") == "UNHEALTHY":  # this process is going away: the next start runs it
+            log.warning("prediction %s: kept queued for the restart (%s)", pred.id, message)
+            return
+        with self._changed:
+            self._queue.appendleft(pred.id)
+            self._changed.notify_all()
 
     def _log(self, pred: Prediction, line: str) -> None:
         log.info("prediction %s: %s", pred.id, line)
