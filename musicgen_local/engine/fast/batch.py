@@ -162,6 +162,7 @@ class SlotBatch:
     def has_room(self) -> bool:
         return None in self.slots
 
+    @torch.no_grad()
     def admit(self, window: Window) -> int:
         """Prefill a window into a free slot and sample its first token; returns the slot."""
         slot = self.slots.index(None)
@@ -211,6 +212,7 @@ class SlotBatch:
 
     # -------------------------------------------------------------------------------- steps
 
+    @torch.no_grad()
     def step(self) -> None:
         """One token for every live slot."""
         live = self.live
@@ -241,6 +243,7 @@ class SlotBatch:
         graph = self._graphs.get(key) or self._capture(*key)
         graph.replay()
 
+    @torch.no_grad()
     def warm_up(self) -> int:
         """Capture the step for every bucket while no slot is live; returns how many (0 when eager)."""
         if self.mode == "eager":
@@ -274,11 +277,7 @@ class SlotBatch:
             self._compiled = self._compiled or torch.compile(decode_step)  # on CUDA: its kernels, in our graphs
             step = self._compiled
 
-        def run() -> None:
-            with torch.no_grad():  # as under the loop's inference mode; compiling with autograd on fails
-                step(self.static, self.state, n, length, cross, True, ALL_MODES)
-
-        return run
+        return lambda: step(self.static, self.state, n, length, cross, True, ALL_MODES)
 
     # -------------------------------------------------------------------------------- pieces
 
