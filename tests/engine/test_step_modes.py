@@ -205,19 +205,20 @@ def test_a_longer_text_grows_the_cross_attention_and_steps_are_captured_again(lm
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_compile_mode_on_cpu_computes_what_eager_does(lms, kind):
+@pytest.mark.parametrize(("kind", "products"), [("mono", "torch"), ("stereo", "torch"), ("melody", "torch"),
+                                                ("mono", "rows")])
+def test_compile_mode_on_cpu_computes_what_eager_does(lms, kind, products):
     """`torch.compile(decode_step)` called at the bucket shapes (inductor, C++ built with the machine's
-    compiler), torch's products so that nothing opaque sits in the compiled region."""
+    compiler); with the rows kernel as one opaque operator inside the compiled step."""
     lm = lms[kind]
     torch._dynamo.reset()
     prefix = 300 if kind == "melody" else 0  # room for the melody LM's prepended conditions
-    compiled = SlotBatch(lm, 2, max_frames=100, prefix=prefix, mode="compile", products="torch")
+    compiled = SlotBatch(lm, 2, max_frames=100, prefix=prefix, mode="compile", products=products)
     assert compiled.mode == "compile"
     start = time.monotonic()
     warm = compiled.warm_up()
     print(f"compiled {warm} buckets in {time.monotonic() - start:.1f}s")
-    eager = SlotBatch(lm, 2, max_frames=100, prefix=prefix, mode="eager", products="torch")
+    eager = SlotBatch(lm, 2, max_frames=100, prefix=prefix, mode="eager", products=products)
     with torch.compiler.set_stance("fail_on_recompile"):  # every step runs what warm-up compiled
         run = lockstep(compiled, eager, three_requests(lm, kind), three_requests(lm, kind), logits=False)
     print(f"{run.ties} of {run.tokens} tokens sampled otherwise")

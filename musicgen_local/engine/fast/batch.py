@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from . import rows_kernel
 from .model import StaticLM
 from .step import PLAIN, TOP_K, TOP_P, UNKNOWN, SamplingParams, SlotState, decode_step, guide, sample, write
 
@@ -150,6 +151,8 @@ class SlotBatch:
         if capture is None and self.mode != "eager":
             capture = CudaGraphs() if self.static.device.type == "cuda" else Direct()
         self.capture = capture
+        if self.mode == "compile" and self.static.linear is rows_kernel.linear:
+            self.static.linear = _rows_linear  # dynamo cannot trace a ctypes call: one opaque op instead
         self._graphs: dict[tuple[int, int], Replayable] = {}  # (slots, cache length) -> captured step
         self._compiled = None
 
@@ -317,6 +320,17 @@ class SlotBatch:
     def _draw_noise(self, slot: int, window: Window) -> None:
         """The Exp(1) noise `torch.multinomial` would draw for this slot's step, from its generator."""
         self.state.noise[slot].exponential_(1, generator=window.generator)
+
+
+@torch.library.custom_op("musicgen_local::rows_linear", mutates_args=())
+def _rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`rows_kernel.linear` as an operator: torch.compile keeps it whole in the compiled step."""
+    return rows_kernel.linear(x, weight, bias)
+
+
+@_rows_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _round_up(n: int) -> int:
