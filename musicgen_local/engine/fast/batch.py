@@ -86,22 +86,32 @@ class Capture(Protocol):
 
 
 class CudaGraphs:
-    """The step as a CUDA graph per bucket, every graph in one memory pool."""
+    """The step as a CUDA graph per bucket, every graph in one memory pool.
 
-    def __init__(self) -> None:
+    Warm-up runs and capture happen on the batch's device, on a side stream of this object's own: no
+    device loop sets its thread's current device (the loop of cuda:1 runs with cuda:0 current), and
+    `torch.cuda.graph`'s default capture stream is one per process, made on whichever device was
+    current at its first use. Capture errors are thread-local, so that the loop of another device
+    keeps running, and capturing, meanwhile (global mode forbids its allocations and syncs)."""
+
+    def __init__(self, device: torch.device | str = "cuda") -> None:
+        self.device = torch.device(device)
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None
 
     def capture(self, rows: int, length: int, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
-        stream = torch.cuda.Stream()  # warm-up runs off the current stream, as graph capture wants
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), _autocast_without_cache():
-            for _ in range(2):
+        with torch.cuda.device(self.device):
+            self._stream = self._stream or torch.cuda.Stream()
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream), _autocast_without_cache():
+                for _ in range(2):  # warm-up runs off the current stream, as capture wants
+                    step()
+            torch.cuda.current_stream().wait_stream(self._stream)
+            graph = torch.cuda.CUDAGraph()  # replays on the current stream of the device it was captured on
+            self._pool = self._pool or torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"), \
+                    _autocast_without_cache():
                 step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        self._pool = self._pool or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool), _autocast_without_cache():
-            step()
         return graph
 
 
@@ -149,7 +159,7 @@ class SlotBatch:
         self.slots: list[_Slot | None] = [None] * slots
         self.mode = resolve_mode(mode, self.static.device, capture)
         if capture is None and self.mode != "eager":
-            capture = CudaGraphs() if self.static.device.type == "cuda" else Direct()
+            capture = CudaGraphs(self.static.device) if self.static.device.type == "cuda" else Direct()
         self.capture = capture
         if self.mode == "compile" and self.static.linear is rows_kernel.linear:
             self.static.linear = _rows_linear  # dynamo cannot trace a ctypes call: one opaque op instead
