@@ -58,7 +58,7 @@ class _Slot:
 
 def resolve_mode(mode: str, device: torch.device, capture: Capture | None = None) -> str:
     """The step mode that runs: "graph" needs CUDA or a `capture` of one's own, "compile" CUDA or the CPU;
-    "auto" is "graph" on CUDA and "eager" elsewhere."""
+    "auto" is "graph" on CUDA or with a capture, "eager" elsewhere."""
     if mode not in MODES:
         raise ValueError(f"step mode must be one of {MODES}, not {mode!r}")
     if mode == "auto":
