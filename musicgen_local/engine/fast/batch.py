@@ -6,18 +6,27 @@ one token, and a slot whose window is complete is read back and freed between tw
 is reallocated when requests come and go. The host mirrors each slot's offset, so choosing the
 step's shape never waits on the device.
 
-On CUDA the step runs as a CUDA graph per (slots, cache length) bucket, captured at warm-up while no
-slot is live; elsewhere it runs eagerly at the exact shape of the live slots.
+How a step runs is the step mode (`resolve_mode`). "eager" runs `decode_step` at the exact shape of the
+live slots. The other modes run it at the shape of a bucket, (slots, cache length) rounded up to the
+next of a few fixed sizes, through a `Capture`: "graph" replays a CUDA graph per bucket, "compile" runs
+`torch.compile(decode_step)`, inside those graphs on CUDA and called directly on CPU. `warm_up`
+captures every bucket while no slot is live; a window too long for the caches (`_make_room`) grows
+them and drops every captured step, and each bucket is captured again at its first step after that,
+live slots and all. A `Capture` of one's own (`musicgen_local.testing.capture.RecordingCapture`)
+runs the bucketed path on CPU, which is how the CUDA path is tested without a GPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from . import rows_kernel
 from .model import StaticLM
 from .step import PLAIN, TOP_K, TOP_P, UNKNOWN, SamplingParams, SlotState, decode_step, guide, sample, write
 
@@ -47,15 +56,81 @@ class _Slot:
     cross: int  # cross-attention positions (text conditions) of this slot's rows
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
+def resolve_mode(mode: str, device: torch.device, capture: Capture | None = None) -> str:
+    """The step mode that runs: "graph" needs CUDA or a `capture` of one's own, "compile" CUDA or the CPU;
+    "auto" is "graph" on CUDA or with a capture, "eager" elsewhere."""
     if mode not in MODES:
         raise ValueError(f"step mode must be one of {MODES}, not {mode!r}")
     if mode == "auto":
-        return "graph" if device.type == "cuda" else "eager"
-    if mode in ("graph", "compile") and device.type != "cuda":
-        log.info("step mode %s needs CUDA; stepping eagerly", mode)
+        return "graph" if device.type == "cuda" or capture is not None else "eager"
+    if mode == "graph" and device.type != "cuda" and capture is None:
+        log.info("step mode graph needs CUDA; stepping eagerly")
+        return "eager"
+    if mode == "compile" and device.type not in ("cuda", "cpu") and capture is None:
+        log.info("step mode compile runs on CUDA or the CPU, not %s; stepping eagerly", device.type)
         return "eager"
     return mode
+
+
+class Replayable(Protocol):
+    def replay(self) -> None: ...
+
+
+class Capture(Protocol):
+    """How a SlotBatch makes the step at one bucket into something it replays at every step of that
+    bucket. `step` is the step at the bucket's shape (masked form), reading and writing only the batch's
+    preallocated tensors; `capture` is called with no slot marked live, so each run of `step` it makes
+    writes nothing that matters."""
+
+    def capture(self, rows: int, length: int, step: Callable[[], None]) -> Replayable: ...
+
+
+class CudaGraphs:
+    """The step as a CUDA graph per bucket, every graph in one memory pool.
+
+    Warm-up runs and capture happen on the batch's device, on a side stream of this object's own: no
+    device loop sets its thread's current device (the loop of cuda:1 runs with cuda:0 current), and
+    `torch.cuda.graph`'s default capture stream is one per process, made on whichever device was
+    current at its first use. Capture errors are thread-local, so that the loop of another device
+    keeps running, and capturing, meanwhile (global mode forbids its allocations and syncs)."""
+
+    def __init__(self, device: torch.device | str = "cuda") -> None:
+        self.device = torch.device(device)
+        self._pool = None
+        self._stream: torch.cuda.Stream | None = None
+
+    def capture(self, rows: int, length: int, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        with torch.cuda.device(self.device):
+            self._stream = self._stream or torch.cuda.Stream()
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream), _autocast_without_cache():
+                for _ in range(2):  # warm-up runs off the current stream, as capture wants
+                    step()
+            torch.cuda.current_stream().wait_stream(self._stream)
+            graph = torch.cuda.CUDAGraph()  # replays on the current stream of the device it was captured on
+            self._pool = self._pool or torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"), \
+                    _autocast_without_cache():
+                step()
+        return graph
+
+
+@dataclass
+class Call:
+    """A replay that runs the step function again."""
+
+    step: Callable[[], None]
+
+    def replay(self) -> None:
+        self.step()
+
+
+class Direct:
+    """No capture: each replay calls the step (the compiled step, compiling at capture time, off CUDA)."""
+
+    def capture(self, rows: int, length: int, step: Callable[[], None]) -> Call:
+        step()
+        return Call(step)
 
 
 def _buckets(limit: int, first: int) -> list[int]:
@@ -67,8 +142,11 @@ def _buckets(limit: int, first: int) -> list[int]:
 
 
 class SlotBatch:
+    """`capture`: how the bucketed modes capture the step (see `Capture`); None for the default: CUDA
+    graphs on CUDA, and on CPU the compiled step called as it is."""
+
     def __init__(self, lm, slots: int, max_frames: int, prefix: int = 0, mode: str = "auto",
-                 products: str = "rows"):
+                 products: str = "rows", capture: Capture | None = None):
         self.lm = lm
         self.delays = list(lm.pattern_provider.delays)
         self.max_delay = max(self.delays)
@@ -79,9 +157,13 @@ class SlotBatch:
         self.state = SlotState(slots, self.K, self.card, max_steps, self.delays, lm.special_token_id,
                                logits_dtype, self.static.device)
         self.slots: list[_Slot | None] = [None] * slots
-        self.mode = resolve_mode(mode, self.static.device)
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (slots, cache length) -> step
-        self._pool = None
+        self.mode = resolve_mode(mode, self.static.device, capture)
+        if capture is None and self.mode != "eager":
+            capture = CudaGraphs(self.static.device) if self.static.device.type == "cuda" else Direct()
+        self.capture = capture
+        if self.mode == "compile" and self.static.linear is rows_kernel.linear:
+            self.static.linear = _rows_linear  # dynamo cannot trace a ctypes call: one opaque op instead
+        self._graphs: dict[tuple[int, int], Replayable] = {}  # (slots, cache length) -> captured step
         self._compiled = None
 
     # -------------------------------------------------------------------------------- slots
@@ -93,6 +175,7 @@ class SlotBatch:
     def has_room(self) -> bool:
         return None in self.slots
 
+    @torch.no_grad()
     def admit(self, window: Window) -> int:
         """Prefill a window into a free slot and sample its first token; returns the slot."""
         slot = self.slots.index(None)
@@ -142,6 +225,7 @@ class SlotBatch:
 
     # -------------------------------------------------------------------------------- steps
 
+    @torch.no_grad()
     def step(self) -> None:
         """One token for every live slot."""
         live = self.live
@@ -172,42 +256,41 @@ class SlotBatch:
         graph = self._graphs.get(key) or self._capture(*key)
         graph.replay()
 
+    @torch.no_grad()
     def warm_up(self) -> int:
-        """Capture the step for every bucket (CUDA graphs) while no slot is live; returns how many."""
+        """Capture the step for every bucket while no slot is live; returns how many (0 when eager)."""
         if self.mode == "eager":
             return 0
-        assert not self.live, "capture only while no slot is live: warm-up steps write to the slots"
+        assert not self.live, "warm up only while no slot is live: then nothing needs capturing while decoding"
         for rows in _buckets(len(self.slots), 1):
             for length in _buckets(self.static.max_len, 256):
                 self._capture(rows, length)
         return len(self._graphs)
 
-    def _capture(self, n: int, length: int):
-        """A CUDA graph of the step at this bucket. Its warm-up runs write nothing that matters: slots
-        that are not live are left alone, and cache positions a live slot will overwrite anyway."""
+    def _capture(self, n: int, length: int) -> Replayable:
+        """The step at this bucket, captured; also at a step while slots are live (after `_make_room`).
+        The runs of the step capturing makes write nothing that matters: with no slot marked live no
+        token is written and no offset moves, and the only cache position written in each row is the
+        one the row's next step (or a free slot's prefill) writes again before reading it."""
         live = self.state.live.clone()
         self.state.live.zero_()
-        run = self._step_fn(n, length)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), _autocast_without_cache():
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        self._pool = self._pool or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool), _autocast_without_cache():
-            run()
-        self.state.live.copy_(live)
+        try:
+            graph = self.capture.capture(n, length, self._step_fn(n, length))
+        finally:
+            self.state.live.copy_(live)
         self._graphs[(n, length)] = graph
         return graph
 
-    def _step_fn(self, n: int, length: int):
+    def _step_fn(self, n: int, length: int) -> Callable[[], None]:
+        """The step at a bucket: its rows and cache length, every cross position the caches hold (so
+        it is captured again when they grow), masked, every sampling mode."""
         cross = self.static.cross_len
+        step = decode_step
         if self.mode == "compile":
-            self._compiled = self._compiled or torch.compile(decode_step)  # its kernels, in our graphs
-            return lambda: self._compiled(self.static, self.state, n, length, cross, True, ALL_MODES)
-        return lambda: decode_step(self.static, self.state, n, length, cross, True, ALL_MODES)
+            self._compiled = self._compiled or torch.compile(decode_step)  # on CUDA: its kernels, in our graphs
+            step = self._compiled
+
+        return lambda: step(self.static, self.state, n, length, cross, True, ALL_MODES)
 
     # -------------------------------------------------------------------------------- pieces
 
@@ -229,7 +312,9 @@ class SlotBatch:
         return self.lm.fuser(x, conditions)
 
     def _make_room(self, length: int, cross_length: int) -> None:
-        """A window longer than the cache (a very long prompt): reallocate once, drop captured graphs."""
+        """A window longer than the caches (a very long prompt): reallocate them and drop every captured
+        step (a CUDA graph replays on the buffers it was captured over); each bucket is captured again at
+        its next step."""
         grown = False
         if length > self.static.max_len:
             self.static.grow(_round_up(length))
@@ -245,6 +330,17 @@ class SlotBatch:
     def _draw_noise(self, slot: int, window: Window) -> None:
         """The Exp(1) noise `torch.multinomial` would draw for this slot's step, from its generator."""
         self.state.noise[slot].exponential_(1, generator=window.generator)
+
+
+@torch.library.custom_op("musicgen_local::rows_linear", mutates_args=())
+def _rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`rows_kernel.linear` as an operator: torch.compile keeps it whole in the compiled step."""
+    return rows_kernel.linear(x, weight, bias)
+
+
+@_rows_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _round_up(n: int) -> int:
