@@ -152,8 +152,8 @@ class DevicePlan:
     def too_big(self, name: str, fp: Footprint) -> str:
         return (f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "
                 f"{gib(fp.weights)}, {gib(fp.slot())} per slot), but this device's plan has {gib(self.usable)} "
-                f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with MUSICGEN_DEVICE_MEMORY, "
-                "or serve this model on a larger device (MUSICGEN_DEVICES).")
+                f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with "
+                "MUSICGEN_DEVICE_MEMORY, or serve this model on a larger device (MUSICGEN_DEVICES).")
 
     def as_dict(self) -> dict:
         """For /health-check: sizes in bytes, and a line for people."""

@@ -40,7 +40,8 @@ def last(run):
 
 def test_a_budget_for_one_model_makes_the_second_evict_the_first(settings, footprints):
     total = {v: m["total_bytes"] for v, m in footprints.items()}
-    engine = LocalEngine(settings.with_(warmup="none", device_memory=budget_for(max(total.values()) + min(total.values()) // 2)))
+    one_and_a_half = max(total.values()) + min(total.values()) // 2
+    engine = LocalEngine(settings.with_(warmup="none", device_memory=budget_for(one_and_a_half)))
     try:
         for model_version in (MONO, STEREO, MONO):
             assert isinstance(last(engine.submit(request(model_version))), Done)
