@@ -23,3 +23,9 @@ def test_quick_start_opens_the_playground_and_shows_its_screenshot():
     assert "](docs/playground.png)" in README
     shot = Path(__file__).resolve().parents[1] / "docs" / "playground.png"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size < 300_000
+
+
+def test_the_card_table_is_the_one_the_memory_plan_computes():
+    from musicgen_local.engine.memory import card_table_markdown
+
+    assert card_table_markdown() in README and card_table_markdown("large") in README

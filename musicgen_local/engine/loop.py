@@ -366,9 +366,19 @@ class DeviceLoop:
         """All tokens are there: the rest of the stream, the final decode, then the encode pool."""
         while job.segments is not None and job.segments.due(tokens.shape[-1]):
             job.run.emit(job.segments.emit(tokens, tokens.shape[-1]))
+        self._room_to_decode(job.request.model_version, tokens.shape[-1] / model.frame_rate, model.audio_channels)
         with _autocast(self.device):
             wav = codec.decode(model, job.mbd, tokens, generator)  # [1, C, T]
         self._encode_later(job, wav[0], model.sample_rate)
+
+    def _room_to_decode(self, model_version: str, seconds: float, streams: int) -> None:
+        """The codec decodes a whole clip at once: past the one window every model keeps room for, make
+        room by evicting idle models (if it still does not fit, out of memory fails this request alone)."""
+        dtype_bytes = 4 if torch.device(self.device).type == "cpu" else 2
+        beyond = (memory.codec_bytes(seconds, streams, dtype_bytes)
+                  - memory.codec_bytes(memory.WINDOW_S, streams, dtype_bytes))
+        if beyond > 0:
+            self._room_for(model_version, beyond)
 
     def _encode_later(self, job: Job, wav: torch.Tensor, sample_rate: int) -> None:
         self.encode_pool.submit(self._encode, job, wav.float().cpu(), sample_rate)
