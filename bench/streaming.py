@@ -107,8 +107,9 @@ def bench(args, checkpoints: dict[str, tuple[Path, str]]) -> list[list[str]]:
     return rows
 
 
-def write_mini(root: Path) -> Path:
-    """`large` in `root` is the mini MusicGen (see the module's docstring); T5 is the tiny one."""
+def write_mini(root: Path, scale: str = "mini") -> Path:
+    """`large` in `root` is the mini MusicGen (see the module's docstring), or one at another of
+    bench.decoder's scales; T5 is the tiny one."""
     from audiocraft.models import builders
 
     from musicgen_local import weights as W
@@ -119,7 +120,7 @@ def write_mini(root: Path) -> Path:
     tiny.write_tiny_weights(root, parts=["t5"])
     torch.manual_seed(0)
     cfg = tiny.lm_cfg(stereo=False, melody=False)
-    dim, heads, layers = SCALES["mini"]
+    dim, heads, layers = SCALES[scale]
     cfg.transformer_lm.update(dim=dim, num_heads=heads, num_layers=layers, hidden_scale=4)
     lm = builders.get_lm_model(cfg)
     tiny._export(tiny.hub_path(root, W.lm_repo("large"), "state_dict.bin"), cfg, lm.state_dict())

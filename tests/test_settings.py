@@ -26,3 +26,14 @@ def test_retention_durations(text, seconds):
 def test_a_bad_retention_says_how_to_write_one():
     with pytest.raises(ValueError, match=r"'a week' is not a duration; write e.g. 90 \(seconds\), 30m, 1h30m or 7d"):
         Settings.from_env({"MUSICGEN_RETENTION": "a week"})
+
+
+@pytest.mark.parametrize("text, size", [("", None), ("21474836480", 21474836480), ("20GB", 20 * 10**9),
+                                        ("20 GiB", 20 * 2**30), ("512MiB", 512 * 2**20), ("1.5G", 1_500_000_000)])
+def test_device_memory_sizes(text, size):
+    assert Settings.from_env({"MUSICGEN_DEVICE_MEMORY": text}).device_memory == size
+
+
+def test_a_bad_device_memory_says_how_to_write_one():
+    with pytest.raises(ValueError, match=r"MUSICGEN_DEVICE_MEMORY='lots': give a size such as 20GB, 20GiB"):
+        Settings.from_env({"MUSICGEN_DEVICE_MEMORY": "lots"})
