@@ -1,22 +1,23 @@
 """The fast decoder checked against audiocraft's, on the device and in the dtype it will serve in.
 
-Before a model serves (at warm-up, or when it is loaded), one second of greedy decoding (top_k 1,
-guidance 3, a fixed text) runs through the model's own `SlotBatch` (its captured graphs, its kernels)
-and through audiocraft's `LMModel.generate`. Greedy decoding takes the argmax of the guided logits, so
-the two agree token for token unless two logits nearly tie. audiocraft's `compute_predictions` then
-scores both token streams in one teacher-forced pass: for every codebook and frame, how far the chosen
+Before a model serves (at warm-up, or when it is loaded), half a second of greedy decoding (top_k 1,
+guidance 3, a fixed text) runs through the model's own `SlotBatch` (its captured graphs, its kernels).
+Greedy decoding takes the argmax of the guided logits. audiocraft's own `compute_predictions` then
+scores that token stream in one teacher-forced pass: for every codebook and frame, how far the chosen
 token's guided logit is below the best one, given the same history (the "margin"). A correct decoder
 chooses the best token or one within rounding of it; a broken one (a stale graph, a wrong cache
-position, a miscompiled kernel) chooses tokens far below it.
+position, a miscompiled kernel) chooses tokens far below it. The check costs the steps of the short
+decode and one parallel forward pass.
 
 The tolerance. Both decoders compute the same function in the same dtype and differ only in the
 order of their sums and the kernels they use. A dot product of length d in a dtype of unit roundoff u
 carries a relative error of about u·√d; through L layers these add up to about u·√(L·d) of the logits'
 scale s (their standard deviation). Choosing the other token of a near tie takes both logits moving
-that much in opposite directions, so a correct decoder's margins stay below 2·u·√(L·d)·s; audiocraft's
-own incremental loop, scored the same way, shows what the device and dtype actually give, and 4 times
-its largest margin is allowed too. The check fails when a margin exceeds the larger of the two bounds,
-or when fewer than 90 % of the fast decoder's tokens are the teacher-forced argmax.
+that much in opposite directions, so a correct decoder's margins stay below 2·u·√(L·d)·s. Only when
+the fast decoder's margins exceed that does audiocraft's own loop (`LMModel.generate`, the same greedy
+request) run too, as a second opinion: scored the same way, it shows what this device and dtype
+actually give, and 4 times its largest margin is allowed. The check fails when a margin exceeds the
+larger bound, or when fewer than 90 % of the fast decoder's tokens are the teacher-forced argmax.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from .fast import SamplingParams, SlotBatch, Window, decode
 
-FRAMES = 50  # one second: every codebook's delay, many steps, a fraction of a model's warm-up
+FRAMES = 25  # half a second: every codebook's delay, 28 steps or more, a small share of a model's warm-up
 TEXT = "self-check: warm piano chords over a slow hip hop beat"
 CFG = 3.0
 MIN_AGREEMENT = 0.9
@@ -42,8 +43,8 @@ class Verdict:
     agreement: float  # fraction of the fast tokens that are the teacher-forced argmax
     max_margin: float  # the fast tokens' largest margin, in units of the logits' standard deviation
     tolerance: float  # the margin allowed, in the same units
-    reference_margin: float  # audiocraft's own largest margin, in the same units
-    same_tokens: float  # fraction of (codebook, frame) positions where both greedy streams are equal
+    reference_margin: float | None  # audiocraft's own largest margin (asked only when the fast one exceeds rounding)
+    same_tokens: float | None  # fraction of (codebook, frame) positions where both greedy streams are equal
 
 
 def compare(model, batch: SlotBatch, frames: int = FRAMES) -> Verdict:
@@ -54,21 +55,23 @@ def compare(model, batch: SlotBatch, frames: int = FRAMES) -> Verdict:
     generator = torch.Generator(batch.static.device).manual_seed(0)
     window = Window(conditions, None, frames, SamplingParams(temp=1.0, top_k=1, top_p=0.0, cfg_coef=CFG), generator)
     fast = decode(batch, [window])[0]  # [1, K, frames]
-    reference = lm.generate(None, attributes, max_gen_len=frames, use_sampling=False, cfg_coef=CFG,
-                            two_step_cfg=False)
-    fast_margins, fast_agree, scale = _margins(lm, conditions, fast)
-    ref_margins, _, _ = _margins(lm, conditions, reference)
+    fast_margin, fast_agree, scale = _margins(lm, conditions, fast)
     dtype = _compute_dtype(batch)
-    layers, dim = len(lm.transformer.layers), lm.dim
-    rounding = 2 * UNIT_ROUNDOFF.get(dtype, 2.0**-11) * math.sqrt(layers * dim)
-    tolerance = max(rounding, 4 * ref_margins)
-    same = float((fast == reference).float().mean())
-    ok = fast_margins <= tolerance and fast_agree >= MIN_AGREEMENT
+    rounding = 2 * UNIT_ROUNDOFF.get(dtype, 2.0**-11) * math.sqrt(len(lm.transformer.layers) * lm.dim)
+    ref_margin = same = None
+    if fast_margin > rounding or fast_agree < MIN_AGREEMENT:  # a second opinion: what audiocraft's own loop gives
+        reference = lm.generate(None, attributes, max_gen_len=frames, use_sampling=False, cfg_coef=CFG,
+                                two_step_cfg=False)
+        ref_margin = _margins(lm, conditions, reference)[0]
+        same = float((fast == reference).float().mean())
+    tolerance = max(rounding, 4 * (ref_margin or 0.0))
+    ok = fast_margin <= tolerance and fast_agree >= MIN_AGREEMENT
     summary = (f"{frames} greedy steps in {str(dtype).removeprefix('torch.')}: {100 * fast_agree:.1f}% of tokens are "
-               f"audiocraft's argmax (at least {100 * MIN_AGREEMENT:.0f}%), largest margin {fast_margins:.2g} "
-               f"(tolerance {tolerance:.2g}, audiocraft's own {ref_margins:.2g}) of the logits' std {scale:.3g}; "
-               f"{100 * same:.1f}% identical to audiocraft's tokens")
-    return Verdict(ok, summary, fast_agree, fast_margins, tolerance, ref_margins, same)
+               f"audiocraft's argmax (at least {100 * MIN_AGREEMENT:.0f}%), largest margin {fast_margin:.2g} "
+               f"(tolerance {tolerance:.2g}) of the logits' std {scale:.3g}")
+    if ref_margin is not None:
+        summary += f"; audiocraft's own loop: margin {ref_margin:.2g}, {100 * same:.1f}% of its tokens the same"
+    return Verdict(ok, summary, fast_agree, fast_margin, tolerance, ref_margin, same)
 
 
 def _conditions(lm, attributes) -> dict:

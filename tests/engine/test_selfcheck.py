@@ -32,7 +32,8 @@ def check(model, dtype=torch.float32, products="torch"):
 def test_the_fast_decoder_passes_in_float32(models, model_version, products):
     verdict = check(models[model_version], products=products)
     assert verdict.ok, verdict.summary
-    assert verdict.agreement == 1.0 and verdict.same_tokens == 1.0
+    assert verdict.agreement == 1.0 and verdict.max_margin == 0.0
+    assert verdict.reference_margin is None  # within rounding: audiocraft's loop was not asked
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -54,6 +55,7 @@ def test_a_broken_step_fails_the_check(models, monkeypatch):
     monkeypatch.setattr(StaticLM, "step", lambda self, *a, **k: original(self, *a, **k).flip(0))
     verdict = check(models["large"])
     assert not verdict.ok
+    assert verdict.reference_margin == 0.0 and verdict.same_tokens < 0.5  # audiocraft's own loop, asked, is exact
     assert verdict.max_margin > 1000 * verdict.tolerance
 
 
@@ -72,7 +74,7 @@ def test_a_model_whose_fast_decoder_fails_is_served_by_audiocrafts_loop(settings
         engine.wait_ready()
     try:
         status = engine.health()["devices"][0]["fast_decoder"]["large"]
-        assert status.startswith("disabled (50 greedy steps in float32") and "tolerance" in status
+        assert status.startswith("disabled (25 greedy steps in float32") and "tolerance" in status
         assert any("DISAGREES" in r.getMessage() for r in caplog.records)
         assert result_of(engine.submit(request)).audio == expected
     finally:
@@ -86,5 +88,5 @@ def test_health_says_the_fast_decoder_passed_and_what_the_check_cost(settings):
         status = engine.health()["devices"][0]["fast_decoder"]["large"]
     finally:
         engine.close()
-    assert status.startswith("enabled (50 greedy steps in float32: 100.0% of tokens are audiocraft's argmax")
+    assert status.startswith("enabled (25 greedy steps in float32: 100.0% of tokens are audiocraft's argmax")
     assert "checked in" in status
