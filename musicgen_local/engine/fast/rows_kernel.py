@@ -29,11 +29,15 @@ from . import build
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_tried = False
-_library: Path | None = None  # the library loaded in this process
-_widths: tuple[int, ...] = ()
-_op = None
+
+
+class _Loaded:
+    """What this process loaded, once."""
+    lock = threading.Lock()
+    tried = False
+    library: Path | None = None
+    widths: tuple[int, ...] = ()  # floats a vector of each path this CPU runs
+    op = None  # torch.ops.musicgen_local.rows_linear.default
 
 
 def _load() -> Path | None:
@@ -58,19 +62,18 @@ def _load() -> Path | None:
 
 def library() -> Path | None:
     """The kernel's library loaded in this process, or None where there is none (tried once per process)."""
-    global _library, _tried, _widths, _op
-    with _lock:
-        if not _tried:
-            _tried = True
+    with _Loaded.lock:
+        if not _Loaded.tried:
+            _Loaded.tried = True
             loaded = _load()
             if loaded is not None:
-                _widths = tuple(torch.ops.musicgen_local.rows_linear_widths())
-                if _widths:
-                    _library, _op = loaded, torch.ops.musicgen_local.rows_linear.default
+                _Loaded.widths = tuple(torch.ops.musicgen_local.rows_linear_widths())
+                if _Loaded.widths:
+                    _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_local.rows_linear.default
                 else:
                     log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
                                 "matrix products")
-        return _library
+        return _Loaded.library
 
 
 def available() -> bool:
@@ -80,7 +83,7 @@ def available() -> bool:
 def widths() -> tuple[int, ...]:
     """Floats a vector of each path this CPU runs, widest first: (16, 8) with AVX-512, (8,) with AVX2."""
     library()
-    return _widths if _library is not None else ()
+    return _Loaded.widths if _Loaded.library is not None else ()
 
 
 def vector_width() -> int:
@@ -100,4 +103,4 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.reshape(-1, k)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    return _op(rows, w, bias, width).view(*x.shape[:-1], n)
+    return _Loaded.op(rows, w, bias, width).view(*x.shape[:-1], n)
