@@ -25,8 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import build
-
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +39,8 @@ class _Loaded:
 
 
 def _load() -> Path | None:
+    from . import build  # here, not above: `python -m ...build` runs it as __main__ without a second copy
+
     path = build.prebuilt()
     if path.exists():
         try:
