@@ -64,15 +64,17 @@ def library() -> Path | None:
     """The kernel's library loaded in this process, or None where there is none (tried once per process)."""
     with _Loaded.lock:
         if not _Loaded.tried:
-            _Loaded.tried = True
-            loaded = _load()
-            if loaded is not None:
-                _Loaded.widths = tuple(torch.ops.musicgen_local.rows_linear_widths())
-                if _Loaded.widths:
-                    _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_local.rows_linear.default
-                else:
-                    log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
-                                "matrix products")
+            try:
+                loaded = _load()
+                if loaded is not None:
+                    _Loaded.widths = tuple(torch.ops.musicgen_local.rows_linear_widths())
+                    if _Loaded.widths:
+                        _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_local.rows_linear.default
+                    else:
+                        log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
+                                    "matrix products")
+            finally:
+                _Loaded.tried = True  # last: `linear` reads `op` without the lock once this is set
         return _Loaded.library
 
 
@@ -95,12 +97,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias) for float32 CPU tensors whose weight is stored transposed (as
     `lay_out_for_cpu` leaves it: weight.t() has unit column stride); F.linear itself otherwise.
     `width`: 0 for the widest vectors this CPU runs, or 16 / 8 to force the AVX-512 / AVX2 path."""
+    op = _Loaded.op if _Loaded.tried else (library() and _Loaded.op)  # no lock once loaded: called per product
     w = weight.t()  # [in, out]
-    if (library() is None or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
+    if (op is None or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
             or w.stride(1) != 1 or (bias is not None and (bias.dtype != torch.float32 or bias.stride(0) != 1))):
         return F.linear(x, weight, bias)
     k, n = w.shape
     rows = x.reshape(-1, k)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    return _Loaded.op(rows, w, bias, width).view(*x.shape[:-1], n)
+    return op(rows, w, bias, width).view(*x.shape[:-1], n)
