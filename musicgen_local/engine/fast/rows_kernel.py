@@ -6,9 +6,11 @@ while it runs, and runs its column blocks on torch's own thread pool (`torch.set
 Why a kernel of our own: a decode step multiplies 2 to 2 x MUSICGEN_MAX_BATCH rows by every weight
 matrix, and for so few rows MKL reads the weights at about half the memory's rate, while what it
 computes for one row depends on how many rows it is given (batching would change a request's audio).
-The kernel sums every element in the same order whatever the rows, and runs 1.5-2x faster than MKL
-at 2 and 16 rows with AVX-512, 1.2-2x with AVX2 (`bench/RESULTS.md`). One build carries an AVX-512
-and an AVX2+FMA copy and uses the widest this CPU runs (`width` forces one: the tests run both).
+The kernel sums every element in the same order whatever the rows, and ran 1.5-2x faster than MKL
+at 2 and 16 rows with AVX-512 (EPYC, old ctypes build), 1.3-1.8x at 2 rows and 0.9-1.0x at 16 with
+AVX2 on an EPYC without AVX-512 (this build, as fast as the old one there); `bench/RESULTS.md`. One
+build carries an AVX-512 and an AVX2+FMA copy and uses the widest this CPU runs (`width` forces one:
+the tests run both where the CPU has both).
 
 Where `make install` left no library for these sources and this torch (a plain checkout, edited
 sources), the first process builds it into torch's extension cache, shared by every later process;
