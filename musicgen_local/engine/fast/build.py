@@ -76,7 +76,7 @@ def main() -> None:
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
     library = build(target, verbose=args.verbose)
-    widths = torch.ops.musicgen_local.rows_linear_widths()
+    widths = torch.ops.musicgen_rows.widths()
     print(f"CPU rows kernel: {library} ({'/'.join(f'{w}-float' for w in widths) or 'no'} vectors on this CPU)")
 
 

@@ -1,4 +1,4 @@
-"""The fast decoder's matrix products on CPU: the torch operator `torch.ops.musicgen_local.rows_linear`
+"""The fast decoder's matrix products on CPU: the torch operator `torch.ops.musicgen_rows.linear`
 (`rows_linear.cpp`, its maths in `rows_maths.h`), built once by `make install` (`build.py`) and loaded
 here without a compiler. Torch checks its arguments against the operator's schema, releases the GIL
 while it runs, and runs its column blocks on torch's own thread pool (`torch.set_num_threads`).
@@ -37,7 +37,7 @@ class _Loaded:
     tried = False
     library: Path | None = None
     widths: tuple[int, ...] = ()  # floats a vector of each path this CPU runs
-    op = None  # torch.ops.musicgen_local.rows_linear.default
+    op = None  # torch.ops.musicgen_rows.linear.default
 
 
 def _load() -> Path | None:
@@ -69,9 +69,9 @@ def library() -> Path | None:
             try:
                 loaded = _load()
                 if loaded is not None:
-                    _Loaded.widths = tuple(torch.ops.musicgen_local.rows_linear_widths())
+                    _Loaded.widths = tuple(torch.ops.musicgen_rows.widths())
                     if _Loaded.widths:
-                        _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_local.rows_linear.default
+                        _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_rows.linear.default
                     else:
                         log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
                                     "matrix products")

@@ -1,4 +1,6 @@
-// The rows kernel as a torch operator: torch.ops.musicgen_local.rows_linear(x, w_t, bias, width).
+// The rows kernel as a torch operator: torch.ops.musicgen_rows.linear(x, w_t, bias, width). (Its own
+// namespace: musicgen_local::rows_linear is the Python custom op engine/fast/batch.py wraps around it for
+// torch.compile.)
 //
 // The maths are rows_maths.h, compiled here twice, each copy for one instruction set through
 // `#pragma GCC target` (no -march flag), so one build runs on any x86-64 and picks the widest vectors
@@ -144,9 +146,9 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &w, const c10::opti
 
 }  // namespace
 
-TORCH_LIBRARY(musicgen_local, lib) {
-    lib.def("rows_linear(Tensor x, Tensor w_t, Tensor? bias=None, int width=0) -> Tensor");
-    lib.def("rows_linear_widths() -> int[]", &widths);
+TORCH_LIBRARY(musicgen_rows, lib) {
+    lib.def("linear(Tensor x, Tensor w_t, Tensor? bias=None, int width=0) -> Tensor");
+    lib.def("widths() -> int[]", &widths);
 }
 
-TORCH_LIBRARY_IMPL(musicgen_local, CPU, lib) { lib.impl("rows_linear", &rows_linear); }
+TORCH_LIBRARY_IMPL(musicgen_rows, CPU, lib) { lib.impl("linear", &rows_linear); }
