@@ -2,6 +2,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+ROWS_SOURCES := $(addprefix musicgen_local/engine/fast/,rows_linear.cpp rows_maths.h build.py)
+ROWS_KERNEL  := musicgen_local/engine/fast/_build/.built
 HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -10,7 +12,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
-install: $(STAMP) ffmpeg chromium $(NODE_E2E)
+install: $(STAMP) $(ROWS_KERNEL) ffmpeg chromium $(NODE_E2E)
 
 $(NODE_E2E): tests/e2e/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix tests/e2e --no-audit --no-fund; \
@@ -25,6 +27,13 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt pyproject.t
 	$(PY) -m pip install --no-deps audiocraft==1.3.0
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
+
+# The fast decoder's CPU kernel, built once here for every process that runs from this checkout (no compiler at
+# run time); rebuilt when its sources or the installed packages change. See musicgen_local/engine/fast/build.py.
+# Without a C++ compiler it is not fatal (the decoder then uses torch's products on CPU) and is retried next time.
+$(ROWS_KERNEL): $(STAMP) $(ROWS_SOURCES)
+	@if $(PY) -m musicgen_local.engine.fast.build; then touch $(ROWS_KERNEL); \
+	else echo "make install: the CPU rows kernel did not build (above); CPU decoding uses torch's products" >&2; fi
 
 ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
@@ -64,4 +73,4 @@ lint: install
 	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache musicgen_local/engine/fast/_build

@@ -24,7 +24,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_DECODER": ("fast", "token decoder: fast (batched, static cache) or reference (audiocraft's loop)"),
     "MUSICGEN_STEP_MODE": ("auto", "fast decoder step: auto (CUDA graphs on CUDA), graph, compile, or eager"),
     "MUSICGEN_CPU_PRODUCTS": ("rows", ("fast decoder's matrix products on CPU: rows (our batch-invariant kernel, "
-                                       "built with the C compiler at first use) or torch (MKL, as audiocraft)")),
+                                       "built once by make install) or torch (MKL, as audiocraft)")),
     "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
     "MUSICGEN_WARMUP": ("default", ("models loaded and warmed before READY: default (stereo-melody-large when "
                                    "present), all, none, or a comma-separated list")),

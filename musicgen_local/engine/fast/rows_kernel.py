@@ -1,25 +1,26 @@
-"""The fast decoder's matrix products on CPU: `rows_linear.c`, built with the machine's C compiler at
-first use (for this CPU: -march=native) and called through ctypes, which lets go of the GIL.
+"""The fast decoder's matrix products on CPU: the torch operator `torch.ops.musicgen_rows.linear`
+(`rows_linear.cpp`, its maths in `rows_maths.h`), built once by `make install` (`build.py`) and loaded
+here without a compiler. Torch checks its arguments against the operator's schema, releases the GIL
+while it runs, and runs its column blocks on torch's own thread pool (`torch.set_num_threads`).
 
 Why a kernel of our own: a decode step multiplies 2 to 2 x MUSICGEN_MAX_BATCH rows by every weight
 matrix, and for so few rows MKL reads the weights at about half the memory's rate, while what it
 computes for one row depends on how many rows it is given (batching would change a request's audio).
-The kernel sums every element in the same order whatever the rows, and runs 1.5-2x faster than MKL
-at 2 and 16 rows with AVX-512, 1.2-2x with AVX2 (`bench/RESULTS.md`). It needs AVX2 with FMA, or
-AVX-512; without them, or without a C compiler, torch's own products are used (and the log says why,
-once). `CC` and `CFLAGS` work as usual (CFLAGS come after ours: `CFLAGS=-mno-avx512f` builds the AVX2
-kernel on an AVX-512 machine).
+The kernel sums every element in the same order whatever the rows, and ran 1.5-2x faster than MKL
+at 2 and 16 rows with AVX-512 (EPYC, old ctypes build), 1.3-1.8x at 2 rows and 0.9-1.0x at 16 with
+AVX2 on an EPYC without AVX-512 (this build, as fast as the old one there); `bench/RESULTS.md`. One
+build carries an AVX-512 and an AVX2+FMA copy and uses the widest this CPU runs (`width` forces one:
+the tests run both where the CPU has both).
+
+Where `make install` left no library for these sources and this torch (a plain checkout, edited
+sources), the first process builds it into torch's extension cache, shared by every later process;
+without a C++ compiler and ninja for that, or on a CPU without AVX2 and FMA, torch's own products run
+and the log says why, once.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
@@ -28,76 +29,83 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("rows_linear.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC"]
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_tried = False
 
 
-def _build() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.warning("no C compiler found: the fast decoder uses torch's matrix products on CPU")
-        return None
-    # Built per process, for this CPU, in a fraction of a second; the file goes once it is mapped.
-    build = Path(tempfile.mkdtemp(prefix="musicgen-rows-"))
+class _Loaded:
+    """What this process loaded, once."""
+    lock = threading.Lock()
+    tried = False
+    library: Path | None = None
+    widths: tuple[int, ...] = ()  # floats a vector of each path this CPU runs
+    op = None  # torch.ops.musicgen_rows.linear.default
+
+
+def _load() -> Path | None:
+    from . import build  # here, not above: `python -m ...build` runs it as __main__ without a second copy
+
+    path = build.prebuilt()
+    if path.exists():
+        try:
+            torch.ops.load_library(str(path))
+            return path
+        except (OSError, RuntimeError) as e:
+            why = f"the library `make install` built ({path}) does not load: {e}"
+    else:
+        why = f"no library built by `make install` for these sources and this torch ({path})"
     try:
-        target = build / "rows_linear.so"
-        flags = [*FLAGS, *shlex.split(os.environ.get("CFLAGS", ""))]
-        subprocess.run([compiler, *flags, "-o", str(target), str(SOURCE)], check=True, capture_output=True,
-                       text=True, timeout=120)
-        library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", None) or e
-        log.warning("building the CPU rows kernel failed (%s): the fast decoder uses torch's matrix products",
-                    str(detail).strip()[:500])
+        built = build.build()
+    except Exception as e:  # noqa: BLE001 - a build fails in many ways (no compiler, no ninja, a compile error)
+        log.warning("CPU rows kernel unavailable: %s, and building it here failed (%s): the fast decoder uses "
+                    "torch's matrix products", why, str(e).strip()[-500:])
         return None
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    library.rows_linear_vector_width.restype = ctypes.c_int
-    log.info("CPU rows kernel built: %d floats a vector", library.rows_linear_vector_width())
-    library.rows_linear.restype = None
-    library.rows_linear.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                    ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_ssize_t,
-                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
-    return library
+    log.info("CPU rows kernel built into torch's extension cache, %s (%s)", built, why)
+    return built
 
 
-def library() -> ctypes.CDLL | None:
-    """The built kernel, or None where it cannot be built (tried once per process)."""
-    global _library, _tried
-    with _lock:
-        if not _tried:
-            _library, _tried = _build(), True
-        return _library
+def library() -> Path | None:
+    """The kernel's library loaded in this process, or None where there is none (tried once per process)."""
+    with _Loaded.lock:
+        if not _Loaded.tried:
+            try:
+                loaded = _load()
+                if loaded is not None:
+                    _Loaded.widths = tuple(torch.ops.musicgen_rows.widths())
+                    if _Loaded.widths:
+                        _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_rows.linear.default
+                    else:
+                        log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
+                                    "matrix products")
+            finally:
+                _Loaded.tried = True  # last: `linear` reads `op` without the lock once this is set
+        return _Loaded.library
 
 
 def available() -> bool:
     return library() is not None
 
 
+def widths() -> tuple[int, ...]:
+    """Floats a vector of each path this CPU runs, widest first: (16, 8) with AVX-512, (8,) with AVX2."""
+    library()
+    return _Loaded.widths if _Loaded.library is not None else ()
+
+
 def vector_width() -> int:
-    """Floats per vector of the built kernel: 16 (AVX-512) or 8 (AVX2); 0 when it is not built."""
-    lib = library()
-    return 0 if lib is None else lib.rows_linear_vector_width()
+    """Floats per vector of the path `linear` takes: 16 (AVX-512) or 8 (AVX2); 0 when it is not available."""
+    return max(widths(), default=0)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, width: int = 0) -> torch.Tensor:
     """F.linear(x, weight, bias) for float32 CPU tensors whose weight is stored transposed (as
-    `lay_out_for_cpu` leaves it: weight.t() has unit column stride); F.linear itself otherwise."""
-    lib = library()
+    `lay_out_for_cpu` leaves it: weight.t() has unit column stride); F.linear itself otherwise.
+    `width`: 0 for the widest vectors this CPU runs, or 16 / 8 to force the AVX-512 / AVX2 path."""
+    op = _Loaded.op if _Loaded.tried else (library() and _Loaded.op)  # no lock once loaded: called per product
     w = weight.t()  # [in, out]
-    if (lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
+    if (op is None or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
             or w.stride(1) != 1 or (bias is not None and (bias.dtype != torch.float32 or bias.stride(0) != 1))):
         return F.linear(x, weight, bias)
     k, n = w.shape
     rows = x.reshape(-1, k)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    out = torch.empty((rows.shape[0], n), dtype=torch.float32)
-    lib.rows_linear(rows.shape[0], n, k, rows.data_ptr(), rows.stride(0), w.data_ptr(), w.stride(0),
-                    None if bias is None else bias.data_ptr(), out.data_ptr(), out.stride(0),
-                    torch.get_num_threads())
-    return out.view(*x.shape[:-1], n)
+    return op(rows, w, bias, width).view(*x.shape[:-1], n)

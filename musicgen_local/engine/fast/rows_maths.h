@@ -1,4 +1,4 @@
-/* y = x @ w + bias for the few rows of a decode step, on CPU, in float32.
+/* y = x @ w + bias for the few rows of a decode step, on CPU, in float32: the maths of the rows kernel.
 
    Why not the BLAS: with 2 to 16 rows a step is a stream of weights through a little arithmetic, and
    MKL's small-row sgemm reads them at about half the memory's rate; and its result for a row depends
@@ -9,26 +9,14 @@
    that computes it. So a row's result depends on that row and the weights only.
 
    x: [M, K] (row stride ldx); w: [K, N] (row stride ldw), the transposed layout the CPU loader keeps;
-   y: [M, N] (row stride ldy). Compiled at first use with -O3 -march=native (rows_kernel.py). */
+   y: [M, N] (row stride ldy).
 
-#include <stddef.h>
-#include <string.h>
-#include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+   Not compiled on its own: rows_linear.cpp includes it once per instruction set, inside a namespace and
+   a `#pragma GCC target` region, after defining VW (floats a vector: 16 with AVX-512, 8 with AVX2) and
+   FEW_NV. Hardware FMA is required (both targets include it) and the build passes -ffp-contract=fast:
+   the vector columns' `acc += a * b` must round once, like the tail's fmaf, or a column would give
+   other bits in a block than in the tail. */
 
-/* 16 floats a vector with AVX-512, 8 with AVX2. Hardware FMA is required: the vector columns' `acc += a * b`
-   must round once, like the tail's fmaf, or a column would give other bits in a block than in the tail. */
-#if defined(__AVX512F__)
-#define VW 16
-#define FEW_NV 8
-#elif defined(__AVX2__) && defined(__FMA__)
-#define VW 8
-#define FEW_NV 4
-#else
-#error "the rows kernel needs AVX2 with FMA, or AVX-512"
-#endif
 typedef float vf __attribute__((vector_size(VW * 4), aligned(4), may_alias));
 
 static inline vf load(const float *p) { return *(const vf *)p; }
@@ -123,27 +111,4 @@ static void tail(int M, int K, const float *x, ptrdiff_t ldx, const float *w, pt
             for (int k = 0; k < K; k++) acc = fmaf(x[m * ldx + k], w[(ptrdiff_t)k * ldw + n], acc);
             y[m * ldy + n] = acc;
         }
-}
-
-int rows_linear_vector_width(void) { return VW; }
-
-void rows_linear(int M, int N, int K, const float *x, ptrdiff_t ldx, const float *w, ptrdiff_t ldw,
-                 const float *bias, float *y, ptrdiff_t ldy, int threads) {
-    int nb = VW * (M <= 2 ? FEW_NV : MANY_NV);
-    int blocks = N / nb;
-    if (threads > blocks) threads = blocks > 0 ? blocks : 1;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        int t = 0, nt = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
-#endif
-        int lo = (int)((long)blocks * t / nt) * nb, hi = (int)((long)blocks * (t + 1) / nt) * nb;
-        columns(M, K, x, ldx, w, ldw, y, ldy, lo, hi);
-        if (t == nt - 1) tail(M, K, x, ldx, w, ldw, y, ldy, blocks * nb, N);
-    }
-    if (bias)
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) y[m * ldy + n] += bias[n];
 }
