@@ -115,7 +115,10 @@ def test_a_prediction_canceled_while_waiting_for_the_engine_leaves_no_log_in_mem
         while srv.app.state.streams.stats()["live_logs"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the second's first event (its seed) reached the streams
         srv.http.post(second["urls"]["cancel"])  # ended at once; what its run says later is dropped
-        srv.wait(first["id"])
+        srv.wait(first["id"])  # the status is saved before the listeners see the last event: give them a moment
+        deadline = time.monotonic() + 5
+        while srv.app.state.streams.stats()["live_logs"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert srv.app.state.streams.stats()["live_logs"] == 0
         seen = events(srv.http, second["urls"]["stream"])
         assert [(e.event, e.data) for e in seen] == [("logs", "Using seed " + seen[0].data.split()[-1]),
