@@ -1,4 +1,4 @@
-"""What the GPU check carries to the lent GPU machine is enough there (issue 20, item 7).
+"""What the GPU check carries to the lent GPU machine is enough there.
 
 The machine has torch and many packages (bench/device-packages.txt) but no package index: whatever else
 audiocraft and the engine need travels as wheels (bench/carry.txt, made by bench/wheelhouse), and three
@@ -18,7 +18,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -46,7 +45,7 @@ NOT_IN_THE_REAL_PACKAGE = {"xformers.checkpoint_fairinternal": "FAIR's internal 
 
 def requires_of(name: str, version: str) -> list[str] | None:
     """The Requires-Dist lines of one carried release: from its wheel in .whl/ when bench/wheelhouse ran,
-    else from this venv when it has the same version, else from PyPI's JSON; None when none answers."""
+    else from this venv when it has the same version; None when neither has it (offline: no index asked)."""
     for wheel in WHEELHOUSE.glob("*.whl"):
         dist, wheel_version = wheel.name.split("-")[:2]
         if canonical(dist) == name and wheel_version == version:
@@ -55,15 +54,9 @@ def requires_of(name: str, version: str) -> list[str] | None:
                 return Parser().parsestr(z.read(meta).decode()).get_all("Requires-Dist") or []
     try:
         dist = importlib.metadata.distribution(name)
-        if dist.version == version:
-            return dist.requires or []
     except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=20) as answer:
-            return json.load(answer)["info"]["requires_dist"] or []
-    except OSError:
         return None
+    return (dist.requires or []) if dist.version == version else None
 
 
 def test_every_requirement_of_the_carry_is_carried_or_on_the_machine():
@@ -80,7 +73,7 @@ def test_every_requirement_of_the_carry_is_carried_or_on_the_machine():
     problems = unmet_requirements(requires, have, carry)
     assert not problems, "\n".join(problems)
     if unanswered:
-        pytest.skip(f"no metadata offline for {unanswered} (run bench/wheelhouse, or go online); the rest is met")
+        pytest.skip(f"no metadata for {unanswered} here (bench/wheelhouse makes .whl/); the rest is met")
 
 
 def test_a_missing_requirement_is_named():
