@@ -12,6 +12,7 @@ The full rehearsal (`bench/gpu-check --rehearse`) downloads hundreds of MB and i
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -23,8 +24,11 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from bench.gpu_check import (
+    DEVICE_MARKERS,
+    DEVICE_PACKAGES,
     STAND_INS,
     canonical,
     read_carry,
@@ -59,21 +63,41 @@ def requires_of(name: str, version: str) -> list[str] | None:
     return (dist.requires or []) if dist.version == version else None
 
 
-def test_every_requirement_of_the_carry_is_carried_or_on_the_machine():
-    carry, device = read_carry(), read_device_packages()
-    assert not set(carry.pins) & set(device) - {"typing-extensions"}, "carried although the machine has it"
-    have = {**device, **carry.pins, **dict.fromkeys(STAND_INS)}
+@functools.cache
+def carried_requirements() -> tuple[dict[str, list[str]], tuple[str, ...]]:
+    """Each carried package's Requires-Dist lines, and the pins nothing here answered for."""
     requires, unanswered = {}, []
-    for name, version in carry.pins.items():
+    for name, version in read_carry().pins.items():
         lines = requires_of(name, version)
         if lines is None:
             unanswered.append(f"{name}=={version}")
         else:
             requires[name] = lines
+    return requires, tuple(unanswered)
+
+
+def test_every_requirement_of_the_carry_is_carried_or_on_the_machine():
+    carry, device = read_carry(), read_device_packages()
+    assert not set(carry.pins) & set(device) - {"typing-extensions"}, "carried although the machine has it"
+    have = {**device, **carry.pins, **dict.fromkeys(STAND_INS)}
+    requires, unanswered = carried_requirements()
     problems = unmet_requirements(requires, have, carry)
     assert not problems, "\n".join(problems)
     if unanswered:
         pytest.skip(f"no metadata for {unanswered} here (bench/wheelhouse makes .whl/); the rest is met")
+
+
+def test_the_rehearsal_installs_what_the_carry_takes_from_the_machine():
+    """`bench/gpu-check --rehearse` installs the `# rehearsal` lines of bench/device-packages.txt: every
+    machine package a carried one needs must be among them, or the rehearsal fails where the machine would not."""
+    carry, device = read_carry(), read_device_packages()
+    tagged = {canonical(line.split()[0].partition("==")[0]) for line in DEVICE_PACKAGES.read_text().splitlines()
+              if "# rehearsal" in line and not line.startswith("#")}
+    requires, _ = carried_requirements()
+    needed = {canonical(req.name) for lines in requires.values() for req in map(Requirement, lines)
+              if req.marker is None or req.marker.evaluate(DEVICE_MARKERS)}
+    untagged = sorted((needed & set(device)) - set(carry.pins) - set(carry.unused) - tagged)
+    assert not untagged, f"tag these `# rehearsal` in bench/device-packages.txt: {untagged}"
 
 
 def test_a_missing_requirement_is_named():
