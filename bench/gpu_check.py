@@ -58,6 +58,8 @@ class Report:
     def __init__(self, device: str, out: Path | None, budget_s: float) -> None:
         self.device, self.out, self.lines = device, out, []
         self.failed: list[str] = []
+        self.passed: list[str] = []
+        self.skipped: list[str] = []
         self.deadline = time.monotonic() + budget_s  # past it, the remaining sections are skipped
 
     def add(self, line: str = "") -> None:
@@ -66,14 +68,21 @@ class Report:
         if self.out is not None:
             self.out.write_text("\n".join(self.lines) + "\n")
 
+    def summary(self) -> str:
+        return "; ".join(f"{label} {len(titles)}" + (f" ({', '.join(titles)})" if titles and label != "passed" else "")
+                         for label, titles in (("passed", self.passed), ("FAILED", self.failed),
+                                               ("skipped for the time budget", self.skipped)))
+
     def section(self, title: str, fn, *args) -> None:
         self.add(f"\n### {title}\n")
         start = time.monotonic()
         if start > self.deadline:
             self.add("skipped: the run's time budget (--budget-s) is spent")
+            self.skipped.append(title)
             return
         try:
             fn(self, *args)
+            self.passed.append(title)
         except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others their minutes
             self.add(f"FAILED: {type(exc).__name__}: {exc}")
             self.failed.append(title)
@@ -442,7 +451,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a dry run of every section")
     p.add_argument("--out", type=Path, help="also write the report into this folder")
-    p.add_argument("--budget-s", type=float, default=420, help="start no section after this many seconds")
+    p.add_argument("--budget-s", type=float, help="start no section after this many seconds (default: 420 on CUDA, "
+                   "to fit a 10-minute device call; none on the CPU, where a dry run should run every section)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile section (the last one)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -455,7 +465,8 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / "gpu-check.md"
-    report = Report(args.device, out, args.budget_s)
+    budget = args.budget_s if args.budget_s is not None else 420 if cuda else float("inf")
+    report = Report(args.device, out, budget)
     report.add(f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
                f"{' (quick: tiny sizes)' if args.quick else ''}")
     frames = 100 if args.quick else 400
@@ -478,7 +489,7 @@ def main(argv=None) -> int:
     #   "Fast-path self-check agreement"
     if not args.no_compile:  # last: a slow or failing compile costs no other section anything
         report.section("torch.compile step", step_modes, scale, args.device, frames, ["compile"])
-    report.add(f"\n{'FAILED: ' + ', '.join(report.failed) if report.failed else 'every section passed'}")
+    report.add(f"\nSections: {report.summary()}")
     text = "\n".join(report.lines) + "\n"
     print(text)
     if not args.no_append:
