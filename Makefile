@@ -8,7 +8,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg chromium test serve cog-serve predict tiny-weights weights image lint clean
+.PHONY: install ffmpeg chromium test serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
@@ -55,6 +55,11 @@ cog-serve: install
 # Eager audiocraft generate vs our decoder; appends to bench/RESULTS.md (see bench/README.md).
 bench: install
 	$(PY) -m bench.decoder $(BENCH_ARGS)
+
+# The GPU check's dry run as the lent GPU machine (Python 3.12, torch 2.11, .whl/, stand-ins; builds .rehearsal/
+# once, ~4 GB from PyPI). Not part of `make test`; see bench/README.md, "GPU check".
+gpu-rehearsal: install
+	bench/gpu-check --rehearse --device cpu --quick --no-append --out .rehearsal/out
 
 tiny-weights: install
 	$(VENV)/bin/musicgen-local weights tiny ./weights

@@ -3,29 +3,41 @@
     bench/gpu-check                       # on the GPU machine (installs the carried .whl/ first)
     bench/gpu-check --device cpu --quick  # here: the same code at tiny sizes, to find bugs for free
 
+    bench/gpu-check --rehearse --device cpu --quick   # here: the lent machine's Python and packages, no .venv
+
 Random weights in the real architectures (speed does not depend on their values). Sections, each
-timed and written as soon as it is done (a section that fails is reported and the next one runs):
+timed and written as soon as it is done (a section that fails is reported and the next one runs;
+memory is freed between sections):
+0. the environment: Python, torch, the carried packages, and any requirement of theirs that is unmet;
 1. fast vs reference token agreement (CUDA float16, `large`), and batched == alone on the device;
-2. graph vs torch.compile step, ms/step;
+2. the captured-graph step (eager on CPU), ms/step;
 3. ms/step for `large`, 8 s and 30 s, batch 1, 8 and 64, beside audiocraft's eager loop and
-   transformers' MusicGen (batch 1, 8 s), with peak memory;
+   transformers' MusicGen (batch 1, 8 s), with the peak memory of each row;
 4. the peer to beat, fast-musicgen 0.1.0 (CUDA graphs, batch 1) at the same size;
 5. request -> file for an 8 s clip through the engine (full-size random `large` and EnCodec),
    time to the first streamed segment and the stream's speed against real time;
 6. EnCodec decode (8 s, 30 s), MultiBand Diffusion (8 s), htdemucs (30 s);
-7. two Ray Serve replicas sharing the GPU, half each (when ray is installed there).
-The report goes to bench/RESULTS.md (Part 1) and, with --out, to a file there.
+7. two Ray Serve replicas sharing the GPU, half each (when ray is installed there);
+8. the torch.compile step, last (its compile can take minutes: nothing else waits on it; --no-compile skips it).
+The report goes to bench/RESULTS.md (Part 1) and, with --out, to a file there. The exit status is 1
+when any section failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.metadata
+import importlib.util
 import logging
+import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +47,9 @@ from bench.decoder import autocast, timed
 
 log = logging.getLogger("gpu-check")
 ROOT = Path(__file__).resolve().parents[1]
+CARRY = ROOT / "bench" / "carry.txt"  # what .whl/ holds (bench/wheelhouse)
+DEVICE_PACKAGES = ROOT / "bench" / "device-packages.txt"  # what the lent machine has
+STAND_INS = ("xformers", "spacy", "av")  # bench/stand_ins: imported by audiocraft, unused on this path
 LARGE = (2048, 32, 48)  # dim, heads, layers: audiocraft model_scale/large.yaml
 TINY = (32, 2, 2)
 
@@ -42,6 +57,9 @@ TINY = (32, 2, 2)
 class Report:
     def __init__(self, device: str, out: Path | None, budget_s: float) -> None:
         self.device, self.out, self.lines = device, out, []
+        self.failed: list[str] = []
+        self.passed: list[str] = []
+        self.skipped: list[str] = []
         self.deadline = time.monotonic() + budget_s  # past it, the remaining sections are skipped
 
     def add(self, line: str = "") -> None:
@@ -50,22 +68,166 @@ class Report:
         if self.out is not None:
             self.out.write_text("\n".join(self.lines) + "\n")
 
+    def summary(self) -> str:
+        return "; ".join(f"{label} {len(titles)}" + (f" ({', '.join(titles)})" if titles and label != "passed" else "")
+                         for label, titles in (("passed", self.passed), ("FAILED", self.failed),
+                                               ("skipped for the time budget", self.skipped)))
+
     def section(self, title: str, fn, *args) -> None:
         self.add(f"\n### {title}\n")
         start = time.monotonic()
         if start > self.deadline:
             self.add("skipped: the run's time budget (--budget-s) is spent")
+            self.skipped.append(title)
             return
         try:
             fn(self, *args)
+            self.passed.append(title)
         except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others their minutes
             self.add(f"FAILED: {type(exc).__name__}: {exc}")
+            self.failed.append(title)
             log.error("%s", traceback.format_exc())
-        self.add(f"\n({time.monotonic() - start:.0f} s)")
+        held = free_memory(self.device)
+        self.add(f"\n({time.monotonic() - start:.0f} s{held})")
+
+
+def free_memory(device: str) -> str:
+    """Drop what a section left behind (transformers' model cache, collectable cycles, the CUDA caching
+    allocator's free blocks); says how much the device still holds."""
+    from bench import decoder
+
+    decoder._HF.clear()
+    gc.collect()
+    if not device.startswith("cuda"):
+        return ""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return f"; {torch.cuda.memory_allocated() / 2**30:.2f} GiB still allocated after it"
+
+
+def reset_peak(device: str) -> None:
+    """Each row's peak is its own: the caching allocator's free blocks go back and the counter restarts."""
+    if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def peak_gib(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ what is carried
+
+# The lent machine's interpreter, for the environment markers of the carried packages' requirements.
+DEVICE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+                  "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                  "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class Carry:
+    """bench/carry.txt: the pins, which are built here from source, and the declared exceptions."""
+
+    pins: dict[str, str]  # canonical name -> version
+    built: set[str]
+    unused: dict[str, str]  # requirement nobody on this path imports -> why
+    names_only: set[str]  # carried packages whose own version pins are not checked
+
+
+def read_carry(path: Path = CARRY) -> Carry:
+    carry = Carry({}, set(), {}, set())
+    for line in path.read_text().splitlines():
+        body, _, comment = line.partition("#")
+        directive = re.match(r"\s*(unused|names-only):\s*(\S+)\s*(.*)", comment) if not body.strip() else None
+        if directive:
+            kind, name, why = directive.groups()
+            if kind == "unused":
+                carry.unused[canonical(name)] = why
+            else:
+                carry.names_only.add(canonical(name))
+        elif body.strip():
+            name, version = body.strip().split("==")
+            carry.pins[canonical(name)] = version
+            if comment.strip().startswith("build"):
+                carry.built.add(canonical(name))
+    return carry
+
+
+def read_device_packages(path: Path = DEVICE_PACKAGES) -> dict[str, str | None]:
+    """The lent machine's packages: canonical name -> version, None where the device notes give none."""
+    have: dict[str, str | None] = {}
+    for line in path.read_text().splitlines():
+        body = line.partition("#")[0].strip()
+        if body:
+            name, _, version = body.partition("==")
+            have[canonical(name)] = version or None
+    return have
+
+
+def unmet_requirements(requires: dict[str, list[str]], have: dict[str, str | None], carry: Carry) -> list[str]:
+    """Each requirement of a carried package (`requires`: its Requires-Dist lines) that `have` (name ->
+    version, None for unknown) does not meet, evaluated for the lent machine's Python. An unknown
+    version passes here; on the machine itself every installed version is known."""
+    from packaging.requirements import Requirement
+
+    problems = []
+    for dist, lines in sorted(requires.items()):
+        for line in lines:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate(DEVICE_MARKERS):
+                continue
+            name = canonical(req.name)
+            if name in carry.unused:
+                continue
+            if name not in have:
+                problems.append(f"{dist} needs {req}: neither carried (bench/carry.txt) nor on the machine")
+            elif (have[name] is not None and canonical(dist) not in carry.names_only
+                  and not req.specifier.contains(have[name], prereleases=True)):
+                problems.append(f"{dist} needs {req}, and {req.name} {have[name]} is what it would get")
+    return problems
+
+
+def environment(report: Report) -> None:
+    """What this run imports: the interpreter, torch, every carried package (version and where from), and
+    any requirement of theirs that what is installed here does not meet."""
+    report.add(f"- Python {platform.python_version()} ({sys.executable}), torch {torch.__version__}")
+    carry = read_carry()
+    requires, have, missing = {}, {}, []
+    for dist in importlib.metadata.distributions():  # in sys.path order: the first of a name is the one imported
+        have.setdefault(canonical(dist.metadata["Name"]), dist.version)
+    have.update({name: None for name in STAND_INS if importlib.util.find_spec(name) is not None})
+    for name, pin in carry.pins.items():
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(f"{name}=={pin}")
+            continue
+        requires[name] = dist.requires or []
+        if dist.version != pin:
+            report.add(f"- note: {name} {dist.version} here, {pin} carried")
+    for name in STAND_INS:
+        spec = importlib.util.find_spec(name)
+        where = "missing" if spec is None else "stand-in" if "stand_ins" in str(spec.origin) else "real"
+        report.add(f"- {name}: {where}")
+    problems = [f"not installed: {', '.join(missing)}"] if missing else []
+    problems += unmet_requirements(requires, have, carry)
+    for problem in problems:
+        report.add(f"- {problem}")
+    if problems:
+        raise RuntimeError(f"{len(problems)} unmet requirement(s) of the carried packages (listed above)")
+    report.add(f"- the {len(carry.pins)} carried packages are installed and their requirements are met")
+
+
+def tiny_t5(report: Report, weights: Path) -> None:
+    from musicgen_local.testing.tiny import write_tiny_weights
+
+    write_tiny_weights(weights, ["t5"])  # the text conditioner's files (tiny: its cost is not what we measure)
+    report.add(f"- written to {weights}")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -155,9 +317,8 @@ def _first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
     return "none" if len(diff) == 0 else str(int(diff[0]))
 
 
-def step_modes(report: Report, scale, device: str, frames: int) -> None:
+def step_modes(report: Report, scale, device: str, frames: int, modes: list[str]) -> None:
     lm = lm_for(scale, device)
-    modes = ["graph", "compile"] if device.startswith("cuda") else ["eager"]
     for mode in modes:
         start = time.monotonic()
         _, seconds = fast_decode(lm, 1, frames, windows_for(lm, 1, frames, device), device, mode)
@@ -172,13 +333,12 @@ def step_speed(report: Report, scale, device: str, durations: list[int], batches
     for duration in durations:
         frames = duration * 50
         for batch in batches:
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+            reset_peak(device)
             _, seconds = fast_decode(lm, batch, frames, windows_for(lm, batch, frames, device), device)
             report.add(f"| fast | {duration} | {batch} | {1000 * seconds / (frames + 3):.2f} | "
                        f"{duration * batch / seconds:.1f} | {peak_gib(device):.1f} |")
     frames = durations[0] * 50
+    reset_peak(device)
     with torch.inference_mode(), autocast(device):
         seconds = timed(device, lambda: lm.generate(None, _attributes("lofi"), max_gen_len=frames,
                                                     use_sampling=True, top_k=250))
@@ -187,6 +347,7 @@ def step_speed(report: Report, scale, device: str, durations: list[int], batches
     from bench.decoder import _hf_generate
 
     _hf_generate(lm, 1, 8)  # build and warm it
+    reset_peak(device)
     seconds = timed(device, lambda: _hf_generate(lm, 1, frames + 3))
     report.add(f"| transformers | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
                f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |")
@@ -285,32 +446,36 @@ def ray_wiring(report: Report, device: str) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a dry run of every section")
     p.add_argument("--out", type=Path, help="also write the report into this folder")
-    p.add_argument("--budget-s", type=float, default=420, help="start no section after this many seconds")
+    p.add_argument("--budget-s", type=float, help="start no section after this many seconds (default: 420 on CUDA, "
+                   "to fit a 10-minute device call; none on the CPU, where a dry run should run every section)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile section (the last one)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights = Path(tempfile.mkdtemp(prefix="gpu-check-weights-"))
-    from musicgen_local.testing.tiny import write_tiny_weights
-
-    write_tiny_weights(weights, ["t5"])  # the text conditioner's files (tiny: its cost is not what we measure)
     scale = TINY if args.quick else LARGE
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU (dry run)"
+    cuda = args.device.startswith("cuda")
+    name = torch.cuda.get_device_name() if cuda else "CPU (dry run)"
     out = None
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / "gpu-check.md"
-    report = Report(args.device, out, args.budget_s)
+    budget = args.budget_s if args.budget_s is not None else 420 if cuda else float("inf")
+    report = Report(args.device, out, budget)
     report.add(f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
                f"{' (quick: tiny sizes)' if args.quick else ''}")
     frames = 100 if args.quick else 400
     durations, batches = ([1, 2], [1, 2]) if args.quick else ([8, 30], [1, 8, 64])
+    report.section("Environment", environment)
+    report.section("Setup: the text conditioner's tiny T5", tiny_t5, weights)
     report.section("Token agreement", agreement, scale, args.device, frames)
-    report.section("Graph vs compile", step_modes, scale, args.device, frames)
+    report.section("Graph step" if cuda else "Eager step", step_modes, scale, args.device, frames,
+                   ["graph"] if cuda else ["eager"])
     report.section("Decode speed (large, random weights)", step_speed, scale, args.device, durations, batches)
     report.section("fast-musicgen 0.1.0, batch 1", fast_musicgen_peer, scale, args.device, frames)
     report.section("Request to file through the engine", request_to_file, scale, args.device,
@@ -318,11 +483,19 @@ def main(argv=None) -> None:
     report.section("Codecs", codecs, args.device, [1, 2] if args.quick else [8, 30], 0.05 if args.quick else 8.0,
                    0.25 if args.quick else 30.0)
     report.section("Scale-out wiring: two Ray replicas on one GPU", ray_wiring, args.device)
+    # Reserved for the engine's owner, to come here, before the compile step:
+    #   "Memory plan against the card's free memory"
+    #   "Fault injection"
+    #   "Fast-path self-check agreement"
+    if not args.no_compile:  # last: a slow or failing compile costs no other section anything
+        report.section("torch.compile step", step_modes, scale, args.device, frames, ["compile"])
+    report.add(f"\nSections: {report.summary()}")
     text = "\n".join(report.lines) + "\n"
     print(text)
     if not args.no_append:
         results.append("# Part 1", text)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
