@@ -57,6 +57,6 @@ def free_cached(device: str) -> None:
 class DeviceLost(Exception):
     """Raised inside the device loop once its device is unusable: every job it holds ends."""
 
-    def __init__(self, device: str, cause: BaseException) -> None:
-        self.device, self.cause = device, cause
+    def __init__(self, device: str, cause: BaseException, job=None) -> None:
+        self.device, self.cause, self.job = device, cause, job  # job: the one whose stage raised, if any
         super().__init__(f"{device} failed: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]}")

@@ -149,8 +149,10 @@ class DeviceLoop:
         finally:
             self.ready.set()
         with torch.inference_mode():
-            while not self.lost and self._receive(block=self._idle()):
+            while not self.lost:
                 try:
+                    if not self._receive(block=self._idle()):
+                        break
                     self._place_waiting_models()
                     self._admit()
                     self._step()
@@ -186,9 +188,10 @@ class DeviceLoop:
         log.critical("device %s lost: %s", self.device, lost)
         with self._count:
             self.lost = message
-        started = [*(j for jobs in self.decoding.values() for j in jobs.values()),
-                   *(j for j in self.waiting if j.started)]
-        queued = [*(j for j in self.waiting if not j.started), *(j for jobs in self.loading.values() for j in jobs)]
+        held = [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values()),
+                *(j for jobs in self.loading.values() for j in jobs), *([lost.job] if lost.job else [])]
+        started = [j for j in held if j.started]
+        queued = [j for j in held if not j.started]
         for job in started:
             self._end(job, Failed(message, kind="internal"))
         for job in queued:
@@ -611,7 +614,7 @@ class DeviceLoop:
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's terminal event
             reach = faults.classify(exc, self.device)
             if reach == faults.FATAL:
-                raise faults.DeviceLost(self.device, exc) from exc
+                raise faults.DeviceLost(self.device, exc, job) from exc
             if reach == faults.OUT_OF_MEMORY:
                 exc = self._out_of_memory(exc, f"generating this {job.request.duration} s request")
             batch = self.models.get(job.request.model_version)

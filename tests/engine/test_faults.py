@@ -87,3 +87,17 @@ def test_an_ordinary_bug_in_the_step_fails_its_batch_only(engine, monkeypatch):
     assert isinstance(first[-1], Failed) and "shape mismatch" in first[-1].message
     assert isinstance(events(engine.submit(Request(model_version="large", prompt="a", duration=1, seed=1)))[-1], Done)
     assert engine.health()["status"] == "READY"
+
+
+def test_an_unrecoverable_error_while_a_model_loads_loses_the_device_too(settings, monkeypatch):
+    """The model's self-check steps hit it: its request never started, so it ends `kind="device"`."""
+    inject(monkeypatch, RuntimeError(ILLEGAL_ADDRESS), after=1, times=10**9)
+    engine = LocalEngine(settings.with_(warmup="none"))
+    try:
+        ended = events(engine.submit(Request(model_version="large", prompt="a", duration=1, seed=1)))
+        assert not any(isinstance(e, Started) for e in ended)
+        assert isinstance(ended[-1], Failed) and ended[-1].kind == "device"
+        assert "unrecoverable" in ended[-1].message
+        assert engine.lost.wait(5) and engine.health()["status"] == "UNHEALTHY"
+    finally:
+        engine.close()
