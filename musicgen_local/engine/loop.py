@@ -465,7 +465,7 @@ class DeviceLoop:
             else:
                 self._guard(job, self._start, job, self.models[model_version].model)
 
-    def _activate(self, model_version: str, host, say) -> bool:
+    def _activate(self, model_version: str, host, say) -> bool | Exception:
         """Build, size, warm and check one model. False: not now (busy models hold the room it needs)."""
         dtype_bytes = 4 if torch.device(self.device).type == "cpu" else 2
         lm = W.PRESETS[model_version].lm
@@ -522,7 +522,9 @@ class DeviceLoop:
         return None
 
     def _cannot_place(self, model_version: str, fp: memory.Footprint) -> bool | Exception:
-        if self._busy() - {model_version}:
+        """Wait (False) while a resident model is busy: its room comes back when it is idle. Models still
+        loading hold no room, so they do not count."""
+        if (self._busy() & set(self.models)) - {model_version}:
             return False
         return EngineError(self.plan.too_big(model_version, fp))
 
