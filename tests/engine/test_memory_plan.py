@@ -97,3 +97,17 @@ def test_a_model_that_fits_only_alone_waits_for_the_busy_one(settings, footprint
         assert engine.health()["devices"][0]["resident_models"] == [STEREO]
     finally:
         engine.close()
+
+
+def test_two_models_waiting_for_the_same_room_both_get_it_in_turn(settings, footprints):
+    """While one model decodes, two others are read and wait for its room; neither waits for the other."""
+    total = {v: m["total_bytes"] for v, m in footprints.items()}
+    engine = LocalEngine(settings.with_(warmup="none", device_memory=budget_for(max(total.values()) + 1)))
+    try:
+        busy = iter(engine.submit(request(MONO, duration=3, seed=1)))
+        assert any(isinstance(e, Started) for e in busy)
+        others = [engine.submit(request(v, seed=2)) for v in (STEREO, "stereo-large")]
+        assert [type(list(run)[-1]) for run in others] == [Done, Done]
+        assert isinstance(list(busy)[-1], Done)
+    finally:
+        engine.close()
