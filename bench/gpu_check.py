@@ -10,6 +10,9 @@ timed and written as soon as it is done (a section that fails is reported and th
 memory is freed between sections):
 0. the environment: Python, torch, the carried packages, and any requirement of theirs that is unmet;
 1. fast vs reference token agreement (CUDA float16, `large`), and batched == alone on the device;
+   then the engine's readiness checks (`bench/gpu_engine.py`): the memory plan against the card and
+   CUDA's own figures, the fast path's self-check, and faults injected for real (out of memory in a step;
+   a device-side assert, in a process of its own);
 2. the captured-graph step (eager on CPU), ms/step;
 3. ms/step for `large`, 8 s and 30 s, batch 1, 8 and 64, beside audiocraft's eager loop and
    transformers' MusicGen (batch 1, 8 s), with the peak memory of each row;
