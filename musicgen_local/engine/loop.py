@@ -96,6 +96,7 @@ class DeviceLoop:
         self.inbox: queue.SimpleQueue[Job | _Read | None] = queue.SimpleQueue()
         self.models: OrderedDict[str, Resident] = OrderedDict()
         self.plan = memory.new_plan(device, settings.device_memory)
+        self.dtype_bytes = 4 if torch.device(device).type == "cpu" else 2  # the LM's compute dtype: float16 off CPU
         self.model_loads = 0
         self.loading: dict[str, list[Job]] = {}  # model_version -> jobs waiting for it to be read and placed
         self.read: dict[str, Any] = {}  # model_version -> host copy, read and waiting for room on the device
@@ -377,9 +378,8 @@ class DeviceLoop:
     def _room_to_decode(self, model_version: str, seconds: float, streams: int) -> None:
         """The codec decodes a whole clip at once: past the one window every model keeps room for, make
         room by evicting idle models (if it still does not fit, out of memory fails this request alone)."""
-        dtype_bytes = 4 if torch.device(self.device).type == "cpu" else 2
-        beyond = (memory.codec_bytes(seconds, streams, dtype_bytes)
-                  - memory.codec_bytes(memory.WINDOW_S, streams, dtype_bytes))
+        beyond = (memory.codec_bytes(seconds, streams, self.dtype_bytes)
+                  - memory.codec_bytes(memory.WINDOW_S, streams, self.dtype_bytes))
         if beyond > 0:
             self._room_for(model_version, beyond)
 
@@ -451,9 +451,10 @@ class DeviceLoop:
         except faults.DeviceLost:
             raise
         except Exception as exc:  # noqa: BLE001 - the model could not be built: its jobs fail, the device goes on
-            if faults.classify(exc, self.device) == faults.FATAL:
+            reach = faults.classify(exc, self.device)
+            if reach == faults.FATAL:
                 raise faults.DeviceLost(self.device, exc) from exc
-            if faults.classify(exc, self.device) == faults.OUT_OF_MEMORY:
+            if reach == faults.OUT_OF_MEMORY:
                 exc = self._out_of_memory(exc, f"loading {model_version}")
             placed = exc
         if placed is False:
@@ -467,7 +468,7 @@ class DeviceLoop:
 
     def _activate(self, model_version: str, host, say) -> bool | Exception:
         """Build, size, warm and check one model. False: not now (busy models hold the room it needs)."""
-        dtype_bytes = 4 if torch.device(self.device).type == "cpu" else 2
+        dtype_bytes = self.dtype_bytes
         lm = W.PRESETS[model_version].lm
         estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if W.PRESETS[model_version].melody else 0)
         if estimate is not None and not self._room_for(model_version, estimate.total(1 if lm else 0)):
@@ -541,8 +542,7 @@ class DeviceLoop:
         """MUSICGEN_MAX_BATCH slots when they fit (evicting idle models for them), else as many as fit."""
         want = self.settings.max_batch if self.settings.decoder == "fast" else 1
         self._room_for(model_version, fp.total(want) - fp.weights)
-        room = self.plan.free + fp.weights  # the weights are loaded already but not in the plan yet
-        return next((n for n in range(want, 0, -1) if fp.total(n) <= room), 0)
+        return fp.slots_within(self.plan.free + fp.weights, want)  # its weights are loaded, not yet in the plan
 
     def _busy(self) -> set[str]:
         return ({j.request.model_version for j in self.waiting} | {v for v, jobs in self.decoding.items() if jobs}

@@ -63,6 +63,10 @@ class Footprint:
     def total(self, slots: int) -> int:
         return self.weights + slots * self.slot() + self.workspace(slots)
 
+    def slots_within(self, room: int, max_slots: int) -> int:
+        """The most slots (at most `max_slots`) whose total fits in `room` bytes; 0 when not even one does."""
+        return next((n for n in range(max_slots, 0, -1) if self.total(n) <= room), 0)
+
 
 def codec_bytes(seconds: float, streams: int = 1, dtype_bytes: int = 4) -> int:
     """Peak memory of decoding `seconds` of tokens to audio at once."""
@@ -143,11 +147,7 @@ class DevicePlan:
 
     def slots_alone(self, fp: Footprint, max_slots: int) -> int:
         """Slots the model gets if it had the device to itself (shared components kept): 0 = does not fit."""
-        room = self.usable - sum(self.shared.values()) - fp.weights
-        for slots in range(max_slots, 0, -1):
-            if fp.workspace(slots) + slots * fp.slot() <= room:
-                return slots
-        return 0
+        return fp.slots_within(self.usable - sum(self.shared.values()), max_slots)
 
     def too_big(self, name: str, fp: Footprint) -> str:
         return (f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "

@@ -64,13 +64,19 @@ class Plan:
 
     def window_conditions(self, index: int) -> dict:
         """The condition tensors of window `index`, conditional then unconditional (LMModel's CFG layout)."""
-        from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
-
         attributes = self.window_attributes(index)
-        provider = self.model.lm.condition_provider
-        null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
         with M.stems_precomputed(self.model) if self.melody is not None else contextlib.nullcontext():
-            return provider(provider.tokenize(attributes + null))
+            return condition_tensors(self.model.lm, attributes)
+
+
+def condition_tensors(lm, attributes: list) -> dict:
+    """The condition tensors of `attributes` followed by their null (unconditional) copies, as LMModel
+    lays them out for classifier-free guidance."""
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+
+    provider = lm.condition_provider
+    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+    return provider(provider.tokenize(attributes + null))
 
 
 def plan_request(model, request: Request, clip: torch.Tensor | None, rng: random.Random) -> Plan:

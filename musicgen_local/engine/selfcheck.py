@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .fast import SamplingParams, SlotBatch, Window, decode
+from .plan import condition_tensors
 
 FRAMES = 25  # half a second: every codebook's delay, 28 steps or more, a small share of a model's warm-up
 TEXT = "self-check: warm piano chords over a slow hip hop beat"
@@ -51,7 +52,7 @@ def compare(model, batch: SlotBatch, frames: int = FRAMES) -> Verdict:
     """Run the check (inside the device's autocast, as decoding runs)."""
     lm = model.lm
     attributes, _ = model._prepare_tokens_and_attributes([TEXT], None)
-    conditions = _conditions(lm, attributes)
+    conditions = condition_tensors(lm, attributes)
     generator = torch.Generator(batch.static.device).manual_seed(0)
     window = Window(conditions, None, frames, SamplingParams(temp=1.0, top_k=1, top_p=0.0, cfg_coef=CFG), generator)
     fast = decode(batch, [window])[0]  # [1, K, frames]
@@ -72,14 +73,6 @@ def compare(model, batch: SlotBatch, frames: int = FRAMES) -> Verdict:
     if ref_margin is not None:
         summary += f"; audiocraft's own loop: margin {ref_margin:.2g}, {100 * same:.1f}% of its tokens the same"
     return Verdict(ok, summary, fast_agree, fast_margin, tolerance, ref_margin, same)
-
-
-def _conditions(lm, attributes) -> dict:
-    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
-
-    provider = lm.condition_provider
-    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-    return provider(provider.tokenize(attributes + null))
 
 
 def _margins(lm, conditions: dict, codes: torch.Tensor) -> tuple[float, float, float]:
