@@ -34,6 +34,9 @@ class Request:
     classifier_free_guidance: int = 3
     output_format: str = "wav"
     seed: int | None = None
+    # Not a schema input: the fine-tune to decode with (a `musicgen_local.tuned` tar or folder, whose base is
+    # `model_version`), set by the front door from the version asked for; None: the published weights.
+    weights: str | None = None
 
     @classmethod
     def from_input(cls, inp: Any) -> Request:
