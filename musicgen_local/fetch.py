@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import weights as W
 from .errors import WeightsMissingError
-from .schema import LM_VERSIONS, MODEL_VERSIONS
+from .registry import LM_VERSIONS, MODEL_VERSIONS, PRESETS
 
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
@@ -295,7 +295,7 @@ def _cmd_fetch(args, settings) -> int:
         return 2
     versions = list(args.model_versions)
     versions += list(LM_VERSIONS) if args.all else []
-    versions += [v for v in LM_VERSIONS if W.PRESETS[v].melody] if args.melody else []
+    versions += [v for v in LM_VERSIONS if PRESETS[v].melody] if args.melody else []
     versions = list(dict.fromkeys(versions or ["stereo-melody-large"]))  # schema's default model_version
     try:
         summary = fetch(settings.weights_dir, files_for(versions, args.mbd, settings.checkpoints), log=logger.info)

@@ -17,14 +17,8 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, cr
 from pydantic import Field as PydanticField
 
 from .errors import UserError
+from .registry import ENCODE_DECODE, MODEL_VERSIONS
 
-MODEL_VERSIONS = ("stereo-melody-large", "stereo-large", "melody-large", "large", "encode-decode")
-LM_VERSIONS = MODEL_VERSIONS[:4]
-# Replicate's two published version ids for this schema: b05b1dff has encode-decode, 671ac645 does not.
-VERSION_IDS = (
-    "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38",
-    "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb",
-)
 _REQUIRED = object()
 CODEBOOK_SIZE = 2048  # tokens each MusicGen codebook has: top_k past it has nothing more to keep
 
@@ -222,7 +216,7 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
         raise UserError("Must provide either prompt or input_audio")
     if inp.continuation and not inp.input_audio:
         raise UserError("Must provide `input_audio` if continuation is `True`.")
-    if v == "encode-decode" and not inp.input_audio:
+    if v == ENCODE_DECODE and not inp.input_audio:
         raise UserError("`encode-decode` needs `input_audio`: it encodes that audio with EnCodec and decodes it back.")
     if v in ("stereo-large", "large") and inp.input_audio and not inp.continuation:
         raise UserError(
@@ -230,9 +224,9 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
             "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input.")
     if inp.continuation_end is not None and inp.continuation_start > inp.continuation_end:
         raise UserError("`continuation_start` must be less than or equal to `continuation_end`")
-    if v != "encode-decode" and inp.duration < 1:
+    if v != ENCODE_DECODE and inp.duration < 1:
         raise UserError(f"`duration` must be at least 1 second, got {inp.duration}.")
-    if v != "encode-decode" and inp.duration > max_duration:
+    if v != ENCODE_DECODE and inp.duration > max_duration:
         raise UserError(f"`duration` must be at most {max_duration} seconds, got {inp.duration}. "
                         "The server's limit is set by MUSICGEN_MAX_DURATION.")
     if not 0 <= inp.top_k <= CODEBOOK_SIZE:

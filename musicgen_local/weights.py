@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WeightsMissingError
+from .registry import PRESETS
 
 T5 = "t5-base"
 ENCODEC = "facebook/encodec_32khz"
@@ -31,23 +32,6 @@ class HubFile:
     def __str__(self) -> str:
         return f"{self.repo}/{self.filename}"
 
-
-@dataclass(frozen=True)
-class Preset:
-    """What a model_version is: named once here, never sniffed from the name."""
-
-    channels: int  # audio channels out (0: as many as the input, for encode-decode)
-    melody: bool = False  # conditions on a melody (needs htdemucs)
-    lm: bool = True  # generates with a language model (encode-decode only runs the codec)
-
-
-PRESETS: dict[str, Preset] = {
-    "stereo-melody-large": Preset(2, melody=True),
-    "stereo-large": Preset(2),
-    "melody-large": Preset(1, melody=True),
-    "large": Preset(1),
-    "encode-decode": Preset(0, lm=False),
-}
 
 LM_FILES = ("state_dict.bin", "compression_state_dict.bin")
 T5_FILES = tuple(HubFile(T5, f) for f in ("config.json", "model.safetensors", "spiece.model", "tokenizer.json"))

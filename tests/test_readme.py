@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from musicgen_local.schema import VERSION_IDS
+from musicgen_local.registry import PUBLISHED as VERSION_IDS
 from musicgen_local.settings import ENV_VARS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import Cancelled, UserError
+from ..registry import ENCODE_DECODE
 from .api import Request
 
 SAMPLE_RATE = 32000
@@ -56,7 +57,7 @@ def load(request: Request, channels: int, work_dir: Path, limits: Limits, cancel
     if end - start <= 0:
         raise UserError(f"`input_audio` is empty after cropping to continuation_start={start}, "
                         f"continuation_end={request.continuation_end} (the clip is {length_s:.2f} s long).")
-    if request.model_version == "encode-decode" and end - start > limits.max_duration_s:
+    if request.model_version == ENCODE_DECODE and end - start > limits.max_duration_s:
         raise UserError(f"`input_audio` is {end - start:.1f} s long after cropping; `encode-decode` takes at most "
                         f"{limits.max_duration_s} s (MUSICGEN_MAX_DURATION). Crop it with continuation_start and "
                         "continuation_end.")
@@ -64,7 +65,7 @@ def load(request: Request, channels: int, work_dir: Path, limits: Limits, cancel
         raise UserError(f"The continuation prompt ({end - start:.1f} s after cropping) must be shorter than "
                         f"`duration` ({request.duration} s): the output includes the prompt.")
     useful = max(request.duration, 30) + MELODY_MARGIN_S
-    if not request.continuation and request.model_version != "encode-decode" and end - start > useful:
+    if not request.continuation and request.model_version != ENCODE_DECODE and end - start > useful:
         notes.append(f"The melody is {end - start:.0f} s long after cropping; its first {useful} s condition "
                      "this request (no window reaches further).")
         end = start + useful

@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .. import weights as W
+from .. import registry
 from ..errors import Cancelled, UserError
 from ..schema import check_semantics
 from ..settings import Settings
@@ -93,7 +93,7 @@ class LocalEngine:
             self._weights_there(request, job)
             if request.input_audio:
                 with tempfile.TemporaryDirectory(dir=self.scratch) as work_dir:
-                    clip = inputs.load(request, W.PRESETS[request.model_version].channels, Path(work_dir),
+                    clip = inputs.load(request, registry.PRESETS[request.model_version].channels, Path(work_dir),
                                        self.limits, job.run.canceled)
                 job.clip = clip.wav
                 for note in clip.notes:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .. import audio
+from .. import audio, registry
 from .. import weights as W
 from ..errors import Cancelled, EngineError, MusicgenError
 from ..settings import Settings
@@ -42,7 +42,7 @@ from .plan import Plan, plan_request
 from .run import LocalRun
 
 log = logging.getLogger(__name__)
-CODEC_KEY = "encode-decode"
+CODEC_KEY = registry.ENCODE_DECODE
 MELODY_PREFIX = 300  # cache positions kept for a melody model's prepended chroma (235) and prompt tokens
 
 
@@ -469,8 +469,8 @@ class DeviceLoop:
     def _activate(self, model_version: str, host, say) -> bool | Exception:
         """Build, size, warm and check one model. False: not now (busy models hold the room it needs)."""
         dtype_bytes = self.dtype_bytes
-        lm = W.PRESETS[model_version].lm
-        estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if W.PRESETS[model_version].melody else 0)
+        lm = registry.PRESETS[model_version].lm
+        estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if registry.PRESETS[model_version].melody else 0)
         if estimate is not None and not self._room_for(model_version, estimate.total(1 if lm else 0)):
             return self._cannot_place(model_version, estimate)
         start = time.monotonic()
@@ -634,11 +634,11 @@ class DeviceLoop:
 
 def warmup_models(settings: Settings) -> list[str]:
     """The models MUSICGEN_WARMUP names, among those whose weights are on disk."""
-    lm_versions = [v for v, p in W.PRESETS.items() if p.lm]
+    lm_versions = list(registry.LM_VERSIONS)
     choice = settings.warmup.strip()
     names = {"none": [], "": [], "default": lm_versions[:1], "all": lm_versions}.get(
         choice, [v.strip() for v in choice.split(",") if v.strip()])
-    return [v for v in names if v in W.PRESETS and not W.missing(settings.weights_dir, W.required_files(v))]
+    return [v for v in names if v in registry.PRESETS and not W.missing(settings.weights_dir, W.required_files(v))]
 
 
 def _not_started(device: str, message: str) -> Failed:

@@ -214,9 +214,9 @@ HTDEMUCS = 42_000_000 * 4  # adefossez/HTDemucs, float32
 
 
 def published(model_version: str, dtype_bytes: int = 2) -> Footprint:
-    from .. import weights as W
+    from .. import registry
 
-    preset = W.PRESETS[model_version]
+    preset = registry.PRESETS[model_version]
     dim, layers, heads, card = 2048, 48, 32, 2048
     codebooks = 8 if preset.channels == 2 else 4
     lm_params = layers * 16 * dim * dim + 2 * codebooks * (card + 1) * dim + 768 * dim

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import registry
 from .. import weights as W
 from ..errors import EngineError, WeightsMissingError
 from ..settings import Settings
@@ -85,7 +86,7 @@ def read_checkpoint(settings: Settings, model_version: str) -> HostCopy:
         path = W.cached_path(settings.weights_dir, file)
         if path is not None and file.filename not in W.LM_FILES:
             host.file_bytes += _warm_os_cache(path)
-    if not W.PRESETS[model_version].lm:
+    if not registry.PRESETS[model_version].lm:
         return host
     source = checkpoint_source(settings, model_version)
     cache_dir = str(W.hub_cache(settings.weights_dir))
@@ -161,7 +162,7 @@ def _preloaded_packages(host: HostCopy):
 def build_model(settings: Settings, host: HostCopy, device: str):
     """The device stage: the model on `device`, from the packages `read_checkpoint` read."""
     W.configure_environment(settings.weights_dir)
-    if not W.PRESETS[host.model_version].lm:
+    if not registry.PRESETS[host.model_version].lm:
         return load_codec(settings, device)
     with _preloaded_packages(host):
         return load_musicgen(settings, host.model_version, device)
@@ -208,7 +209,7 @@ def load_codec(settings: Settings, device: str):
     try:
         return CompressionModel.get_pretrained(W.ENCODEC, device=device).eval()
     except (LocalEntryNotFoundError, OSError) as exc:
-        raise _missing_weights("encode-decode", exc) from None
+        raise _missing_weights(registry.ENCODE_DECODE, exc) from None
 
 
 def weights_check(settings: Settings, model_version: str, mbd: bool, on_log: Callable[[str], None]) -> None:

@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..engine.api import EngineClient
+from ..registry import Registry
 from ..settings import Settings
-from . import bodies, playground, resources, routes, stream_routes
+from . import bodies, model_routes, playground, resources, routes, stream_routes
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
@@ -135,6 +136,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
                webhook_backoff_s: float = 0.1, webhook_timeout_s: float = 5.0,
                retention_sweep_s: float = 60.0) -> FastAPI:
     store = Store(Path(settings.data_dir), settings.retention_s)
+    registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")
 
     def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
         inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
@@ -174,12 +176,13 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
-    app.state.streams = streams
+    app.state.streams, app.state.registry = streams, registry
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
     app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    app.include_router(model_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.public)
     app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
     app.include_router(stream_routes.public)

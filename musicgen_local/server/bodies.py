@@ -90,8 +90,9 @@ class Problem(pydantic.BaseModel):
 _PROBLEMS = {
     400: "Malformed request: the body is not JSON (or not a JSON object), a bad cursor, a malformed upload.",
     401: "MUSICGEN_API_TOKEN is set and the request does not carry it as `Authorization: Bearer <token>`.",
-    404: "No such prediction, file or output.",
+    404: "No such prediction, training, model, version, file or output.",
     406: "This URL serves Server-Sent Events only: send `Accept: text/event-stream`.",
+    409: "It exists already (a model of that name), or a training into that destination is running.",
     413: "The body is larger than MUSICGEN_MAX_BODY_BYTES.",
     422: "Validation failed: `invalid_fields` names each field (`input.duration`, `webhook`, ...).",
     429: "MUSICGEN_MAX_QUEUE predictions are unfinished; retry after the `Retry-After` header's seconds.",

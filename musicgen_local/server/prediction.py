@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..registry import MUSICGEN
 from .surrogates import scrub
 
-MODEL = "meta/musicgen"
+MODEL = MUSICGEN
 TERMINAL = ("succeeded", "failed", "canceled")
 MIME_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg"}
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -54,6 +55,7 @@ class Prediction:
     id: str
     version: str
     input: dict[str, Any]
+    model: str = MODEL  # "owner/name" of the version: meta/musicgen, or a model a training made a version of
     created_at: datetime = field(default_factory=now)
     status: str = "starting"
     logs: str = ""
@@ -89,7 +91,7 @@ class Prediction:
             output = data_uri(path) if path.is_file() else None
         urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
         return {
-            "id": self.id, "model": MODEL, "version": self.version, "input": self.input, "logs": self.logs,
+            "id": self.id, "model": self.model, "version": self.version, "input": self.input, "logs": self.logs,
             "output": output, "data_removed": self.data_removed, "error": self.error, "status": self.status,
             "created_at": iso(self.created_at), "started_at": iso(self.started_at),
             "completed_at": iso(self.completed_at), "source": "api", "metrics": self.metrics(), "urls": urls,

@@ -1,4 +1,4 @@
-"""The model and its versions (with the OpenAPI schema), file uploads, the webhook secret, health,
+"""File uploads, the webhook secret, health,
 and the public delivery of outputs."""
 
 from __future__ import annotations
@@ -13,44 +13,13 @@ from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from ..schema import VERSION_IDS, openapi_schema
 from . import surrogates
 from .bodies import ANY_FILE, AUDIO, UPLOAD_BODY, File, created, problems
-from .prediction import MODEL, iso, now
+from .prediction import iso, now
 
 v1 = APIRouter()  # behind the token, when one is set
 public = APIRouter()  # health and outputs: the Node client fetches outputs with plain fetch(), no token
-VERSION_CREATED = "2024-03-14T16:54:56.000000Z"  # fixed: a version never changes
-COG_VERSION = "0.23.1"
 MAX_METADATA_DEPTH = 32
-
-
-def _version(version_id: str) -> dict[str, Any]:
-    return {"id": version_id, "created_at": VERSION_CREATED, "cog_version": COG_VERSION,
-            "openapi_schema": openapi_schema()}
-
-
-@v1.get("/models/meta/musicgen")
-async def get_model(request: Request) -> dict[str, Any]:
-    return {"url": f"{request.base_url}v1/models/{MODEL}", "owner": "meta", "name": "musicgen",
-            "description": "Generate music from a prompt or melody (served locally by musicgen-local)",
-            "visibility": "public", "github_url": "https://github.com/facebookresearch/audiocraft",
-            "paper_url": "https://arxiv.org/abs/2306.05284",
-            "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights",
-            "run_count": 0, "cover_image_url": None, "default_example": None,
-            "latest_version": _version(VERSION_IDS[0])}
-
-
-@v1.get("/models/meta/musicgen/versions")
-async def list_versions() -> dict[str, Any]:
-    return {"next": None, "previous": None, "results": [_version(v) for v in VERSION_IDS]}
-
-
-@v1.get("/models/meta/musicgen/versions/{version_id}", responses=problems(404))
-async def get_version(version_id: str) -> dict[str, Any]:
-    if version_id not in VERSION_IDS:
-        raise HTTPException(404, f"No version {version_id!r} of {MODEL}; this server has {', '.join(VERSION_IDS)}.")
-    return _version(version_id)
 
 
 def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:

@@ -22,12 +22,14 @@ from starlette.exceptions import HTTPException
 
 from .. import netpolicy
 from ..engine.api import Request as EngineRequest
-from ..schema import FIELDS_BY_NAME, VERSION_IDS, parse_input
+from ..errors import UserError
+from ..registry import ENCODE_DECODE, LATEST, Version
+from ..schema import FIELDS_BY_NAME, parse_input
 from . import stream_routes, surrogates
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
 from .params import CancelAfter, CreatedAfter, CreatedBefore
-from .prediction import MODEL, Prediction, iso, new_id
+from .prediction import Prediction, iso, new_id
 
 router = APIRouter()
 MAX_WAIT_S = 60
@@ -72,15 +74,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return raw
 
 
-def resolve_version(ref: str | None) -> str:
-    """`<id>`, `meta/musicgen:<id>` or `meta/musicgen` (its latest version) -> a version id."""
-    if ref is None or ref == MODEL:
-        return VERSION_IDS[0]
-    version = ref.removeprefix(MODEL + ":")
-    if version not in VERSION_IDS:
-        raise HTTPException(422, f"Invalid version or not permitted: {ref!r}. This server runs {MODEL} versions "
-                                 f"{', '.join(VERSION_IDS)}.")
-    return version
+def resolve_version(request: Request, ref: str | None) -> Version:
+    """`<id>`, `owner/name:<id>` or `owner/name` (its latest version) -> the registry's version."""
+    try:
+        return request.app.state.registry.resolve(ref)
+    except LookupError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def wait_seconds(prefer: str | None) -> float:
@@ -91,16 +90,23 @@ def wait_seconds(prefer: str | None) -> float:
     return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
 
 
-def _checked_input(body: CreateBody, version: str) -> tuple[pydantic.BaseModel, dict[str, Any]]:
+def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseModel, dict[str, Any]]:
     """The validated input, and the input as the client sent it less unknown keys (dropped, as Cog does:
-    never stored or echoed)."""
+    never stored or echoed). A trained version runs the model_version it was tuned from."""
+    raw = body.input
+    if version.trained:
+        try:
+            raw = {**raw, "model_version": version.model_version_for(raw.get("model_version"))}
+        except UserError as exc:
+            raise FieldsInvalid([{"loc": ("model_version",), "type": "version_mismatch", "msg": str(exc)}],
+                                ("input",)) from None
     try:
-        parsed = parse_input(body.input)
+        parsed = parse_input(raw)
     except pydantic.ValidationError as exc:
         raise FieldsInvalid(exc.errors(), ("input",)) from None
-    if version != VERSION_IDS[0] and parsed.model_version == "encode-decode":
-        raise HTTPException(422, f"- input.model_version: 'encode-decode' is not available in version {version}; "
-                                 f"use version {VERSION_IDS[0]}.")
+    if not version.allows_encode_decode() and parsed.model_version == ENCODE_DECODE:
+        raise HTTPException(422, f"- input.model_version: '{ENCODE_DECODE}' is not available in version "
+                                 f"{version.id}; use version {LATEST}.")
     return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
@@ -114,9 +120,10 @@ async def _checked_webhook(request: Request, body: CreateBody) -> str | None:
     return url
 
 
-def _engine_request(request: Request, parsed: pydantic.BaseModel) -> dict[str, Any]:
-    """The engine's Request, built once at creation (seed fixed, our own upload URLs made local)."""
-    engine_request = EngineRequest.from_input(parsed).with_seed()
+def _engine_request(request: Request, parsed: pydantic.BaseModel, version: Version) -> dict[str, Any]:
+    """The engine's Request, built once at creation (seed fixed, our own upload URLs made local, a
+    trained version's weights named)."""
+    engine_request = replace(EngineRequest.from_input(parsed), weights=version.weights).with_seed()
     if engine_request.input_audio:
         local = request.app.state.resolve_input(engine_request.input_audio)
         engine_request = replace(engine_request, input_audio=local)
@@ -126,16 +133,16 @@ def _engine_request(request: Request, parsed: pydantic.BaseModel) -> dict[str, A
 async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
                   prefer: str | None) -> Response:
     body = CreateBody.model_validate(await _json_body(request))
-    version = resolve_version(body.version if version_ref is None else version_ref)
+    version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
-    engine_request, webhook = _engine_request(request, parsed), await _checked_webhook(request, body)
+    engine_request, webhook = _engine_request(request, parsed, version), await _checked_webhook(request, body)
     if not request.app.state.dispatcher.accepting:
         raise HTTPException(503, "The server is shutting down; create the prediction again in a moment.")
     max_queue = request.app.state.settings.max_queue
     if max_queue and request.app.state.store.unfinished_count() >= max_queue:  # no await from here to submit
         raise QueueFull(max_queue)
-    pred = Prediction(id=new_id(), version=version, input=sent, base_url=str(request.base_url), webhook=webhook,
-                      request=engine_request)
+    pred = Prediction(id=new_id(), version=version.id, model=version.model, input=sent,
+                      base_url=str(request.base_url), webhook=webhook, request=engine_request)
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
     request.app.state.dispatcher.submit(pred)
@@ -172,10 +179,11 @@ async def create_prediction(request: Request, cancel_after: CancelAfter = None, 
     return await _create(request, None, cancel_after, prefer)
 
 
-@router.post("/models/meta/musicgen/predictions", **CREATE)
-async def create_model_prediction(request: Request, cancel_after: CancelAfter = None,
+@router.post("/models/{owner}/{name}/predictions", **CREATE)
+async def create_model_prediction(request: Request, owner: str, name: str, cancel_after: CancelAfter = None,
                                   prefer: Prefer = None) -> Response:
-    return await _create(request, MODEL, cancel_after, prefer)
+    """A model's latest version (meta/musicgen's, or the newest a training made)."""
+    return await _create(request, f"{owner}/{name}", cancel_after, prefer)
 
 
 def _found(request: Request, pred_id: str) -> Prediction:

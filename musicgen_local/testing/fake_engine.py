@@ -16,8 +16,8 @@ import wave
 from ..engine.api import Audio, Canceled, Done, Failed, Log, Progress, Request, Result, Started
 from ..engine.run import LocalRun
 from ..errors import UserError
+from ..registry import PRESETS
 from ..schema import check_semantics
-from ..weights import PRESETS
 
 SAMPLE_RATE = 32000
 FRAME_RATE = 50  # decoding steps per second of audio, as MusicGen's 50 Hz token frames

@@ -8,7 +8,7 @@ import pytest
 
 from musicgen_local import weights as W
 from musicgen_local.fetch import FetchError, fetch, files_for
-from musicgen_local.schema import LM_VERSIONS
+from musicgen_local.registry import LM_VERSIONS
 
 ENCODEC_WEIGHTS = W.HubFile(W.ENCODEC, "model.safetensors")
 

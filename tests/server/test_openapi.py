@@ -24,7 +24,7 @@ from musicgen_local.server import create_app
 from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
 
-CREATE_ROUTES = ("/v1/predictions", "/v1/models/meta/musicgen/predictions")
+CREATE_ROUTES = ("/v1/predictions", "/v1/models/{owner}/{name}/predictions")
 EXAMPLES = 300  # per generated operation: about a minute in all on two cores
 
 

@@ -1,0 +1,228 @@
+"""Every model and version this server knows, in one place.
+
+The published ones are fixed: `meta/musicgen` and its two Replicate version ids, whose input
+`model_version` picks one of the base models below (`PRESETS`). Models created with
+`POST /v1/models` and the versions their trainings produce live in the store (SQLite, beside the
+predictions) and so survive restarts. A trained version names the base `model_version` it was
+tuned from and its weights (a `musicgen_local.tuned` tar): requests for it decode the base with
+those weights, batched with everything else of that base.
+
+Schema, routes, engine, CLI, Cog and Ray all ask this module; nothing else lists models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a model_version is: named once here, never sniffed from the name."""
+
+    channels: int  # audio channels out (0: as many as the input, for encode-decode)
+    melody: bool = False  # conditions on a melody (needs htdemucs)
+    lm: bool = True  # generates with a language model (encode-decode only runs the codec)
+
+
+ENCODE_DECODE = "encode-decode"
+PRESETS: dict[str, Preset] = {
+    "stereo-melody-large": Preset(2, melody=True),
+    "stereo-large": Preset(2),
+    "melody-large": Preset(1, melody=True),
+    "large": Preset(1),
+    ENCODE_DECODE: Preset(0, lm=False),
+}
+MODEL_VERSIONS = tuple(PRESETS)
+LM_VERSIONS = tuple(v for v, p in PRESETS.items() if p.lm)
+
+MUSICGEN = "meta/musicgen"
+# Replicate's two published version ids of meta/musicgen: b05b1dff has encode-decode, 671ac645 does not.
+PUBLISHED = (
+    "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38",
+    "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb",
+)
+LATEST = PUBLISHED[0]
+PUBLISHED_AT = "2024-03-14T16:54:56.000000Z"  # fixed: a published version never changes
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")  # Replicate's owner and model names
+VISIBILITIES = ("public", "private")
+
+
+def preset(model_version: str) -> Preset:
+    return PRESETS[model_version]
+
+
+def has_lm(model_version: str) -> bool:
+    return PRESETS[model_version].lm
+
+
+@dataclass(frozen=True)
+class Version:
+    id: str
+    model: str  # "owner/name"
+    created_at: str
+    base: str | None = None  # the model_version it was tuned from; None: a published version (any model_version)
+    weights: str | None = None  # path of its `tuned` tar; None: the published weights
+    kind: str | None = None  # "lora" or "full" for a trained version
+    training: str | None = None  # the id of the training that made it
+
+    @property
+    def trained(self) -> bool:
+        return self.weights is not None
+
+    def allows_encode_decode(self) -> bool:
+        return self.id == LATEST
+
+    def model_version_for(self, asked: str | None) -> str:
+        """The model_version a request for this version runs: a trained version runs its base, and
+        refuses to run another (its weights fit that architecture only)."""
+        if self.base is None:
+            return asked or "stereo-melody-large"
+        if asked not in (None, self.base):
+            raise UserError(f"Version {self.model}:{self.id} was fine-tuned from `{self.base}`; "
+                            f"model_version must be `{self.base}` (or left out), not `{asked}`.")
+        return self.base
+
+
+@dataclass(frozen=True)
+class Model:
+    owner: str
+    name: str
+    description: str | None = None
+    visibility: str = "private"
+    hardware: str = "local"
+    created_at: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+MUSICGEN_MODEL = Model("meta", "musicgen", "Generate music from a prompt or melody (served locally by musicgen-local)",
+                       "public", "local", PUBLISHED_AT)
+PUBLISHED_VERSIONS = tuple(Version(v, MUSICGEN, PUBLISHED_AT) for v in PUBLISHED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, model TEXT NOT NULL, created_at TEXT NOT NULL,
+                                     record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS versions_model ON versions (model, created_at);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_name(part: str, what: str) -> str:
+    if not isinstance(part, str) or not _NAME.fullmatch(part):
+        raise UserError(f"`{what}` must be lowercase letters, digits, dashes, underscores or dots (at most 64, "
+                        f"starting and ending with a letter or digit), got {part!r}.")
+    return part
+
+
+class Registry:
+    """The published models plus those in `db` (a SQLite file; None: in memory, for the CLI and Cog)."""
+
+    def __init__(self, db: Path | None = None) -> None:
+        self._db = sqlite3.connect(str(db) if db else ":memory:", check_same_thread=False, timeout=30)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    # -- models ------------------------------------------------------------------------------------
+    def models(self) -> list[Model]:
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM models ORDER BY name").fetchall()
+        return [MUSICGEN_MODEL, *(Model(**json.loads(r[0])) for r in rows)]
+
+    def model(self, full_name: str) -> Model | None:
+        if full_name == MUSICGEN:
+            return MUSICGEN_MODEL
+        with self._lock:
+            row = self._db.execute("SELECT record FROM models WHERE name = ?", (full_name,)).fetchone()
+        return Model(**json.loads(row[0])) if row else None
+
+    def create_model(self, owner: str, name: str, description: str | None = None, visibility: str = "private",
+                     hardware: str = "local") -> Model:
+        """Raises UserError for a bad name or visibility, FileExistsError when it exists."""
+        check_name(owner, "owner")
+        check_name(name, "name")
+        if visibility not in VISIBILITIES:
+            raise UserError(f"`visibility` must be one of {', '.join(VISIBILITIES)}, got {visibility!r}.")
+        model = Model(owner, name, description, visibility, hardware, _now())
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO models VALUES (?, ?)", (model.full_name, json.dumps(asdict(model))))
+                self._db.commit()
+            except sqlite3.IntegrityError:
+                raise FileExistsError(model.full_name) from None
+        return model
+
+    # -- versions ----------------------------------------------------------------------------------
+    def versions(self, full_name: str) -> list[Version]:
+        """Newest first."""
+        if full_name == MUSICGEN:
+            return list(PUBLISHED_VERSIONS)
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id",
+                                    (full_name,)).fetchall()
+        return [Version(**json.loads(r[0])) for r in rows]
+
+    def version(self, version_id: str) -> Version | None:
+        found = next((v for v in PUBLISHED_VERSIONS if v.id == version_id), None)
+        if found is not None:
+            return found
+        with self._lock:
+            row = self._db.execute("SELECT record FROM versions WHERE id = ?", (version_id,)).fetchone()
+        return Version(**json.loads(row[0])) if row else None
+
+    def add_version(self, version: Version) -> Version:
+        with self._lock:
+            self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)",
+                             (version.id, version.model, version.created_at, json.dumps(asdict(version))))
+            self._db.commit()
+        return version
+
+    def latest(self, full_name: str) -> Version | None:
+        versions = self.versions(full_name)
+        return versions[0] if versions else None
+
+    def resolve(self, ref: str | None) -> Version:
+        """`<id>`, `owner/name:<id>` or `owner/name` (its latest version); None: meta/musicgen's latest.
+        Raises LookupError with a message naming what exists."""
+        if ref is None:
+            return PUBLISHED_VERSIONS[0]
+        name, colon, version_id = ref.partition(":")
+        if not colon:
+            if "/" not in ref:
+                found = self.version(ref)
+                if found is None:
+                    raise LookupError(f"Invalid version or not permitted: {ref!r}. This server has "
+                                      f"{', '.join(self.describe())}.")
+                return found
+            latest = self.latest(ref)
+            if latest is None:
+                raise LookupError(f"Model {ref!r} does not exist or has no versions yet (train one with "
+                                  "POST /v1/models/meta/musicgen/versions/<id>/trainings).")
+            return latest
+        found = self.version(version_id)
+        if found is None or found.model != name:
+            raise LookupError(f"Invalid version or not permitted: {ref!r}. This server has "
+                              f"{', '.join(self.describe())}.")
+        return found
+
+    def describe(self) -> list[str]:
+        """Every version, `owner/name:id`, for messages."""
+        with self._lock:
+            rows = self._db.execute("SELECT model, id FROM versions ORDER BY created_at").fetchall()
+        return [f"{MUSICGEN}:{v}" for v in PUBLISHED] + [f"{m}:{v}" for m, v in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,103 @@
+"""/v1/models: meta/musicgen and its published versions, plus the models users create to train into
+and the versions their trainings produce (all from `musicgen_local.registry`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ..errors import UserError
+from ..registry import MUSICGEN, Model, Registry, Version
+from ..schema import openapi_schema
+from . import surrogates
+from .bodies import problems
+
+router = APIRouter()
+COG_VERSION = "0.23.1"
+META = {"github_url": "https://github.com/facebookresearch/audiocraft", "paper_url": "https://arxiv.org/abs/2306.05284",
+        "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights"}
+
+
+class ModelCreate(pydantic.BaseModel):
+    """POST /v1/models, as Replicate's clients send it (`hardware` is recorded: the box is the hardware)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+    owner: str
+    name: str
+    visibility: str = "private"
+    hardware: str = "local"
+    description: str | None = None
+
+
+def version_json(version: Version) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": version.id, "created_at": version.created_at, "cog_version": COG_VERSION,
+                           "openapi_schema": openapi_schema()}
+    if version.trained:  # ours: what it was tuned from (Replicate shows nothing of the kind)
+        out["base_model_version"], out["weights_kind"], out["training"] = version.base, version.kind, version.training
+    return out
+
+
+def model_json(request: Request, model: Model, registry: Registry) -> dict[str, Any]:
+    latest = registry.latest(model.full_name)
+    extra = META if model.full_name == MUSICGEN else {"github_url": None, "paper_url": None, "license_url": None}
+    return {"url": f"{request.base_url}v1/models/{model.full_name}", "owner": model.owner, "name": model.name,
+            "description": model.description, "visibility": model.visibility, **extra, "run_count": 0,
+            "cover_image_url": None, "default_example": None, "hardware": model.hardware,
+            "created_at": model.created_at, "latest_version": version_json(latest) if latest else None}
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def found_model(request: Request, owner: str, name: str) -> Model:
+    model = _registry(request).model(f"{owner}/{name}")
+    if model is None:
+        raise HTTPException(404, f"No model {owner}/{name!r}. Create it with POST /v1/models.")
+    return model
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    registry = _registry(request)
+    return {"next": None, "previous": None, "results": [model_json(request, m, registry) for m in registry.models()]}
+
+
+@router.post("/models", responses=problems(400, 409, 422), status_code=201)
+async def create_model(request: Request, body: ModelCreate) -> dict[str, Any]:
+    if surrogates.find(body.model_dump()) is not None:
+        raise HTTPException(422, "The model's fields hold a lone UTF-16 surrogate (such as \\ud800), which is not text.")
+    try:
+        model = await run_in_threadpool(_registry(request).create_model, body.owner, body.name, body.description,
+                                        body.visibility, body.hardware)
+    except UserError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except FileExistsError:
+        raise HTTPException(409, f"A model named {body.owner}/{body.name} already exists.") from None
+    return model_json(request, model, _registry(request))
+
+
+@router.get("/models/{owner}/{name}", responses=problems(404))
+async def get_model(request: Request, owner: str, name: str) -> dict[str, Any]:
+    return model_json(request, found_model(request, owner, name), _registry(request))
+
+
+@router.get("/models/{owner}/{name}/versions", responses=problems(404))
+async def list_versions(request: Request, owner: str, name: str) -> dict[str, Any]:
+    model = found_model(request, owner, name)
+    return {"next": None, "previous": None,
+            "results": [version_json(v) for v in _registry(request).versions(model.full_name)]}
+
+
+@router.get("/models/{owner}/{name}/versions/{version_id}", responses=problems(404))
+async def get_version(request: Request, owner: str, name: str, version_id: str) -> dict[str, Any]:
+    model = found_model(request, owner, name)
+    version = _registry(request).version(version_id)
+    if version is None or version.model != model.full_name:
+        have = ", ".join(v.id for v in _registry(request).versions(model.full_name)) or "none yet"
+        raise HTTPException(404, f"No version {version_id!r} of {model.full_name}; it has {have}.")
+    return version_json(version)
