@@ -117,8 +117,29 @@ class Canceled:
     pass
 
 
-Event = Started | Log | Progress | Audio | Done | Failed | Canceled
-TERMINAL = (Done, Failed, Canceled)
+@dataclass(frozen=True)
+class TrainingRequest:
+    """A training: its schema-validated inputs (training.params), where the dataset is, where to work
+    and where to write the fine-tune's tar. The same `work_dir` after a restart resumes the training."""
+
+    input: dict[str, Any]
+    dataset: str  # dataset_path resolved: an http(s) URL, a data: URI, or a local path vouched for by the front door
+    work_dir: str
+    weights_out: str
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A training's end: its fine-tune written at `weights` (a `musicgen_local.tuned` tar)."""
+
+    weights: str
+    kind: str  # "lora" or "full"
+    base: str  # the model_version it was tuned from
+    metrics: dict[str, float]
+
+
+Event = Started | Log | Progress | Audio | Done | Trained | Failed | Canceled
+TERMINAL = (Done, Trained, Failed, Canceled)
 
 
 class Run(Protocol):
@@ -135,6 +156,10 @@ class Run(Protocol):
 class EngineClient(Protocol):
     def submit(self, request: Request, *, stream: bool = False) -> Run:
         """Start a request. With `stream`, `Audio` segments come as soon as their tokens are final."""
+        ...
+
+    def train(self, request: TrainingRequest) -> Run:
+        """Start a training: Started, Log (progress lines), Progress (optimizer updates), then Trained."""
         ...
 
     def health(self) -> dict[str, Any]:

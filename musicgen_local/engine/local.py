@@ -13,6 +13,9 @@ build, and a request's conditioning (T5, htdemucs) and codec decode. A request d
 audiocraft's own loop (MUSICGEN_DECODER=reference, or a model whose fast decoder failed its
 self-check) holds the loop for its whole generation.
 
+`train()` prepares a dataset in the training pool, then hands the training to the device loop with
+the fewest trainings, which runs it between decode steps (see `training_job`).
+
 When a device fails for good (`faults.py`), health says UNHEALTHY and `lost` is set, so that
 whoever runs the engine can exit and be restarted.
 """
@@ -34,16 +37,18 @@ from ..errors import Cancelled, UserError
 from ..schema import check_semantics
 from ..settings import Settings
 from . import inputs
-from .api import Failed, Log, Request, failure
+from .api import Failed, Log, Request, Started, TrainingRequest, failure
 from .loop import DeviceLoop, Job
 from .mbd import LazyMbd
 from .models import build_model, read_checkpoint, resolve_devices, weights_check
 from .run import LocalRun
+from .training_job import TrainJob
 
 log = logging.getLogger(__name__)
 PREPARE_WORKERS = 4  # downloads and decodes at once: I/O bound, independent of the devices
 LOADER_WORKERS = 1  # checkpoints read at once: one disk, and each is gigabytes of host memory
 ENCODE_WORKERS = 2  # ffmpeg processes at once
+TRAINING_WORKERS = 1  # datasets prepared at once (each device trains one at a time anyway)
 
 
 class LocalEngine:
@@ -60,6 +65,8 @@ class LocalEngine:
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
+        # Datasets are fetched, decoded and cut here: minutes of work that must not hold the prepare pool.
+        self.training_pool = ThreadPoolExecutor(TRAINING_WORKERS, thread_name_prefix="training")
         self.lost = threading.Event()  # a device failed for good: the process should exit (see `faults`)
         if load is None:
             read, build = partial(read_checkpoint, settings), partial(build_model, settings)
@@ -104,6 +111,34 @@ class LocalEngine:
                 log.warning("preparing %s failed: %s", job.request, exc)
             job.run.emit(failure(exc))
 
+    def train(self, request: TrainingRequest) -> LocalRun:
+        run = LocalRun()
+        self.training_pool.submit(self._prepare_training, request, run)
+        return run
+
+    def _prepare_training(self, request: TrainingRequest, run: LocalRun) -> None:
+        """The dataset into pieces (resumed trainings find them already cut), then onto a device loop."""
+        from ..training import dataset
+        from ..training.params import parse_training_input
+
+        try:
+            if run.canceled.is_set():
+                raise Cancelled()
+            params = parse_training_input(request.input)
+            run.emit(Started())
+            weights_check(self.settings, params.model_version, False, lambda line: run.emit(Log(line)))
+            work = Path(request.work_dir)
+            pieces = dataset.prepare_once(request.dataset, work / "dataset", params,
+                                          registry.PRESETS[params.model_version].channels,
+                                          dataset.limits_from(self.settings), run.canceled,
+                                          lambda line: run.emit(Log(line)))
+            job = TrainJob(request, run, params, pieces)
+            min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put_training(job)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
+            if not isinstance(exc, UserError | Cancelled):
+                log.warning("preparing a training failed: %s", exc, exc_info=exc)
+            run.emit(failure(exc))
+
     def _weights_there(self, request: Request, job: Job) -> None:
         """Check (or fetch) a model's files the first time a request names it; once found, they stay."""
         key = (request.model_version, request.multi_band_diffusion)
@@ -139,6 +174,7 @@ class LocalEngine:
         for loop in self.loops:
             loop.stop()
         self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self.training_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=True)
 

@@ -24,7 +24,7 @@ import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +35,7 @@ from .. import audio, registry
 from .. import weights as W
 from ..errors import Cancelled, EngineError, MusicgenError
 from ..settings import Settings
-from . import codec, faults, memory, reference, selfcheck
+from . import codec, faults, memory, reference, selfcheck, training_job
 from .api import Canceled, Done, Failed, Log, Progress, Request, Result, Started, failure
 from .fast import SamplingParams, SlotBatch, Window, unsupported_reason
 from .plan import Plan, plan_request
@@ -101,6 +101,7 @@ class DeviceLoop:
         self.loading: dict[str, list[Job]] = {}  # model_version -> jobs waiting for it to be read and placed
         self.read: dict[str, Any] = {}  # model_version -> host copy, read and waiting for room on the device
         self.fast_decoder: dict[str, str] = {}  # model_version -> "enabled (...)" or "disabled (why)"
+        self.trainings: deque[training_job.TrainJob] = deque()  # the first runs between decode steps, the rest wait
         self.waiting: list[Job] = []  # windows waiting for a slot, oldest first (a next window goes first)
         self.decoding: dict[str, dict[int, Job]] = {}  # model_version -> slot -> job
         self.lost: str | None = None  # why the device can serve nothing more
@@ -123,6 +124,15 @@ class DeviceLoop:
         else:
             self._end(job, _not_started(self.device, lost))
 
+    def put_training(self, job: training_job.TrainJob) -> None:
+        with self._count:
+            self.jobs += 1
+            lost = self.lost
+        if lost is None:
+            self.inbox.put(job)
+        else:
+            self._end(job, _not_started(self.device, lost))
+
     def stop(self) -> None:
         self.inbox.put(None)
         self._thread.join(timeout=30)
@@ -133,7 +143,8 @@ class DeviceLoop:
                "resident_models": list(self.models), "model_loads": self.model_loads, "mbd_loads": self.mbd.loads,
                "jobs": self.jobs, "decoding": sum(len(jobs) for jobs in self.decoding.values()),
                "loading": sorted(self.loading), "fast_decoder": dict(self.fast_decoder),
-               "memory": self.plan.as_dict(), "out_of_memory_errors": self.out_of_memory}
+               "memory": self.plan.as_dict(), "out_of_memory_errors": self.out_of_memory,
+               "trainings": len(self.trainings)}
         if self.lost:
             out["error"] = self.lost
         return out
@@ -157,6 +168,7 @@ class DeviceLoop:
                     self._place_waiting_models()
                     self._admit()
                     self._step()
+                    self._train()
                 except faults.DeviceLost as lost:
                     self._lose(lost)
                 except Exception as exc:  # noqa: BLE001 - a bug: end what was running, go on
@@ -171,12 +183,14 @@ class DeviceLoop:
         """Nothing to do until something arrives: no window waits or decodes, and no read model can be
         placed now that could not be before (the busy models are the same)."""
         placeable = bool(self.read) and self._busy() != self._busy_before
-        return not self.waiting and not any(self.decoding.values()) and not placeable
+        training = bool(self.trainings) and self.trainings[0].work is not None
+        return not self.waiting and not any(self.decoding.values()) and not placeable and not training
 
     def _fail_all(self, exc: Exception) -> None:
-        for job in [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values())]:
+        for job in [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values()), *self.trainings]:
             self._end(job, _failure(exc, job))
         self.waiting.clear()
+        self.trainings.clear()
         for model_version, jobs in self.decoding.items():
             for slot in jobs:
                 self.models[model_version].batch.release(slot)
@@ -192,7 +206,8 @@ class DeviceLoop:
         held = [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values()),
                 *(j for jobs in self.loading.values() for j in jobs), *([lost.job] if lost.job else [])]
         started = [j for j in held if j.started]
-        queued = [j for j in held if not j.started]
+        queued = [j for j in held if not j.started] + list(self.trainings)  # a training resumes from its checkpoint
+        self.trainings.clear()
         for job in started:
             self._end(job, Failed(message, kind="internal"))
         for job in queued:
@@ -209,7 +224,7 @@ class DeviceLoop:
             item = self.inbox.get()
             if item is None:
                 return
-            if isinstance(item, Job):
+            if isinstance(item, Job | training_job.TrainJob):
                 self._end(item, _not_started(self.device, self.lost))
 
     def _receive(self, block: bool) -> bool:
@@ -224,6 +239,10 @@ class DeviceLoop:
             block = False
             if isinstance(item, _Read):
                 self._model_read(item)
+            elif isinstance(item, training_job.TrainJob):
+                self.trainings.append(item)
+            elif isinstance(item, training_job.TrainRead):
+                self._training_read(item)
             else:
                 self._guard(item, self._arrive, item)
 
@@ -605,6 +624,74 @@ class DeviceLoop:
                     raise
             if placed is not True:
                 log.error("warm-up: %s", placed if isinstance(placed, Exception) else f"{model_version} does not fit")
+
+    # ---------------------------------------------------------------------------------- training
+
+    def _train(self) -> None:
+        """One unit of the first training (see training_job): its base read first, by the loader pool."""
+        if not self.trainings:
+            return
+        job = self.trainings[0]
+        if job.work is None:
+            if job.run.canceled.is_set():
+                self._training_ended(job, Canceled())
+            elif not job.reading:
+                job.reading = True
+                job.log(f"Loading {job.params.model_version} for training...")
+                self.loader_pool.submit(self._read_for_training, job)
+            return
+        try:
+            ended = training_job.advance(job)
+        except Exception as exc:  # noqa: BLE001 - the training fails alone; predictions go on
+            reach = faults.classify(exc, self.device)
+            if reach == faults.FATAL:
+                raise faults.DeviceLost(self.device, exc) from exc
+            if reach == faults.OUT_OF_MEMORY:
+                exc = self._out_of_memory(exc, f"training {job.params.model_version} at batch "
+                                               f"{job.params.batch_size}")
+            else:
+                log.exception("training on %s failed", self.device)
+            self._training_ended(job, _failure(exc, job))
+            return
+        if ended:
+            self._training_ended(job, None)
+
+    def _read_for_training(self, job: training_job.TrainJob) -> None:
+        try:
+            self.inbox.put(training_job.TrainRead(job, host=self._read(job.params.model_version)))
+        except Exception as exc:  # noqa: BLE001 - reported to the training
+            self.inbox.put(training_job.TrainRead(job, error=exc))
+
+    def _training_read(self, read: training_job.TrainRead) -> None:
+        """Build the trainer's own copy of the model (outside inference mode: it is trained)."""
+        job = read.job
+        try:
+            if read.error is not None:
+                raise read.error
+            if torch.device(self.device).type == "cuda":  # room for it: idle models go first
+                for model_version in [v for v in self.models if v not in self._busy()]:
+                    self._unload(model_version, "(room for a training)")
+            with torch.inference_mode(False):
+                model = self._build(read.host, self.device)
+                training_job.start_trainer(job, model, self.device)
+        except Exception as exc:  # noqa: BLE001 - the training fails alone
+            reach = faults.classify(exc, self.device)
+            if reach == faults.FATAL:
+                raise faults.DeviceLost(self.device, exc) from exc
+            if reach == faults.OUT_OF_MEMORY:
+                exc = self._out_of_memory(exc, f"loading {job.params.model_version} for training")
+            self._training_ended(job, _failure(exc, job))
+
+    def _training_ended(self, job: training_job.TrainJob, event) -> None:
+        if job in self.trainings:
+            self.trainings.remove(job)
+        job.trainer = job.work = None
+        faults.free_cached(self.device)
+        if event is None:  # advance() emitted the terminal event itself
+            with self._count:
+                self.jobs -= 1
+        else:
+            self._end(job, event)
 
     # ---------------------------------------------------------------------------------- endings
 

@@ -70,7 +70,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/models", responses=problems(400, 409, 422), status_code=201)
 async def create_model(request: Request, body: ModelCreate) -> dict[str, Any]:
     if surrogates.find(body.model_dump()) is not None:
-        raise HTTPException(422, "The model's fields hold a lone UTF-16 surrogate (such as \\ud800), which is not text.")
+        raise HTTPException(422, "The model's fields hold a lone UTF-16 surrogate (such as \\ud800), "
+                                 "which is not text.")
     try:
         model = await run_in_threadpool(_registry(request).create_model, body.owner, body.name, body.description,
                                         body.visibility, body.hardware)
