@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from ..engine.api import EngineClient
 from ..registry import Registry
 from ..settings import Settings
-from . import bodies, model_routes, playground, resources, routes, stream_routes
+from . import bodies, model_routes, playground, resources, routes, stream_routes, training_routes
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
@@ -32,6 +32,8 @@ from .prediction import Prediction
 from .routes import FieldsInvalid, QueueFull
 from .store import Store
 from .streams import StreamHub
+from .training import Training
+from .training_dispatcher import TrainingDispatcher
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -111,25 +113,25 @@ def require_token(request: Request) -> None:
 
 
 def input_resolver(store: Store):
-    """`input_audio` over HTTP: our own /v1/files URLs become the uploaded file's path; other http(s)
-    URLs and data: URIs stay as they are; anything else (a server path, file://) is refused, so that
-    no request can read this server's files."""
-    def resolve(url: str) -> str:
+    """A file input over HTTP (`input_audio`, a training's `dataset_path`): our own /v1/files URLs become
+    the uploaded file's path; other http(s) URLs and data: URIs stay as they are; anything else (a
+    server path, file://) is refused, so that no request can read this server's files."""
+    def resolve(url: str, name: str = "input_audio") -> str:
         match = _FILE_URL.search(url.split("?")[0])
         if match:
             found = store.get_file(match.group(1))
             if found is None:
-                raise _input_audio_error(f"no file {match.group(1)!r} was uploaded to this server")
+                raise _file_input_error(name, f"no file {match.group(1)!r} was uploaded to this server")
             return str(found[1])
         if url.startswith(("http://", "https://", "data:")):
             return url
-        raise _input_audio_error("must be an http(s) URL, a data: URI, or a file uploaded with POST /v1/files")
+        raise _file_input_error(name, "must be an http(s) URL, a data: URI, or a file uploaded with POST /v1/files")
 
     return resolve
 
 
-def _input_audio_error(message: str) -> FieldsInvalid:
-    return FieldsInvalid([{"loc": ("input_audio",), "type": "url_scheme", "msg": message}], ("input",))
+def _file_input_error(name: str, message: str) -> FieldsInvalid:
+    return FieldsInvalid([{"loc": (name,), "type": "url_scheme", "msg": message}], ("input",))
 
 
 def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
@@ -158,10 +160,26 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     deadlines = Deadlines(cancel_late)
 
+    # No retention for trainings: the versions they made serve their weights.
+    training_store = Store(Path(settings.data_dir), kind="trainings", record=Training)
+    training_webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
+                                      timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
+                                      render=Training.to_json)
+    trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry)
+
+    def cancel_training_late(training_id: str) -> None:
+        training = training_store.get(training_id)
+        if training is not None:
+            trainings.cancel(training)
+
+    training_deadlines = Deadlines(cancel_training_late)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         dispatcher.start()
         deadlines.start()
+        trainings.start()
+        training_deadlines.start()
         sweeper = asyncio.create_task(_remove_expired_forever(store, retention_sweep_s)) if store.retention else None
         yield
         if sweeper:
@@ -169,20 +187,28 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
             with suppress(asyncio.CancelledError):
                 await sweeper
         deadlines.stop()
-        await asyncio.to_thread(dispatcher.drain, settings.shutdown_grace)
+        training_deadlines.stop()
+        # A training is not waited for (it may have hours left): it stops, and resumes at the next start.
+        await asyncio.gather(asyncio.to_thread(dispatcher.drain, settings.shutdown_grace),
+                             asyncio.to_thread(trainings.drain, 0))
         webhooks.close()
+        training_webhooks.close()
 
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
     app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
     app.state.streams, app.state.registry = streams, registry
+    app.state.training_store, app.state.trainings, app.state.training_deadlines = (training_store, trainings,
+                                                                                  training_deadlines)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
     app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(model_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    app.include_router(training_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    app.include_router(training_routes.public)
     app.include_router(resources.public)
     app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
     app.include_router(stream_routes.public)

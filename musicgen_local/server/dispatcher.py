@@ -36,6 +36,10 @@ INTERRUPTED_TWICE = ("The server stopped twice while this prediction was running
 
 
 class Dispatcher:
+    NOUN = "prediction"
+    INTERRUPTED_TWICE = INTERRUPTED_TWICE
+    RESTARTED = "The server restarted while this prediction was running: running it again."
+
     def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, capacity: int = 1) -> None:
         self.engine, self.store, self.webhooks = engine, store, webhooks
         self.capacity = max(1, capacity)
@@ -54,10 +58,10 @@ class Dispatcher:
         """Queue what the store left unfinished (a crash or a drained shutdown), then start feeding."""
         for pred in self.store.unfinished():
             if pred.status == "processing" and pred.attempts >= 2:
-                self._finish(pred, "failed", INTERRUPTED_TWICE)
+                self._finish(pred, "failed", self.INTERRUPTED_TWICE)
                 continue
             if pred.status == "processing":
-                pred.logs += "The server restarted while this prediction was running: running it again.\n"
+                pred.logs += self.RESTARTED + "\n"
             pred.status, pred.started_at = "starting", None
             self.store.save(pred)
             self._queue.append(pred.id)
@@ -121,8 +125,11 @@ class Dispatcher:
                     continue
                 pred.attempts += 1
                 self.store.save(pred)
-                run = self._runs[pred.id] = self.engine.submit(_engine_request(pred), stream=True)
+                run = self._runs[pred.id] = self._submit_to_engine(pred)
             threading.Thread(target=self._consume, args=(pred, run), name=f"run-{pred.id[:8]}", daemon=True).start()
+
+    def _submit_to_engine(self, pred: Prediction) -> Run:
+        return self.engine.submit(_engine_request(pred), stream=True)
 
     def _consume(self, pred: Prediction, run: Run) -> None:
         on_progress = _progress_lines(lambda line: self._log(pred, line))
@@ -134,7 +141,7 @@ class Dispatcher:
                 for listener in self._listeners:
                     listener(pred, event)
         except Exception:  # a bug of ours: fail this prediction, keep serving the others
-            log.exception("prediction %s: unexpected error", pred.id)
+            log.exception("%s %s: unexpected error", self.NOUN, pred.id)
             self._finish(pred, "failed", "Internal error while generating; see the server log.")
         finally:
             with self._changed:
@@ -158,7 +165,7 @@ class Dispatcher:
             self.webhooks.notify(pred, "output")
             self._finish(pred, "succeeded")
         elif isinstance(event, Failed):
-            if event.kind == "device" and pred.status == "starting":
+            if event.kind == "device" and self._runs_again_after_device_loss(pred):
                 self._requeue_after_device_loss(pred, event.message)
                 return
             if event.kind == "internal":
@@ -171,7 +178,13 @@ class Dispatcher:
             else:
                 self._finish(pred, "canceled")
         elif not isinstance(event, Audio):
-            log.warning("prediction %s: unknown event %r", pred.id, event)
+            self._other(pred, event)
+
+    def _other(self, pred: Prediction, event: Event) -> None:
+        log.warning("%s %s: unknown event %r", self.NOUN, pred.id, event)
+
+    def _runs_again_after_device_loss(self, pred: Prediction) -> bool:
+        return pred.status == "starting"  # one that had started generating is failed: it would start over
 
     def _requeue_after_device_loss(self, pred: Prediction, message: str) -> None:
         pred.attempts -= 1
@@ -184,7 +197,7 @@ class Dispatcher:
             self._changed.notify_all()
 
     def _log(self, pred: Prediction, line: str) -> None:
-        log.info("prediction %s: %s", pred.id, line)
+        log.info("%s %s: %s", self.NOUN, pred.id, line)
         pred.logs += line.rstrip("\n") + "\n"
         if pred.status == "processing":  # as on Replicate, `start` is the first webhook; it carries earlier logs
             self.webhooks.notify(pred, "logs")
@@ -192,7 +205,7 @@ class Dispatcher:
     def _finish(self, pred: Prediction, status: str, error: str | None = None) -> None:
         pred.status, pred.error, pred.completed_at = status, error, now()
         self.store.save(pred)
-        log.info("prediction %s: %s%s", pred.id, status, f" ({error})" if error else "")
+        log.info("%s %s: %s%s", self.NOUN, pred.id, status, f" ({error})" if error else "")
         self.webhooks.notify(pred, "completed")
 
 

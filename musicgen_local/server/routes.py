@@ -58,7 +58,7 @@ def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsI
     return FieldsInvalid([{"loc": loc, "type": kind, "msg": message}])
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def read_json_object(request: Request) -> dict[str, Any]:
     try:
         raw = json.loads(await request.body() or b"{}")
         where = surrogates.find(raw)
@@ -110,7 +110,7 @@ def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseMod
     return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
-async def _checked_webhook(request: Request, body: CreateBody) -> str | None:
+async def checked_webhook(request: Request, body: Any) -> str | None:
     if body.webhook is None:
         return None
     url = str(body.webhook)
@@ -132,10 +132,10 @@ def _engine_request(request: Request, parsed: pydantic.BaseModel, version: Versi
 
 async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
                   prefer: str | None) -> Response:
-    body = CreateBody.model_validate(await _json_body(request))
+    body = CreateBody.model_validate(await read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
-    engine_request, webhook = _engine_request(request, parsed, version), await _checked_webhook(request, body)
+    engine_request, webhook = _engine_request(request, parsed, version), await checked_webhook(request, body)
     if not request.app.state.dispatcher.accepting:
         raise HTTPException(503, "The server is shutting down; create the prediction again in a moment.")
     max_queue = request.app.state.settings.max_queue

@@ -1,8 +1,10 @@
 """Predictions and uploaded files, in SQLite plus a data directory.
 
 Layout under the data directory:
-  musicgen.sqlite3            predictions and files (one JSON record per row)
+  musicgen.sqlite3            predictions, trainings and files (one JSON record per row), models
+                              and versions (registry.py)
   predictions/<id>/out.wav    each prediction's output
+  trainings/<id>/             each training's work folder (dataset pieces, checkpoints) and weights.tar
   files/<id>/<name>           uploads from POST /v1/files
 
 Predictions still running live in memory (`_live`) and are written through on every state change,
@@ -38,7 +40,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at, id);
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trainings (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS trainings_created ON trainings (created_at, id);
 """
+KINDS = ("predictions", "trainings")  # the tables of runs, each read as its own record class
 UNREADABLE = "This prediction's stored record could not be read (it was written by another version?)."
 MAX_NAME_BYTES = 255  # the longest file name Linux file systems take
 _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(?:\s*;\s*[\w.+-]+=[\w.+\-\"]+)*")
@@ -96,7 +101,12 @@ def _loads(text: str) -> Any:
 
 
 class Store:
-    def __init__(self, data_dir: Path, retention_s: float | None = None) -> None:
+    def __init__(self, data_dir: Path, retention_s: float | None = None, kind: str = "predictions",
+                 record: type[Prediction] = Prediction) -> None:
+        """`kind`: "predictions", or "trainings" (read as `record`, a Prediction subclass), in the same file."""
+        if kind not in KINDS:
+            raise ValueError(kind)
+        self.kind, self.record = kind, record
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.retention = timedelta(seconds=retention_s) if retention_s else None
@@ -109,7 +119,8 @@ class Store:
     def unfinished(self) -> list[Prediction]:
         """Predictions a previous process left queued or running, oldest first (read at start-up)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, created_at, record FROM predictions ORDER BY created_at, id").fetchall()
+            rows = self._db.execute(f"SELECT id, created_at, record FROM {self.kind} ORDER BY created_at, id"
+                                    ).fetchall()
         preds = [self._load(*row) for row in rows]  # an unreadable row loads as failed: done, not run again
         unfinished = [p for p in preds if not p.done]
         with self._lock:
@@ -118,7 +129,7 @@ class Store:
 
     # -- predictions -------------------------------------------------------------------------------
     def prediction_dir(self, pred_id: str) -> Path:
-        return self.data_dir / "predictions" / pred_id
+        return self.data_dir / self.kind / pred_id
 
     def add(self, pred: Prediction) -> None:
         with self._lock:
@@ -132,7 +143,7 @@ class Store:
                 self._live.pop(pred.id, None)
 
     def _write(self, pred: Prediction) -> None:
-        self._db.execute("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
+        self._db.execute(f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
                          (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())))
         self._db.commit()
 
@@ -140,7 +151,7 @@ class Store:
         with self._lock:
             if pred_id in self._live:
                 return self._live[pred_id]
-            row = self._db.execute("SELECT id, created_at, record FROM predictions WHERE id = ?",
+            row = self._db.execute(f"SELECT id, created_at, record FROM {self.kind} WHERE id = ?",
                                    (pred_id,)).fetchone()
         if not row:
             return None
@@ -149,15 +160,19 @@ class Store:
             self._remove_data(pred)
         return pred
 
-    @staticmethod
-    def _load(pred_id: str, created_at: str, record: str) -> Prediction:
+    def _load(self, pred_id: str, created_at: str, record: str) -> Prediction:
         """The stored prediction; one whose row cannot be read is shown failed, not as an error for everyone."""
         try:
-            return Prediction.from_record(_loads(record))
+            return self.record.from_record(_loads(record))
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            log.warning("prediction %s: unreadable stored record (%s)", pred_id, exc)
-            return Prediction(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
+            log.warning("%s %s: unreadable stored record (%s)", self.kind, pred_id, exc)
+            return self.record(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
                               created_at=stored_time(created_at) or now())
+
+    def unfinished_runs(self) -> list[Prediction]:
+        """Those created and not yet finished (queued or running)."""
+        with self._lock:
+            return list(self._live.values())
 
     def unfinished_count(self) -> int:
         """Predictions created and not yet finished (queued or running), for MUSICGEN_MAX_QUEUE."""
@@ -183,7 +198,7 @@ class Store:
         sql = f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at {order}, id {order} LIMIT ?"
         args.append(limit + 1)
         with self._lock:
-            rows = self._db.execute(f"SELECT id FROM predictions {sql}", args).fetchall()
+            rows = self._db.execute(f"SELECT id FROM {self.kind} {sql}", args).fetchall()
         more = len(rows) > limit
         ids = [r[0] for r in rows[:limit]]
         if kind == "prev":
@@ -259,7 +274,7 @@ class Store:
         cutoff = now() - self.retention
         with self._lock:
             preds = self._db.execute(
-                f"SELECT id, created_at, record FROM predictions WHERE {_field('completed_at')} < ? "
+                f"SELECT id, created_at, record FROM {self.kind} WHERE {_field('completed_at')} < ? "
                 f"AND NOT coalesce({_field('data_removed')}, 0)", (_stamp(cutoff),)).fetchall()
             files = self._db.execute(f"SELECT id FROM files WHERE {_field('created_at')} < ?",
                                      (iso(cutoff),)).fetchall()

@@ -1,0 +1,138 @@
+"""/v1/trainings, as Replicate's clients call it: create (on a version of meta/musicgen, into a model
+created with POST /v1/models), list, get, cancel; and the public delivery of a training's weights."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import pydantic
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from ..engine.api import TrainingRequest
+from ..registry import MUSICGEN
+from ..training.params import parse_training_input
+from .bodies import EVENTS, problems
+from .model_routes import found_model
+from .params import CancelAfter
+from .prediction import new_id
+from .routes import FieldsInvalid, checked_webhook, read_json_object
+from .training import WEIGHTS_FILE, Training
+
+router = APIRouter()
+public = APIRouter()
+
+
+class TrainingBody(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+    destination: str | None = pydantic.Field(None, description="`owner/name` of a model made with POST /v1/models.")
+    input: dict[str, Any] = {}
+    webhook: pydantic.AnyHttpUrl | None = None
+    webhook_events_filter: list[EVENTS] | None = None
+
+
+def _destination(request: Request, body: TrainingBody) -> str:
+    if not body.destination:
+        raise FieldsInvalid([{"loc": ("destination",), "type": "missing",
+                              "msg": "A training needs a `destination`: `owner/name` of a model made with "
+                                     "POST /v1/models, which gets the new version."}])
+    owner, slash, name = body.destination.partition("/")
+    if not slash or body.destination == MUSICGEN:
+        raise FieldsInvalid([{"loc": ("destination",), "type": "value_error",
+                              "msg": "`destination` must be `owner/name` of a model you created with "
+                                     f"POST /v1/models (not {body.destination!r})."}])
+    if request.app.state.registry.model(body.destination) is None:
+        raise HTTPException(404, f"The destination model {body.destination!r} does not exist. Create it first with "
+                                 "POST /v1/models.")
+    running = request.app.state.trainings.running_into(body.destination)
+    if running:
+        raise HTTPException(409, f"Training {running} into {body.destination} is still running; wait for it to "
+                                 "finish or cancel it before training into that model again.")
+    return body.destination
+
+
+def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[str, Any], str]:
+    """The validated input (as the engine takes it) and the dataset's resolved location."""
+    try:
+        parsed = parse_training_input(body.input)
+    except pydantic.ValidationError as exc:
+        raise FieldsInvalid(exc.errors(), ("input",)) from None
+    dataset = request.app.state.resolve_input(parsed.dataset_path, "dataset_path")
+    return parsed.model_dump(), dataset
+
+
+@router.post("/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
+             responses=problems(400, 404, 409, 413, 422))
+async def create_training(request: Request, owner: str, name: str, version_id: str,
+                          cancel_after: CancelAfter = None) -> Response:
+    body = TrainingBody.model_validate(await read_json_object(request))
+    model = found_model(request, owner, name)
+    version = request.app.state.registry.version(version_id)
+    if version is None or version.model != model.full_name:
+        raise HTTPException(404, f"No version {version_id!r} of {model.full_name}.")
+    if version.trained:
+        raise HTTPException(422, f"{model.full_name}:{version_id} is itself a fine-tune; train from a version of "
+                                 f"{MUSICGEN} (its base is `{version.base}`).")
+    sent = body.input
+    engine_input, dataset = _checked_training_input(request, body)
+    webhook = await checked_webhook(request, body)
+    if not request.app.state.trainings.accepting:
+        raise HTTPException(503, "The server is shutting down; create the training again in a moment.")
+    destination = _destination(request, body)  # no await from here to submit: one training per destination
+    training = Training(id=new_id(), version=version.id, model=model.full_name, input=sent,
+                        base_url=str(request.base_url), webhook=webhook, destination=destination)
+    folder = request.app.state.training_store.prediction_dir(training.id)
+    training.request = vars(TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE)))
+    if body.webhook_events_filter is not None:
+        training.webhook_events_filter = tuple(body.webhook_events_filter)
+    request.app.state.trainings.submit(training)
+    if cancel_after is not None:
+        request.app.state.training_deadlines.add(training.id, cancel_after)
+    return JSONResponse(training.to_json(str(request.base_url)), status_code=201)
+
+
+def _found(request: Request, training_id: str) -> Training:
+    training = request.app.state.training_store.get(training_id)
+    if training is None:
+        raise HTTPException(404, f"No training with id {training_id!r}.")
+    return training
+
+
+@router.get("/trainings/{training_id}", responses=problems(404))
+async def get_training(request: Request, training_id: str) -> dict[str, Any]:
+    return _found(request, training_id).to_json(str(request.base_url))
+
+
+@router.post("/trainings/{training_id}/cancel", responses=problems(404))
+async def cancel_training(request: Request, training_id: str) -> dict[str, Any]:
+    training = _found(request, training_id)
+    request.app.state.trainings.cancel(training)
+    return training.to_json(str(request.base_url))
+
+
+@router.get("/trainings", responses=problems(400))
+async def list_trainings(request: Request, cursor: str | None = None) -> dict[str, Any]:
+    try:
+        found, next_cursor, prev_cursor = request.app.state.training_store.page(request.app.state.page_size, cursor)
+    except ValueError:
+        raise HTTPException(400, "Invalid cursor; use the `next` or `previous` URL of a previous page.") from None
+    base = str(request.base_url)
+
+    def link(c: str | None) -> str | None:
+        return f"{base}v1/trainings?{urlencode({'cursor': c})}" if c else None
+
+    return {"next": link(next_cursor), "previous": link(prev_cursor),
+            "results": [t.to_json(base) for t in found]}
+
+
+@public.get("/delivery/trainings/{training_id}/{name}", response_class=FileResponse, responses=problems(404))
+async def deliver_weights(request: Request, training_id: str, name: str) -> FileResponse:
+    """A training's weights, like its outputs: the unguessable training id is the capability."""
+    training = request.app.state.training_store.get(training_id)
+    if training is None or training.weights_file != name:
+        raise HTTPException(404, f"No weights {name!r} for training {training_id!r}.")
+    return FileResponse(request.app.state.training_store.prediction_dir(training_id) / name,
+                        media_type="application/x-tar", filename=name)
+
