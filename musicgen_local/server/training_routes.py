@@ -13,7 +13,6 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import TrainingRequest
 from ..registry import MUSICGEN
-from ..training.params import parse_training_input
 from .bodies import EVENTS, problems
 from .model_routes import found_model
 from .params import CancelAfter
@@ -55,6 +54,8 @@ def _destination(request: Request, body: TrainingBody) -> str:
 
 def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[str, Any], str]:
     """The validated input (as the engine takes it) and the dataset's resolved location."""
+    from ..training.params import parse_training_input  # torch-free, but not needed by servers that never train
+
     try:
         parsed = parse_training_input(body.input)
     except pydantic.ValidationError as exc:
