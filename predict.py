@@ -8,10 +8,11 @@ engine's device loop (Cog itself has no batching). COG_MAX_CONCURRENCY overrides
 
 import asyncio
 import tempfile
+from dataclasses import replace
 
 from cog import BaseRunner, Input, Path, concurrent
 
-from musicgen_local.cog_weights import settings_for_cog_weights
+from musicgen_local.cog_weights import fine_tune
 from musicgen_local.engine import Request, load_engine
 from musicgen_local.engine.api import Done, Failed, Log, Progress, terminal_error
 from musicgen_local.schema import cog_input_kwargs as spec
@@ -23,9 +24,10 @@ MAX_CONCURRENCY = 8  # = MUSICGEN_MAX_BATCH's default: one batch of predictions 
 
 class Predictor(BaseRunner):
     def setup(self, weights: str | None = None) -> None:
-        # Cog passes COG_WEIGHTS (e.g. a training's tarball URL) or ./weights: a fine-tuned LM in it
-        # serves the model_version of its architecture; our own weights/ cache changes nothing.
-        self.engine = load_engine(settings_for_cog_weights(Settings.from_env(), weights))
+        # Cog passes COG_WEIGHTS (e.g. a training's tarball URL) or ./weights: a fine-tune in it serves
+        # the model_version it was tuned from; our own weights/ cache changes nothing.
+        settings, self.tuned = fine_tune(Settings.from_env(), weights)
+        self.engine = load_engine(settings)
         self.engine.wait_ready()  # models warmed and graphs captured before Cog says READY
 
     def healthcheck(self) -> bool:
@@ -56,7 +58,10 @@ class Predictor(BaseRunner):
         del inputs["self"]
         inputs["input_audio"] = None if input_audio is None else str(input_audio)
         inputs["top_p"], inputs["temperature"] = float(top_p), float(temperature)
-        run = self.engine.submit(Request.from_input(parse_input(inputs)))
+        request = Request.from_input(parse_input(inputs))
+        if self.tuned is not None and request.model_version == self.tuned.base:
+            request = replace(request, weights=str(self.tuned.root))
+        run = self.engine.submit(request)
         try:
             async for event in run:
                 if isinstance(event, Log):

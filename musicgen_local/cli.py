@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import MusicgenError
@@ -23,12 +24,13 @@ def cmd_predict(args, settings: Settings) -> int:
     from .schema import parse_cli_pairs, parse_input
 
     try:
-        inp = parse_input(parse_cli_pairs(args.input))
+        pairs = parse_cli_pairs(args.input)
+        tuned_weights = _tuned(args.weights, pairs)
+        inp = parse_input(pairs)
     except ValidationError as exc:
-        for err in exc.errors():
-            print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
+        _print_field_errors(exc)
         return 2
-    request = Request.from_input(inp)
+    request = replace(Request.from_input(inp), weights=tuned_weights)
     out = Path(args.output or f"out.{request.output_format}")
     with tempfile.TemporaryDirectory(prefix="musicgen-") as scratch:  # downloads; nothing is left behind
         engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # load only the model it names
@@ -44,6 +46,26 @@ def cmd_predict(args, settings: Settings) -> int:
     print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
           f"{result.sample_rate} Hz) seed={result.seed}")
     return 0
+
+
+def _tuned(weights: str | None, pairs: dict) -> str | None:
+    """--weights: a fine-tune's tar (or folder); the model_version defaults to its base, and must be it."""
+    if weights is None:
+        return None
+    from . import tuned
+    from .errors import UserError
+
+    found = tuned.read(weights)
+    asked = pairs.setdefault("model_version", found.base)
+    if asked != found.base:
+        raise UserError(f"{weights} is a fine-tune of `{found.base}`; it cannot decode `{asked}` (leave "
+                        "model_version out, or set it to that).")
+    return str(Path(weights).resolve())
+
+
+def _print_field_errors(exc) -> None:
+    for err in exc.errors():
+        print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
 
 
 def _growing_file(out: Path, request):
@@ -137,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true",
                    help="write the output as it is generated: a wav that grows segment by segment (not yet "
                         "normalised), replaced by the final file at the end")
+    p.add_argument("--weights", metavar="TAR",
+                   help="a fine-tune (what `musicgen-local train -o` or a training's output.weights gives) to "
+                        "decode with; model_version defaults to the one it was tuned from")
     p.set_defaults(func=cmd_predict)
 
     for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),

@@ -4,6 +4,9 @@ Each run: semantic checks (Failed with the real messages), `Log("Using seed N")`
 `concurrency` slots is free `Started`, one `Progress` per 50 Hz frame (`step_delay_s` apart, checking
 cancellation between steps), one `Audio` segment per second when streaming, and `Done` with a real
 16-bit PCM wav (silence; 2 channels for stereo models), always wav whatever `output_format` says.
+
+A training: `Started`, `train_steps` Progress/Log pairs (`step_delay_s` apart), then `Trained` with a
+LoRA tar that holds no adapter (its version decodes as the base).
 """
 
 from __future__ import annotations
@@ -13,7 +16,19 @@ import random
 import threading
 import wave
 
-from ..engine.api import Audio, Canceled, Done, Failed, Log, Progress, Request, Result, Started
+from ..engine.api import (
+    Audio,
+    Canceled,
+    Done,
+    Failed,
+    Log,
+    Progress,
+    Request,
+    Result,
+    Started,
+    Trained,
+    TrainingRequest,
+)
 from ..engine.run import LocalRun
 from ..errors import UserError
 from ..registry import PRESETS
@@ -41,6 +56,8 @@ class FakeEngine:
         self.step_delay_s = step_delay_s  # slows generation so tests can cancel or time out mid-way
         self.requests: list[Request] = []  # what the API layer handed over, for assertions
         self.started: list[Request] = []  # those that got a slot and generated (or began to)
+        self.trainings: list[TrainingRequest] = []
+        self.train_steps = 5
         self.ready = threading.Event()
         if ready:
             self.ready.set()
@@ -51,6 +68,29 @@ class FakeEngine:
         run = LocalRun()
         threading.Thread(target=self._generate, args=(request, run, stream), daemon=True).start()
         return run
+
+    def train(self, request: TrainingRequest) -> LocalRun:
+        self.trainings.append(request)
+        run = LocalRun()
+        threading.Thread(target=self._train, args=(request, run), daemon=True).start()
+        return run
+
+    def _train(self, request: TrainingRequest, run: LocalRun) -> None:
+        from pathlib import Path
+
+        from .. import tuned
+
+        run.emit(Started())
+        for step in range(1, self.train_steps + 1):
+            if run.canceled.wait(self.step_delay_s):
+                run.emit(Canceled())
+                return
+            run.emit(Progress(step, self.train_steps))
+            run.emit(Log(f"step {step}/{self.train_steps} (epoch 1/1): loss {1.0 / step:.4f}"))
+        base = request.input.get("model_version", "large")
+        dest = tuned.write(Path(request.weights_out), "lora", base, {tuned.ADAPTER: _empty_safetensors()},
+                           rank=1, alpha=1.0, training={"loss": 1.0 / self.train_steps})
+        run.emit(Trained(str(dest), "lora", base, {"loss": 1.0 / self.train_steps}))
 
     def health(self) -> dict:
         return {"status": "READY" if self.ready.is_set() else "STARTING", "engine": "fake"}
@@ -98,3 +138,8 @@ class FakeEngine:
             if stream and step % FRAME_RATE == 0:
                 index = step // FRAME_RATE - 1
                 run.emit(Audio(index, float(index), silent_wav(1.0, channels, 4), SAMPLE_RATE, channels, SAMPLE_RATE))
+
+
+def _empty_safetensors() -> bytes:
+    """A safetensors file with no tensor: 8 bytes of header length, then the header `{}`."""
+    return (2).to_bytes(8, "little") + b"{}"

@@ -1,0 +1,165 @@
+"""The trainings API as Replicate's clients call it, on the torch-free fake engine: models to train into,
+trainings (status, logs, webhooks, cancel, one per destination, restarts), and predictions on the version
+a training made. The real trainer is proven in tests/training and tests/e2e."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import tarfile
+import time
+
+from server_helpers import V1, make_client, wait_done
+
+from musicgen_local.server.training import Training
+from musicgen_local.testing.fake_engine import FakeEngine
+
+TRAIN = f"/v1/models/meta/musicgen/versions/{V1}/trainings"
+INPUT = {"dataset_path": "https://example.com/songs.zip", "model_version": "large"}
+
+
+def wait_training(client, training_id: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/trainings/{training_id}").json()
+        if body["status"] in ("succeeded", "failed", "canceled"):
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"training {training_id} did not finish: {body}")
+
+
+def _model(client, name: str = "my-sound") -> None:
+    r = client.post("/v1/models", json={"owner": "alice", "name": name, "visibility": "private",
+                                        "hardware": "gpu-a40-large"})
+    assert r.status_code == 201, r.text
+
+
+def test_models_are_created_listed_and_refused_twice(tmp_path):
+    with make_client(tmp_path) as c:
+        _model(c)
+        assert c.post("/v1/models", json={"owner": "alice", "name": "my-sound"}).status_code == 409
+        assert c.post("/v1/models", json={"owner": "Alice!", "name": "x"}).status_code == 422
+        names = [f"{m['owner']}/{m['name']}" for m in c.get("/v1/models").json()["results"]]
+        assert names == ["meta/musicgen", "alice/my-sound"]
+        model = c.get("/v1/models/alice/my-sound").json()
+        assert model["visibility"] == "private" and model["latest_version"] is None
+        assert c.get("/v1/models/alice/my-sound/versions").json()["results"] == []
+        assert c.get("/v1/models/bob/nothing").status_code == 404
+
+
+def test_a_training_makes_a_version_that_predictions_run_with_its_weights(tmp_path):
+    engine = FakeEngine()
+    with make_client(tmp_path, engine) as c:
+        _model(c)
+        created = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT})
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["status"] == "starting" and body["destination"] == "alice/my-sound"
+        assert body["urls"]["get"].endswith(f"/v1/trainings/{body['id']}")
+        done = wait_training(c, body["id"])
+        assert done["status"] == "succeeded", done
+        model, _, version_id = done["output"]["version"].partition(":")
+        assert model == "alice/my-sound" and len(version_id) == 64
+        assert "step 5/5 (epoch 1/1): loss 0.2000" in done["logs"]
+        weights = c.get(done["output"]["weights"].replace("http://testserver", ""))
+        assert weights.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(weights.content)) as tar:
+            manifest = json.load(tar.extractfile("musicgen-local.json"))
+        assert manifest["kind"] == "lora" and manifest["base"] == "large"
+        version = c.get(f"/v1/models/alice/my-sound/versions/{version_id}").json()
+        assert version["base_model_version"] == "large" and version["training"] == body["id"]
+        assert c.get("/v1/models/alice/my-sound").json()["latest_version"]["id"] == version_id
+
+        for ref in (version_id, f"alice/my-sound:{version_id}"):
+            pred = c.post("/v1/predictions", json={"version": ref, "input": {"prompt": "x", "duration": 1}}).json()
+            assert wait_done(c, pred["id"])["status"] == "succeeded"
+            assert pred["model"] == "alice/my-sound" and pred["version"] == version_id
+        pred = c.post("/v1/models/alice/my-sound/predictions", json={"input": {"prompt": "x", "duration": 1}}).json()
+        assert wait_done(c, pred["id"])["status"] == "succeeded"
+        tuned = [r for r in engine.requests if r.weights]
+        assert len(tuned) == 3 and all(r.model_version == "large" for r in tuned)
+        assert all(r.weights.endswith(f"trainings/{body['id']}/weights.tar") for r in tuned)
+        base = c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 1}}).json()
+        wait_done(c, base["id"])
+        assert engine.requests[-1].weights is None
+
+        wrong = c.post("/v1/predictions", json={"version": version_id,
+                                                "input": {"prompt": "x", "model_version": "stereo-large"}})
+        assert wrong.status_code == 422
+        assert "fine-tuned from `large`" in wrong.json()["detail"]
+
+
+def test_bad_trainings_are_refused_with_what_to_do(tmp_path):
+    with make_client(tmp_path) as c:
+        missing = c.post(TRAIN, json={"input": INPUT})
+        assert missing.status_code == 422 and "destination" in missing.json()["detail"]
+        nowhere = c.post(TRAIN, json={"destination": "alice/nothing", "input": INPUT})
+        assert nowhere.status_code == 404 and "POST /v1/models" in nowhere.json()["detail"]
+        _model(c)
+        assert c.post("/v1/models/meta/musicgen/versions/nope/trainings",
+                      json={"destination": "alice/my-sound", "input": INPUT}).status_code == 404
+        for bad in ({"batch_size": 0}, {"batch_size": 10_000}, {"lr": -1.0}, {"lr": 5.0}):
+            r = c.post(TRAIN, json={"destination": "alice/my-sound", "input": {**INPUT, **bad}})
+            assert r.status_code == 422, (bad, r.text)
+            assert f"input.{next(iter(bad))}" in r.json()["detail"]
+        no_dataset = c.post(TRAIN, json={"destination": "alice/my-sound", "input": {"model_version": "large"}})
+        assert no_dataset.status_code == 422 and "input.dataset_path" in no_dataset.json()["detail"]
+        local = c.post(TRAIN, json={"destination": "alice/my-sound", "input": {**INPUT, "dataset_path": "/etc"}})
+        assert local.status_code == 422 and "input.dataset_path" in local.json()["detail"]
+
+
+def test_one_training_per_destination_at_once_and_cancel(tmp_path):
+    engine = FakeEngine(step_delay_s=0.2)
+    engine.train_steps = 100
+    with make_client(tmp_path, engine) as c:
+        _model(c)
+        first = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()
+        second = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT})
+        assert second.status_code == 409 and first["id"] in second.json()["detail"]
+        canceled = c.post(f"/v1/trainings/{first['id']}/cancel").json()
+        assert canceled["id"] == first["id"]
+        assert wait_training(c, first["id"])["status"] == "canceled"
+        assert c.get("/v1/models/alice/my-sound/versions").json()["results"] == []
+        again = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}, headers={"Cancel-After": "5s"})
+        assert again.status_code == 201
+        listed = c.get("/v1/trainings").json()["results"]
+        assert [t["id"] for t in listed] == [again.json()["id"], first["id"]]
+        assert wait_training(c, again.json()["id"], timeout=15)["status"] == "canceled"
+
+
+def test_webhooks_carry_the_training_and_its_new_version(tmp_path, receiver):
+    with make_client(tmp_path, FakeEngine()) as c:
+        _model(c)
+        body = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT, "webhook": receiver.url,
+                                   "webhook_events_filter": ["start", "completed"]}).json()
+        receiver.wait_for(lambda evs: evs and evs[-1]["status"] == "succeeded")
+    events = receiver.events()
+    assert [e["status"] for e in events] == ["processing", "succeeded"]
+    assert events[-1]["id"] == body["id"] and events[-1]["output"]["version"].startswith("alice/my-sound:")
+
+
+def test_a_training_interrupted_by_a_restart_resumes_and_versions_survive(tmp_path):
+    with make_client(tmp_path, FakeEngine()) as c:
+        _model(c)
+        done = wait_training(c, c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()["id"])
+    version_id = done["output"]["version"].partition(":")[2]
+    running = Training(id="t" * 26, version=V1, model="meta/musicgen", input=INPUT, status="processing",
+                       attempts=1, destination="alice/my-sound",
+                       request={"input": INPUT, "dataset": INPUT["dataset_path"],
+                                "work_dir": str(tmp_path / "data/trainings/tttt/work"),
+                                "weights_out": str(tmp_path / "data/trainings/tttt/weights.tar")})
+    twice = Training(id="u" * 26, version=V1, model="meta/musicgen", input=INPUT, status="processing",
+                     attempts=2, destination="alice/other", request=running.request)
+    db = sqlite3.connect(tmp_path / "data" / "musicgen.sqlite3")
+    for t in (running, twice):
+        db.execute("INSERT INTO trainings VALUES (?, ?, ?)", (t.id, t.created_at.isoformat(), json.dumps(t.to_record())))
+    db.commit()
+    db.close()
+    with make_client(tmp_path, FakeEngine()) as c:
+        assert c.get(f"/v1/models/alice/my-sound/versions/{version_id}").status_code == 200
+        resumed = wait_training(c, running.id)
+        assert resumed["status"] == "succeeded"
+        assert "resuming from its last checkpoint" in resumed["logs"]
+        failed = c.get(f"/v1/trainings/{twice.id}").json()
+        assert failed["status"] == "failed" and "stopped twice" in failed["error"]
