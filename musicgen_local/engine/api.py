@@ -84,8 +84,9 @@ class Log:
 
 @dataclass(frozen=True)
 class Progress:
-    done: int  # decoding steps done, over every window
+    done: int  # decoding steps done, over every window (a training's: optimizer updates)
     total: int
+    loss: float | None = None  # a training's loss at `done`
 
 
 @dataclass(frozen=True)

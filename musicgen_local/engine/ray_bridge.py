@@ -7,7 +7,8 @@ process does, and when the cluster is gone it says so and exits (`RayEngine` sta
 Run as `python -m musicgen_local.engine.ray_bridge FD` by `RayEngine`.
 
 Messages to the API: ("connected", info), ("health", dict), ("event", run_id, Event),
-("lost", reason). From the API: ("submit", run_id, Request, stream), ("cancel", run_id), ("close",).
+("lost", reason). From the API: ("submit", run_id, Request, stream), ("train", run_id, TrainingRequest),
+("cancel", run_id), ("close",).
 """
 
 from __future__ import annotations
@@ -141,6 +142,10 @@ class Bridge:
             _, run_id, request, stream = command
             self.flights[run_id] = Flight(request, stream)
             asyncio.create_task(self._fly(run_id))
+        elif command[0] == "train":
+            _, run_id, request = command
+            self.flights[run_id] = Flight(request, False)
+            asyncio.create_task(self._train(run_id))
         elif command[0] == "cancel":
             flight = self.flights.get(command[1])
             if flight is not None:
@@ -162,6 +167,25 @@ class Bridge:
             log.exception("run %d failed", run_id)
             self._send("event", run_id, Failed(f"The Ray cluster could not run this prediction "
                                               f"({type(exc).__name__}: {exc}).", kind="internal"))
+        finally:
+            self.flights.pop(run_id, None)
+
+    async def _train(self, run_id: int) -> None:
+        """A training on one replica (the one the router picks). Its paths (dataset, work folder, weights)
+        are the API server's: the replicas must share its file system (a local cluster, or a shared
+        volume). If the replica dies, the training fails; its checkpoints stay in its work folder."""
+        flight = self.flights[run_id]
+        try:
+            await self.deployed.wait()
+            flight.response = self.handle.options(stream=True).train.remote(flight.request)
+            if not await self._relay(run_id, flight.response, first_within=None):
+                raise RuntimeError("the replica's stream ended without a result")
+        except RequestCancelledError:
+            self._send("event", run_id, Canceled())
+        except Exception as exc:  # noqa: BLE001 - the replica died, or Ray failed: this training fails
+            log.exception("training %d failed", run_id)
+            self._send("event", run_id, Failed(f"The Ray replica running this training stopped ({_why(exc)}). "
+                                               "Create the training again.", kind="internal"))
         finally:
             self.flights.pop(run_id, None)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import EngineError
 from ..settings import Settings
-from .api import TERMINAL, Failed, Request
+from .api import TERMINAL, Failed, Request, TrainingRequest
 from .run import LocalRun
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ class RayEngine:
         run = LocalRun(on_cancel=lambda run: self._send(("cancel", run_id)))
         self._runs[run_id] = run
         if not self._send(("submit", run_id, request, stream)):
+            self._end(run_id, Failed(self._unreachable(), kind="internal"))
+        return run
+
+    def train(self, request: TrainingRequest) -> LocalRun:
+        run_id = next(self._ids)
+        run = LocalRun(on_cancel=lambda run: self._send(("cancel", run_id)))
+        self._runs[run_id] = run
+        if not self._send(("train", run_id, request)):
             self._end(run_id, Failed(self._unreachable(), kind="internal"))
         return run
 

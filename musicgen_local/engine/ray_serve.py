@@ -21,7 +21,7 @@ import ray
 from ray import serve
 
 from ..settings import Settings
-from .api import Failed, Log, Request
+from .api import Failed, Log, Request, TrainingRequest
 
 APP = "musicgen"  # the Serve application's name on the cluster
 GRACE_S = 30  # a replica being stopped lets its runs finish this long
@@ -65,6 +65,15 @@ class EngineReplica:
             async for event in run:
                 yield event
         finally:  # the caller canceled or went away: stop generating
+            run.cancel()
+
+    async def train(self, request: TrainingRequest):
+        yield Log(f"Engine replica: {self.name}")
+        run = self.engine.train(request)
+        try:
+            async for event in run:
+                yield event
+        finally:  # the caller canceled or went away: stop training
             run.cancel()
 
     def __del__(self) -> None:

@@ -77,7 +77,7 @@ def advance(job: TrainJob) -> bool:
     except StopIteration:
         return finish(job)
     if progress is not None:
-        job.run.emit(Progress(progress.step, progress.total))
+        job.run.emit(Progress(progress.step, progress.total, progress.loss))
         job.log(describe(progress))
     return False
 

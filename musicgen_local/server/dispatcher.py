@@ -222,6 +222,7 @@ def _progress_lines(log_line: Callable[[str], None]) -> Callable[[Progress], Non
         percent = int(100 * event.done / max(event.total, 1))
         if percent != last[0]:
             last[0] = percent
-            log_line(tqdm.format_meter(event.done, event.total, time.monotonic() - started))
+            postfix = f"loss={event.loss:.4f}" if event.loss is not None else None
+            log_line(tqdm.format_meter(event.done, event.total, time.monotonic() - started, postfix=postfix))
 
     return on_progress
