@@ -86,5 +86,22 @@ async function stream() {
   }
 }
 
-const actions = { run, webhook, badToken, stream };
+async function train() {
+  // As the Node client's README has it: upload the dataset, then pass its URL (trainings.create sends input as is)
+  await replicate.models.create(args.owner, args.name, { visibility: "private", hardware: "cpu" });
+  const file = await replicate.files.create(readFileSync(args.datasetPath)); // named buffer_...: read by content
+  const input = { ...args.trainingInput, dataset_path: file.urls.get };
+  let training = await replicate.trainings.create("meta", "musicgen", args.version,
+                                                  { destination: `${args.owner}/${args.name}`, input });
+  const deadline = Date.now() + 300000;
+  while (!["succeeded", "failed", "canceled"].includes(training.status) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    training = await replicate.trainings.get(training.id);
+  }
+  if (training.status !== "succeeded") return { training, output: null };
+  const output = await replicate.run(training.output.version, { input: args.input });
+  return { training, output: String(output) };
+}
+
+const actions = { run, webhook, badToken, stream, train };
 console.log(JSON.stringify(await actions[action]()));
