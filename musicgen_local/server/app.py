@@ -177,8 +177,10 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         dispatcher.start()
+        deadlines.restore(store.unfinished_runs())
         deadlines.start()
         trainings.start()
+        training_deadlines.restore(training_store.unfinished_runs())
         training_deadlines.start()
         sweeper = asyncio.create_task(_remove_expired_forever(store, retention_sweep_s)) if store.retention else None
         yield

@@ -1,9 +1,9 @@
 """`Cancel-After`: one thread over a heap of deadlines, rather than a timer thread per prediction.
 
-When a deadline passes, `cancel(prediction id)` runs; the app makes that the same worker.cancel a
-POST .../cancel does, which ignores a prediction that already finished. Deadlines live in memory
-only: a restart fails every unfinished prediction (store.py), so a stored deadline would have
-nothing left to cancel.
+When a deadline passes, `cancel(prediction id)` runs; the app makes that the same dispatcher.cancel a
+POST .../cancel does, which ignores a prediction that already finished. A prediction keeps its
+deadline (`Prediction.cancel_at`): a restart runs unfinished predictions again, and `restore` gives
+their deadlines back to the new process, so a deadline that passed while it was down cancels at once.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ class Deadlines:
             self._stopping = True
             self._changed.notify()
         self._thread.join(timeout=5)
+
+    def restore(self, runs) -> None:
+        """The deadlines of unfinished runs read back at start-up."""
+        for run in runs:
+            if run.cancel_at is not None:
+                self.add(run.id, max(0.0, (run.cancel_at - datetime.now(UTC)).total_seconds()))
 
     def add(self, pred_id: str, after_s: float) -> None:
         with self._changed:

@@ -69,6 +69,7 @@ class Prediction:
     request: dict[str, Any] = field(default_factory=dict)  # the engine Request built at creation (seed fixed)
     attempts: int = 0  # times handed to the engine (a prediction interrupted by a restart is run once more)
     data_removed: bool = False  # MUSICGEN_RETENTION passed: input and output files removed, as on Replicate
+    cancel_at: datetime | None = None  # its Cancel-After deadline, kept so that a restart still enforces it
 
     @property
     def done(self) -> bool:
@@ -100,7 +101,7 @@ class Prediction:
     # Persistence: a plain dict of JSON-able values (datetimes as ISO strings).
     def to_record(self) -> dict[str, Any]:
         rec = asdict(self)
-        for key in ("created_at", "started_at", "completed_at"):
+        for key in ("created_at", "started_at", "completed_at", "cancel_at"):
             rec[key] = rec[key].isoformat() if rec[key] else None
         rec["webhook_events_filter"] = list(self.webhook_events_filter)
         return rec
@@ -111,7 +112,7 @@ class Prediction:
         Raises TypeError when the row lacks what no default can stand for (id, version, input)."""
         known = {f.name for f in fields(cls)}
         rec = {key: value for key, value in scrub(rec).items() if key in known}
-        for key in ("started_at", "completed_at"):
+        for key in ("started_at", "completed_at", "cancel_at"):
             rec[key] = stored_time(rec.get(key))
         rec["created_at"] = stored_time(rec.get("created_at")) or rec["completed_at"] or now()
         if "webhook_events_filter" in rec:

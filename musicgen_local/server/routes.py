@@ -11,6 +11,7 @@ import json
 import re
 import time
 from dataclasses import replace
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -145,6 +146,8 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
                       base_url=str(request.base_url), webhook=webhook, request=engine_request)
     if body.webhook_events_filter is not None:
         pred.webhook_events_filter = tuple(body.webhook_events_filter)
+    if cancel_after is not None:
+        pred.cancel_at = pred.created_at + timedelta(seconds=cancel_after)
     request.app.state.dispatcher.submit(pred)
     if cancel_after is not None:
         request.app.state.deadlines.add(pred.id, cancel_after)

@@ -3,6 +3,7 @@ created with POST /v1/models), list, get, cancel; and the public delivery of a t
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -88,6 +89,8 @@ async def create_training(request: Request, owner: str, name: str, version_id: s
     training.request = vars(TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE)))
     if body.webhook_events_filter is not None:
         training.webhook_events_filter = tuple(body.webhook_events_filter)
+    if cancel_after is not None:
+        training.cancel_at = training.created_at + timedelta(seconds=cancel_after)
     request.app.state.trainings.submit(training)
     if cancel_after is not None:
         request.app.state.training_deadlines.add(training.id, cancel_after)

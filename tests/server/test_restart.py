@@ -163,3 +163,18 @@ def test_sigterm_drains_then_the_next_start_runs_what_was_left(processes):
     again = processes(step_delay_s=0.0)
     assert again.get(running)["status"] == "succeeded" and again.get(running)["output"]
     assert again.wait_for(queued, ("succeeded",))["status"] == "succeeded"  # left queued, run now
+
+
+def test_cancel_after_survives_a_kill_and_restart(processes):
+    """A deadline set before the crash still cancels after the restart (the re-run would otherwise go on)."""
+    server = processes(step_delay_s=0.05)
+    body = {"version": V1, "input": {"prompt": "long", "duration": 30}}  # 1500 steps at 50 ms: 75 s
+    pred = httpx.post(f"{server.url}/v1/predictions", json=body, headers={"Cancel-After": "6s"}, timeout=10).json()
+    server.wait_for(pred["id"], ("processing",))
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=10)
+
+    again = processes(step_delay_s=0.05)
+    ended = again.wait_for(pred["id"], ("succeeded", "failed", "canceled"), timeout=30)
+    assert ended["status"] == "canceled"
+    assert "running it again" in ended["logs"]  # it was re-run, and the deadline stopped the re-run
