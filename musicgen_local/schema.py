@@ -30,8 +30,11 @@ class Field:
     description: str
     default: Any = None  # None: optional with no default
     choices: tuple[str, ...] | None = None
-    minimum: int | None = None
+    minimum: int | float | None = None
     format: str | None = None
+    maximum: int | float | None = None
+    above: float | None = None  # exclusive minimum (a learning rate above 0)
+    required: bool = False
 
     @property
     def json_type(self) -> str:
@@ -77,17 +80,19 @@ _STRICT = {str: StrictStr, int: StrictInt, bool: StrictBool, float: float}
 
 def _pydantic_field(f: Field) -> tuple[Any, Any]:
     annotation: Any = Literal[f.choices] if f.choices else _STRICT[f.kind]  # type: ignore[valid-type]
-    if f.default is None:
+    if f.default is None and not f.required:
         annotation = annotation | None
-    return annotation, PydanticField(f.default, ge=f.minimum, description=f.description)
+    default = ... if f.required else f.default
+    return annotation, PydanticField(default, ge=f.minimum, le=f.maximum, gt=f.above, description=f.description)
 
 
-# Unknown fields are dropped silently, as Replicate and Cog do.
-PredictionInput: type[BaseModel] = create_model(
-    "PredictionInput",
-    __config__=ConfigDict(extra="ignore", strict=True),
-    **{f.name: _pydantic_field(f) for f in FIELDS},
-)
+def input_model(name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
+    """The pydantic model of a field list. Unknown fields are dropped silently, as Replicate and Cog do."""
+    return create_model(name, __config__=ConfigDict(extra="ignore", strict=True),
+                        **{f.name: _pydantic_field(f) for f in fields})
+
+
+PredictionInput: type[BaseModel] = input_model("PredictionInput", FIELDS)
 
 
 def parse_input(data: dict[str, Any]) -> BaseModel:
@@ -103,11 +108,11 @@ def _title(name: str) -> str:
     return name.replace("_", " ").title()
 
 
-def openapi_input_properties() -> tuple[dict[str, Any], dict[str, Any]]:
+def openapi_input_properties(fields: tuple[Field, ...] = FIELDS) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Input object's properties and the enum component schemas, in Cog's layout."""
     props: dict[str, Any] = {}
     enums: dict[str, Any] = {}
-    for order, f in enumerate(FIELDS):
+    for order, f in enumerate(fields):
         prop: dict[str, Any] = {"title": _title(f.name), "description": f.description, "x-order": order}
         if f.choices:
             enums[f.name] = {"title": f.name, "description": "An enumeration.", "enum": list(f.choices),
@@ -121,6 +126,10 @@ def openapi_input_properties() -> tuple[dict[str, Any], dict[str, Any]]:
             prop["default"] = f.default
         if f.minimum is not None:
             prop["minimum"] = f.minimum
+        if f.maximum is not None:
+            prop["maximum"] = f.maximum
+        if f.above is not None:
+            prop["exclusiveMinimum"] = f.above
         props[f.name] = prop
     return props, enums
 
@@ -159,14 +168,18 @@ def reference_json() -> dict[str, Any]:
     return {"output": OUTPUT_SCHEMA, "required": [], "properties": out}
 
 
-def cog_input_kwargs(name: str) -> dict[str, Any]:
+def cog_input_kwargs(name: str, fields: dict[str, Field] = FIELDS_BY_NAME) -> dict[str, Any]:
     """Arguments for `cog.Input(...)` for one field."""
-    f = FIELDS_BY_NAME[name]
-    kwargs: dict[str, Any] = {"description": f.description, "default": f.default}
+    f = fields[name]
+    kwargs: dict[str, Any] = {"description": f.description}
+    if not f.required:
+        kwargs["default"] = f.default
     if f.choices:
         kwargs["choices"] = list(f.choices)
     if f.minimum is not None:
         kwargs["ge"] = f.minimum
+    if f.maximum is not None:
+        kwargs["le"] = f.maximum
     return kwargs
 
 
@@ -174,23 +187,23 @@ def cog_input_kwargs(name: str) -> dict[str, Any]:
 # Derived: CLI `-i key=value`
 
 
-def parse_cli_pairs(pairs: list[str]) -> dict[str, Any]:
+def parse_cli_pairs(pairs: list[str], fields: dict[str, Field] = FIELDS_BY_NAME) -> dict[str, Any]:
     """Turn `key=value` strings into typed inputs (like `cog predict -i`); `@path` means a file."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise UserError(f"Expected key=value, got {pair!r}.")
-        f = FIELDS_BY_NAME.get(key)
+        f = fields.get(key)
         if f is None:
-            raise UserError(f"Unknown input {key!r}. Inputs: {', '.join(FIELDS_BY_NAME)}.")
+            raise UserError(f"Unknown input {key!r}. Inputs: {', '.join(fields)}.")
         out[key] = _coerce(f, raw)
     return out
 
 
 def _coerce(f: Field, raw: str) -> Any:
     if f.kind is str:
-        return raw[1:] if f.name == "input_audio" and raw.startswith("@") else raw
+        return raw[1:] if f.format == "uri" and raw.startswith("@") else raw
     if f.kind is bool:
         if raw.lower() in {"true", "1", "yes"}:
             return True
