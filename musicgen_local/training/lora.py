@@ -1,0 +1,95 @@
+"""LoRA adapters on an audiocraft LMModel, for training: our own small module rather than `peft`.
+
+Why not peft: serving applies each request's adapter per row inside our own decoder
+(`engine/fast/model.py`), which reads the weight matrices directly, so an adapter must be the raw
+(A, B) pair per weight, in the `tuned` format; and audiocraft's attention keeps q/k/v in one
+`in_proj_weight` Parameter used through `F.linear`, not an `nn.Linear` peft's layers would wrap.
+
+Training sees the tuned weight `W + alpha / r * B @ A` through a torch parametrization of each target
+weight: the base stays frozen and untouched, gradients reach A and B only, and removing the
+parametrization gives the original module back bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+# Per transformer layer: attention's packed q/k/v and output projections (self and cross), and the
+# feed-forward pair; then each codebook's output head (without them a small model's LoRA cannot make
+# one token stand out from the other 2047: its final norm bounds what the layers can say). The names
+# are the LM's own parameter names (lm.named_parameters()).
+TARGETS = ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "cross_attention.in_proj_weight",
+           "cross_attention.out_proj.weight", "linear1.weight", "linear2.weight")
+
+
+class LowRank(nn.Module):
+    """The parametrization: W -> W + scale * B @ A (A [r, in] small random, B [out, r] zero at first)."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        a = torch.empty(rank, in_features)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)  # as nn.Linear initialises
+        self.lora_A = nn.Parameter(a.to(weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=weight.device))
+        self.scale = scale
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (self.scale * (self.lora_B @ self.lora_A)).to(weight.dtype)
+
+
+def target_names(lm) -> list[str]:
+    """Every target weight of this LM, by its parameter name."""
+    names = []
+    for i, layer in enumerate(lm.transformer.layers):
+        for target in TARGETS:
+            owner, _, attr = target.rpartition(".")
+            module = layer
+            for part in owner.split("."):
+                module = getattr(module, part, None)  # cross_attention is None in a model without it
+            if module is not None and isinstance(getattr(module, attr, None), torch.Tensor):
+                names.append(f"transformer.layers.{i}.{target}")
+    return names + [f"linears.{k}.weight" for k in range(len(lm.linears))]
+
+
+def _owner(lm, name: str) -> tuple[nn.Module, str]:
+    path, _, attr = name.rpartition(".")
+    return lm.get_submodule(path), attr
+
+
+def attach(lm, rank: int, alpha: float, generator: torch.Generator) -> dict[str, LowRank]:
+    """Freeze the LM and put a LoRA on every target weight; returns name -> its LowRank."""
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    adapters = {}
+    for name in target_names(lm):
+        module, attr = _owner(lm, name)
+        low_rank = LowRank(getattr(module, attr), rank, alpha / rank, generator)
+        parametrize.register_parametrization(module, attr, low_rank, unsafe=True)
+        adapters[name] = low_rank
+    return adapters
+
+
+def load(adapters: dict[str, LowRank], tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for name, low_rank in adapters.items():
+            a, b = tensors[name]
+            low_rank.lora_A.copy_(a)
+            low_rank.lora_B.copy_(b)
+
+
+def tensors(adapters: dict[str, LowRank]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (A, B), detached float32 copies on the CPU (what `tuned.write_lora` takes)."""
+    return {name: (m.lora_A.detach().float().cpu().clone(), m.lora_B.detach().float().cpu().clone())
+            for name, m in adapters.items()}
+
+
+def detach(lm, adapters: dict[str, LowRank]) -> None:
+    """Remove the adapters: the LM's weights are its own again, unchanged."""
+    for name in adapters:
+        module, attr = _owner(lm, name)
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
