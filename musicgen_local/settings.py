@@ -31,6 +31,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_INPUT_TIMEOUT": ("60", "input_audio download: seconds allowed in total (connect, redirects, body)"),
     "MUSICGEN_MAX_INPUT_BYTES": ("104857600", "input_audio download: largest accepted size in bytes"),
+    "MUSICGEN_MAX_DATASET_BYTES": ("8589934592", ("training: largest dataset, downloaded and unpacked, in bytes "
+                                                  "(an archive that unpacks past it is refused)")),
+    "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
     "MUSICGEN_STREAM_SECONDS": ("1.0", "length of the audio segments streamed while generating, in seconds"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database, output files, and scratch space for inputs"),
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
@@ -135,6 +138,8 @@ class Settings:
     auto_fetch: bool = False
     input_timeout: float = 60.0
     max_input_bytes: int = 100 * 1024 * 1024
+    max_dataset_bytes: int = 8 * 1024**3
+    max_dataset_seconds: float = 4 * 3600.0
     stream_seconds: float = 1.0
     data_dir: Path = Path("./data")
     api_token: str = ""
@@ -169,6 +174,8 @@ class Settings:
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             input_timeout=float(get("MUSICGEN_INPUT_TIMEOUT")),
             max_input_bytes=int(get("MUSICGEN_MAX_INPUT_BYTES")),
+            max_dataset_bytes=int(get("MUSICGEN_MAX_DATASET_BYTES")),
+            max_dataset_seconds=float(get("MUSICGEN_MAX_DATASET_SECONDS")),
             stream_seconds=float(get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),

@@ -37,6 +37,9 @@ class Limits:
     max_duration_s: int = 300  # longest encode-decode input, after the crop
     max_redirects: int = 5
     check_url: Callable[[str], None] = field(default=lambda url: None)  # raises UserError for refused addresses
+    name: str = "input_audio"  # the input being fetched, as messages name it
+    size_setting: str = "MUSICGEN_MAX_INPUT_BYTES"
+    time_setting: str = "MUSICGEN_INPUT_TIMEOUT"
 
 
 @dataclass
@@ -108,22 +111,22 @@ def fetch(ref: str, work_dir: Path, limits: Limits, canceled: threading.Event) -
         return path
     path = Path(ref.removeprefix("file://")).expanduser()
     if not path.is_file():
-        raise UserError(f"`input_audio` file not found: {ref}")
+        raise UserError(f"`{limits.name}` file not found: {ref}")
     return path
 
 
 def _decode_data_uri(ref: str, work_dir: Path, limits: Limits) -> Path:
     header, sep, payload = ref.partition(",")
     if not sep:
-        raise UserError("`input_audio` is a malformed data URI (no comma before the data).")
+        raise UserError(f"`{limits.name}` is a malformed data URI (no comma before the data).")
     if len(payload) * 3 // 4 > limits.max_bytes:
-        raise UserError(f"`input_audio` is larger than {limits.max_bytes} bytes (MUSICGEN_MAX_INPUT_BYTES).")
+        raise UserError(f"`{limits.name}` is larger than {limits.max_bytes} bytes ({limits.size_setting}).")
     mime = header[5:].split(";")[0] or "application/octet-stream"
     try:
         data = (base64.b64decode(payload, validate=False) if ";base64" in header
                 else urllib.parse.unquote_to_bytes(payload))
     except (binascii.Error, ValueError) as exc:
-        raise UserError(f"`input_audio` data URI is not valid base64: {exc}") from None
+        raise UserError(f"`{limits.name}` data URI is not valid base64: {exc}") from None
     path = work_dir / f"input{mimetypes.guess_extension(mime) or '.bin'}"
     path.write_bytes(data)
     return path
@@ -144,8 +147,8 @@ async def _download_or_cancel(url: str, path: Path, limits: Limits, canceled: th
     except asyncio.CancelledError:
         raise Cancelled() from None
     except TimeoutError:
-        raise UserError(f"Could not download `input_audio` from {url}: it took longer than {limits.timeout_s:.0f} s "
-                        "(MUSICGEN_INPUT_TIMEOUT).") from None
+        raise UserError(f"Could not download `{limits.name}` from {url}: it took longer than {limits.timeout_s:.0f} s "
+                        f"({limits.time_setting}).") from None
     finally:
         watcher.cancel()
 
@@ -161,15 +164,16 @@ async def _download(url: str, path: Path, limits: Limits) -> None:
                         url = str(response.url.join(response.headers["location"]))
                         continue
                     response.raise_for_status()
-                    await _save(response, path, limits.max_bytes, url)
+                    await _save(response, path, limits, url)
                     return
             except httpx.HTTPError as exc:
-                raise UserError(f"Could not download `input_audio` from {url}: {exc}") from None
-        raise UserError(f"Could not download `input_audio`: more than {limits.max_redirects} redirects.")
+                raise UserError(f"Could not download `{limits.name}` from {url}: {exc}") from None
+        raise UserError(f"Could not download `{limits.name}`: more than {limits.max_redirects} redirects.")
 
 
-async def _save(response: httpx.Response, path: Path, max_bytes: int, url: str) -> None:
-    too_large = UserError(f"`input_audio` at {url} is larger than {max_bytes} bytes (MUSICGEN_MAX_INPUT_BYTES).")
+async def _save(response: httpx.Response, path: Path, limits: Limits, url: str) -> None:
+    max_bytes = limits.max_bytes
+    too_large = UserError(f"`{limits.name}` at {url} is larger than {max_bytes} bytes ({limits.size_setting}).")
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large

@@ -61,7 +61,7 @@ class LocalEngine:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
-                                    check_url=partial(_check_input_url, block_private=settings.block_private_urls))
+                                    check_url=input_url_check(settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
@@ -126,12 +126,14 @@ class LocalEngine:
                 raise Cancelled()
             params = parse_training_input(request.input)
             run.emit(Started())
-            weights_check(self.settings, params.model_version, False, lambda line: run.emit(Log(line)))
+            say = lambda line: run.emit(Log(line))  # noqa: E731
+            weights_check(self.settings, params.model_version, False, say)
+            if params.drop_vocals:
+                _htdemucs_there(self.settings, say)
             work = Path(request.work_dir)
             pieces = dataset.prepare_once(request.dataset, work / "dataset", params,
                                           registry.PRESETS[params.model_version].channels,
-                                          dataset.limits_from(self.settings), run.canceled,
-                                          lambda line: run.emit(Log(line)))
+                                          dataset.limits_from(self.settings), run.canceled, say)
             job = TrainJob(request, run, params, pieces)
             min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put_training(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
@@ -184,11 +186,32 @@ def _as_is(model_version: str) -> str:
     return model_version
 
 
-def _check_input_url(url: str, block_private: bool) -> None:
-    """Every URL an input download goes to, redirects included: never link-local or cloud metadata."""
+def _htdemucs_there(settings: Settings, say) -> None:
+    """drop_vocals separates with htdemucs: its files must be in MUSICGEN_WEIGHTS (fetched when allowed)."""
+    from .. import weights as W
+    from ..errors import WeightsMissingError
+
+    W.configure_environment(settings.weights_dir)
+    absent = W.missing(settings.weights_dir, W.HTDEMUCS_FILES)
+    if absent and settings.auto_fetch:
+        from ..fetch import fetch
+
+        fetch(settings.weights_dir, absent, log=say)
+    elif absent:
+        raise WeightsMissingError(f"`drop_vocals` separates the vocals with htdemucs, which is not in "
+                                  f"{settings.weights_dir}: missing {', '.join(map(str, absent))}. Fetch it with "
+                                  "`musicgen-local weights fetch melody-large`, or train with drop_vocals=false.")
+
+
+def input_url_check(block_private: bool, name: str = "input_audio"):
+    """What checks every URL an input download goes to, redirects included: never link-local or cloud metadata."""
+    return partial(_check_input_url, block_private=block_private, name=name)
+
+
+def _check_input_url(url: str, block_private: bool, name: str) -> None:
     from ..netpolicy import URLRefused, check_url
 
     try:
         check_url(url, block_private)
     except URLRefused as exc:
-        raise UserError(f"`input_audio` cannot be downloaded: {exc}") from None
+        raise UserError(f"`{name}` cannot be downloaded: {exc}") from None

@@ -673,7 +673,7 @@ class DeviceLoop:
                     self._unload(model_version, "(room for a training)")
             with torch.inference_mode(False):
                 model = self._build(read.host, self.device)
-                training_job.start_trainer(job, model, self.device)
+                training_job.start_trainer(job, model, self.device, read.host)
         except Exception as exc:  # noqa: BLE001 - the training fails alone
             reach = faults.classify(exc, self.device)
             if reach == faults.FATAL:

@@ -54,11 +54,13 @@ class TrainRead:
     error: Exception | None = None
 
 
-def start_trainer(job: TrainJob, model, device: str) -> None:
+def start_trainer(job: TrainJob, model, device: str, host) -> None:
     """The trainer on the model built for it; its work resumes from `work_dir` when a checkpoint is there."""
     from ..training.trainer import Trainer
 
-    job.trainer = Trainer(model, job.pieces, job.params, Path(job.request.work_dir) / "checkpoints", log=job.log)
+    compression = next((pkg for (kind, _), pkg in host.packages.items() if kind == "compression"), None)
+    job.trainer = Trainer(model, job.pieces, job.params, Path(job.request.work_dir) / "checkpoints", log=job.log,
+                          compression_package=compression)
     job.work = job.trainer.work()
     job.log(f"Training {job.params.model_version} on {device}: "
             f"{'LoRA rank ' + str(job.params.lora_rank) if job.params.lora_rank else 'full fine-tune'}, "
