@@ -32,12 +32,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .. import registry
+from .. import registry, tuned
 from ..errors import Cancelled, UserError
 from ..schema import check_semantics
 from ..settings import Settings
 from . import inputs
 from .api import Failed, Log, Request, Started, TrainingRequest, failure
+from .fast import Lora
 from .loop import DeviceLoop, Job
 from .mbd import LazyMbd
 from .models import build_model, read_checkpoint, resolve_devices, weights_check
@@ -76,6 +77,7 @@ class LocalEngine:
                                  LazyMbd(settings.weights_dir, device), self._device_lost)
                       for device in resolve_devices(settings.devices)]
         self._weights_found: set[tuple[str, bool]] = set()
+        self._tuned: dict[str, tuple[tuned.Tuned, dict | None]] = {}  # Request.weights -> (fine-tune, LoRA tensors)
         self._own_loader = load is not None
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
@@ -97,6 +99,8 @@ class LocalEngine:
             if job.run.canceled.is_set():
                 raise Cancelled()
             request = job.request
+            if request.weights:
+                self._fine_tune(job)
             self._weights_there(request, job)
             if request.input_audio:
                 with tempfile.TemporaryDirectory(dir=self.scratch) as work_dir:
@@ -105,7 +109,7 @@ class LocalEngine:
                 job.clip = clip.wav
                 for note in clip.notes:
                     job.log(note)
-            self._route(request.model_version).put(job)
+            self._route(job.key).put(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
             if not isinstance(exc, UserError | Cancelled):
                 log.warning("preparing %s failed: %s", job.request, exc)
@@ -141,18 +145,38 @@ class LocalEngine:
                 log.warning("preparing a training failed: %s", exc, exc_info=exc)
             run.emit(failure(exc))
 
+    def _fine_tune(self, job: Job) -> None:
+        """The fine-tune `request.weights` names, read once: a LoRA decodes in its base's batch, a full
+        fine-tune is a model of its own."""
+        found = self._tuned.get(job.request.weights)
+        if found is None:
+            found = tuned.read(job.request.weights, unpack_to=_unpack_folder(self.settings, job.request.weights))
+            adapters = found.adapters() if found.kind == "lora" else None
+            found = self._tuned[job.request.weights] = (found, adapters)
+        fine_tune, adapters = found
+        if fine_tune.base != job.request.model_version:
+            raise UserError(f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
+                            f"`{job.request.model_version}`.")
+        if fine_tune.kind == "lora":
+            job.lora = Lora(fine_tune.key, adapters, fine_tune.scale)
+        else:
+            job.full_tune = str(fine_tune.root)
+
     def _weights_there(self, request: Request, job: Job) -> None:
         """Check (or fetch) a model's files the first time a request names it; once found, they stay."""
-        key = (request.model_version, request.multi_band_diffusion)
+        key = (job.key, request.multi_band_diffusion)
         if self._own_loader:  # the loader given to the engine brings its models' weights
             return
         if key not in self._weights_found:
-            weights_check(self.settings, request.model_version, request.multi_band_diffusion, job.log)
+            settings = self.settings
+            if job.full_tune is not None:  # its own LM: the published one is not needed
+                settings = settings.with_(checkpoints={**settings.checkpoints, request.model_version: job.full_tune})
+            weights_check(settings, request.model_version, request.multi_band_diffusion, job.log)
             self._weights_found.add(key)
 
-    def _route(self, model_version: str) -> DeviceLoop:
+    def _route(self, key: str) -> DeviceLoop:
         """The least loaded device among those that already hold the model, else among all."""
-        holding = [loop for loop in self.loops if model_version in loop.models]
+        holding = [loop for loop in self.loops if key in loop.models]
         return min(holding or self.loops, key=lambda loop: loop.jobs)
 
     def health(self) -> dict[str, Any]:
@@ -184,6 +208,15 @@ class LocalEngine:
 def _as_is(model_version: str) -> str:
     """The loader stage of a `load(model_version, device)` given to the engine: nothing to read first."""
     return model_version
+
+
+def _unpack_folder(settings: Settings, weights: str) -> Path:
+    """Where a fine-tune's tar is unpacked: under the data folder, named by the tar's path and size."""
+    import hashlib
+
+    path = Path(weights)
+    stamp = f"{path.resolve()}:{path.stat().st_size if path.is_file() else 0}"
+    return Path(settings.data_dir) / "tuned" / hashlib.sha256(stamp.encode()).hexdigest()[:24]
 
 
 def _htdemucs_there(settings: Settings, say) -> None:

@@ -37,7 +37,8 @@ from ..errors import Cancelled, EngineError, MusicgenError
 from ..settings import Settings
 from . import codec, faults, memory, reference, selfcheck, training_job
 from .api import Canceled, Done, Failed, Log, Progress, Request, Result, Started, failure
-from .fast import SamplingParams, SlotBatch, Window, unsupported_reason
+from .fast import Lora, SamplingParams, SlotBatch, Window, unsupported_reason
+from .models import base_of
 from .plan import Plan, plan_request
 from .run import LocalRun
 
@@ -66,6 +67,15 @@ class Job:
     segments: codec.SegmentStream | None = None
     batch_logged: int = 1  # the largest batch this request was told it decodes in
     started: bool = False  # Started was emitted
+
+    lora: Lora | None = None  # a LoRA fine-tune of the model: decoded in the model's batch, its rows adapted
+    full_tune: str | None = None  # a full fine-tune's folder: a model of its own
+
+    @property
+    def key(self) -> str:
+        """The model this job decodes with, among the device's resident models."""
+        version = self.request.model_version
+        return version if self.full_tune is None else f"{version}@{self.full_tune}"
 
     def log(self, line: str) -> None:
         self.run.emit(Log(line))
@@ -249,7 +259,7 @@ class DeviceLoop:
     def _arrive(self, job: Job) -> None:
         if job.run.canceled.is_set():
             raise Cancelled()
-        model_version = job.request.model_version
+        model_version = job.key
         if model_version not in self.models:
             return self._wait_for_model(job)
         self.models.move_to_end(model_version)
@@ -259,9 +269,9 @@ class DeviceLoop:
         """A job whose model is resident: the codec round trip, audiocraft's loop, or a slot's wait."""
         if job.run.canceled.is_set():
             raise Cancelled()
-        if job.request.model_version == CODEC_KEY:
+        if job.key == CODEC_KEY:
             return self._round_trip(job, model)
-        if self.settings.decoder == "reference" or self.models[job.request.model_version].batch is None:
+        if self.settings.decoder == "reference" or self.models[job.key].batch is None:
             return self._reference(job, model)
         job.generator = torch.Generator(self.device).manual_seed(job.request.seed)
         job.plan = plan_request(model, job.request, job.clip, random.Random(job.request.seed))
@@ -280,7 +290,7 @@ class DeviceLoop:
                 self.waiting.remove(job)
                 self._end(job, Canceled())
                 continue
-            batch = self.models[job.request.model_version].batch
+            batch = self.models[job.key].batch
             if batch.has_room():
                 self.waiting.remove(job)
                 self._guard(job, self._admit_one, job, batch)
@@ -295,10 +305,10 @@ class DeviceLoop:
         params = SamplingParams(request.temperature, request.top_k, request.top_p,
                                 float(request.classifier_free_guidance))
         window = Window(plan.window_conditions(job.window), job.prompt, plan.windows[job.window][2], params,
-                        job.generator)
+                        job.generator, job.lora)
         with _autocast(self.device):
             job.slot = batch.admit(window)
-        self.decoding.setdefault(request.model_version, {})[job.slot] = job
+        self.decoding.setdefault(job.key, {})[job.slot] = job
         if not job.started:
             job.started = True
             job.run.emit(Started())
@@ -356,7 +366,7 @@ class DeviceLoop:
     def _release(self, job: Job, batch: SlotBatch) -> None:
         if job.slot is not None:
             batch.release(job.slot)
-            del self.decoding[job.request.model_version][job.slot]
+            del self.decoding[job.key][job.slot]
             job.slot = None
 
     # ---------------------------------------------------------------------------------- whole requests
@@ -373,7 +383,13 @@ class DeviceLoop:
             if job.run.canceled.is_set():
                 raise Cancelled()
 
-        tokens = reference.decode(plan, job.request, on_step)
+        if job.lora is None:
+            tokens = reference.decode(plan, job.request, on_step)
+        else:
+            from ..training.lora import applied
+
+            with applied(model.lm, job.lora.tensors, job.lora.scale):
+                tokens = reference.decode(plan, job.request, on_step)
         if job.stream:
             job.segments = codec.SegmentStream(model.compression_model, tokens.shape[-1], self.settings.stream_seconds)
         self._finish(job, model, tokens, None)  # MBD's noise continues the global stream, as audiocraft's does
@@ -389,7 +405,7 @@ class DeviceLoop:
         """All tokens are there: the rest of the stream, the final decode, then the encode pool."""
         while job.segments is not None and job.segments.due(tokens.shape[-1]):
             job.run.emit(job.segments.emit(tokens, tokens.shape[-1]))
-        self._room_to_decode(job.request.model_version, tokens.shape[-1] / model.frame_rate, model.audio_channels)
+        self._room_to_decode(job.key, tokens.shape[-1] / model.frame_rate, model.audio_channels)
         with _autocast(self.device):
             wav = codec.decode(model, job.mbd, tokens, generator)  # [1, C, T]
         self._encode_later(job, wav[0], model.sample_rate)
@@ -422,7 +438,7 @@ class DeviceLoop:
 
     def _wait_for_model(self, job: Job) -> None:
         """The job's model is not here: have it read (once) by the loader pool; the job waits."""
-        model_version = job.request.model_version
+        model_version = job.key
         waiting = self.loading.setdefault(model_version, [])
         waiting.append(job)
         job.log(f"Loading model {model_version}...")
@@ -488,8 +504,9 @@ class DeviceLoop:
     def _activate(self, model_version: str, host, say) -> bool | Exception:
         """Build, size, warm and check one model. False: not now (busy models hold the room it needs)."""
         dtype_bytes = self.dtype_bytes
-        lm = registry.PRESETS[model_version].lm
-        estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if registry.PRESETS[model_version].melody else 0)
+        preset = registry.PRESETS[base_of(model_version)]
+        lm = preset.lm
+        estimate = _estimate(host, dtype_bytes, MELODY_PREFIX if preset.melody else 0)
         if estimate is not None and not self._room_for(model_version, estimate.total(1 if lm else 0)):
             return self._cannot_place(model_version, estimate)
         start = time.monotonic()
@@ -706,7 +723,7 @@ class DeviceLoop:
                 raise faults.DeviceLost(self.device, exc, job) from exc
             if reach == faults.OUT_OF_MEMORY:
                 exc = self._out_of_memory(exc, f"generating this {job.request.duration} s request")
-            batch = self.models.get(job.request.model_version)
+            batch = self.models.get(job.key)
             if batch is not None and batch.batch is not None and job.slot is not None:
                 self._release(job, batch.batch)
             if job in self.waiting:

@@ -38,6 +38,11 @@ def resolve_devices(spec: str) -> list[str]:
     return [d.strip() for d in spec.split(",") if d.strip()]
 
 
+def base_of(key: str) -> str:
+    """The model_version of a device loop's model key (`large`, or `large@<folder>` for a full fine-tune)."""
+    return key.partition("@")[0]
+
+
 def load_model(settings: Settings, model_version: str, device: str):
     """What the device loop serves a model_version with: a MusicGen, or EnCodec for encode-decode."""
     return build_model(settings, read_checkpoint(settings, model_version), device)
@@ -49,6 +54,7 @@ class HostCopy:
 
     model_version: str
     packages: dict[tuple[str, str], Any] = field(default_factory=dict)  # (kind, source) -> unpickled package
+    checkpoint: str | None = None  # a full fine-tune's folder, read instead of the published checkpoint
     file_bytes: int = 0  # the other files the model is built from (T5, htdemucs, a pointed-to codec)
 
     def footprint(self, dtype_bytes: int, prefix: int):
@@ -76,12 +82,15 @@ class HostCopy:
 _preloaded = threading.local()  # the device loop's packages while it builds (audiocraft's loader reads them)
 
 
-def read_checkpoint(settings: Settings, model_version: str) -> HostCopy:
-    """The loader stage: read what building the model will read, so the device loop does not wait on disk."""
+def read_checkpoint(settings: Settings, key: str) -> HostCopy:
+    """The loader stage: read what building the model will read, so the device loop does not wait on disk.
+    `key`: a model_version, or `model_version@folder` for a full fine-tune in that folder."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    model_version, _, folder = key.partition("@")
     W.configure_environment(settings.weights_dir)  # transformers and demucs find their files through it
-    host = HostCopy(model_version)
+    host = HostCopy(model_version, checkpoint=folder or None)
+    settings = _with_checkpoint(settings, host)
     for file in W.required_files(model_version):
         path = W.cached_path(settings.weights_dir, file)
         if path is not None and file.filename not in W.LM_FILES:
@@ -159,8 +168,15 @@ def _preloaded_packages(host: HostCopy):
         _preloaded.packages = {}
 
 
+def _with_checkpoint(settings: Settings, host: HostCopy) -> Settings:
+    if host.checkpoint is None:
+        return settings
+    return settings.with_(checkpoints={**settings.checkpoints, host.model_version: host.checkpoint})
+
+
 def build_model(settings: Settings, host: HostCopy, device: str):
     """The device stage: the model on `device`, from the packages `read_checkpoint` read."""
+    settings = _with_checkpoint(settings, host)
     W.configure_environment(settings.weights_dir)
     if not registry.PRESETS[host.model_version].lm:
         return load_codec(settings, device)

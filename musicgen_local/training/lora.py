@@ -13,6 +13,7 @@ parametrization gives the original module back bit for bit.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -86,6 +87,35 @@ def tensors(adapters: dict[str, LowRank]) -> dict[str, tuple[torch.Tensor, torch
     """name -> (A, B), detached float32 copies on the CPU (what `tuned.write_lora` takes)."""
     return {name: (m.lora_A.detach().float().cpu().clone(), m.lora_B.detach().float().cpu().clone())
             for name, m in adapters.items()}
+
+
+class Fixed(nn.Module):
+    """A trained adapter, applied: W -> W + scale * B @ A (nothing to learn)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("delta", scale * (b.float() @ a.float()))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta.to(weight.dtype)
+
+
+@contextmanager
+def applied(lm, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float):
+    """The LM with a trained adapter for the duration of the block (audiocraft's own loop decoding one
+    fine-tuned request), then exactly itself again."""
+    device = next(lm.parameters()).device
+    names = []
+    try:
+        for name, (a, b) in tensors.items():
+            module, attr = _owner(lm, name)
+            parametrize.register_parametrization(module, attr, Fixed(a.to(device), b.to(device), scale), unsafe=True)
+            names.append(name)
+        yield lm
+    finally:
+        for name in names:
+            module, attr = _owner(lm, name)
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
 
 
 def detach(lm, adapters: dict[str, LowRank]) -> None:

@@ -5,11 +5,11 @@ fixed-shape step (CUDA graphs on CUDA), each request sampling from its own gener
 benchmark and the warm-up use it).
 """
 
-from .batch import SlotBatch, Window, resolve_mode
+from .batch import Lora, SlotBatch, Window, resolve_mode
 from .model import unsupported_reason
 from .step import SamplingParams
 
-__all__ = ["SamplingParams", "SlotBatch", "Window", "decode", "resolve_mode", "unsupported_reason"]
+__all__ = ["Lora", "SamplingParams", "SlotBatch", "Window", "decode", "resolve_mode", "unsupported_reason"]
 
 
 def decode(batch: SlotBatch, windows: list[Window]) -> list:

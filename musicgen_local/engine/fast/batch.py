@@ -44,6 +44,14 @@ class Window:
     frames: int  # frames in the window, prompt included
     params: SamplingParams
     generator: torch.Generator  # the request's own: its tokens never depend on its neighbours
+    lora: Lora | None = None  # a fine-tune of this model to decode with (its rows apply its adapter)
+
+
+@dataclass(frozen=True)
+class Lora:
+    key: str  # names the fine-tune (its folder)
+    tensors: dict  # parameter name -> (A [r, in], B [out, r]), as `tuned.Tuned.adapters` reads them
+    scale: float  # alpha / r
 
 
 @dataclass
@@ -187,7 +195,12 @@ class SlotBatch:
         x, cross = self._fused_input(sequence[:, :start], window.conditions)  # [2, prefix + start, C]
         prefix = x.shape[1] - start
         self._make_room(prefix + sequence.shape[-1], 0 if cross is None else cross.shape[1])
-        logits = self.static.prefill(slice(2 * slot, 2 * slot + 2), x, cross)  # [2, K, card]
+        rows = slice(2 * slot, 2 * slot + 2)
+        if window.lora is not None:
+            self.static.adapters.load(window.lora.key, window.lora.tensors, window.lora.scale, self.static.device,
+                                      self.static.dtype)
+        self.static.adapters.assign(rows, None if window.lora is None else window.lora.key)
+        logits = self.static.prefill(rows, x, cross)  # [2, K, card]
         self.state.load(slot, sequence, start, window.frames, prefix, window.params)
         self._draw_noise(slot, window)
         one = slice(slot, slot + 1)
@@ -200,6 +213,8 @@ class SlotBatch:
     def release(self, slot: int) -> None:
         self.slots[slot] = None
         self.state.clear(slot)
+        self.static.adapters.assign(slice(2 * slot, 2 * slot + 2), None)
+        self.static.adapters.forget_unused()
 
     def done(self, slot: int) -> bool:
         s = self.slots[slot]
@@ -233,7 +248,7 @@ class SlotBatch:
             self._draw_noise(slot, self.slots[slot].window)
         n = live[-1] + 1
         length = max(self.slots[i].prefix + self.slots[i].offset for i in live)
-        if self.mode == "eager":
+        if self.mode == "eager" or self.static.adapters.active:  # adapters: see fast/adapters.py
             self._eager(live, n, length)
         else:
             self._replay(n, length)

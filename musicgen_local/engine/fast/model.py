@@ -15,9 +15,12 @@ from audiocraft.modules import transformer as ac_transformer
 from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import create_sin_embedding
 
+from ...training.lora import TARGETS as LORA_TARGETS
 from . import rows_kernel
+from .adapters import RowAdapters
 
 PRODUCTS = ("rows", "torch")
+_TARGETS = LORA_TARGETS  # the weights a LoRA may adapt, per layer (the heads are `linears.{k}.weight`)
 
 
 def unsupported_reason(lm) -> str | None:
@@ -113,6 +116,8 @@ class StaticLM:
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._positions_for(max_len)
         self.has_cross = tr.layers[0].cross_attention is not None
+        self.adapters = RowAdapters(rows)  # LoRA fine-tunes, per row (requests for them batch with the base)
+        self.names = [{part: f"transformer.layers.{i}.{part}" for part in _TARGETS} for i in range(len(self.layers))]
         self.cross_k = self.cross_v = self.cross_valid = None
         if self.has_cross:
             self._allocate_cross(rows, cross_len)
@@ -166,14 +171,16 @@ class StaticLM:
         if cross is not None:
             self._project_cross(rows, cross)
         t0 = x.shape[1]
+        first = rows.start
         x = x + self.lm.transformer.positional_scale * self.pos_emb[:t0]
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.norm1(x))
+            q, k, v = self._qkv(i, layer, layer.norm1(x), first)
             self.k[i, rows, :, :t0] = k
             self.v[i, rows, :, :t0] = v
-            x = x + layer.layer_scale_1(self._out(layer.self_attn, _attend(layer.self_attn, q, k, v, causal=t0 > 1)))
+            attended = _attend(layer.self_attn, q, k, v, causal=t0 > 1)
+            x = x + layer.layer_scale_1(self._out(i, "self_attn", layer.self_attn, attended, first))
             x = self._cross_and_ff(i, layer, x, rows, cross.shape[1] if cross is not None else 0, None)
-        return self._logits(x)
+        return self._logits(x, first)
 
     def _project_cross(self, rows: slice, cross: torch.Tensor) -> None:
         tc = cross.shape[1]
@@ -181,10 +188,10 @@ class StaticLM:
             attn = layer.cross_attention
             w, b = attn.in_proj_weight, attn.in_proj_bias
             dim = w.shape[0] // 3
-            self.cross_k[i, rows, :, :tc] = _split_heads(self.linear(cross, w[dim:2 * dim], None if b is None
-                                                                     else b[dim:2 * dim]), self.heads)
-            self.cross_v[i, rows, :, :tc] = _split_heads(self.linear(cross, w[2 * dim:], None if b is None
-                                                                     else b[2 * dim:]), self.heads)
+            name = self.names[i]["cross_attention.in_proj_weight"]
+            for cache, part in ((self.cross_k, slice(dim, 2 * dim)), (self.cross_v, slice(2 * dim, 3 * dim))):
+                projected = self._lin(cross, w[part], None if b is None else b[part], name, rows.start, part)
+                cache[i, rows, :, :tc] = _split_heads(projected, self.heads)
         self.cross_valid[rows] = False
         self.cross_valid[rows, :tc] = True
 
@@ -211,14 +218,14 @@ class StaticLM:
                 cross_mask = self.cross_valid[:n, :cross_length].view(n, 1, 1, cross_length)
         index = pos.view(n, 1, 1, 1).expand(n, self.heads, 1, self.k.shape[-1])  # [n, H, 1, D]
         for i, layer in enumerate(self.layers):
-            q, k, v = (t[:n] for t in self._qkv(layer, layer.norm1(x)))  # [n, H, 1, D] each
+            q, k, v = (t[:n] for t in self._qkv(i, layer, layer.norm1(x), 0))  # [n, H, 1, D] each
             keys, values = self.k[i, :n, :, :length], self.v[i, :n, :, :length]
             keys.scatter_(2, index, k)
             values.scatter_(2, index, v)
             attended = self._all_rows(_attend(layer.self_attn, q, keys, values, mask=mask))
-            x = x + layer.layer_scale_1(self._out(layer.self_attn, attended))
+            x = x + layer.layer_scale_1(self._out(i, "self_attn", layer.self_attn, attended, 0))
             x = self._cross_and_ff(i, layer, x, slice(0, n), cross_length, cross_mask)
-        return self._logits(x)[:n]
+        return self._logits(x, 0)[:n]
 
     def _all_rows(self, x: torch.Tensor) -> torch.Tensor:
         """x [n, T, C] padded with zero rows to [rows, T, C] (what every matrix product of a step sees)
@@ -229,12 +236,21 @@ class StaticLM:
 
     # -------------------------------------------------------------------------------- pieces
 
-    def _out(self, attn, attended: torch.Tensor) -> torch.Tensor:
-        return self.linear(attended, attn.out_proj.weight, attn.out_proj.bias)
+    def _lin(self, x: torch.Tensor, weight, bias, name: str, first: int, part: slice | None = None) -> torch.Tensor:
+        """x times a base weight, plus the LoRA of the rows that have one (row j of x is cache row first + j)."""
+        y = self.linear(x, weight, bias)
+        if self.adapters.active:
+            self.adapters.add(y, x, name, first, part)
+        return y
 
-    def _qkv(self, layer, x):
+    def _out(self, i: int, which: str, attn, attended: torch.Tensor, first: int) -> torch.Tensor:
+        return self._lin(attended, attn.out_proj.weight, attn.out_proj.bias, self.names[i][f"{which}.out_proj.weight"],
+                         first)
+
+    def _qkv(self, i: int, layer, x, first: int):
         attn = layer.self_attn
-        projected = self.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [B, T, 3C]
+        projected = self._lin(x, attn.in_proj_weight, attn.in_proj_bias, self.names[i]["self_attn.in_proj_weight"],
+                              first)  # [B, T, 3C]
         b, t, _ = projected.shape
         packed = projected.view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         return packed[0], packed[1], packed[2]
@@ -245,24 +261,29 @@ class StaticLM:
             attn = layer.cross_attention
             dim = attn.in_proj_weight.shape[0] // 3
             bias = None if attn.in_proj_bias is None else attn.in_proj_bias[:dim]
-            q = _split_heads(self.linear(layer.norm_cross(x), attn.in_proj_weight[:dim], bias), self.heads)
+            q = _split_heads(self._lin(layer.norm_cross(x), attn.in_proj_weight[:dim], bias,
+                                       self.names[i]["cross_attention.in_proj_weight"], rows.start, slice(0, dim)),
+                             self.heads)
             count = rows.stop - rows.start
             keys = self.cross_k[i, rows, :, :cross_length]
             values = self.cross_v[i, rows, :, :cross_length]
             attended = _attend(attn, q[:count], keys, values, mask=cross_mask)
             if count < x.shape[0]:
                 attended = torch.cat([attended, attended.new_zeros((x.shape[0] - count, *attended.shape[1:]))])
-            x = x + layer.layer_scale_cross(self._out(attn, attended))
-        return x + layer.layer_scale_2(self._feed_forward(layer, layer.norm2(x)))
+            x = x + layer.layer_scale_cross(self._out(i, "cross_attention", attn, attended, rows.start))
+        return x + layer.layer_scale_2(self._feed_forward(i, layer, layer.norm2(x), rows.start))
 
-    def _feed_forward(self, layer, x: torch.Tensor) -> torch.Tensor:
+    def _feed_forward(self, i: int, layer, x: torch.Tensor, first: int) -> torch.Tensor:
         """The layer's `_ff_block` (its dropouts are the identity in eval) through `self.linear`."""
-        hidden = layer.activation(self.linear(x, layer.linear1.weight, layer.linear1.bias))
-        return self.linear(hidden, layer.linear2.weight, layer.linear2.bias)
+        names = self.names[i]
+        hidden = layer.activation(self._lin(x, layer.linear1.weight, layer.linear1.bias, names["linear1.weight"],
+                                            first))
+        return self._lin(hidden, layer.linear2.weight, layer.linear2.bias, names["linear2.weight"], first)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, first: int) -> torch.Tensor:
         if self.lm.out_norm is not None:
             x = self.lm.out_norm(x)
         last = x[:, -1]
-        heads = [self.linear(last, head.weight, head.bias) for head in self.lm.linears]
+        heads = [self._lin(last, head.weight, head.bias, f"linears.{k}.weight", first)
+                 for k, head in enumerate(self.lm.linears)]
         return torch.stack(heads, dim=1)  # [R, K, card]

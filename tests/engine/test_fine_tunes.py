@@ -1,0 +1,110 @@
+"""Fine-tuned weights through the engine's public interface (`Request.weights`): LoRA fine-tunes decode in
+their base model's batch, each request giving byte for byte the audio it gives alone; a full fine-tune
+is a model of its own; audiocraft's own loop applies an adapter to its request only; bad weights fail
+with a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from musicgen_local import tuned
+from musicgen_local.engine import Request, load_engine, result_of
+from musicgen_local.engine.api import Failed
+from musicgen_local.engine.models import load_model
+from musicgen_local.training.lora import target_names
+from tests.engine.test_batching import Follower
+
+MODEL = "large"
+
+
+def _random_lora(lm, path: Path, seed: int, rank: int = 4, strength: float = 0.5) -> Path:
+    """An adapter on every target, with B far from zero: it changes what the model says."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(lm.named_parameters())
+    adapters = {}
+    for name in target_names(lm):
+        out_features, in_features = params[name].shape
+        adapters[name] = (torch.randn(rank, in_features, generator=g),
+                          strength * torch.randn(out_features, rank, generator=g))
+    return tuned.write_lora(path, MODEL, adapters, alpha=float(rank))
+
+
+@pytest.fixture(scope="module")
+def adapters(settings, tmp_path_factory) -> tuple[Path, Path]:
+    lm = load_model(settings, MODEL, "cpu").lm
+    folder = tmp_path_factory.mktemp("loras")
+    return _random_lora(lm, folder / "one.tar", 1), _random_lora(lm, folder / "two.tar", 2, rank=8)
+
+
+@pytest.fixture(scope="module")
+def lora_engine(settings, tmp_path_factory):
+    engine = load_engine(settings.with_(warmup="none", data_dir=tmp_path_factory.mktemp("engine-data")))
+    yield engine
+    engine.close()
+
+
+def _alone(engine, request: Request) -> bytes:
+    return result_of(engine.submit(request)).audio
+
+
+def test_base_and_two_adapters_batch_together_each_as_alone(lora_engine, adapters):
+    one, two = adapters
+    requests = [Request(model_version=MODEL, prompt="piano", duration=2, seed=7),
+                Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(one)),
+                Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(two)),
+                Request(model_version=MODEL, prompt="drums", duration=1, seed=8, weights=str(one))]
+    alone = [_alone(lora_engine, r) for r in requests]
+    assert len({alone[0], alone[1], alone[2]}) == 3  # each adapter changes the audio (else nothing is proven)
+
+    leader = Follower(lora_engine, requests[0])
+    assert leader.progressing.wait(60)
+    followers = [Follower(lora_engine, r) for r in requests[1:]]
+    outcomes = [leader.outcome(), *(f.outcome() for f in followers)]
+    assert max(leader.batch_sizes()) >= 3  # they did decode together
+    assert [o.result.audio for o in outcomes] == alone
+
+
+def test_audiocrafts_loop_applies_an_adapter_to_its_request_only(settings, adapters, tmp_path):
+    engine = load_engine(settings.with_(decoder="reference", warmup="none", data_dir=tmp_path))
+    try:
+        base = Request(model_version=MODEL, prompt="piano", duration=1, seed=3)
+        before = _alone(engine, base)
+        tuned_audio = _alone(engine, Request(**{**base.as_dict(), "weights": str(adapters[0])}))
+        assert tuned_audio != before
+        assert _alone(engine, base) == before  # the adapter left the model as it was
+    finally:
+        engine.close()
+
+
+def test_a_full_fine_tune_is_a_model_of_its_own(lora_engine, settings, tmp_path):
+    from musicgen_local import weights as W
+
+    snapshot = W.cached_path(settings.weights_dir, W.HubFile(W.lm_repo(MODEL), "state_dict.bin")).parent
+    package = torch.load(snapshot / "state_dict.bin", map_location="cpu", weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    package["best_state"] = {k: v + 0.5 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                             for k, v in package["best_state"].items()}
+    path = tmp_path / "state_dict.bin"
+    torch.save(package, path)
+    full = tuned.write(tmp_path / "full.tar", "full", MODEL, {"state_dict.bin": path,
+                                                             "compression_state_dict.bin":
+                                                                 snapshot / "compression_state_dict.bin"})
+    base = Request(model_version=MODEL, prompt="piano", duration=1, seed=4)
+    assert _alone(lora_engine, Request(**{**base.as_dict(), "weights": str(full)})) != _alone(lora_engine, base)
+    resident = lora_engine.health()["devices"][0]["resident_models"]
+    assert MODEL in resident and any(key.startswith(f"{MODEL}@") for key in resident)
+
+
+def test_bad_weights_fail_with_a_message(lora_engine, adapters, tmp_path):
+    not_a_tar = tmp_path / "notes.txt"
+    not_a_tar.write_text("hello")
+    cases = [(str(tmp_path / "missing.tar"), "do not exist"), (str(not_a_tar), "are not a tar"),
+             (str(adapters[0]), "fine-tune of `large`; they cannot decode `stereo-large`")]
+    for weights, message in cases:
+        model = "stereo-large" if weights == str(adapters[0]) else MODEL
+        events = list(lora_engine.submit(Request(model_version=model, prompt="x", duration=1, weights=weights)))
+        assert isinstance(events[-1], Failed) and events[-1].kind == "user", events[-1]
+        assert message in events[-1].message
