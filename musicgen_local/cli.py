@@ -1,4 +1,4 @@
-"""`musicgen-local`: predict, serve (Replicate v1 API), cog-serve (Cog's own server), schema, weights."""
+"""`musicgen-local`: predict, train, serve (Replicate v1 API), cog-serve (Cog's own server), schema, weights."""
 
 from __future__ import annotations
 
@@ -108,6 +108,40 @@ def _follow(run, out: Path, growing=None):
     raise terminal_error(event)
 
 
+def cmd_train(args, settings: Settings) -> int:
+    """Fine-tune here, with a progress bar; the same trainer as the trainings API and Cog's train.py."""
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from .engine.api import Log, Progress
+    from .training.here import train_here
+    from .training.params import parse_training_cli_pairs
+
+    out = Path(args.output).resolve()
+    bar = tqdm(unit="update", desc="training", leave=False)
+
+    def show(event) -> None:
+        if isinstance(event, Progress):
+            bar.total, bar.n = event.total, event.done
+            if event.loss is not None:
+                bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+            bar.refresh()
+        elif isinstance(event, Log) and not event.line.startswith("step "):  # the bar shows the steps
+            tqdm.write(event.line, file=sys.stderr)
+
+    try:
+        inputs = parse_training_cli_pairs(args.input)
+        weights = train_here(settings, inputs, out, show, work_dir=Path(args.work_dir) if args.work_dir else None)
+    except ValidationError as exc:
+        _print_field_errors(exc)
+        return 2
+    finally:
+        bar.close()
+    print(f"{weights} ({weights.stat().st_size / 2**20:.1f} MiB): use it with `musicgen-local predict --weights "
+          f"{weights.name}`, COG_WEIGHTS, or serve it (see the README's Fine-tune section)")
+    return 0
+
+
 def cmd_serve(args, settings: Settings) -> int:
     from .server import serve
 
@@ -163,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fine-tune (what `musicgen-local train -o` or a training's output.weights gives) to "
                         "decode with; model_version defaults to the one it was tuned from")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="fine-tune on your own music (LoRA by default), writing a weights tar")
+    p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training input (dataset_path=@songs.zip for a file); see the README's Fine-tune section")
+    p.add_argument("-o", "--output", default="weights.tar", help="where to write the fine-tune (default: weights.tar)")
+    p.add_argument("--work-dir", help="keep the training's work here (pieces, checkpoints): run the same command "
+                                      "again to resume an interrupted training")
+    p.set_defaults(func=cmd_train)
 
     for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),
                              ("cog-serve", cmd_cog_serve, "Cog's own HTTP server on predict.py")):

@@ -23,11 +23,14 @@ def train_here(settings: Settings, inputs: dict[str, Any], out: Path, on_event: 
     from .params import parse_training_input
 
     params = parse_training_input(inputs)  # pydantic.ValidationError for a schema violation
+    dataset = params.dataset_path
+    if not dataset.startswith(("http://", "https://", "data:")):
+        dataset = str(Path(dataset).expanduser().resolve())
     with tempfile.TemporaryDirectory(prefix="musicgen-train-") as scratch:
         work = work_dir or Path(scratch) / "work"
         engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # loads only what it trains
         try:
-            run = engine.train(TrainingRequest(params.model_dump(), str(params.dataset_path), str(work), str(out)))
+            run = engine.train(TrainingRequest(params.model_dump(), dataset, str(work), str(out)))
             for event in run:
                 on_event(event)
                 if isinstance(event, Trained):
