@@ -152,16 +152,23 @@ def cmd_cog_serve(args, settings: Settings) -> int:
     """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
     validates inputs (cog build would write .cog/openapi_schema.json; here we write it)."""
     from .schema import openapi_schema
+    from .training.params import training_openapi_schema
 
+    schema = openapi_schema()
+    schema["components"]["schemas"].update(training_openapi_schema())  # as `cog build` writes it with `train:`
     (ROOT / ".cog").mkdir(exist_ok=True)
-    (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(openapi_schema(), indent=1))
-    env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", PORT=str(args.port),
+    (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=1))
+    env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", COG_TRAIN_TYPE_STUB="train.py:train",
+               PORT=str(args.port),
                # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
                COG_MAX_CONCURRENCY=os.environ.get("COG_MAX_CONCURRENCY", str(settings.max_batch)),
                # coglet starts its worker as `python` from PATH: it must be this interpreter.
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.chdir(ROOT)
-    os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host], env)
+    mode = ["--x-mode", "train"] if args.train else []  # coglet serves /trainings in its train mode
+    if args.train:
+        env["COG_MAX_CONCURRENCY"] = "1"  # one training at a time: train() is a plain function
+    os.execvpe(sys.executable, [sys.executable, "-m", "cog.server.http", "--host", args.host, *mode], env)
 
 
 def cmd_schema(args, settings: Settings) -> int:
@@ -211,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"serve {text}")
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=5000)
+        if name == "cog-serve":
+            p.add_argument("--train", action="store_true", help="serve Cog's /trainings on train.py instead")
         p.set_defaults(func=func)
 
     p = sub.add_parser("schema", help="print the input schema")
