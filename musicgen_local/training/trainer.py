@@ -26,6 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,11 @@ class Trainer:
         self.accumulate = math.ceil(params.batch_size / self.micro)
         self.checkpoint_every = checkpoint_every or max(1, min(params.updates_per_epoch, self.total // 10 or 1))
         self.seed = params.seed if params.seed not in (None, -1) else random.SystemRandom().randrange(1, 2**31)
-        self.rng = random.Random(self.seed)
+        self.rng = random.Random(self.seed)  # pieces, crops, condition dropout
+        # The model's own randomness in training mode (its dropout layers, T5's word dropout) draws from
+        # torch's and Python's global generators: each unit runs with the trainer's states swapped in,
+        # so that a training is reproducible and leaves the process' generators as it found them.
+        self.global_states = _seeded_states(self.seed)
         self.full = params.lora_rank == 0
         self.alpha = float(params.lora_alpha if params.lora_alpha is not None else 2 * params.lora_rank)
         self.melody = "self_wav" in self.lm.condition_provider.conditioners
@@ -125,7 +130,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the work
 
     def work(self) -> Iterator[Progress | None]:
-        self._resume()
+        with torch.inference_mode(False):  # the optimizer's state is updated in place: never inference tensors
+            self._resume()
         yield from self._encode_all()
         start, start_step = time.monotonic(), self.step
         self.lm.train()
@@ -133,7 +139,7 @@ class Trainer:
             while self.step < self.total:
                 losses = []
                 for _ in range(self.accumulate):
-                    with torch.inference_mode(False), torch.enable_grad():
+                    with torch.inference_mode(False), torch.enable_grad(), self._own_generators():
                         losses.append(self._micro_step())
                     yield None
                 with torch.inference_mode(False):
@@ -232,6 +238,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    @contextmanager
+    def _own_generators(self):
+        outside = _global_states()
+        _set_global_states(self.global_states)
+        try:
+            yield
+        finally:
+            self.global_states = _global_states()
+            _set_global_states(outside)
+
     # ------------------------------------------------------------------------------------ checkpoints
 
     def _state(self) -> dict[str, Any]:
@@ -239,7 +255,7 @@ class Trainer:
             k: v.detach().cpu() for k, v in self.lm.state_dict().items()}
         return {"step": self.step, "weights": weights, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "losses": self.losses,
-                "seed": self.seed}
+                "seed": self.seed, "global_states": self.global_states}
 
     def _checkpoint(self) -> None:
         path = self.scratch / CHECKPOINT
@@ -252,7 +268,7 @@ class Trainer:
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=False)
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.no_grad():
             if self.full:
                 self.lm.load_state_dict(state["weights"])
             else:
@@ -260,6 +276,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["rng"])
+        self.global_states = state["global_states"]
         self.step, self.losses, self.seed = state["step"], state["losses"], state["seed"]
         self.say(f"Resuming from the checkpoint at step {self.step}/{self.total}.")
 
@@ -288,6 +305,28 @@ class Trainer:
             torch.save(package, buffer)
             files[name] = buffer.getvalue()
         return tuned.write(dest, "full", base, files, training=info)
+
+
+def _global_states() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate()
+
+
+def _set_global_states(states: tuple) -> None:
+    cpu, cuda, python = states
+    torch.set_rng_state(cpu)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(python)
+
+
+def _seeded_states(seed: int) -> tuple:
+    outside = _global_states()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    seeded = _global_states()
+    _set_global_states(outside)
+    return seeded
 
 
 def cross_entropy(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
