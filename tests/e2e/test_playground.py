@@ -333,3 +333,49 @@ def test_stereo_lanes_show_the_left_channel_above_the_right(page):
         });""")
     left, right = lit_fraction(page, "lanes-probe", 2, WAVE)
     assert left > 0.5 and right < 0.1  # the silent right channel is a flat line
+
+
+def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots):
+    """A training through the API, then the picker: the new version locks model_version to its base, and what
+    it generates is the fine-tune's audio, not the base model's."""
+    import base64
+
+    from test_trainings_clients import TRAINING, _dataset
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    httpx.post(f"{live_server.url}/v1/models", headers=headers, json={"owner": "alice", "name": "picker-sound"})
+    dataset = _dataset(Path(tempfile.mkdtemp()) / "songs.zip").read_bytes()
+    training = httpx.post(f"{live_server.url}/v1/models/meta/musicgen/versions/"
+                          "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38/trainings", headers=headers,
+                          json={"destination": "alice/picker-sound", "input": {
+                              **TRAINING, "dataset_path": "data:application/zip;base64," +
+                              base64.b64encode(dataset).decode()}}).json()
+    training = wait_for(page, lambda d: (t := api(live_server, f"/v1/trainings/{training['id']}"))["status"]
+                        in ("succeeded", "failed") and t, 120)
+    assert training["status"] == "succeeded", training
+    version = training["output"]["version"].partition(":")[2]
+
+    picker = page.find_element(By.ID, "model-picker")
+    picker.click()  # opening the picker reads the versions again: the new one is there without a reload
+    wait_for(page, lambda d: version in [o.get_attribute("value") for o in Select(picker).options])
+    label = next(o.text for o in Select(picker).options if o.get_attribute("value") == version)
+    assert label == f"alice/picker-sound:{version[:8]} · LoRA of large"
+    Select(picker).select_by_value(version)
+    model_version = page.find_element(By.NAME, "model_version")
+    assert not model_version.is_enabled() and model_version.get_attribute("value") == "large"
+    assert page.find_element(By.ID, "model-label").text == "alice/picker-sound"
+    fill(page, prompt="my sound", duration=1, seed=5)
+    page.find_element(By.ID, "submit").click()
+    wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
+    pred_id = status(page)[1]
+    duration = wait_for(page, lambda d: d.execute_script(
+        "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
+        "return a && a.readyState >= 1 ? a.duration : null", pred_id))
+    assert duration == pytest.approx(1.0, abs=0.01)
+    shot(page, shots, "10-fine-tuned")
+    pred = api(live_server, f"/v1/predictions/{pred_id}")
+    assert (pred["model"], pred["version"], pred["input"]["model_version"]) == ("alice/picker-sound", version, "large")
+    item = open_in_history(page, pred_id)
+    assert f"alice/picker-sound:{version[:8]}" in item.text
+    base = create_via_api(live_server, prompt="my sound", duration=1, seed=5, model_version="large")
+    assert httpx.get(pred["output"]).content != httpx.get(base["output"]).content  # the fine-tune is heard

@@ -6,6 +6,7 @@ import { api, isProgressLine, progressFromLogs, seedFromLogs, TERMINAL } from ".
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
+import { ModelPicker } from "./models.js";
 import { StreamPlayer } from "./stream.js";
 
 const POLL_MS = 400;
@@ -19,6 +20,8 @@ const live = new StreamPlayer((count) => {
   $("live").textContent = `Playing as it generates: ${count} segment${count === 1 ? "" : "s"} so far`;
 });
 
+const picker = new ModelPicker($("model-picker"), useVersion);
+
 const history = new History(
   { list: $("history-list"), empty: $("history-empty"), newer: $("history-newer"), older: $("history-older"),
     refresh: $("history-refresh") },
@@ -26,10 +29,11 @@ const history = new History(
 );
 
 async function start() {
+  let version;
   try {
     const model = await api("/v1/models/meta/musicgen");
-    state.version = model.latest_version.id;
     state.fields = fieldsFromSchema(model.latest_version.openapi_schema);
+    version = await picker.refresh();
   } catch (err) {
     const retry = document.createElement("button");
     retry.type = "button";
@@ -41,9 +45,26 @@ async function start() {
   buildForm($("fields"), state.fields);
   fillForm(form, state.fields);
   history.defaults = Object.fromEntries(state.fields.map((f) => [f.name, f.default]));
-  $("version-label").textContent = ` · version ${state.version.slice(0, 8)}`;
+  useVersion(version);
   $("submit").disabled = false;
   await history.load();
+}
+
+// The version predictions run on; a trained one locks model_version to the one it was tuned from.
+function useVersion(version) {
+  state.version = version.id;
+  state.base = version.base;
+  $("model-label").textContent = version.model;
+  $("version-label").textContent = ` · version ${version.id.slice(0, 8)}`;
+  lockModelVersion();
+}
+
+function lockModelVersion() {
+  const field = form.elements.namedItem("model_version");
+  if (!field) return;
+  if (state.base) field.value = state.base;
+  field.disabled = Boolean(state.base);
+  field.title = state.base ? `This version was fine-tuned from ${state.base}: it runs that model only.` : "";
 }
 
 function note(text, isError = false) {
@@ -83,6 +104,7 @@ function revealOutput() {
 
 $("reset").addEventListener("click", () => {
   fillForm(form, state.fields);
+  lockModelVersion();
   note(null);
 });
 
@@ -215,6 +237,7 @@ $("reuse-seed").addEventListener("click", () => {
 
 function loadIntoForm(pred) {
   fillForm(form, state.fields, pred.input || {});
+  useVersion(picker.choose(pred.version));
   note(`Loaded the inputs of prediction ${pred.id}.`);
   form.scrollIntoView({ block: "start" });
   const first = form.querySelector("input, select, textarea");

@@ -21,9 +21,10 @@ function shorten(text, keep = 40) {
 
 // The settings that matter: the model, the duration, and every input that differs from its default.
 function settingsText(pred, defaults) {
-  const parts = Object.entries(pred.input || {})
+  const model = pred.model && pred.model !== "meta/musicgen" ? [`${pred.model}:${pred.version.slice(0, 8)}`] : [];
+  const parts = model.concat(Object.entries(pred.input || {})
     .filter(([key, value]) => key !== "prompt" && (ALWAYS_SHOWN.has(key) || value !== defaults[key]))
-    .map(([key, value]) => `${key} ${typeof value === "string" ? shorten(value) : JSON.stringify(value)}`);
+    .map(([key, value]) => `${key} ${typeof value === "string" ? shorten(value) : JSON.stringify(value)}`));
   const seed = seedFromLogs(pred.logs);
   if (seed !== null && !("seed" in (pred.input || {}))) parts.push(`seed used ${seed}`);
   return parts.join(" · ");
