@@ -43,7 +43,7 @@ chromium:
 	@bash scripts/ensure-chromium.sh
 
 test: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
+	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: install
@@ -75,7 +75,7 @@ image:
 	cog build -t $(IMAGE)
 
 lint: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py bench
+	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache musicgen_local/engine/fast/_build

@@ -340,7 +340,8 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     it generates is the fine-tune's audio, not the base model's."""
     import base64
 
-    from test_trainings_clients import TRAINING, _dataset
+    from tests.training_helpers import QUICK_TRAINING as TRAINING
+    from tests.training_helpers import songs_zip as _dataset
 
     headers = {"Authorization": f"Bearer {TOKEN}"}
     httpx.post(f"{live_server.url}/v1/models", headers=headers, json={"owner": "alice", "name": "picker-sound"})

@@ -11,7 +11,8 @@ import zipfile
 from pathlib import Path
 
 from e2e_helpers import TOKEN, audio_info
-from test_trainings_clients import _dataset
+
+from tests.training_helpers import songs_zip as _dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = (ROOT / "README.md").read_text().split("## Fine-tune on your own music", 1)[1].split("\n## ", 1)[0]

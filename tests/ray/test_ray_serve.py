@@ -107,3 +107,29 @@ def test_the_python_client_against_the_ray_backed_server(ray_engine, ray_setting
     local = result_of(engine.submit(Request(model_version="stereo-melody-large", prompt="hum", duration=1, seed=5,
                                             input_audio=str(melody_wav))))
     assert audio == local.audio
+
+
+def test_a_training_runs_on_one_replica_and_its_version_runs_on_the_replicas(ray_engine, ray_settings, engine,
+                                                                               tmp_path):
+    """The Python client trains through the Ray-backed server (one replica trains), then runs the new
+    version on the replicas: the same audio the in-process engine gives with that tar."""
+    from tests.training_helpers import PREDICT, songs_zip
+    from tests.training_helpers import QUICK_TRAINING as TRAINING
+
+    with LiveServer(ray_settings.with_(api_token=TOKEN), ray_engine) as server:
+        client = replicate.Client(api_token=TOKEN, base_url=server.url)
+        client.models.create(owner="alice", name="ray-sound", visibility="private", hardware="cpu")
+        with open(songs_zip(tmp_path / "songs.zip"), "rb") as f:
+            training = client.trainings.create(model="meta/musicgen", version=REF.partition(":")[2],
+                                               destination="alice/ray-sound", input={**TRAINING, "dataset_path": f})
+        wait_for(lambda: client.trainings.get(training.id).status in ("succeeded", "failed"), 300,
+                 lambda: "training did not end")
+        training = client.trainings.get(training.id)
+        assert training.status == "succeeded", training.logs
+        assert training.logs.count("Engine replica: ") == 1
+        audio = httpx.get(client.run(training.output["version"], input=PREDICT)).content
+        weights = tmp_path / "weights.tar"
+        weights.write_bytes(httpx.get(training.output["weights"]).content)
+    local = result_of(engine.submit(Request(**PREDICT, weights=str(weights))))
+    base = result_of(engine.submit(Request(**PREDICT)))
+    assert audio == local.audio != base.audio

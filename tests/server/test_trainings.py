@@ -153,7 +153,8 @@ def test_a_training_interrupted_by_a_restart_resumes_and_versions_survive(tmp_pa
                      attempts=2, destination="alice/other", request=running.request)
     db = sqlite3.connect(tmp_path / "data" / "musicgen.sqlite3")
     for t in (running, twice):
-        db.execute("INSERT INTO trainings VALUES (?, ?, ?)", (t.id, t.created_at.isoformat(), json.dumps(t.to_record())))
+        db.execute("INSERT INTO trainings VALUES (?, ?, ?)",
+                   (t.id, t.created_at.isoformat(), json.dumps(t.to_record())))
     db.commit()
     db.close()
     with make_client(tmp_path, FakeEngine()) as c:

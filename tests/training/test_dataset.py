@@ -80,7 +80,7 @@ def test_long_files_are_cut_into_30_s_pieces_and_stereo_models_get_stereo(tmp_pa
 def test_a_tar_gz_named_anything_is_recognised_by_content(tmp_path):
     source = tmp_path / "buffer_1700000000"  # as the Node client names an uploaded buffer
     with tarfile.open(source, "w:gz") as tar:
-        for name, data in (("x/song.flac", None), ("x/song.txt", "fuzzy guitar".encode())):
+        for name, data in (("x/song.flac", None), ("x/song.txt", b"fuzzy guitar")):
             if data is None:
                 flac = io.BytesIO()
                 soundfile.write(flac, np.zeros(RATE * 2, dtype="float32") + 0.1, RATE, format="FLAC")
