@@ -124,6 +124,19 @@ ANY_FILE = {200: {"description": "The uploaded file, with the content type it wa
                   "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
+def _training_request() -> type[pydantic.BaseModel]:
+    """What the trainings create route documents: `input` as the training inputs (training/params.py)."""
+    from ..training.params import TrainingInput
+
+    class TrainingRequest(pydantic.BaseModel):
+        destination: str = pydantic.Field(description="`owner/name` of a model made with POST /v1/models.")
+        input: TrainingInput = pydantic.Field(description="The training's inputs.")  # type: ignore[valid-type]
+        webhook: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="Where to POST the training's updates.")
+        webhook_events_filter: list[EVENTS] | None = None
+
+    return TrainingRequest
+
+
 def _problem_responses(doc: dict[str, Any]) -> None:
     """Every 4xx is a problem body as app.py sends it (application/problem+json), including the 422
     FastAPI documents on its own for routes with parameters."""
@@ -145,9 +158,10 @@ def install(app: FastAPI) -> None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                               description="Replicate's v1 API for meta/musicgen, served locally.")
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            body = PredictionRequest.model_json_schema(ref_template=_REF)
-            schemas.update(body.pop("$defs", {}))
-            schemas["PredictionRequest"] = body
+            for name, model in (("PredictionRequest", PredictionRequest), ("TrainingRequest", _training_request())):
+                body = model.model_json_schema(ref_template=_REF)
+                schemas.update(body.pop("$defs", {}))
+                schemas[name] = body
             _problem_responses(doc)
             app.openapi_schema = doc
         return app.openapi_schema

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import TrainingRequest
 from ..registry import MUSICGEN
-from .bodies import EVENTS, problems
+from .bodies import EVENTS, json_body, problems
 from .model_routes import found_model
 from .params import CancelAfter
 from .prediction import new_id
@@ -66,7 +66,7 @@ def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[
 
 
 @router.post("/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
-             responses=problems(400, 404, 409, 413, 422))
+             openapi_extra=json_body("TrainingRequest"), responses=problems(400, 404, 409, 413, 422))
 async def create_training(request: Request, owner: str, name: str, version_id: str,
                           cancel_after: CancelAfter = None) -> Response:
     body = TrainingBody.model_validate(await read_json_object(request))
