@@ -5,9 +5,11 @@ Why not peft: serving applies each request's adapter per row inside our own deco
 (A, B) pair per weight, in the `tuned` format; and audiocraft's attention keeps q/k/v in one
 `in_proj_weight` Parameter used through `F.linear`, not an `nn.Linear` peft's layers would wrap.
 
-Training sees the tuned weight `W + alpha / r * B @ A` through a torch parametrization of each target
-weight: the base stays frozen and untouched, gradients reach A and B only, and removing the
-parametrization gives the original module back bit for bit.
+Training adds `alpha / r * (x @ A^T) @ B^T` to what each target computes: a forward hook on the
+`nn.Linear`s (the low-rank path, so the frozen base weight never gets a weight gradient computed),
+and for the packed `in_proj_weight`, which audiocraft multiplies inside its attention's forward, a
+torch parametrization (`W + alpha / r * B @ A`). The base stays frozen and untouched; removing the
+adapters gives the original module back bit for bit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -40,7 +43,13 @@ class LowRank(nn.Module):
         self.scale = scale
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """As a parametrization: the tuned weight."""
         return weight + (self.scale * (self.lora_B @ self.lora_A)).to(weight.dtype)
+
+    def add_to_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        """As a forward hook on an nn.Linear: its output plus the low-rank path."""
+        return output + self.scale * F.linear(F.linear(inputs[0], self.lora_A.to(output.dtype)),
+                                              self.lora_B.to(output.dtype))
 
 
 def target_names(lm) -> list[str]:
@@ -70,7 +79,11 @@ def attach(lm, rank: int, alpha: float, generator: torch.Generator) -> dict[str,
     for name in target_names(lm):
         module, attr = _owner(lm, name)
         low_rank = LowRank(getattr(module, attr), rank, alpha / rank, generator)
-        parametrize.register_parametrization(module, attr, low_rank, unsafe=True)
+        if isinstance(module, nn.Linear) and attr == "weight":
+            module.lora = low_rank  # registered as a submodule: moved and saved with the model
+            low_rank.hook = module.register_forward_hook(low_rank.add_to_output)
+        else:
+            parametrize.register_parametrization(module, attr, low_rank, unsafe=True)
         adapters[name] = low_rank
     return adapters
 
@@ -120,6 +133,10 @@ def applied(lm, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: fl
 
 def detach(lm, adapters: dict[str, LowRank]) -> None:
     """Remove the adapters: the LM's weights are its own again, unchanged."""
-    for name in adapters:
+    for name, low_rank in adapters.items():
         module, attr = _owner(lm, name)
-        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        if getattr(low_rank, "hook", None) is not None:
+            low_rank.hook.remove()
+            del module.lora
+        else:
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)

@@ -111,6 +111,7 @@ class Trainer:
 
     def _prepare_parameters(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
+        without_attention_dropout(self.lm)
         if self.full:
             self.lm.float()  # float32 master weights; the forward runs in autocast on CUDA
             trainable = [p for p in self.lm.parameters()]
@@ -305,6 +306,16 @@ class Trainer:
             torch.save(package, buffer)
             files[name] = buffer.getvalue()
         return tuned.write(dest, "full", base, files, training=info)
+
+
+def without_attention_dropout(lm) -> None:
+    """No dropout on the attention weights while fine-tuning (the residual dropouts stay as configured), as
+    transformers' MusicGen trains (attention_dropout 0). Attention dropout also keeps PyTorch's attention off
+    its fused kernels, on CPU and on GPU."""
+    for layer in lm.transformer.layers:
+        for attention in (layer.self_attn, layer.cross_attention):
+            if attention is not None:
+                attention.dropout = 0.0
 
 
 def _global_states() -> tuple:

@@ -1,0 +1,137 @@
+"""A training step, ours beside Hugging Face transformers' MusicGen with `peft` LoRA, in one run.
+
+    PYTHONPATH=. .venv/bin/python -m bench.training                       # small and medium, CPU
+    PYTHONPATH=. .venv/bin/python -m bench.training --scales small --steps 3 --no-append
+
+Both sides: random weights at audiocraft's `small` / `medium` decoder sizes, the same batch and sequence
+length, LoRA of the same rank on the same weights (attention q/k/v and output, the feed-forward pair,
+the output heads), the text encoder frozen (a one-layer T5 of t5-base's width on both sides), AdamW.
+Ours is the trainer's own step: the model's delay pattern through audiocraft's
+`LMModel.compute_predictions`, our LoRA (training/lora.py), cross-entropy over the codebooks.
+transformers': `MusicgenForConditionalGeneration` with `peft.LoraConfig` as the dreamboothing recipe
+sets it up, the delay pattern applied to the labels by its own `build_delay_pattern_mask`.
+Reported: seconds per update and the process' peak memory after each side, and the ratio of times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from bench.decoder import SCALES, attributes, build_lm, peak_gib, prepare_conditioning
+from bench.results import append
+
+log = logging.getLogger("bench")
+PART = "# Part 7: fine-tuning (`bench/training.py`, issue 21)"
+HF_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "lm_heads.0", "lm_heads.1", "lm_heads.2",
+              "lm_heads.3"]
+
+
+def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
+    from musicgen_local.training import lora
+    from musicgen_local.training.trainer import cross_entropy, without_attention_dropout
+
+    lm = build_lm(scale, "cpu", torch.float32)
+    without_attention_dropout(lm)
+    adapters = lora.attach(lm, rank, 2.0 * rank, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW([p for m in adapters.values() for p in m.parameters()], lr=1e-4)
+    codes = torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=torch.Generator().manual_seed(1))
+    conditions = attributes(batch, False)
+    lm.train()
+
+    def step() -> None:
+        tokenized = lm.condition_provider.tokenize(conditions)
+        out = lm.compute_predictions(codes, [], lm.condition_provider(tokenized))
+        cross_entropy(out.logits, codes, out.mask).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _timed(step, steps)
+
+
+def transformers_peft(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
+    import peft
+
+    from bench.decoder import hf_model
+
+    lm = build_lm(scale, "cpu", torch.float32)
+    model = hf_model(lm)
+    del lm
+    model.config.decoder.decoder_start_token_id = model.config.decoder.pad_token_id  # as the published configs
+    model.train()
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=HF_TARGETS, lora_dropout=0.0)
+    model = peft.get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    k = model.config.decoder.num_codebooks
+    codes = torch.randint(0, 2048, (batch * k, frames), generator=torch.Generator().manual_seed(1))
+    decoder = model.base_model.model.decoder
+    pad = model.config.decoder.pad_token_id
+    delayed, mask = decoder.build_delay_pattern_mask(codes, pad_token_id=pad, max_length=frames + k)
+    labels = decoder.apply_delay_pattern_mask(delayed, mask).reshape(batch, k, -1).transpose(1, 2)
+    labels = labels.masked_fill(labels == pad, -100)
+    ids = torch.randint(0, 64, (batch, 12), generator=torch.Generator().manual_seed(2))
+
+    def step() -> None:
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _timed(step, steps)
+
+
+def _timed(step, steps: int) -> float:
+    step()  # warm-up: allocations, kernels picked
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", nargs="+", default=["small", "medium"], choices=["mini", "small", "medium"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="audio per sequence (50 frames a second)")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--weights", type=Path, default=Path(".pytest_cache/bench-tiny-weights"))
+    parser.add_argument("--no-append", action="store_true", help="print only; leave bench/RESULTS.md as it is")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    prepare_conditioning(args.weights)  # the one-layer T5 both sides condition with
+    frames = int(args.seconds * 50)
+    rows = []
+    for scale in args.scales:
+        if scale not in SCALES:
+            raise SystemExit(f"unknown scale {scale}")
+        ours_s = ours(scale, args.batch, frames, args.rank, args.steps)
+        ours_peak = peak_gib("cpu")
+        gc.collect()
+        theirs_s = transformers_peft(scale, args.batch, frames, args.rank, args.steps)
+        theirs_peak = peak_gib("cpu")
+        gc.collect()
+        rows.append(f"| {scale} | {args.batch} x {frames} | {ours_s:.2f} s | {theirs_s:.2f} s | "
+                    f"**{theirs_s / ours_s:.2f}x** | {ours_peak:.1f} / {theirs_peak:.1f} GiB |")
+        log.info(rows[-1])
+    report = (f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+              f"{args.threads} threads, LoRA rank {args.rank}, {args.steps} timed updates after one warm-up, "
+              "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "
+              "ran (so the second figure includes the first's high-water mark).\n\n"
+              "| scale | batch x frames | ours s/update | transformers + peft s/update | ours faster by | "
+              "peak RSS ours / after theirs |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    print(report)
+    if not args.no_append:
+        append(PART, report)
+
+
+if __name__ == "__main__":
+    main()
