@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from bench import gpu_engine, results
+from bench import gpu_engine, gpu_training, results
 from bench.decoder import autocast, timed
 
 log = logging.getLogger("gpu-check")
@@ -491,6 +491,9 @@ def main(argv=None) -> int:
     report.section("Graph step" if cuda else "Eager step", step_modes, scale, args.device, frames,
                    ["graph"] if cuda else ["eager"])
     report.section("Decode speed (large, random weights)", step_speed, scale, args.device, durations, batches)
+    report.section("Fine-tuning (large, random weights): LoRA and full, updates/s and peak memory",
+                   gpu_training.training_speed, scale, args.device, [1, 2] if args.quick else [4, 8],
+                   50 if args.quick else 500)
     report.section("fast-musicgen 0.1.0, batch 1", fast_musicgen_peer, scale, args.device, frames)
     report.section("Request to file through the engine", request_to_file, scale, args.device,
                    2 if args.quick else 8, weights)

@@ -6,8 +6,8 @@
 Both sides: random weights at audiocraft's `small` / `medium` decoder sizes, the same batch and sequence
 length, LoRA of the same rank on the same weights (attention q/k/v and output, the feed-forward pair,
 the output heads), the text encoder frozen (a one-layer T5 of t5-base's width on both sides), AdamW.
-Ours is the trainer's own step: the model's delay pattern through audiocraft's
-`LMModel.compute_predictions`, our LoRA (training/lora.py), cross-entropy over the codebooks.
+Ours is the trainer's own step: the model's delay pattern (`delayed_cross_entropy`, equal to
+cross-entropy of audiocraft's `LMModel.compute_predictions`), our LoRA (training/lora.py).
 transformers': `MusicgenForConditionalGeneration` with `peft.LoraConfig` as the dreamboothing recipe
 sets it up, the delay pattern applied to the labels by its own `build_delay_pattern_mask`.
 Reported: seconds per update and the process' peak memory after each side, and the ratio of times.
@@ -35,10 +35,10 @@ HF_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "lm_heads.
 
 def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
     from musicgen_local.training import lora
-    from musicgen_local.training.trainer import cross_entropy, without_attention_dropout
+    from musicgen_local.training.trainer import delayed_cross_entropy, dropout_as_transformers
 
     lm = build_lm(scale, "cpu", torch.float32)
-    without_attention_dropout(lm)
+    dropout_as_transformers(lm)
     adapters = lora.attach(lm, rank, 2.0 * rank, torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW([p for m in adapters.values() for p in m.parameters()], lr=1e-4)
     codes = torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=torch.Generator().manual_seed(1))
@@ -47,8 +47,7 @@ def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
 
     def step() -> None:
         tokenized = lm.condition_provider.tokenize(conditions)
-        out = lm.compute_predictions(codes, [], lm.condition_provider(tokenized))
-        cross_entropy(out.logits, codes, out.mask).backward()
+        delayed_cross_entropy(lm, codes, lm.condition_provider(tokenized)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -111,7 +111,7 @@ class Trainer:
 
     def _prepare_parameters(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
-        without_attention_dropout(self.lm)
+        dropout_as_transformers(self.lm)
         if self.full:
             self.lm.float()  # float32 master weights; the forward runs in autocast on CUDA
             trainable = [p for p in self.lm.parameters()]
@@ -221,8 +221,7 @@ class Trainer:
                             enabled=self.autocast_dtype is not None):
             tokenized = self.lm.condition_provider.tokenize(attributes)
             condition_tensors = self.lm.condition_provider(tokenized)
-            out = self.lm.compute_predictions(codes, [], condition_tensors)
-        loss = cross_entropy(out.logits.float(), codes, out.mask)
+            loss = delayed_cross_entropy(self.lm, codes, condition_tensors)
         scaled = loss / self.accumulate
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return float(loss.detach())
@@ -308,11 +307,13 @@ class Trainer:
         return tuned.write(dest, "full", base, files, training=info)
 
 
-def without_attention_dropout(lm) -> None:
-    """No dropout on the attention weights while fine-tuning (the residual dropouts stay as configured), as
-    transformers' MusicGen trains (attention_dropout 0). Attention dropout also keeps PyTorch's attention off
-    its fused kernels, on CPU and on GPU."""
+def dropout_as_transformers(lm) -> None:
+    """While fine-tuning, dropout where transformers' MusicGen has it: on each block's output (the residual
+    dropouts stay as configured), not on the attention weights nor inside the feed-forward block
+    (transformers' attention_dropout and activation_dropout are 0). Attention dropout also keeps PyTorch's
+    attention off its fused kernels, on CPU and on GPU."""
     for layer in lm.transformer.layers:
+        layer.dropout.p = 0.0  # between the feed-forward's two products
         for attention in (layer.self_attn, layer.cross_attention):
             if attention is not None:
                 attention.dropout = 0.0
@@ -340,13 +341,40 @@ def _seeded_states(seed: int) -> tuple:
     return seeded
 
 
-def cross_entropy(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over codebooks of each codebook's cross-entropy on its valid positions (audiocraft's loss)."""
-    total = logits.new_zeros(())
-    for k in range(codes.shape[1]):
-        valid = mask[:, k]
-        total = total + F.cross_entropy(logits[:, k][valid], codes[:, k][valid])
+def delayed_cross_entropy(lm, codes: torch.Tensor, condition_tensors: dict) -> torch.Tensor:
+    """The teacher-forced loss of `codes` [B, K, T]: what `cross_entropy` of `LMModel.compute_predictions` gives
+    (a test holds them equal), computed where the logits are. With the plain delay pattern, codebook k's
+    frame t sits at pattern step t + delay_k + 1 and is predicted by the output at step t + delay_k: a slice
+    of the model's output per codebook, so the whole [B, card, K, S] logits are never reordered (that
+    copy and its backward were a tenth of an update)."""
+    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+
+    provider = lm.pattern_provider
+    if type(provider) is not DelayedPatternProvider or provider.flatten_first or provider.empty_initial:
+        out = lm.compute_predictions(codes, [], condition_tensors)
+        return cross_entropy(out.logits.float(), codes, out.mask)
+    frames = codes.shape[-1]
+    sequence, _, _ = provider.get_pattern(frames).build_pattern_sequence(codes, lm.special_token_id,
+                                                                          keep_only_valid_steps=True)
+    logits = lm(sequence, [], condition_tensors)  # [B, K, S, card]
+    steps = logits.shape[2]
+    total = logits.new_zeros((), dtype=torch.float32)
+    for k, delay in enumerate(provider.delays):
+        valid = min(frames, steps - delay - 1)
+        predicted = logits[:, k, delay:delay + valid].float()
+        total = total + F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), codes[:, k, :valid].reshape(-1))
     return total / codes.shape[1]
+
+
+def cross_entropy(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over codebooks of each codebook's cross-entropy on its valid positions (audiocraft's loss).
+    Computed over every position at once and masked after: cheaper than selecting the valid ones first,
+    and the invalid positions' logits (NaN, from the pattern) are zeroed so that no NaN reaches a gradient."""
+    logits = logits.masked_fill(~mask.unsqueeze(-1), 0.0)
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
+    losses = losses.view_as(codes) * mask
+    per_codebook = losses.sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1)
+    return per_codebook.mean()
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:

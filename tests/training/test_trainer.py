@@ -121,3 +121,21 @@ def test_saved_fine_tunes_are_read_back(settings, tmp_path):
     for name, (a, b) in found.adapters().items():
         assert (b.shape[0], a.shape[1]) == shapes[name] and a.shape[0] == b.shape[1] == 8
     assert found.training["steps"] == 2 and found.training["input"]["model_version"] == "stereo-melody-large"
+
+
+@pytest.mark.parametrize("model_version", ["large", "stereo-large"])
+def test_the_trainers_loss_is_cross_entropy_of_audiocrafts_compute_predictions(settings, model_version):
+    """The trainer reads each codebook's predictions where the delay pattern puts them; audiocraft reorders the
+    logits first (`compute_predictions`) and masks the invalid positions: the same number, mono and stereo."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+
+    from musicgen_local.training.trainer import cross_entropy, delayed_cross_entropy
+
+    lm = load_model(settings, model_version, "cpu").lm
+    codes = torch.randint(0, lm.card, (2, lm.num_codebooks, 37), generator=torch.Generator().manual_seed(0))
+    attributes = [ConditioningAttributes(text={"description": text}) for text in ("piano", "drums and bass")]
+    conditions = lm.condition_provider(lm.condition_provider.tokenize(attributes))
+    with torch.no_grad():
+        out = lm.compute_predictions(codes, [], conditions)
+        assert torch.allclose(delayed_cross_entropy(lm, codes, conditions), cross_entropy(out.logits, codes, out.mask),
+                              rtol=0, atol=1e-6)
