@@ -43,6 +43,7 @@ MODELS = {  # name -> (scale, stereo, melody)
     "tiny-stereo-melody": ("tiny", True, True),
     "mini": ("mini", False, False),
     "small": ("small", False, False),
+    "medium": ("medium", False, False),
     "large": ("large", False, False),
     "stereo-large": ("large", True, False),
     "melody-large": ("large", False, True),

@@ -83,7 +83,7 @@ def _follow(run, out: Path, growing=None):
 
     from .engine.api import Audio, Done, Failed, Log, Progress, terminal_error
 
-    bar = tqdm(unit="step", desc="generating", leave=False)
+    bar = tqdm(unit="step", desc="generating", leave=False, delay=0.5)  # a failure at once draws no bar
     for event in run:
         if isinstance(event, Progress):
             bar.total, bar.n = event.total, event.done
@@ -118,7 +118,7 @@ def cmd_train(args, settings: Settings) -> int:
     from .training.params import parse_training_cli_pairs
 
     out = Path(args.output).resolve()
-    bar = tqdm(unit="update", desc="training", leave=False)
+    bar = tqdm(unit="update", desc="training", leave=False, delay=0.5)
 
     def show(event) -> None:
         if isinstance(event, Progress):

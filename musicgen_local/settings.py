@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import MusicgenError
+
 # name -> (default, one-line meaning). `musicgen-local --help` and the README list these.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_WEIGHTS": ("./weights", "directory holding the Hugging Face hub cache and torch hub dir"),
@@ -55,9 +57,21 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
+class SettingError(ValueError, MusicgenError):
+    """A setting's value that cannot be used: one line naming the variable and what it accepts."""
+
+
+def _number(kind: type, name: str, value: str):
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingError(f"{name}={value!r}: give {what} (default: {ENV_VARS[name][0]}).") from None
+
+
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name}={value!r}: give one of {', '.join(choices)}.")
+        raise SettingError(f"{name}={value!r}: give one of {', '.join(choices)}.")
     return value
 
 
@@ -77,7 +91,7 @@ def parse_duration(text: str) -> float | None:
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
     if not re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
-        raise ValueError(f"{text!r} is not a duration; write e.g. 90 (seconds), 30m, 1h30m or 7d.")
+        raise SettingError(f"{text!r} is not a duration; write e.g. 90 (seconds), 30m, 1h30m or 7d.")
     return sum(float(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text))
 
 
@@ -91,7 +105,7 @@ def parse_size(text: str) -> int | None:
         return None
     match = _SIZE.fullmatch(text)
     if not match:
-        raise ValueError(f"MUSICGEN_DEVICE_MEMORY={text!r}: give a size such as 20GB, 20GiB or 21474836480.")
+        raise SettingError(f"MUSICGEN_DEVICE_MEMORY={text!r}: give a size such as 20GB, 20GiB or 21474836480.")
     unit = (match[2] or "").lower()
     scale = _UNITS[unit[:1]] if "i" not in unit else 2 ** (10 * "kmgt".index(unit[0]) + 10)
     return int(float(match[1]) * scale)
@@ -105,7 +119,7 @@ def _checkpoint_overrides(value: str) -> dict[str, str]:
 def _ray_address(value: str) -> str:
     value = value.strip()
     if value.startswith("ray://"):  # Ray 2.60: "Streaming DeploymentHandles are not currently supported" there
-        raise ValueError(f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
+        raise SettingError(f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
                          "server on a node of the cluster with MUSICGEN_RAY_ADDRESS=auto, or give the head's "
                          "host:port (6379 by default).")
     return value
@@ -119,7 +133,7 @@ def _replica_range(value: str) -> tuple[int, int] | None:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", value)
     bounds = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
     if not 1 <= bounds[0] <= bounds[1]:
-        raise ValueError(f"MUSICGEN_RAY_REPLICAS={value!r}: give a count such as 2, or a range such as 1-4.")
+        raise SettingError(f"MUSICGEN_RAY_REPLICAS={value!r}: give a count such as 2, or a range such as 1-4.")
     return bounds
 
 
@@ -162,28 +176,28 @@ class Settings:
 
         return cls(
             weights_dir=Path(get("MUSICGEN_WEIGHTS")).expanduser().resolve(),
-            max_duration=int(get("MUSICGEN_MAX_DURATION")),
-            max_models=int(get("MUSICGEN_MAX_MODELS")),
+            max_duration=_number(int, "MUSICGEN_MAX_DURATION", get("MUSICGEN_MAX_DURATION")),
+            max_models=_number(int, "MUSICGEN_MAX_MODELS", get("MUSICGEN_MAX_MODELS")),
             device_memory=parse_size(get("MUSICGEN_DEVICE_MEMORY")),
             devices=get("MUSICGEN_DEVICES"),
             decoder=get("MUSICGEN_DECODER"),
             step_mode=get("MUSICGEN_STEP_MODE"),
             cpu_products=_one_of("MUSICGEN_CPU_PRODUCTS", get("MUSICGEN_CPU_PRODUCTS"), ("rows", "torch")),
-            max_batch=int(get("MUSICGEN_MAX_BATCH")),
+            max_batch=_number(int, "MUSICGEN_MAX_BATCH", get("MUSICGEN_MAX_BATCH")),
             warmup=get("MUSICGEN_WARMUP"),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
-            input_timeout=float(get("MUSICGEN_INPUT_TIMEOUT")),
-            max_input_bytes=int(get("MUSICGEN_MAX_INPUT_BYTES")),
-            max_dataset_bytes=int(get("MUSICGEN_MAX_DATASET_BYTES")),
-            max_dataset_seconds=float(get("MUSICGEN_MAX_DATASET_SECONDS")),
-            stream_seconds=float(get("MUSICGEN_STREAM_SECONDS")),
+            input_timeout=_number(float, "MUSICGEN_INPUT_TIMEOUT", get("MUSICGEN_INPUT_TIMEOUT")),
+            max_input_bytes=_number(int, "MUSICGEN_MAX_INPUT_BYTES", get("MUSICGEN_MAX_INPUT_BYTES")),
+            max_dataset_bytes=_number(int, "MUSICGEN_MAX_DATASET_BYTES", get("MUSICGEN_MAX_DATASET_BYTES")),
+            max_dataset_seconds=_number(float, "MUSICGEN_MAX_DATASET_SECONDS", get("MUSICGEN_MAX_DATASET_SECONDS")),
+            stream_seconds=_number(float, "MUSICGEN_STREAM_SECONDS", get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
             output=get("MUSICGEN_OUTPUT"),
-            shutdown_grace=float(get("MUSICGEN_SHUTDOWN_GRACE")),
+            shutdown_grace=_number(float, "MUSICGEN_SHUTDOWN_GRACE", get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
-            max_body_bytes=int(get("MUSICGEN_MAX_BODY_BYTES")),
-            max_queue=int(get("MUSICGEN_MAX_QUEUE")),
+            max_body_bytes=_number(int, "MUSICGEN_MAX_BODY_BYTES", get("MUSICGEN_MAX_BODY_BYTES")),
+            max_queue=_number(int, "MUSICGEN_MAX_QUEUE", get("MUSICGEN_MAX_QUEUE")),
             retention_s=parse_duration(get("MUSICGEN_RETENTION")),
             block_private_urls=_flag(get("MUSICGEN_BLOCK_PRIVATE_URLS")),
             ray_address=_ray_address(get("MUSICGEN_RAY_ADDRESS")),

@@ -37,3 +37,16 @@ def test_device_memory_sizes(text, size):
 def test_a_bad_device_memory_says_how_to_write_one():
     with pytest.raises(ValueError, match=r"MUSICGEN_DEVICE_MEMORY='lots': give a size such as 20GB, 20GiB"):
         Settings.from_env({"MUSICGEN_DEVICE_MEMORY": "lots"})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("MUSICGEN_MAX_BATCH", "abc", "MUSICGEN_MAX_BATCH='abc': give a whole number (default: 8)."),
+    ("MUSICGEN_INPUT_TIMEOUT", "soon", "MUSICGEN_INPUT_TIMEOUT='soon': give a number (default: 60)."),
+    ("MUSICGEN_CPU_PRODUCTS", "fast", "MUSICGEN_CPU_PRODUCTS='fast': give one of rows, torch."),
+])
+def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(name, value, message, capsys, monkeypatch):
+    from musicgen_local.cli import main
+
+    monkeypatch.setenv(name, value)
+    assert main(["schema"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]

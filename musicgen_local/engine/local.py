@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry, tuned
-from ..errors import Cancelled, UserError
+from ..errors import Cancelled, MusicgenError, UserError
 from ..schema import check_semantics
 from ..settings import Settings
 from . import inputs
@@ -111,8 +111,8 @@ class LocalEngine:
                     job.log(note)
             self._route(job.key).put(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
-            if not isinstance(exc, UserError | Cancelled):
-                log.warning("preparing %s failed: %s", job.request, exc)
+            if not isinstance(exc, MusicgenError):  # ours say what to do in the run's own message
+                log.warning("preparing a %s request failed: %s", job.request.model_version, exc, exc_info=exc)
             job.run.emit(failure(exc))
 
     def train(self, request: TrainingRequest) -> LocalRun:
