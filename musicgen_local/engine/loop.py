@@ -682,6 +682,8 @@ class DeviceLoop:
     def _training_read(self, read: training_job.TrainRead) -> None:
         """Build the trainer's own copy of the model (outside inference mode: it is trained)."""
         job = read.job
+        if job not in self.trainings:  # canceled while its checkpoint was read
+            return
         try:
             if read.error is not None:
                 raise read.error

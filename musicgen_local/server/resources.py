@@ -26,17 +26,6 @@ def _file_json(request: Request, record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "urls": {"get": f"{request.base_url}v1/files/{record['id']}"}}
 
 
-def _depth(value: Any) -> int:
-    """How deeply a parsed JSON value nests (iterative: a deep one must not exhaust the stack)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 async def _metadata(part: Any) -> dict[str, Any]:
     """`metadata` comes as a plain field (Python client) or as a JSON blob part (Node client)."""
     raw = await part.read() if isinstance(part, StarletteUpload) else part
@@ -46,7 +35,7 @@ async def _metadata(part: Any) -> dict[str, Any]:
         meta = None
     if not isinstance(meta, dict):
         raise HTTPException(400, "`metadata` must be a JSON object.")
-    if _depth(meta) > MAX_METADATA_DEPTH:  # deeper ones cannot be rendered back
+    if surrogates.depth(meta) > MAX_METADATA_DEPTH:  # deeper ones cannot be rendered back
         raise HTTPException(400, f"`metadata` may nest at most {MAX_METADATA_DEPTH} levels deep.")
     if surrogates.find(meta) is not None:
         raise HTTPException(400, "`metadata` holds a lone UTF-16 surrogate (such as \\ud800), which is not text.")

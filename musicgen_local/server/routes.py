@@ -34,6 +34,7 @@ from .prediction import Prediction, iso, new_id
 
 router = APIRouter()
 MAX_WAIT_S = 60
+MAX_JSON_DEPTH = 64  # a create body nests 4 levels; walking a deeper one is what hostile bodies are for
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+))?(?:$|[,;\s])")
 
 
@@ -62,6 +63,8 @@ def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsI
 async def read_json_object(request: Request) -> dict[str, Any]:
     try:
         raw = json.loads(await request.body() or b"{}")
+        if surrogates.depth(raw) > MAX_JSON_DEPTH:  # whatever the interpreter's recursion limit is
+            raise RecursionError
         where = surrogates.find(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPException(400, "The request body is not valid JSON.") from None

@@ -18,6 +18,17 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iterative: a deep one must not exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def find(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
     """The location of the first string or key holding a lone surrogate, or None."""
     if isinstance(value, str):

@@ -356,12 +356,12 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     assert training["status"] == "succeeded", training
     version = training["output"]["version"].partition(":")[2]
 
-    picker = page.find_element(By.ID, "model-picker")
-    picker.click()  # opening the picker reads the versions again: the new one is there without a reload
-    wait_for(page, lambda d: version in [o.get_attribute("value") for o in Select(picker).options])
-    label = next(o.text for o in Select(picker).options if o.get_attribute("value") == version)
+    page.find_element(By.ID, "model-picker").click()  # opening it reads the versions again: no reload needed
+    label = wait_for(page, lambda d: d.execute_script(  # read at once: each opening replaces the options
+        "const o = [...document.getElementById('model-picker').options].find((o) => o.value === arguments[0]);"
+        "return o ? o.textContent : null", version))
     assert label == f"alice/picker-sound:{version[:8]} · LoRA of large"
-    Select(picker).select_by_value(version)
+    wait_for(page, lambda d: Select(d.find_element(By.ID, "model-picker")).select_by_value(version) or True)
     model_version = page.find_element(By.NAME, "model_version")
     assert not model_version.is_enabled() and model_version.get_attribute("value") == "large"
     assert page.find_element(By.ID, "model-label").text == "alice/picker-sound"
