@@ -21,6 +21,10 @@ from .registry import ENCODE_DECODE, MODEL_VERSIONS
 
 _REQUIRED = object()
 CODEBOOK_SIZE = 2048  # tokens each MusicGen codebook has: top_k past it has nothing more to keep
+# T5 reads a prompt whole (audiocraft does not truncate it), and its attention grows with the square of the
+# tokens: a 10 KB prompt took 4.5 GB and stalled the device for 13 s. MusicGen was trained on descriptions of
+# a few dozen words; 2000 characters is about 500 T5 tokens of English, T5's own training length (512).
+MAX_PROMPT_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,10 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
     v = inp.model_version
     if inp.prompt is None and inp.input_audio is None:
         raise UserError("Must provide either prompt or input_audio")
+    if inp.prompt is not None and len(inp.prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"`prompt` is {len(inp.prompt)} characters long; this server reads at most "
+                        f"{MAX_PROMPT_CHARS} (about 500 T5 tokens, the length MusicGen's text encoder was trained "
+                        "on). Shorten the description.")
     if inp.continuation and not inp.input_audio:
         raise UserError("Must provide `input_audio` if continuation is `True`.")
     if v == ENCODE_DECODE and not inp.input_audio:

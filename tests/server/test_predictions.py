@@ -72,6 +72,19 @@ def test_semantic_error_is_a_failed_prediction_with_the_message(client):
                                                                None)
 
 
+def test_a_prompt_past_the_text_encoders_length_fails_before_it_reaches_the_device(client):
+    """Issue 24: a 10 KB prompt took 4.5 GB in T5 and stalled every prediction for 13 s."""
+    from musicgen_local.schema import MAX_PROMPT_CHARS
+
+    long = client.post("/v1/predictions", headers={"Prefer": "wait"},
+                       json={"version": V1, "input": {"prompt": "la " * 3400, "duration": 1}}).json()
+    assert (long["status"], long["started_at"]) == ("failed", None)
+    assert long["error"].startswith(f"`prompt` is 10200 characters long; this server reads at most {MAX_PROMPT_CHARS}")
+    just = client.post("/v1/predictions", headers={"Prefer": "wait"},
+                       json={"version": V1, "input": {"prompt": "a" * MAX_PROMPT_CHARS, "duration": 1}}).json()
+    assert just["status"] == "succeeded"
+
+
 def test_cancel_running_prediction_ends_canceled_between_steps(tmp_path):
     engine = FakeEngine(step_delay_s=0.02)
     with make_client(tmp_path, engine) as c:
