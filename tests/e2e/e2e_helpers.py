@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import shutil
 import struct
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from musicgen_local import tuned
+from musicgen_local.registry import Registry, Version
 from musicgen_local.server import create_app
 from musicgen_local.testing import live
 
@@ -74,3 +77,31 @@ def audio_info(url: str) -> tuple[int, int, int]:
             return w.getnchannels(), w.getframerate(), w.getnframes()
     finally:
         path.unlink()
+
+
+def add_lora_version(settings, model: str, *, base: str = "large", seed: int = 0) -> str:
+    """A trained version of `model` (made with POST /v1/models) put straight into the registry of the server
+    whose data dir is `settings.data_dir`, as a finished training would add it, without the minutes of
+    training: a LoRA on every target of the tiny `base`, B far from zero so that it changes what the model
+    says. Returns the version's id."""
+    import torch
+
+    from musicgen_local.engine.models import load_model
+    from musicgen_local.training.lora import target_names
+
+    lm = load_model(settings, base, "cpu").lm
+    shapes = {name: p.shape for name, p in lm.named_parameters()}
+    g = torch.Generator().manual_seed(seed)
+    rank = 4
+    adapters = {name: (torch.randn(rank, shapes[name][1], generator=g),
+                       0.5 * torch.randn(shapes[name][0], rank, generator=g)) for name in target_names(lm)}
+    version_id = secrets.token_hex(32)
+    weights = tuned.write_lora(Path(settings.data_dir) / "e2e-loras" / f"{version_id}.tar", base, adapters,
+                               alpha=float(rank))
+    registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")  # the file the server opens (server/app.py)
+    try:
+        created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        registry.add_version(Version(version_id, model, created, base=base, weights=str(weights), kind="lora"))
+    finally:
+        registry.close()
+    return version_id

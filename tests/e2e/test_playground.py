@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import TOKEN, LiveServer
+from e2e_helpers import TOKEN, LiveServer, add_lora_version
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
@@ -134,6 +134,13 @@ def create_via_api(live_server, **input) -> dict:
 def open_in_history(driver: WebDriver, pred_id: str):
     driver.find_element(By.ID, "history-refresh").click()
     return wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"li[data-prediction-id='{pred_id}']"))
+
+
+def history_text(driver: WebDriver, pred_id: str) -> str:
+    """The text of a prediction's history entry, read in the same step that finds it: the list may be
+    replaced meanwhile (the page reloads it when a prediction ends), leaving a found entry stale."""
+    driver.find_element(By.ID, "history-refresh").click()
+    return wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"li[data-prediction-id='{pred_id}']").text)
 
 
 def lit_fraction(driver: WebDriver, canvas_id: str, lanes: int = 1, colour: str = "") -> list[float]:
@@ -376,7 +383,47 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     shot(page, shots, "10-fine-tuned")
     pred = api(live_server, f"/v1/predictions/{pred_id}")
     assert (pred["model"], pred["version"], pred["input"]["model_version"]) == ("alice/picker-sound", version, "large")
-    item = open_in_history(page, pred_id)
-    assert f"alice/picker-sound:{version[:8]}" in item.text
+    assert f"alice/picker-sound:{version[:8]}" in history_text(page, pred_id)
     base = create_via_api(live_server, prompt="my sound", duration=1, seed=5, model_version="large")
     assert httpx.get(pred["output"]).content != httpx.get(base["output"]).content  # the fine-tune is heard
+
+
+def test_a_version_added_to_the_registry_is_picked_after_a_reload_and_user_text_stays_text(page, live_server,
+                                                                                          live_settings, shots):
+    """A model whose description is markup, and a LoRA version of it put straight into the registry: after a
+    reload the picker offers it, the description and a markup prompt show as the characters typed (nothing
+    of them runs or renders), model_version is locked to the base, and the audio is the fine-tune's."""
+    bait = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    created = httpx.post(f"{live_server.url}/v1/models", headers=headers,
+                         json={"owner": "mallory", "name": "markup", "description": bait})
+    assert created.status_code == 201, created.text
+    version = add_lora_version(live_settings, "mallory/markup", seed=3)
+
+    page.refresh()  # the token stays in the tab's sessionStorage
+    wait_for(page, lambda d: d.find_element(By.ID, "submit").is_enabled())
+    Select(page.find_element(By.ID, "model-picker")).select_by_value(version)
+    picker = Select(page.find_element(By.ID, "model-picker"))
+    assert picker.first_selected_option.text == f"mallory/markup:{version[:8]} · LoRA of large"
+    assert picker.options[0].text == "meta/musicgen (published)"  # the published model comes first
+    assert page.find_element(By.ID, "model-description").text == bait
+    model_version = page.find_element(By.NAME, "model_version")
+    assert not model_version.is_enabled() and model_version.get_attribute("value") == "large"
+
+    fill(page, prompt=bait, duration=1, seed=5)
+    page.find_element(By.ID, "submit").click()
+    wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
+    pred_id = status(page)[1]
+    duration = wait_for(page, lambda d: d.execute_script(
+        "const a = document.getElementById('player');"
+        "return a.dataset.predictionId === arguments[0] && a.src && a.readyState >= 1 ? a.duration : null", pred_id))
+    assert duration == pytest.approx(1.0, abs=0.01)
+    item = history_text(page, pred_id)
+    assert bait in item and f"mallory/markup:{version[:8]}" in item
+    shot(page, shots, "11-markup-stays-text")
+    assert page.execute_script("return window.pwned === undefined && document.querySelectorAll('img, b').length === 0")
+
+    pred = api(live_server, f"/v1/predictions/{pred_id}")
+    assert (pred["model"], pred["version"], pred["input"]["model_version"]) == ("mallory/markup", version, "large")
+    base = create_via_api(live_server, prompt=bait, duration=1, seed=5, model_version="large")
+    assert httpx.get(pred["output"]).content != httpx.get(base["output"]).content  # the LoRA is heard

@@ -53,9 +53,12 @@ async function start() {
 // The version predictions run on; a trained one locks model_version to the one it was tuned from.
 function useVersion(version) {
   state.version = version.id;
+  state.model = version.model;
   state.base = version.base;
   $("model-label").textContent = version.model;
   $("version-label").textContent = ` · version ${version.id.slice(0, 8)}`;
+  $("model-description").textContent = version.description; // the owner's words: text, never markup
+  $("model-description").hidden = !version.description;
   lockModelVersion();
 }
 
@@ -235,10 +238,20 @@ $("reuse-seed").addEventListener("click", () => {
   target.focus();
 });
 
-function loadIntoForm(pred) {
+async function loadIntoForm(pred) {
   fillForm(form, state.fields, pred.input || {});
-  useVersion(picker.choose(pred.version));
-  note(`Loaded the inputs of prediction ${pred.id}.`);
+  let version = null;
+  let problem = "";
+  try {
+    version = await picker.choose(pred.version);
+    if (!version) problem = `its version ${pred.version} is not on this server`;
+  } catch (err) {
+    problem = `the models could not be read (${err.message})`;
+  }
+  if (version) useVersion(version);
+  else lockModelVersion(); // the inputs just loaded may name another model_version than the locked one
+  note(problem ? `Loaded the inputs of prediction ${pred.id}, but ${problem}: the form keeps ${state.model}.`
+    : `Loaded the inputs of prediction ${pred.id}.`, Boolean(problem));
   form.scrollIntoView({ block: "start" });
   const first = form.querySelector("input, select, textarea");
   if (first) first.focus({ preventScroll: true });

@@ -1,57 +1,87 @@
 // The model picker: every version this server runs, from GET /v1/models (meta/musicgen's latest first,
 // then each model made with POST /v1/models, its versions newest first). A trained version runs only the
-// model_version it was tuned from, so choosing one locks that field. Names come from users: they are
-// only ever set as text.
+// model_version it was tuned from, so choosing one locks that field. Descriptions come from users: they
+// are only ever set as text (names are plain by the server's rule, and set as text too).
 
 import { api } from "./api.js";
 
 const PUBLISHED = "meta/musicgen";
+const KINDS = { lora: "LoRA", full: "full fine-tune" };
+
+// What the page needs of one version: {id, model, base, label, description}; base is null for a
+// version that runs any model_version.
+function entry(model, version) {
+  const name = `${model.owner}/${model.name}`;
+  const common = { id: version.id, model: name, description: model.description || "" };
+  if (name === PUBLISHED) return { ...common, base: null, label: `${name} (published)` };
+  const short = `${name}:${version.id.slice(0, 8)}`;
+  if (!version.base_model_version) return { ...common, base: null, label: short };
+  const kind = KINDS[version.weights_kind] || version.weights_kind;
+  return { ...common, base: version.base_model_version, label: `${short} · ${kind} of ${version.base_model_version}` };
+}
 
 export async function listVersions() {
   const page = await api("/v1/models");
-  const versions = [];
-  for (const model of page.results) {
-    const name = `${model.owner}/${model.name}`;
-    if (name === PUBLISHED) {
-      if (model.latest_version) versions.push({ id: model.latest_version.id, model: name, base: null,
-        label: `${name} (published)` });
-      continue;
-    }
+  // Every model's versions are asked for at once: a page with many models still opens promptly.
+  const lists = await Promise.all(page.results.map(async (model) => {
+    if (`${model.owner}/${model.name}` === PUBLISHED) return model.latest_version ? [entry(model, model.latest_version)] : [];
     const path = `/v1/models/${encodeURIComponent(model.owner)}/${encodeURIComponent(model.name)}/versions`;
-    for (const v of (await api(path)).results) {
-      const kind = v.weights_kind === "full" ? "full fine-tune" : "LoRA";
-      versions.push({ id: v.id, model: name, base: v.base_model_version || null,
-        label: `${name}:${v.id.slice(0, 8)} · ${kind} of ${v.base_model_version}` });
-    }
-  }
-  return versions;
+    return (await api(path)).results.map((v) => entry(model, v));
+  }));
+  return lists.flat();
 }
 
+const sameList = (a, b) => a.length === b.length && a.every((v, i) => v.id === b[i].id && v.label === b[i].label);
+
 export class ModelPicker {
-  // onChange(version): called when the user picks another version ({id, model, base, label}).
+  // onChange(version): called whenever the version in use changes (the user picked another, or the one
+  // in use is gone from a new reading).
   constructor(select, onChange) {
     this.select = select;
+    this.onChange = onChange;
     this.versions = [];
-    // A training may have finished since the page loaded: the list is read again whenever it is opened.
-    select.addEventListener("focus", () => this.refresh());
+    this.readings = 0;
+    // A training may have finished since the page loaded: the list is read again whenever it is opened
+    // (focus for the keyboard, pointerdown for a click on an already focused picker). A failed re-reading
+    // keeps the list the page has; the next opening tries again.
+    const reread = () => this.refresh().catch(() => {});
+    select.addEventListener("focus", reread);
+    select.addEventListener("pointerdown", reread);
     select.addEventListener("change", () => onChange(this.selected()));
   }
 
+  // Resolves to the version in use after reading the list again.
   async refresh() {
+    const ticket = ++this.readings;
+    const versions = await listVersions();
+    if (ticket !== this.readings) return this.selected(); // a later reading is under way: it has the last word
+    // Read the choice after the answer: the user may have picked another version while it came.
     const keep = this.select.value;
-    this.versions = await listVersions();
-    this.select.replaceChildren(...this.versions.map((v) => {
-      const option = document.createElement("option");
-      option.value = v.id;
-      option.textContent = v.label;
-      return option;
-    }));
-    if (this.versions.some((v) => v.id === keep)) this.select.value = keep;
+    // The same list leaves the options alone, so that an open picker does not change under the pointer.
+    if (!sameList(versions, this.versions)) {
+      this.select.replaceChildren(...versions.map((v) => {
+        const option = document.createElement("option");
+        option.value = v.id;
+        option.textContent = v.label;
+        return option;
+      }));
+    }
+    this.versions = versions;
+    if (versions.some((v) => v.id === keep)) {
+      this.select.value = keep;
+    } else if (keep) {
+      this.onChange(this.selected()); // the page must not go on posting a version the list no longer has
+    }
     return this.selected();
   }
 
-  choose(id) {
-    if (this.versions.some((v) => v.id === id)) this.select.value = id;
+  // The version with this id in use, reading the list again first if the page does not know it yet (a
+  // prediction from the history may name a version trained since). Resolves to null when the server
+  // has no such version.
+  async choose(id) {
+    if (!this.versions.some((v) => v.id === id)) await this.refresh();
+    if (!this.versions.some((v) => v.id === id)) return null;
+    this.select.value = id;
     return this.selected();
   }
 
