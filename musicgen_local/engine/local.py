@@ -139,7 +139,7 @@ class LocalEngine:
                                           registry.PRESETS[params.model_version].channels,
                                           dataset.limits_from(self.settings), run.canceled, say)
             job = TrainJob(request, run, params, pieces)
-            min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put_training(job)
+            min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
             if not isinstance(exc, UserError | Cancelled):
                 log.warning("preparing a training failed: %s", exc, exc_info=exc)

@@ -125,16 +125,7 @@ class DeviceLoop:
 
     # ---------------------------------------------------------------------------------- other threads
 
-    def put(self, job: Job) -> None:
-        with self._count:
-            self.jobs += 1
-            lost = self.lost
-        if lost is None:
-            self.inbox.put(job)
-        else:
-            self._end(job, _not_started(self.device, lost))
-
-    def put_training(self, job: training_job.TrainJob) -> None:
+    def put(self, job: Job | training_job.TrainJob) -> None:
         with self._count:
             self.jobs += 1
             lost = self.lost

@@ -147,17 +147,23 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
         raise QueueFull(max_queue)
     pred = Prediction(id=new_id(), version=version.id, model=version.model, input=sent,
                       base_url=str(request.base_url), webhook=webhook, request=engine_request)
-    if body.webhook_events_filter is not None:
-        pred.webhook_events_filter = tuple(body.webhook_events_filter)
-    if cancel_after is not None:
-        pred.cancel_at = pred.created_at + timedelta(seconds=cancel_after)
-    request.app.state.dispatcher.submit(pred)
-    if cancel_after is not None:
-        request.app.state.deadlines.add(pred.id, cancel_after)
+    submit_run(pred, body, cancel_after, request.app.state.dispatcher, request.app.state.deadlines)
     if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
         location = request.app.state.render(pred, str(request.base_url))["urls"]["get"]
         return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
     return JSONResponse(await _wait(request, pred, prefer), status_code=201)
+
+
+def submit_run(run: Prediction, body: Any, cancel_after: float | None, dispatcher, deadlines) -> None:
+    """A created prediction (or training) queued, with its events filter and its Cancel-After deadline (kept
+    with it, so that a restart still enforces it)."""
+    if body.webhook_events_filter is not None:
+        run.webhook_events_filter = tuple(body.webhook_events_filter)
+    if cancel_after is not None:
+        run.cancel_at = run.created_at + timedelta(seconds=cancel_after)
+    dispatcher.submit(run)
+    if cancel_after is not None:
+        deadlines.add(run.id, cancel_after)
 
 
 async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[str, Any]:

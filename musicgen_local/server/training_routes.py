@@ -3,7 +3,6 @@ created with POST /v1/models), list, get, cancel; and the public delivery of a t
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +17,7 @@ from .bodies import EVENTS, json_body, problems
 from .model_routes import found_model
 from .params import CancelAfter
 from .prediction import new_id
-from .routes import FieldsInvalid, checked_webhook, read_json_object
+from .routes import FieldsInvalid, checked_webhook, read_json_object, submit_run
 from .training import WEIGHTS_FILE, Training
 
 router = APIRouter()
@@ -87,13 +86,7 @@ async def create_training(request: Request, owner: str, name: str, version_id: s
                         base_url=str(request.base_url), webhook=webhook, destination=destination)
     folder = request.app.state.training_store.prediction_dir(training.id)
     training.request = vars(TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE)))
-    if body.webhook_events_filter is not None:
-        training.webhook_events_filter = tuple(body.webhook_events_filter)
-    if cancel_after is not None:
-        training.cancel_at = training.created_at + timedelta(seconds=cancel_after)
-    request.app.state.trainings.submit(training)
-    if cancel_after is not None:
-        request.app.state.training_deadlines.add(training.id, cancel_after)
+    submit_run(training, body, cancel_after, request.app.state.trainings, request.app.state.training_deadlines)
     return JSONResponse(training.to_json(str(request.base_url)), status_code=201)
 
 

@@ -131,6 +131,13 @@ def create_via_api(live_server, **input) -> dict:
     return pred
 
 
+def played_duration(driver: WebDriver, pred_id: str) -> float:
+    """The duration of the prediction's audio element, once the browser has read it."""
+    return wait_for(driver, lambda d: d.execute_script(
+        "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
+        "return a && a.readyState >= 1 ? a.duration : null", pred_id))
+
+
 def open_in_history(driver: WebDriver, pred_id: str):
     driver.find_element(By.ID, "history-refresh").click()
     return wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"li[data-prediction-id='{pred_id}']"))
@@ -211,9 +218,7 @@ def test_generate_plays_the_requested_duration_and_draws_it(page, live_server, s
     shot(page, shots, "03-running")
     wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
     pred_id = status(page)[1]
-    duration = wait_for(page, lambda d: d.execute_script(
-        "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
-        "return a && a.readyState >= 1 ? a.duration : null", pred_id))
+    duration = played_duration(page, pred_id)
     assert duration == pytest.approx(2.0, abs=0.01)
     wait_for(page, lambda d: lit_fraction(d, "waveform", 1, WAVE)[0] > 0.05)  # drawn once the audio is decoded
     shot(page, shots, "04-result")
@@ -376,9 +381,7 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     page.find_element(By.ID, "submit").click()
     wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
     pred_id = status(page)[1]
-    duration = wait_for(page, lambda d: d.execute_script(
-        "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
-        "return a && a.readyState >= 1 ? a.duration : null", pred_id))
+    duration = played_duration(page, pred_id)
     assert duration == pytest.approx(1.0, abs=0.01)
     shot(page, shots, "10-fine-tuned")
     pred = api(live_server, f"/v1/predictions/{pred_id}")

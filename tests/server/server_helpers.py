@@ -38,14 +38,15 @@ def client(tmp_path, fake_engine) -> Iterator[TestClient]:
         yield c
 
 
-def wait_done(client: TestClient, pred_id: str, timeout: float = 10.0) -> dict:
+def wait_done(client: TestClient, pred_id: str, timeout: float = 10.0, kind: str = "predictions") -> dict:
+    """A prediction (or, with kind="trainings", a training) once it has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/v1/predictions/{pred_id}").json()
+        body = client.get(f"/v1/{kind}/{pred_id}").json()
         if body["status"] in ("succeeded", "failed", "canceled"):
             return body
         time.sleep(0.02)
-    raise AssertionError(f"prediction {pred_id} did not finish: {body}")
+    raise AssertionError(f"{kind[:-1]} {pred_id} did not finish: {body}")
 
 
 class Receiver:

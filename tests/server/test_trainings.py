@@ -8,7 +8,6 @@ import io
 import json
 import sqlite3
 import tarfile
-import time
 
 from server_helpers import V1, make_client, wait_done
 
@@ -20,13 +19,7 @@ INPUT = {"dataset_path": "https://example.com/songs.zip", "model_version": "larg
 
 
 def wait_training(client, training_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/trainings/{training_id}").json()
-        if body["status"] in ("succeeded", "failed", "canceled"):
-            return body
-        time.sleep(0.02)
-    raise AssertionError(f"training {training_id} did not finish: {body}")
+    return wait_done(client, training_id, timeout, kind="trainings")
 
 
 def _model(client, name: str = "my-sound") -> None:
