@@ -35,9 +35,10 @@ from pathlib import Path
 import httpx
 
 from bench import results
+from musicgen_local.registry import LATEST
 
 PART = "# Part 5: the engine on Ray Serve, and one API process in front (`bench/ray_scale.py`, issue 13)"
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V1 = LATEST
 REPLICA = "Engine replica: "
 log = logging.getLogger("bench.ray_scale")
 

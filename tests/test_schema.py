@@ -19,6 +19,14 @@ def test_schema_equals_replicate_reference():
     assert ours["required"] == REFERENCE["required"] == []
 
 
+def test_published_version_ids_are_the_ones_in_users_code():
+    """Every other test takes the ids from the registry; this one holds them to Replicate's page."""
+    from musicgen_local.registry import LATEST, PUBLISHED
+
+    assert LATEST == "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+    assert PUBLISHED == (LATEST, "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb")
+
+
 def test_cog_derives_the_reference_schema_from_predict_py():
     """What `cog build` would publish: the Input fields cog's inspector reads from predict.py."""
     from cog._inspector import create_predictor

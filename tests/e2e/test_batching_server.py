@@ -9,7 +9,9 @@ import httpx
 import replicate
 from e2e_helpers import TOKEN
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+from musicgen_local.registry import LATEST
+
+V1 = LATEST
 MODEL = "stereo-melody-large"
 
 

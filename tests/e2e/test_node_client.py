@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from e2e_helpers import TOKEN, audio_info, node_client
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+from musicgen_local.registry import LATEST
+
+V1 = LATEST
 
 
 def test_run_returns_the_output_url_and_reports_progress(live_server):

@@ -352,14 +352,14 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     it generates is the fine-tune's audio, not the base model's."""
     import base64
 
+    from musicgen_local.registry import LATEST
     from tests.training_helpers import QUICK_TRAINING as TRAINING
     from tests.training_helpers import songs_zip as _dataset
 
     headers = {"Authorization": f"Bearer {TOKEN}"}
     httpx.post(f"{live_server.url}/v1/models", headers=headers, json={"owner": "alice", "name": "picker-sound"})
     dataset = _dataset(Path(tempfile.mkdtemp()) / "songs.zip").read_bytes()
-    training = httpx.post(f"{live_server.url}/v1/models/meta/musicgen/versions/"
-                          "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38/trainings", headers=headers,
+    training = httpx.post(f"{live_server.url}/v1/models/meta/musicgen/versions/{LATEST}/trainings", headers=headers,
                           json={"destination": "alice/picker-sound", "input": {
                               **TRAINING, "dataset_path": "data:application/zip;base64," +
                               base64.b64encode(dataset).decode()}}).json()

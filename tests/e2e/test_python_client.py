@@ -10,7 +10,9 @@ from e2e_helpers import TOKEN, LiveServer, audio_info
 from replicate.exceptions import ModelError, ReplicateError
 from replicate.helpers import FileOutput
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+from musicgen_local.registry import LATEST
+
+V1 = LATEST
 REF = f"meta/musicgen:{V1}"
 
 

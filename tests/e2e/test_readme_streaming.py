@@ -20,9 +20,11 @@ import pytest
 import soundfile
 from e2e_helpers import E2E, TOKEN
 
+from musicgen_local.registry import LATEST
+
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SECTION = README.split("## Streaming", 1)[1].split("\n## ", 1)[0]
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V1 = LATEST
 
 
 def snippet(language: str) -> str:

@@ -17,10 +17,11 @@ import pytest
 import replicate
 from e2e_helpers import TOKEN, node_client
 
+from musicgen_local.registry import LATEST
 from tests.training_helpers import PREDICT, songs_zip
 from tests.training_helpers import QUICK_TRAINING as TRAINING
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V1 = LATEST
 ROOT = Path(__file__).resolve().parents[2]
 def _wait(client: replicate.Client, training_id: str, timeout: float = 300):
     deadline = time.monotonic() + timeout

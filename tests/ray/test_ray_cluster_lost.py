@@ -12,9 +12,10 @@ import pytest
 import replicate
 from ray_helpers import Cluster, listening, ray_driver_pid, wait_for
 
+from musicgen_local.registry import LATEST
 from tests.e2e.e2e_helpers import TOKEN, LiveServer
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V1 = LATEST
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from ray_helpers import audio_of, log_lines, pid_of, replicas_of, wait_for
 
 from musicgen_local.engine import Request, result_of
 from musicgen_local.engine.api import Audio, Canceled, Done, Progress, Started
+from musicgen_local.registry import LATEST, MUSICGEN
 from tests.e2e.e2e_helpers import TOKEN, LiveServer, audio_info, melody_wav  # noqa: F401 - melody_wav is a fixture
 
-REF = "meta/musicgen:b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+REF = f"{MUSICGEN}:{LATEST}"
 
 
 def until(run, condition) -> list:

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from musicgen_local.registry import PUBLISHED
 from musicgen_local.server import create_app
 from musicgen_local.settings import Settings
 from musicgen_local.testing import live
 from musicgen_local.testing.fake_engine import FakeEngine
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
-V2 = "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb"
+V1, V2 = PUBLISHED
 
 
 def make_client(tmp_path, engine=None, settings: dict | None = None, **kwargs) -> TestClient:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
+from musicgen_local.registry import LATEST
 from musicgen_local.server import create_app
 from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
 
-V1 = "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38"
+V1 = LATEST
 SSE = {"Accept": "text/event-stream"}
 
 
