@@ -19,9 +19,11 @@ from tests.audio_helpers import write_tone
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     tone: bytes = b""
+    silent_asked = threading.Event()  # a request for /silent reached this server
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         if self.path == "/silent":  # accepts, then never answers
+            self.silent_asked.set()
             time.sleep(30)
         elif self.path == "/trickle.wav":  # headers, then a byte a second
             self._headers(1000)
@@ -100,8 +102,9 @@ def test_a_url_that_sends_nothing_or_trickles_fails_at_the_deadline_and_holds_up
 
 
 def test_cancel_interrupts_a_download(limited, url):
+    Handler.silent_asked.clear()
     run = limited.submit(_melody(url, "/silent"))
-    time.sleep(0.5)
+    assert Handler.silent_asked.wait(10)  # the download is under way, not still queued
     canceled_at = time.monotonic()
     run.cancel()
     assert isinstance(list(run)[-1], Canceled) and time.monotonic() - canceled_at < 1
