@@ -140,3 +140,16 @@ def test_a_slot_reports_the_reference_progress_and_final_frames(lms):
     assert seen == [(d, 23) for d in range(1, 24)]  # 20 frames + 3 delay steps, as audiocraft's callback counts
     assert finals[:4] == [0, 0, 0, 1] and finals[-1] == 20  # frame t is final 3 steps after it starts
     assert batch.codes(slot).shape == (1, 4, 20)
+
+
+def test_sampling_defaults_are_the_schemas():
+    """SamplingParams() (used by these tests) samples as a request with no sampling inputs does."""
+    from musicgen_local import schema
+    from musicgen_local.engine import Request
+
+    defaults = {name: field.default for name, field in schema.FIELDS_BY_NAME.items()}
+    request = Request()
+    assert SamplingParams() == SamplingParams(defaults["temperature"], defaults["top_k"], defaults["top_p"],
+                                              defaults["classifier_free_guidance"])
+    assert SamplingParams() == SamplingParams(request.temperature, request.top_k, request.top_p,
+                                              request.classifier_free_guidance)
