@@ -366,9 +366,8 @@ class _view:  # noqa: N801 - reads like a function: the state of some slots, as 
     """SlotState restricted to a slice of slots (slot `s` becomes slot 0)."""
 
     def __init__(self, state: SlotState, slots: slice) -> None:
-        self.special, self.delays = state.special, state.delays
-        for name in ("seq", "offset", "frames", "prefix", "live", "mode", "top_k", "temp", "top_p", "cfg", "noise"):
-            setattr(self, name, getattr(state, name)[slots])
+        for name, value in vars(state).items():  # every field, so a new one cannot escape the view
+            setattr(self, name, value if name in SlotState.SHARED else value[slots])
 
 
 def _autocast_without_cache():

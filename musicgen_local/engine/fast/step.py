@@ -38,6 +38,8 @@ class SamplingParams:
 class SlotState:
     """Everything the step reads and writes, one row per slot (a request's current window)."""
 
+    SHARED = ("special", "delays")  # the same for every slot; every other attribute has one row per slot
+
     def __init__(self, slots: int, num_codebooks: int, card: int, max_steps: int, delays: list[int],
                  special: int, logits_dtype: torch.dtype, device: torch.device):
         def zeros(dtype=torch.long):
