@@ -295,7 +295,7 @@ class DeviceLoop:
         request, plan = job.request, job.plan
         params = SamplingParams(request.temperature, request.top_k, request.top_p,
                                 float(request.classifier_free_guidance))
-        window = Window(plan.window_conditions(job.window), job.prompt, plan.windows[job.window][2], params,
+        window = Window(plan.window_conditions(job.window), job.prompt, plan.windows[job.window].frames, params,
                         job.generator, job.lora)
         with _autocast(self.device):
             job.slot = batch.admit(window)
@@ -334,7 +334,7 @@ class DeviceLoop:
         job.run.emit(Progress(job.steps_before + done, plan.steps_total))
         if job.run.canceled.is_set():
             raise Cancelled()
-        prompt_frames = plan.windows[job.window][1]
+        prompt_frames = plan.windows[job.window].prompt
         if job.segments is not None:
             final = job.codes.shape[-1] + max(0, batch.final_frames(slot) - prompt_frames)
             while job.segments.due(final):
@@ -344,9 +344,9 @@ class DeviceLoop:
             return
         codes = batch.codes(slot)  # [1, K, frames]
         self._release(job, batch)
-        _, p, gen = plan.windows[job.window]
-        job.codes = torch.cat([job.codes, codes[..., p:]], dim=-1)
-        job.steps_before += gen - p + plan.max_delay
+        span = plan.windows[job.window]
+        job.codes = torch.cat([job.codes, codes[..., span.prompt:]], dim=-1)
+        job.steps_before += span.frames - span.prompt + plan.max_delay
         job.prompt = codes[..., plan.stride:]
         job.window += 1
         if job.window < len(plan.windows):

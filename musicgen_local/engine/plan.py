@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -22,15 +22,22 @@ from .api import Request
 EXTEND_STRIDE_S = 18  # Replicate's predictor keeps audiocraft's default
 
 
-def window_plan(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(frame offset, prompt frames, frames to generate incl. prompt) for each LM call, following
-    audiocraft's loop arithmetic exactly."""
+class WindowSpan(NamedTuple):
+    """One LM call of a request, in frames."""
+
+    start: int  # where the window starts in the request's output
+    prompt: int  # frames the window is prompted with (its first `prompt` frames are given, not sampled)
+    frames: int  # the window's length, prompt included
+
+
+def window_plan(total: int, prompt: int, window: int, stride: int) -> list[WindowSpan]:
+    """Each LM call of a request, following audiocraft's loop arithmetic exactly."""
     if total <= window:
-        return [(0, prompt, total)]
+        return [WindowSpan(0, prompt, total)]
     plan, offset = [], 0
     while offset + prompt < total:
         gen = min(total - offset, window)
-        plan.append((offset, prompt, gen))
+        plan.append(WindowSpan(offset, prompt, gen))
         prompt = gen - stride
         offset += stride
     return plan
@@ -43,7 +50,7 @@ class Plan:
     model: Any  # audiocraft MusicGen
     attributes: list  # ConditioningAttributes of the one request
     prompt_tokens: torch.Tensor | None  # [1, K, P] continuation prompt
-    windows: list[tuple[int, int, int]]  # window_plan's (frame offset, prompt frames, frames incl. prompt)
+    windows: list[WindowSpan]
     stride: int  # frames between window starts
     max_delay: int  # the codebook pattern's extra steps per window
     melody: torch.Tensor | None = None  # separated stems [1, 1, T] of a melody request
@@ -51,12 +58,12 @@ class Plan:
     @property
     def steps_total(self) -> int:
         """Decoding steps over every window, for progress (the reference's callback counts)."""
-        return sum(gen - p + self.max_delay for _, p, gen in self.windows)
+        return sum(w.frames - w.prompt + self.max_delay for w in self.windows)
 
     def window_attributes(self, index: int) -> list:
         """The attributes for window `index`: the melody moves with the window."""
         if self.melody is not None:
-            offset_s = self.windows[index][0] / self.model.frame_rate
+            offset_s = self.windows[index].start / self.model.frame_rate
             condition = M.window_condition(self.model, self.melody, offset_s, windowed=len(self.windows) > 1)
             for attr in self.attributes:
                 attr.wav[M.CONDITION] = condition

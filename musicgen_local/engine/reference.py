@@ -39,11 +39,11 @@ def decode(plan: Plan, request: Request, on_step: Callable[[int, int], None]) ->
 
     prompt = plan.prompt_tokens
     chunks = [] if prompt is None else [prompt]
-    for index, (_, p, gen) in enumerate(plan.windows):
+    for index, span in enumerate(plan.windows):
         attributes = plan.window_attributes(index)
         with plan.model.autocast, M.stems_precomputed(plan.model) if plan.melody is not None else nullcontext():
-            tokens = plan.model.lm.generate(prompt, attributes, max_gen_len=gen, callback=callback, **params)
-        chunks.append(tokens[..., p:])
-        steps_before += gen - p + plan.max_delay
+            tokens = plan.model.lm.generate(prompt, attributes, max_gen_len=span.frames, callback=callback, **params)
+        chunks.append(tokens[..., span.prompt:])
+        steps_before += span.frames - span.prompt + plan.max_delay
         prompt = tokens[..., plan.stride:]
     return torch.cat(chunks, dim=-1)
