@@ -1,6 +1,8 @@
 """The engine's whole interface: a `Request` in, a `Run` of plain events out.
 
-predict.py, the v1 server, the CLI and the Ray replicas use `EngineClient.submit` and nothing else.
+predict.py, the v1 server, the CLI and the Ray replicas drive requests through `EngineClient.submit` (and
+trainings through `train`); besides, the v1 server reads an engine's `capacity` (runs worth having in
+flight) where it has one, and a Ray replica waits on `LocalEngine.wait_ready` before taking traffic.
 Events are frozen dataclasses of plain values (no tensors, no callables), so a Run can cross a
 process or network boundary unchanged.
 """

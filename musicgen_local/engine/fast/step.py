@@ -1,11 +1,13 @@
-"""The decode step: one fixed-shape function over every slot of a batch, with no host sync.
+"""The decode step: one fixed-shape function over every slot of a batch.
 
 Per slot it feeds the previous column of the slot's delay-pattern sequence, runs the LM on the
 slot's conditional and unconditional rows, applies classifier-free guidance and the slot's own
 sampling (temperature, top-k or top-p, with Exp(1) noise drawn beforehand from the request's own
 generator), masks the codebooks the delay pattern leaves empty, and writes the token where the
 sequence is still unknown. Everything it reads and writes lives in `SlotState`'s preallocated
-tensors, so a CUDA graph captured over it replays for any mix of requests.
+tensors, so a CUDA graph captured over it replays for any mix of requests. The captured modes never
+wait on the host; an eager step with top-k slots (and no top-p) reads the largest k back to size its
+`topk`, one small sync that buys skipping the full sort.
 
 Sampling consumes the noise exactly as audiocraft's `_sample_next_token` consumes the RNG:
 `torch.multinomial(probs, 1)` is `argmax(probs / Exp(1) noise)` for one sample (top-p in sorted
