@@ -49,7 +49,7 @@ class SegmentStream:
         end = min(self.next + self.size, self.total)
         return self.next < self.total and (end + RIGHT_CONTEXT <= final or final >= self.total)
 
-    def emit(self, tokens: torch.Tensor, final: int) -> Audio:
+    def decode_next(self, tokens: torch.Tensor, final: int) -> Audio:
         """The next segment; `tokens` [1, K, >= its right context] are the clip's codes from frame 0."""
         a = self.next
         b = min(a + self.size, self.total)

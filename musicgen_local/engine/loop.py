@@ -339,7 +339,7 @@ class DeviceLoop:
             final = job.codes.shape[-1] + max(0, batch.final_frames(slot) - prompt_frames)
             while job.segments.due(final):
                 window_codes = batch.codes(slot, prompt_frames + final - job.codes.shape[-1])[..., prompt_frames:]
-                job.run.emit(job.segments.emit(torch.cat([job.codes, window_codes], dim=-1), final))
+                job.run.emit(job.segments.decode_next(torch.cat([job.codes, window_codes], dim=-1), final))
         if not batch.done(slot):
             return
         codes = batch.codes(slot)  # [1, K, frames]
@@ -395,7 +395,7 @@ class DeviceLoop:
     def _finish(self, job: Job, model, tokens: torch.Tensor, generator: torch.Generator | None) -> None:
         """All tokens are there: the rest of the stream, the final decode, then the encode pool."""
         while job.segments is not None and job.segments.due(tokens.shape[-1]):
-            job.run.emit(job.segments.emit(tokens, tokens.shape[-1]))
+            job.run.emit(job.segments.decode_next(tokens, tokens.shape[-1]))
         self._room_to_decode(job.key, tokens.shape[-1] / model.frame_rate, model.audio_channels)
         with _autocast(self.device):
             wav = codec.decode(model, job.mbd, tokens, generator)  # [1, C, T]
