@@ -8,7 +8,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg chromium test serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
+.PHONY: install ffmpeg chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
@@ -45,6 +45,13 @@ chromium:
 test: install
 	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the rings (official clients, browser, Ray) and the slow tests: a quick check while editing.
+# `make test` still runs everything; see the README's Development section.
+FAST := not (clients or browser or ray or slow)
+test-fast: install
+	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
+	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 serve: install
 	$(VENV)/bin/musicgen-local serve --host $(HOST) --port $(PORT)

@@ -28,6 +28,19 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# The rings a newcomer can leave out (`make test-fast` runs none of them): by folder, so a new test file
+# lands in its ring without remembering a marker. `browser` and `slow` are marked where the test is.
+RINGS = {"e2e": "clients", "ray": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.path)).relative_to(ROOT / "tests").parts
+        ring = RINGS.get(parts[0]) if len(parts) > 1 else None
+        if ring and not (ring == "clients" and item.get_closest_marker("browser")):
+            item.add_marker(getattr(pytest.mark, ring))
+
+
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     """A weights/ directory holding every tiny checkpoint, in the real layout and formats."""

@@ -87,6 +87,7 @@ def page_server(directory: Path):
         server.shutdown()
 
 
+@pytest.mark.browser
 def test_readme_browser_snippet_plays_the_segments_in_order(live_server, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
