@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.audio_helpers import read_wav
 
 
@@ -13,6 +15,7 @@ def cli(*args, weights, cwd):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_predict_writes_the_file_and_prints_path_and_seed(tiny_weights, tmp_path):
     out = tmp_path / "song.wav"
     done = cli("predict", "-i", "prompt=lofi beat", "-i", "duration=1", "-i", "model_version=melody-large",
@@ -23,6 +26,7 @@ def test_predict_writes_the_file_and_prints_path_and_seed(tiny_weights, tmp_path
     assert list(tmp_path.iterdir()) == [out]  # no scratch left behind
 
 
+@pytest.mark.slow
 def test_predict_errors_are_messages_not_tracebacks(tiny_weights, tmp_path):
     done = cli("predict", "-i", "duration=1", weights=tiny_weights, cwd=tmp_path)
     assert done.returncode == 1

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import soundfile
 
 from tests.audio_helpers import generate, wav_header
@@ -14,6 +15,7 @@ from tests.audio_helpers import generate, wav_header
 DURATION = 10  # long enough on tiny weights (seconds of decoding) to look at the file mid-way
 
 
+@pytest.mark.slow
 def test_stream_writes_a_growing_wav_then_the_final_file(tiny_weights, engine, tmp_path):
     out = tmp_path / "song.wav"
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICES="cpu", MUSICGEN_STREAM_SECONDS="0.5",

@@ -44,6 +44,7 @@ def cog_server(tiny_weights, tmp_path_factory):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_prediction_round_trip(cog_server):
     r = httpx.post(f"{cog_server}/predictions", timeout=300, json={"input": {
         "model_version": "stereo-large", "prompt": "lofi", "duration": 1, "seed": 5}})
@@ -74,6 +75,7 @@ def _post(url: str, payload: dict, **kwargs) -> dict:
     return response.json()
 
 
+@pytest.mark.slow
 def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(cog_server):
     """Cog has no batching of its own: predict.py's async run() feeds the engine's device loop, which
     decodes concurrent predictions together. A long one starts; once its webhooks show it decoding,

@@ -90,6 +90,7 @@ def trained_tar(tiny_weights, tmp_path_factory) -> Path:
     return tar
 
 
+@pytest.mark.slow
 def test_cog_train_returns_the_tar_predict_py_serves_with_cog_weights(trained_tar, tiny_weights, settings, tmp_path):
     found = tuned.read(trained_tar)
     assert (found.kind, found.base) == ("lora", "large")

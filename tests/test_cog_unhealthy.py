@@ -58,6 +58,7 @@ def faulty_cog_server(tiny_weights, tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_lost_device_fails_the_prediction_and_turns_coglet_unhealthy(faulty_cog_server):
     body = httpx.post(f"{faulty_cog_server}/predictions", timeout=300, json={"input": {
         "model_version": "large", "prompt": "lofi", "duration": 2, "seed": 5}}).json()

@@ -64,6 +64,7 @@ class Follower:
                 if isinstance(e, Log) and e.line.startswith(prefix)]
 
 
+@pytest.mark.slow
 def test_requests_joining_a_running_batch_keep_their_solo_audio(engine, tmp_path):
     low, high = write_tone(tmp_path / "low.wav", 2.0, freq=220), write_tone(tmp_path / "high.wav", 3.0, freq=440)
     first = Request(model_version=MODEL, prompt="lofi hip hop", duration=6, seed=1)
@@ -92,6 +93,7 @@ def test_requests_joining_a_running_batch_keep_their_solo_audio(engine, tmp_path
         assert done.result.audio == alone.audio, follower.request
 
 
+@pytest.mark.slow
 def test_windowed_melody_request_batched_with_a_short_one_keeps_its_audio(engine, tmp_path):
     """Past 30 s: the melody is separated once; window 0 decodes next to another request."""
     melody = write_tone(tmp_path / "m.wav", 4.0, freq=220)
@@ -107,6 +109,7 @@ def test_windowed_melody_request_batched_with_a_short_one_keeps_its_audio(engine
 
 
 @pytest.mark.parametrize("model_version", ["stereo-melody-large", "stereo-large", "melody-large", "large"])
+@pytest.mark.slow
 def test_with_one_slot_the_fast_decoder_gives_audiocrafts_own_audio(one_slot_engine, reference_engine, tmp_path,
                                                                      model_version):
     """Text, melody or continuation, sampling parameters, MBD: the same seed, the same bytes."""

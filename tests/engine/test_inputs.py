@@ -90,6 +90,7 @@ def _melody(url: str, path: str, **extra) -> Request:
 
 
 @pytest.mark.parametrize("path", ["/silent", "/trickle.wav"])
+@pytest.mark.slow
 def test_a_url_that_sends_nothing_or_trickles_fails_at_the_deadline_and_holds_up_no_one(limited, url, path):
     stalled = limited.submit(_melody(url, path))
     start = time.monotonic()
@@ -132,6 +133,7 @@ def test_encode_decode_input_longer_than_the_limit_is_refused_before_decoding(li
     assert cropped.num_samples == 4 * 32000
 
 
+@pytest.mark.slow
 def test_only_the_span_a_request_uses_is_decoded(limited, tmp_path, monkeypatch):
     from audiocraft.data import audio as audiocraft_audio
 

@@ -21,6 +21,7 @@ def run(engine, _out_dir, **inputs):
 
 
 @pytest.mark.parametrize("model_version", LM_VERSIONS)
+@pytest.mark.slow
 def test_mbd_on_every_lm_variant(engine, tmp_path, model_version):
     channels = 2 if model_version.startswith("stereo") else 1
     extra = {"input_audio": str(write_tone(tmp_path / "m.wav", 2.0, channels=2))} if "melody" in model_version else {}
@@ -71,6 +72,7 @@ def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent)
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 def test_melody_past_30s_is_separated_once(engine, tmp_path, separations):
     melody = write_tone(tmp_path / "m.wav", 4.0, channels=2)
     result = run(engine, tmp_path, model_version="stereo-melody-large", input_audio=str(melody), duration=31, seed=2)

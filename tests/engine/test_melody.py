@@ -55,6 +55,7 @@ def chroma_inputs(model, monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_our_separation_gives_audiocrafts_conditioning(model, separations, chroma_inputs):
     """Stems separated by `separate` with the shift from random.Random(0), handed over precomputed,
     give the condition audiocraft's own conditioner computes after random.seed(0)."""
@@ -80,6 +81,7 @@ def test_our_separation_gives_audiocrafts_conditioning(model, separations, chrom
     assert len(separations) == 3 and not torch.allclose(chroma_inputs[2], stems, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_the_shift_comes_from_the_requests_rng(model):
     wav = _melody(model, 3.0)
     a, b = M.separate(model, wav, random.Random(0)), M.separate(model, wav, random.Random(0))

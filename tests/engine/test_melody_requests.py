@@ -16,6 +16,7 @@ def _audio_sha(engine, melody, **extra):
     return hashlib.sha256(result.audio).hexdigest()
 
 
+@pytest.mark.slow
 def test_the_melody_changes_the_music_under_a_fixed_seed(engine, tmp_path):
     # (the tiny htdemucs maps 220 Hz and 440 Hz to different chroma; see testing/tiny.py)
     low, high = write_tone(tmp_path / "low.wav", 2.0, freq=220), write_tone(tmp_path / "high.wav", 2.0, freq=440)

@@ -23,6 +23,7 @@ def large(tiny_weights):
     return load_musicgen(Settings(weights_dir=tiny_weights), "large", "cpu")
 
 
+@pytest.mark.slow
 def test_windowed_tokens_equal_audiocraft_past_30s(large):
     """31 s = a 30 s window then a re-prompted one (12 s prompt, stride 18 s), as audiocraft's own
     `MusicGen._generate_tokens` does it; progress counts every step of both windows."""

@@ -120,6 +120,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not build.prebuilt().exists(), reason="`make install` has not built the library here")
+@pytest.mark.slow
 def test_the_installed_library_loads_without_a_compiler_and_one_openmp_runtime():
     """No compiler, no ninja on PATH: the library `make install` built still loads; and its threads are
     torch's: it links no OpenMP runtime, so loading and running it maps none beside torch's."""
@@ -141,6 +142,7 @@ def test_the_installed_library_loads_without_a_compiler_and_one_openmp_runtime()
     assert "CPU rows kernel" not in result.stderr  # no build, nothing to say
 
 
+@pytest.mark.slow
 def test_without_the_library_or_a_compiler_the_decoder_says_why_and_uses_torchs_products(tmp_path):
     code = ("import logging; logging.basicConfig()\n"
             "from pathlib import Path\n"
@@ -156,6 +158,7 @@ def test_without_the_library_or_a_compiler_the_decoder_says_why_and_uses_torchs_
 
 
 @pytest.mark.skipif(shutil.which("c++") is None or shutil.which("ninja") is None, reason="no C++ compiler or ninja")
+@pytest.mark.slow
 def test_without_the_library_the_first_process_builds_it_into_torchs_cache_for_the_next(tmp_path):
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
             "from pathlib import Path\n"

@@ -162,6 +162,7 @@ def test_each_step_replays_the_smallest_bucket_holding_the_live_slots(lms):
 
 @pytest.mark.parametrize("products", ["rows", "torch"])
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_captured_steps_compute_what_eager_steps_do(lms, kind, products):
     lm, capture = lms[kind], RecordingCapture()
     graphs = SlotBatch(lm, 2, max_frames=300, prefix=300, mode="graph", products=products, capture=capture)

@@ -73,6 +73,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_segments_concatenate_to_the_final_waveform(streaming_engine, tmp_path, case):
     inputs = dict(CASES[case])
     if "melody" in case or case == "continuation":

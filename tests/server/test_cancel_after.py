@@ -39,6 +39,7 @@ def test_bad_cancel_after_is_422_naming_the_header_and_queues_nothing(client, fa
     assert client.get("/v1/predictions").json()["results"] == [] and fake_engine.requests == []
 
 
+@pytest.mark.slow
 def test_deadline_cancels_queued_and_running_predictions_and_spares_finished_ones(tmp_path, receiver):
     engine = FakeEngine(step_delay_s=0.01)  # 1 s of audio takes 0.5 s, 30 s take 15 s
     with make_client(tmp_path, engine, webhook_backoff_s=0.05) as c:

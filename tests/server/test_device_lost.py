@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from server_helpers import V1, Receiver
 
 from musicgen_local.server import EXIT_DEVICE_LOST
@@ -55,6 +56,7 @@ class Server:
         self.log.close()
 
 
+@pytest.mark.slow
 def test_a_lost_device_fails_what_ran_exits_for_a_restart_and_loses_nothing_queued(tiny_weights, tmp_path):
     hook = Receiver()
     first = Server(tiny_weights, tmp_path / "data", fault_after=40)

@@ -70,6 +70,7 @@ def _loopback_only(case: schemathesis.Case, receiver_url: str) -> None:
         case.headers.pop("Prefer", None)  # a blocking create would hold each case up to 60 s
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_get_no_5xx_and_match_the_document(api):
     """Valid and invalid requests for every operation, generated from the document (fixed seed, no
     shrinking, so the run is bounded): each answer must be documented, match its schema, and not be 5xx."""

@@ -165,6 +165,7 @@ def test_sigterm_drains_then_the_next_start_runs_what_was_left(processes):
     assert again.wait_for(queued, ("succeeded",))["status"] == "succeeded"  # left queued, run now
 
 
+@pytest.mark.slow
 def test_cancel_after_survives_a_kill_and_restart(processes):
     """A deadline set before the crash still cancels after the restart (the re-run would otherwise go on)."""
     server = processes(step_delay_s=0.05)

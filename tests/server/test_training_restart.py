@@ -89,6 +89,7 @@ def _at_step(server: Server, training_id: str, step: int):
     return reached
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_resumes_from_the_checkpoint_and_predictions_flow(servers, tmp_path):
     dataset = "data:application/zip;base64," + base64.b64encode(songs_zip(tmp_path / "s.zip").read_bytes()).decode()
     hook = Receiver()
@@ -118,6 +119,7 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint_and_predictions_flow(se
         hook.close()
 
 
+@pytest.mark.slow
 def test_cancel_ends_a_training_within_a_step(servers, tmp_path):
     dataset = "data:application/zip;base64," + base64.b64encode(songs_zip(tmp_path / "s.zip").read_bytes()).decode()
     server = servers()

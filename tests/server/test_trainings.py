@@ -9,6 +9,7 @@ import json
 import sqlite3
 import tarfile
 
+import pytest
 from server_helpers import V1, make_client, wait_done
 
 from musicgen_local.server.training import Training
@@ -102,6 +103,7 @@ def test_bad_trainings_are_refused_with_what_to_do(tmp_path):
         assert local.status_code == 422 and "input.dataset_path" in local.json()["detail"]
 
 
+@pytest.mark.slow
 def test_one_training_per_destination_at_once_and_cancel(tmp_path):
     engine = FakeEngine(step_delay_s=0.2)
     engine.train_steps = 100

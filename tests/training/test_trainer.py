@@ -72,6 +72,7 @@ def _train(trainer) -> list:
 
 
 @pytest.mark.parametrize("lora_rank", [8, 0], ids=["lora", "full"])
+@pytest.mark.slow
 def test_overfit_one_clip_then_greedy_decoding_gives_it_back(settings, tmp_path, lora_rank):
     model = _model(settings)
     clip = _clip(tmp_path / "clip.wav")
