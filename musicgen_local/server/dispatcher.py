@@ -7,7 +7,9 @@ tensor or waits on the GPU: a slow consumer only delays its own prediction's boo
 
 After a crash the store still holds what was queued or running: `start` queues it again in order; a
 prediction that was running is run once more from the start (its seed was fixed at creation, so it
-gives the same audio), and failed with a message if that already happened once.
+gives the same audio). One handed to the engine twice already (`attempts`, counted in the store before
+the engine sees it) is failed with a message instead, whether it had started generating or was still
+being prepared: an input that kills the process must not kill every start after it.
 
 A prediction the engine could not start because its device failed (`Failed(kind="device")`) is not
 failed: it stays `starting`, queued again while the engine still has healthy devices (on Ray, a
@@ -31,8 +33,8 @@ from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Prediction, Event], None]
-INTERRUPTED_TWICE = ("The server stopped twice while this prediction was running, so it was not run a third "
-                     "time. Create the prediction again.")
+INTERRUPTED_TWICE = ("The server stopped twice while this prediction was starting or running, so it was not run "
+                     "a third time. Create the prediction again.")
 
 
 class Dispatcher:
@@ -57,7 +59,7 @@ class Dispatcher:
     def start(self) -> None:
         """Queue what the store left unfinished (a crash or a drained shutdown), then start feeding."""
         for pred in self.store.unfinished():
-            if pred.status == "processing" and pred.attempts >= 2:
+            if pred.attempts >= 2:
                 self._finish(pred, "failed", self.INTERRUPTED_TWICE)
                 continue
             if pred.status == "processing":

@@ -4,15 +4,31 @@ Usage: python fake_server.py DATA_DIR PORT SHUTDOWN_GRACE_S STEP_DELAY_S
 """
 
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from musicgen_local.engine.run import LocalRun
 from musicgen_local.server import serve
 from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
+
+# A request that kills the process while it is still `starting`, as an input that exhausts memory in the prepare
+# pool does: a second later, so that the create's answer and the health check get out first.
+DIE_WHILE_STARTING = "die while starting"
+
+
+class EngineAnInputKills(FakeEngine):
+    def submit(self, request, *, stream=False):
+        if request.prompt != DIE_WHILE_STARTING:
+            return super().submit(request, stream=stream)
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return LocalRun()  # never Started: the process dies first
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     data_dir, port, grace, delay = sys.argv[1:5]
     settings = Settings(data_dir=Path(data_dir), shutdown_grace=float(grace))
-    serve(settings, "127.0.0.1", int(port), engine=FakeEngine(step_delay_s=float(delay)))
+    serve(settings, "127.0.0.1", int(port), engine=EngineAnInputKills(step_delay_s=float(delay)))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_server import DIE_WHILE_STARTING
 from server_helpers import V1, Receiver, make_client, wait_done
 
 from musicgen_local.server.dispatcher import INTERRUPTED_TWICE
@@ -76,7 +77,7 @@ def test_what_a_crash_interrupted_runs_after_the_restart_in_order(tmp_path, rece
 class ServerProcess:
     """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
 
-    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01) -> None:
+    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01, ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
@@ -84,7 +85,7 @@ class ServerProcess:
                                       str(grace_s), str(step_delay_s)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
         deadline = time.monotonic() + 30
-        while True:
+        while ready:
             try:
                 if httpx.get(f"{self.url}/health-check", timeout=1).status_code == 200:
                     return
@@ -163,6 +164,22 @@ def test_sigterm_drains_then_the_next_start_runs_what_was_left(processes):
     again = processes(step_delay_s=0.0)
     assert again.get(running)["status"] == "succeeded" and again.get(running)["output"]
     assert again.wait_for(queued, ("succeeded",))["status"] == "succeeded"  # left queued, run now
+
+
+def test_a_prediction_that_kills_the_server_while_starting_fails_at_the_second_restart(processes):
+    """No crash loop: an input that kills the process before it generates is not run a third time."""
+    server = processes()
+    deadly = server.create(DIE_WHILE_STARTING, 1).json()["id"]
+    assert server.proc.wait(timeout=30) == -signal.SIGKILL
+    again = processes(ready=False)  # runs it once more (a crash may have had another cause): killed again
+    assert again.proc.wait(timeout=30) == -signal.SIGKILL
+
+    third = processes()
+    ended = third.wait_for(deadly, ("failed", "succeeded", "canceled"))
+    assert (ended["status"], ended["error"]) == ("failed", INTERRUPTED_TWICE)
+    other = third.create("fine", 1).json()["id"]
+    assert third.wait_for(other, ("succeeded", "failed"))["status"] == "succeeded"
+    assert third.proc.poll() is None
 
 
 @pytest.mark.slow
