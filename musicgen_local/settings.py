@@ -33,6 +33,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_INPUT_TIMEOUT": ("60", "input_audio download: seconds allowed in total (connect, redirects, body)"),
     "MUSICGEN_MAX_INPUT_BYTES": ("104857600", "input_audio download: largest accepted size in bytes"),
+    "MUSICGEN_MAX_INPUT_SAMPLES": ("64000000", ("input_audio: most samples (channels x rate x seconds, after "
+                                                "cropping) one input may decode to, checked before decoding")),
     "MUSICGEN_MAX_DATASET_BYTES": ("8589934592", ("training: largest dataset, downloaded and unpacked, in bytes "
                                                   "(an archive that unpacks past it is refused)")),
     "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
@@ -152,6 +154,7 @@ class Settings:
     auto_fetch: bool = False
     input_timeout: float = 60.0
     max_input_bytes: int = 100 * 1024 * 1024
+    max_input_samples: int = 64_000_000
     max_dataset_bytes: int = 8 * 1024**3
     max_dataset_seconds: float = 4 * 3600.0
     stream_seconds: float = 1.0
@@ -188,6 +191,7 @@ class Settings:
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             input_timeout=_number(float, "MUSICGEN_INPUT_TIMEOUT", get("MUSICGEN_INPUT_TIMEOUT")),
             max_input_bytes=_number(int, "MUSICGEN_MAX_INPUT_BYTES", get("MUSICGEN_MAX_INPUT_BYTES")),
+            max_input_samples=_number(int, "MUSICGEN_MAX_INPUT_SAMPLES", get("MUSICGEN_MAX_INPUT_SAMPLES")),
             max_dataset_bytes=_number(int, "MUSICGEN_MAX_DATASET_BYTES", get("MUSICGEN_MAX_DATASET_BYTES")),
             max_dataset_seconds=_number(float, "MUSICGEN_MAX_DATASET_SECONDS", get("MUSICGEN_MAX_DATASET_SECONDS")),
             stream_seconds=_number(float, "MUSICGEN_STREAM_SECONDS", get("MUSICGEN_STREAM_SECONDS")),

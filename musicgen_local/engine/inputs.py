@@ -2,8 +2,10 @@
 
 Fetch it (an http(s) URL, a data: URI, or a local file the front door vouches for) with a total
 deadline, a byte cap, redirects checked like the first URL, and cancellation that interrupts even a
-server that sends nothing; read its length (ffprobe) before decoding; decode only the span the
-request uses; convert it to the model's rate and channels.
+server that sends nothing; read its format, length, channels and rate (ffprobe, only the demuxers of
+plain audio files: a playlist would make ffprobe open other files on this server) before decoding;
+refuse a span that would decode to more samples than allowed; decode only the span the request uses;
+convert it to the model's rate and channels.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from .api import Request
 
 SAMPLE_RATE = 32000
 MELODY_MARGIN_S = 30  # a melody is never read past max(duration, 30 s) + this: no window reaches it
+# ffmpeg's demuxers for audio files (wav, mp3, flac, ogg/opus, aac/m4a/mp4, aiff, webm/mkv, wma, caf): not hls,
+# concat or other formats that reference further files or URLs.
+AUDIO_DEMUXERS = ("wav", "w64", "mp3", "flac", "ogg", "aac", "mov", "aiff", "matroska", "asf", "caf")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class Limits:
     max_bytes: int = 100 * 1024 * 1024
     max_duration_s: int = 300  # longest encode-decode input, after the crop
     max_redirects: int = 5
+    # decoded samples (channels x rate x seconds) of one input's span: 2 x 48 kHz x 330 s is 31.7 M (127 MB as
+    # float32), and the default admits twice that; an 8-channel 192 kHz file of 300 s (461 M) is refused
+    max_samples: int = 64_000_000
     check_url: Callable[[str], None] = field(default=lambda url: None)  # raises UserError for refused addresses
     name: str = "input_audio"  # the input being fetched, as messages name it
     size_setting: str = "MUSICGEN_MAX_INPUT_BYTES"
@@ -54,7 +62,8 @@ def load(request: Request, channels: int, work_dir: Path, limits: Limits, cancel
     from audiocraft.data.audio_utils import convert_audio
 
     path = fetch(request.input_audio, work_dir, limits, canceled)
-    length_s = probe(path)
+    info = probe(path)
+    length_s = info.seconds
     start, notes = request.continuation_start, []
     end = length_s if request.continuation_end is None else min(request.continuation_end, length_s)
     if end - start <= 0:
@@ -72,6 +81,12 @@ def load(request: Request, channels: int, work_dir: Path, limits: Limits, cancel
         notes.append(f"The melody is {end - start:.0f} s long after cropping; its first {useful} s condition "
                      "this request (no window reaches further).")
         end = start + useful
+    samples = info.channels * info.sample_rate * (end - start)
+    if samples > limits.max_samples:
+        raise UserError(f"`input_audio` would decode to {samples:,.0f} samples ({info.channels} channels x "
+                        f"{info.sample_rate} Hz x {end - start:.1f} s after cropping); at most "
+                        f"{limits.max_samples:,} are read (MUSICGEN_MAX_INPUT_SAMPLES). Send fewer channels, a lower "
+                        "sample rate or a shorter clip.")
     try:
         wav, sr = audio_read(path, seek_time=start, duration=end - start)
     except Exception as exc:  # noqa: BLE001 -- decoders raise many types; all mean "not audio we can read"
@@ -81,16 +96,25 @@ def load(request: Request, channels: int, work_dir: Path, limits: Limits, cancel
     return Clip(convert_audio(wav, sr, SAMPLE_RATE, channels or wav.shape[0]), notes)
 
 
-def probe(path: Path) -> float:
-    """The audio's length in seconds, read from its container without decoding it."""
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "format=duration:stream=duration",
+@dataclass(frozen=True)
+class Probed:
+    seconds: float
+    channels: int
+    sample_rate: int
+
+
+def probe(path: Path) -> Probed:
+    """The audio's length, channels and rate, read from its container without decoding it."""
+    cmd = ["ffprobe", "-v", "error", "-format_whitelist", ",".join(AUDIO_DEMUXERS), "-protocol_whitelist", "file",
+           "-select_streams", "a:0", "-show_entries", "format=duration:stream=duration,channels,sample_rate",
            "-of", "json", str(path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
-    durations = [s.get("duration") for s in info.get("streams", [])] + [info.get("format", {}).get("duration")]
+    streams = info.get("streams") or [{}]
+    durations = [streams[0].get("duration"), info.get("format", {}).get("duration")]
     for value in durations:
         try:
-            return float(value)
+            return Probed(float(value), int(streams[0].get("channels") or 0), int(streams[0].get("sample_rate") or 0))
         except (TypeError, ValueError):
             continue
     raise UserError("Could not decode `input_audio`: it holds no audio stream ffmpeg can read. "

@@ -62,6 +62,7 @@ class LocalEngine:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
+                                    max_samples=settings.max_input_samples,
                                     check_url=input_url_check(settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")

@@ -259,16 +259,12 @@ def _count(n: int) -> None:
 
 
 def _probe(path: Path) -> float:
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "format=duration:stream=duration",
-           "-of", "json", str(path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
-    for value in [s.get("duration") for s in info.get("streams", [])] + [info.get("format", {}).get("duration")]:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            continue
-    raise UserError(f"{path.name} in `dataset_path` is not audio ffmpeg can decode.")
+    from ..engine import inputs
+
+    try:
+        return inputs.probe(path).seconds
+    except UserError:
+        raise UserError(f"{path.name} in `dataset_path` is not audio ffmpeg can decode.") from None
 
 
 def _probe_is_audio(path: Path) -> bool:
@@ -280,7 +276,10 @@ def _probe_is_audio(path: Path) -> bool:
 
 def _decode(path: Path, channels: int) -> np.ndarray:
     """[C, T] float32 at 32 kHz."""
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le", "-ac", str(channels),
+    from ..engine import inputs
+
+    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-format_whitelist", ",".join(inputs.AUDIO_DEMUXERS),
+           "-protocol_whitelist", "file", "-i", str(path), "-f", "f32le", "-ac", str(channels),
            "-ar", str(SAMPLE_RATE), "-"]
     done = subprocess.run(cmd, capture_output=True, timeout=3600, check=False)
     if done.returncode != 0:

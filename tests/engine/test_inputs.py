@@ -5,6 +5,7 @@ link-local or metadata addresses through a redirect (real engine, tiny weights, 
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
 import time
 
@@ -80,7 +81,7 @@ def url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def limited(settings):
     engine = load_engine(settings.with_(input_timeout=3, max_input_bytes=1_000_000, max_duration=5,
-                                        warmup="none"))
+                                        max_input_samples=2_000_000, warmup="none"))
     yield engine
     engine.close()
 
@@ -150,3 +151,36 @@ def test_only_the_span_a_request_uses_is_decoded(limited, tmp_path, monkeypatch)
                                          input_audio=str(hour))))
     assert isinstance(melody[-1], Done) and reads[-1] == (0, 60)  # no 30 s window reaches past 30 s + 30 s
     assert any(isinstance(e, Progress) for e in melody)
+
+
+def test_an_input_that_would_decode_to_too_many_samples_is_refused_before_decoding(limited, tmp_path, monkeypatch):
+    """Channels x rate x seconds, from ffprobe: 8 channels at 96 kHz for 3 s is 2.3 M samples, past the 2 M here
+    (the default, 64 M, refuses an 8-channel 192 kHz file of 300 s the same way)."""
+    from audiocraft.data import audio as audiocraft_audio
+
+    wide = write_tone(tmp_path / "wide.wav", 3.0, sr=96000, channels=8)
+    decoded = []
+    monkeypatch.setattr(audiocraft_audio, "audio_read", lambda *a, **k: decoded.append(a) or 1 / 0)
+    with pytest.raises(UserError, match=r"`input_audio` would decode to 2,304,000 samples \(8 channels x 96000 Hz x "
+                                        r"3.0 s after cropping\); at most 2,000,000 are read "
+                                        r"\(MUSICGEN_MAX_INPUT_SAMPLES\)"):
+        result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(wide))))
+    assert decoded == []
+    monkeypatch.undo()
+    cropped = result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(wide),
+                                               continuation_start=0, continuation_end=1)))  # 768 k samples
+    assert cropped.num_samples == 32000
+
+
+@pytest.mark.parametrize("target", ["present.aac", "absent.aac"])
+def test_a_playlist_is_not_audio_and_reveals_nothing_about_the_servers_files(limited, tmp_path, target):
+    """An HLS playlist naming a file on the server: refused alike whether that file exists or not (ffmpeg would
+    otherwise read the named file and hand its audio back)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=1", "-c:a", "aac", "-f", "adts",
+                    str(tmp_path / "present.aac")], check=True)
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{tmp_path / target}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(UserError) as refused:
+        result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(playlist))))
+    assert str(refused.value) == ("Could not decode `input_audio`: it holds no audio stream ffmpeg can read. "
+                                  "Send a wav, mp3, flac or ogg file.")
