@@ -56,12 +56,12 @@ class Clip:
     notes: list[str]  # lines for the prediction's logs
 
 
-def load(request: Request, channels: int, work_dir: Path, limits: Limits, canceled: threading.Event) -> Clip:
-    """The cropped input of `request` at 32 kHz with `channels` channels (0: the input's own)."""
+def read_clip(request: Request, path: Path, channels: int, limits: Limits) -> Clip:
+    """The cropped input of `request`, fetched to `path`, at 32 kHz with `channels` channels (0: the input's
+    own)."""
     from audiocraft.data.audio import audio_read
     from audiocraft.data.audio_utils import convert_audio
 
-    path = fetch(request.input_audio, work_dir, limits, canceled)
     info = probe(path)
     length_s = info.seconds
     start, notes = request.continuation_start, []

@@ -1,9 +1,11 @@
-"""`LocalEngine`: the engine in this process. A prepare pool, a loader pool, one device loop per device,
-an encode pool.
+"""`LocalEngine`: the engine in this process. Prepare, download and decode pools, a loader pool, one
+device loop per device, an encode pool.
 
 submit() checks the request and returns its Run at once. The prepare pool then makes sure the
-weights are there (fetching them when allowed) and reads the input audio within its limits; the
-request goes to the device that already holds its model, else to the least loaded one. A model the
+weights are there (fetching them when allowed); a request with input audio is prepared instead by the
+download pool (many threads waiting on other servers), then decoded within its limits by the small
+decode pool, so no download ever holds up a text-only request. The request goes to the device that
+already holds its model, else to the least loaded one. A model the
 device does not hold is read from disk by the loader pool while that device's loop goes on
 decoding; the loop builds it on the device, generates, and hands the waveform to the encode pool.
 
@@ -26,8 +28,9 @@ import logging
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,11 @@ from .run import LocalRun
 from .training_job import TrainJob
 
 log = logging.getLogger(__name__)
-PREPARE_WORKERS = 4  # downloads and decodes at once: I/O bound, independent of the devices
+PREPARE_WORKERS = 4  # requests having their weights checked at once (text-only ones go straight on from here)
+# input_audio downloads at once: threads that wait on other servers. Past it, inputs queue behind inputs; a
+# request without input_audio never waits for a download (it is prepared in the prepare pool).
+DOWNLOAD_WORKERS = 32
+DECODE_WORKERS = 2  # inputs decoded at once: CPU, and up to MUSICGEN_MAX_INPUT_SAMPLES floats each
 LOADER_WORKERS = 1  # checkpoints read at once: one disk, and each is gigabytes of host memory
 ENCODE_WORKERS = 2  # ffmpeg processes at once
 TRAINING_WORKERS = 1  # datasets prepared at once (each device trains one at a time anyway)
@@ -65,6 +72,8 @@ class LocalEngine:
                                     max_samples=settings.max_input_samples,
                                     check_url=input_url_check(settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
+        self.download_pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download")
+        self.decode_pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
         # Datasets are fetched, decoded and cut here: minutes of work that must not hold the prepare pool.
@@ -92,29 +101,60 @@ class LocalEngine:
             run.emit(Failed(str(exc)))
             return run
         run.emit(Log(f"Using seed {request.seed}"))
-        self.prepare_pool.submit(self._prepare, Job(request, run, stream))
+        job = Job(request, run, stream)
+        if request.input_audio:
+            self.download_pool.submit(self._download, job)
+        else:
+            self.prepare_pool.submit(self._prepare, job)
         return run
 
     def _prepare(self, job: Job) -> None:
-        try:
-            if job.run.canceled.is_set():
-                raise Cancelled()
-            request = job.request
-            if request.weights:
-                self._fine_tune(job)
-            self._weights_there(request, job)
-            if request.input_audio:
-                with tempfile.TemporaryDirectory(dir=self.scratch) as work_dir:
-                    clip = inputs.load(request, registry.PRESETS[request.model_version].channels, Path(work_dir),
-                                       self.limits, job.run.canceled)
-                job.clip = clip.wav
-                for note in clip.notes:
-                    job.log(note)
+        with self._failing(job):
+            self._weights_and_tune(job)
             self._route(job.key).put(job)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
+
+    def _download(self, job: Job) -> None:
+        """input_audio onto the scratch disk, then into the decode pool."""
+        with self._failing(job):
+            self._weights_and_tune(job)
+            work_dir = Path(tempfile.mkdtemp(dir=self.scratch))
+            try:
+                path = inputs.fetch(job.request.input_audio, work_dir, self.limits, job.run.canceled)
+                self.decode_pool.submit(self._decode, job, path, work_dir)
+            except BaseException:
+                shutil.rmtree(work_dir, ignore_errors=True)
+                raise
+
+    def _decode(self, job: Job, path: Path, work_dir: Path) -> None:
+        with self._failing(job):
+            try:
+                if job.run.canceled.is_set():
+                    raise Cancelled()
+                clip = inputs.read_clip(job.request, path, registry.PRESETS[job.request.model_version].channels,
+                                        self.limits)
+            finally:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            job.clip = clip.wav
+            for note in clip.notes:
+                job.log(note)
+            self._route(job.key).put(job)
+
+    @contextmanager
+    def _failing(self, job: Job) -> Iterator[None]:
+        """Every failure while preparing becomes the run's terminal event."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001
             if not isinstance(exc, MusicgenError):  # ours say what to do in the run's own message
                 log.warning("preparing a %s request failed: %s", job.request.model_version, exc, exc_info=exc)
             job.run.emit(failure(exc))
+
+    def _weights_and_tune(self, job: Job) -> None:
+        if job.run.canceled.is_set():
+            raise Cancelled()
+        if job.request.weights:
+            self._fine_tune(job)
+        self._weights_there(job.request, job)
 
     def train(self, request: TrainingRequest) -> LocalRun:
         run = LocalRun()
@@ -200,7 +240,8 @@ class LocalEngine:
     def close(self) -> None:
         for loop in self.loops:
             loop.stop()
-        self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.prepare_pool, self.download_pool, self.decode_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.training_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=True)

@@ -103,6 +103,29 @@ def test_a_url_that_sends_nothing_or_trickles_fails_at_the_deadline_and_holds_up
     assert 2.5 < time.monotonic() - start < 10
 
 
+@pytest.mark.slow
+def test_twenty_silent_urls_hold_up_no_text_only_prediction(limited, url):
+    """Before, the four threads that prepared every request all waited on silent URLs, so a text prompt
+    waited for five rounds of the 3 s deadline; now it is done before the first download gives up."""
+    finished: list[tuple[float, object]] = []
+
+    def follow(run) -> None:
+        last = list(run)[-1]
+        finished.append((time.monotonic(), last))
+
+    stalled = [threading.Thread(target=follow, args=(limited.submit(_melody(url, "/silent")),)) for _ in range(20)]
+    for thread in stalled:
+        thread.start()
+    text = result_of(limited.submit(Request(model_version="large", prompt="y", duration=1, seed=1)))
+    text_done = time.monotonic()
+    for thread in stalled:
+        thread.join(60)
+    assert text.num_samples == 32000
+    assert len(finished) == 20 and all(isinstance(last, Failed) and "took longer than 3 s" in last.message
+                                       for _, last in finished)
+    assert text_done < min(at for at, _ in finished)
+
+
 def test_cancel_interrupts_a_download(limited, url):
     Handler.silent_asked.clear()
     run = limited.submit(_melody(url, "/silent"))
