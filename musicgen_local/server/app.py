@@ -30,7 +30,7 @@ from .deadlines import Deadlines
 from .dispatcher import Dispatcher
 from .prediction import Prediction
 from .routes import FieldsInvalid, QueueFull
-from .store import Store
+from .store import StorageFailed, Store
 from .streams import StreamHub
 from .training import Training
 from .training_dispatcher import TrainingDispatcher
@@ -80,6 +80,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
         response = problem(429, "Too many requests", str(exc))
         response.headers["Retry-After"] = str(exc.RETRY_AFTER_S)
+        return response
+
+    @app.exception_handler(StorageFailed)
+    async def storage_failed(request: Request, exc: StorageFailed) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc.__cause__ or exc)
+        if exc.full:
+            return problem(507, "Insufficient storage", str(exc))
+        response = problem(503, "Service unavailable", str(exc))
+        response.headers["Retry-After"] = str(QueueFull.RETRY_AFTER_S)
         return response
 
     @app.exception_handler(Exception)

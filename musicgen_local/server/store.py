@@ -19,6 +19,7 @@ app's periodic `remove_expired`, and by every read that finds one due first.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ import re
 import shutil
 import sqlite3
 import threading
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,6 +50,20 @@ UNREADABLE = "This prediction's stored record could not be read (it was written 
 MAX_NAME_BYTES = 255  # the longest file name Linux file systems take
 _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(?:\s*;\s*[\w.+-]+=[\w.+\-\"]+)*")
 _NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# errno values that mean "no room": the disk, a quota, or a limit on file size (RLIMIT_FSIZE)
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class StorageFailed(Exception):
+    """The disk or the database refused a write; nothing of it was kept. `full`: there was no room."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        self.full = (exc.errno in _FULL if isinstance(exc, OSError)
+                     else getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
+        reason = "the server's disk is full" if self.full else f"its storage refused the write ({exc})"
+        super().__init__(f"Could not store {what}: {reason}. Nothing was kept; try again later.")
 
 
 def _stamp(t: datetime) -> str:
@@ -132,9 +148,10 @@ class Store:
         return self.data_dir / self.kind / pred_id
 
     def add(self, pred: Prediction) -> None:
+        """Raises StorageFailed, and then the prediction counts nowhere (not against MUSICGEN_MAX_QUEUE)."""
         with self._lock:
-            self._live[pred.id] = pred
             self._write(pred)
+            self._live[pred.id] = pred
 
     def save(self, pred: Prediction) -> None:
         with self._lock:
@@ -143,9 +160,14 @@ class Store:
                 self._live.pop(pred.id, None)
 
     def _write(self, pred: Prediction) -> None:
-        self._db.execute(f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
-                         (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())))
-        self._db.commit()
+        try:
+            self._db.execute(f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
+                             (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())))
+            self._db.commit()
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                self._db.rollback()
+            raise StorageFailed(f"the {self.kind[:-1]}", exc) from exc
 
     def get(self, pred_id: str) -> Prediction | None:
         with self._lock:
@@ -217,22 +239,32 @@ class Store:
         """Copy an upload to disk in chunks, hashing as it goes (blocking: run it off the event loop)."""
         file_id, safe_name = new_id(), safe_filename(name)
         path = self.data_dir / "files" / file_id / safe_name
-        path.parent.mkdir(parents=True, exist_ok=True)
         md5, sha256, size = hashlib.md5(), hashlib.sha256(), 0
-        with path.open("wb") as out:
-            while chunk := content.read(1 << 20):
-                md5.update(chunk)
-                sha256.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        created = now()
-        record = {"id": file_id, "name": safe_name, "content_type": safe_content_type(content_type), "size": size,
-                  "etag": md5.hexdigest(), "checksums": {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()},
-                  "metadata": metadata, "created_at": iso(created),
-                  "expires_at": iso(created + self.retention) if self.retention else None}
-        with self._lock:
-            self._db.execute("INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
-            self._db.commit()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as out:
+                while chunk := content.read(1 << 20):
+                    md5.update(chunk)
+                    sha256.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            created = now()
+            record = {"id": file_id, "name": safe_name, "content_type": safe_content_type(content_type),
+                      "size": size, "etag": md5.hexdigest(),
+                      "checksums": {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()},
+                      "metadata": metadata, "created_at": iso(created),
+                      "expires_at": iso(created + self.retention) if self.retention else None}
+            with self._lock:
+                try:
+                    self._db.execute("INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
+                    self._db.commit()
+                except sqlite3.Error:
+                    with suppress(sqlite3.Error):
+                        self._db.rollback()
+                    raise
+        except (OSError, sqlite3.Error) as exc:
+            shutil.rmtree(path.parent, ignore_errors=True)  # a partial upload would only fill the disk further
+            raise StorageFailed("the upload", exc) from exc
         return record
 
     def get_file(self, file_id: str) -> tuple[dict[str, Any], Path] | None:
