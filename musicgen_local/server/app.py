@@ -58,7 +58,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         titles = {400: "Bad request", 401: "Unauthenticated", 404: "Not found", 405: "Method not allowed",
                   413: "Request too large", 422: "Unprocessable entity", 503: "Service unavailable"}
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+        response = problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

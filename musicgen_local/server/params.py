@@ -17,6 +17,7 @@ from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
 MIN_CANCEL_AFTER_S = 5  # Replicate's minimum
+MAX_CANCEL_AFTER_S = 365 * 24 * 3600  # past it the deadline is no deadline, and 10**400 s is no date at all
 _NUMBER = r"\d+(?:\.\d+)?"
 _DURATION = re.compile(rf"(?:{_NUMBER}[hms])+")
 _PART = re.compile(rf"({_NUMBER})([hms])")
@@ -32,6 +33,9 @@ def cancel_after_seconds(text: str) -> float:
     else:
         raise PydanticCustomError("duration_parsing",
                                   "Input should be a duration such as 30s, 5m, 1h30m or 90 (seconds)")
+    if seconds > MAX_CANCEL_AFTER_S:
+        raise PydanticCustomError("less_than_equal",
+                                  f"Input should be less than or equal to {MAX_CANCEL_AFTER_S} seconds (a year)")
     if seconds < MIN_CANCEL_AFTER_S:
         raise PydanticCustomError("greater_than_equal",
                                   f"Input should be greater than or equal to {MIN_CANCEL_AFTER_S} seconds")
@@ -46,7 +50,11 @@ def utc_time(text: str) -> datetime:
     except ValueError:
         raise PydanticCustomError("datetime_parsing", "Input should be an ISO 8601 date-time such as "
                                                       "2025-01-01T00:00:00Z, or a date such as 2025-01-01") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    try:
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise PydanticCustomError("datetime_parsing", "Input should be a date-time between the years 1 and "
+                                                      "9999 in UTC") from None
 
 
 CancelAfter = Annotated[

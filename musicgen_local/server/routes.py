@@ -60,14 +60,29 @@ def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsI
     return FieldsInvalid([{"loc": loc, "type": kind, "msg": message}])
 
 
+MAX_INT_DIGITS = 100  # no input needs more; turning digits into an int costs their square (CPython stops at 4300)
+
+
+class LongNumber(ValueError):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise LongNumber
+    return int(digits)
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     try:
-        raw = json.loads(await request.body() or b"{}")
+        raw = json.loads(await request.body() or b"{}", parse_int=_bounded_int)
         if surrogates.depth(raw) > MAX_JSON_DEPTH:  # whatever the interpreter's recursion limit is
             raise RecursionError
         where = surrogates.find(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPException(400, "The request body is not valid JSON.") from None
+    except LongNumber:
+        raise HTTPException(400, f"The request body holds an integer longer than {MAX_INT_DIGITS} digits.") from None
     except RecursionError:  # [[[[...: deeper than Python's parser (or our walk) can go
         raise HTTPException(400, "The request body is nested too deeply.") from None
     if not isinstance(raw, dict):

@@ -86,7 +86,8 @@ def _authorize(request: Request, pred_id: str) -> None:
 
 def _after(last_event_id: str | None) -> int:
     """The id a reconnecting client saw last (0: from the start; anything unreadable also)."""
-    return int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else 0
+    text = (last_event_id or "").strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,18}", text) else 0  # not "²", not 5000 digits
 
 
 STREAM = {"responses": {200: {"description": "Server-Sent Events: `output`, `logs`, `error`, `done`, each with an id.",

@@ -33,6 +33,10 @@ def test_schema_violation_is_422_with_field_detail(client, fake_engine, body, fi
     ({"json": {"version": V1, "input": {"prompt": "x"}, "webhook": "ftp://x"}}, 422, "- webhook: URL scheme"),
     ({"json": {"version": V1, "input": {"prompt": "x"}, "webhook_events_filter": ["done"]}}, 422,
      "- webhook_events_filter.0: Input should be"),
+    ({"content": b'{"input": {"prompt": "x", "duration": ' + b"9" * 5000 + b"}}"}, 400,
+     "The request body holds an integer longer than 100 digits."),
+    ({"json": {"version": V1, "input": {"prompt": "x"}}, "headers": {"Cancel-After": "9" * 400}}, 422,
+     "- header.Cancel-After: Input should be less than or equal to 31536000 seconds (a year)"),
 ])
 def test_malformed_requests_are_4xx(client, kwargs, status, detail):
     resp = client.post("/v1/predictions", **kwargs)
@@ -79,3 +83,27 @@ def test_bad_uploads_are_4xx(client):
     deep = '{"a": ' + "[" * 900 + "]" * 900 + "}"
     resp = client.post("/v1/files", files={"content": ("a.wav", b"x")}, data={"metadata": deep})
     assert (resp.status_code, resp.json()["detail"]) == (400, "`metadata` may nest at most 32 levels deep.")
+
+
+@pytest.mark.parametrize("query, detail", [
+    ("created_after=9999-12-31T23:59:59-01:00", "Input should be a date-time between the years 1 and 9999 in UTC"),
+    ("created_before=0001-01-01T00:00:00%2B01:00", "Input should be a date-time between the years 1 and 9999 in UTC"),
+])
+def test_times_outside_the_calendar_are_422(client, query, detail):
+    resp = client.get(f"/v1/predictions?{query}")
+    assert resp.status_code == 422 and detail in resp.json()["detail"]
+
+
+def test_a_method_a_route_does_not_take_is_405_with_allow(client):
+    resp = client.get("/v1/predictions/abc/cancel")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("last_event_id", [b"\xb2", b"9" * 5000, b"-1", b"x"])  # b"\xb2" is a superscript two
+def test_a_last_event_id_that_is_no_number_replays_from_the_start(client, last_event_id):
+    created = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 1}},
+                          headers={"Prefer": "wait"}).json()
+    with client.stream("GET", created["urls"]["stream"], headers={"Last-Event-ID": last_event_id}) as events:
+        assert events.status_code == 200
+        body = "".join(events.iter_text())
+    assert "event: done" in body
