@@ -244,6 +244,7 @@ def test_the_audio_plays_while_it_generates(page, live_server, shots):
     wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
     final = int(page.find_element(By.ID, "live").get_attribute("data-segments"))
     assert 1 <= final <= 8  # one per second of audio (MUSICGEN_STREAM_SECONDS)
+    assert not page.find_element(By.ID, "live").is_displayed()  # no "Playing as it generates" once it is done
 
 
 def test_cancel_ends_a_long_prediction_canceled(page, live_server, shots):

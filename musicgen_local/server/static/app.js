@@ -136,7 +136,10 @@ async function watch(pred) {
     state.current = pred;
     showRun(pred);
   }
-  if (ticket === state.watching) live.stop(); // the finished file (or nothing, if it failed) takes over
+  if (ticket === state.watching) {
+    live.stop(); // the finished file (or nothing, if it failed) takes over, and the live line goes
+    $("live").hidden = true;
+  }
   if (pred.status === "succeeded") await showResult(pred);
   if (ticket === state.watching) await history.load();
 }
