@@ -44,6 +44,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
+    "MUSICGEN_HEADER_TIMEOUT": ("10", ("server: seconds a connection has to send a request's line and headers "
+                                       "(after it opens, or after the previous response); then it is closed")),
     "MUSICGEN_MAX_BODY_BYTES": ("104857600", "server: largest request body (JSON or upload), in bytes; 413 past it"),
     "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
     "MUSICGEN_RETENTION": ("", "server: remove outputs and uploads after this long (e.g. 1h, 7d); unset = keep"),
@@ -163,6 +165,7 @@ class Settings:
     output: str = "url"
     shutdown_grace: float = 30.0
     checkpoints: dict[str, str] = field(default_factory=dict)
+    header_timeout: float = 10.0
     max_body_bytes: int = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
     max_queue: int = 1000
     retention_s: float | None = None
@@ -200,6 +203,7 @@ class Settings:
             output=get("MUSICGEN_OUTPUT"),
             shutdown_grace=_number(float, "MUSICGEN_SHUTDOWN_GRACE", get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
+            header_timeout=_number(float, "MUSICGEN_HEADER_TIMEOUT", get("MUSICGEN_HEADER_TIMEOUT")),
             max_body_bytes=_number(int, "MUSICGEN_MAX_BODY_BYTES", get("MUSICGEN_MAX_BODY_BYTES")),
             max_queue=_number(int, "MUSICGEN_MAX_QUEUE", get("MUSICGEN_MAX_QUEUE")),
             retention_s=parse_duration(get("MUSICGEN_RETENTION")),

@@ -48,7 +48,11 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
             app.state.dispatcher.drain(settings.shutdown_grace)
             self.should_exit = True
 
-    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    from .connections import head_deadline_protocol, raise_open_files_limit
+
+    raise_open_files_limit()
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                           http=head_deadline_protocol(settings.header_timeout)))
     status = [0]
     lost = getattr(engine, "lost", None)
     if lost is not None:

@@ -6,7 +6,8 @@ answers holds up its own webhooks only:
 - a prediction's webhooks go out one after another, in the order its events happened (its `start`
   is never delivered after its `completed`); different predictions' go out concurrently, at most
   PER_RECEIVER at once to any one receiver (scheme, host and port);
-- every attempt has a timeout (`timeout_s`); a failed `completed` is retried with exponential
+- every attempt has a deadline (`timeout_s`, for the whole exchange: a receiver that trickles its
+  answer a byte at a time is cut off like one that sends nothing); a failed `completed` is retried with exponential
   backoff (12 retries from 100 ms, on connection errors and 429/5xx, as Cog does) on the loop's
   timers, never by a thread that sleeps;
 - a receiver that took the request but did not answer in time is not sent it again: it has the
@@ -69,7 +70,7 @@ class WebhookSender:
                  render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json) -> None:
         self.secret, self.render = secret, render
         self.throttle_s, self.retries, self.backoff_s = throttle_s, retries, backoff_s
-        self.block_private_urls = block_private_urls
+        self.block_private_urls, self.timeout_s = block_private_urls, timeout_s
         self._lock = threading.Lock()  # notify() runs on worker, deadline and request threads
         self._last_sent: dict[str, float] = {}
         # The rest belongs to the loop's thread.
@@ -166,8 +167,9 @@ class WebhookSender:
         headers = {"content-type": "application/json", "webhook-id": d.msg_id, "webhook-timestamp": str(ts),
                    "webhook-signature": sign(self.secret, d.msg_id, ts, d.body)}
         try:
-            resp = await self._client.post(d.url, content=d.body, headers=headers)
-        except httpx.ReadTimeout:
+            async with asyncio.timeout(self.timeout_s):  # in all: httpx's own limit is per read, and a trickle never
+                resp = await self._client.post(d.url, content=d.body, headers=headers)  # waits long for a byte
+        except (httpx.ReadTimeout, TimeoutError):
             log.warning("prediction %s: webhook %s took the request but did not answer in time; not sent again",
                         d.pred_id, d.url)
             return True

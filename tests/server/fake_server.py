@@ -30,5 +30,5 @@ class EngineAnInputKills(FakeEngine):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     data_dir, port, grace, delay = sys.argv[1:5]
-    settings = Settings(data_dir=Path(data_dir), shutdown_grace=float(grace))
+    settings = Settings.from_env().with_(data_dir=Path(data_dir), shutdown_grace=float(grace))  # MUSICGEN_* too
     serve(settings, "127.0.0.1", int(port), engine=EngineAnInputKills(step_delay_s=float(delay)))

@@ -1,14 +1,20 @@
-"""Ring-1 helpers and fixtures: the real app on the torch-free fake engine, plus a local webhook receiver."""
+"""Ring-1 helpers and fixtures: the real app on the torch-free fake engine, plus a local webhook receiver, and
+`musicgen-local serve` on the fake engine in a process of its own (ServerProcess, `processes`)."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,6 +25,7 @@ from musicgen_local.testing import live
 from musicgen_local.testing.fake_engine import FakeEngine
 
 V1, V2 = PUBLISHED
+HERE = Path(__file__).resolve().parent
 
 
 def make_client(tmp_path, engine=None, settings: dict | None = None, **kwargs) -> TestClient:
@@ -113,3 +120,60 @@ class HangingReceiver:
 
 
 LiveServer = live.LiveServer  # the app under uvicorn on 127.0.0.1
+
+
+class ServerProcess:
+    """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
+
+    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01, ready: bool = True,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = live.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(data_dir), str(self.port),
+                                      str(grace_s), str(step_delay_s)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {})))
+        deadline = time.monotonic() + 30
+        while ready:
+            try:
+                if httpx.get(f"{self.url}/health-check", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, Path(self.log.name).read_text()
+            time.sleep(0.1)
+
+    def create(self, prompt: str, duration: int, webhook: str | None = None) -> httpx.Response:
+        body = {"version": V1, "input": {"prompt": prompt, "duration": duration}}
+        if webhook:
+            body |= {"webhook": webhook, "webhook_events_filter": ["completed"]}
+        return httpx.post(f"{self.url}/v1/predictions", json=body, timeout=10)
+
+    def get(self, pred_id: str) -> dict:
+        return httpx.get(f"{self.url}/v1/predictions/{pred_id}", timeout=10).json()
+
+    def wait_for(self, pred_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while (body := self.get(pred_id))["status"] not in statuses:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+        return body
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started: list[ServerProcess] = []
+
+    def start(**kwargs) -> ServerProcess:
+        started.append(ServerProcess(tmp_path / "data", **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()

@@ -5,11 +5,8 @@ drains (creates answer 503, running predictions finish, queued ones wait for the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +17,6 @@ from server_helpers import V1, Receiver, make_client, wait_done
 
 from musicgen_local.server.dispatcher import INTERRUPTED_TWICE
 from musicgen_local.server.prediction import Prediction
-from musicgen_local.testing.live import free_port
-
-HERE = Path(__file__).resolve().parent
 
 
 def _store_as_a_crash_left_it(data_dir: Path, *preds: Prediction) -> None:
@@ -72,62 +66,6 @@ def test_what_a_crash_interrupted_runs_after_the_restart_in_order(tmp_path, rece
     completed = {e["id"]: e["status"] for e in receiver.events() if e["status"] in ("succeeded", "failed")}
     assert completed == {running.id: "succeeded", queued[0].id: "succeeded", queued[1].id: "succeeded",
                          twice.id: "failed"}
-
-
-class ServerProcess:
-    """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
-
-    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01, ready: bool = True) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(data_dir), str(self.port),
-                                      str(grace_s), str(step_delay_s)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-        deadline = time.monotonic() + 30
-        while ready:
-            try:
-                if httpx.get(f"{self.url}/health-check", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, Path(self.log.name).read_text()
-            time.sleep(0.1)
-
-    def create(self, prompt: str, duration: int, webhook: str | None = None) -> httpx.Response:
-        body = {"version": V1, "input": {"prompt": prompt, "duration": duration}}
-        if webhook:
-            body |= {"webhook": webhook, "webhook_events_filter": ["completed"]}
-        return httpx.post(f"{self.url}/v1/predictions", json=body, timeout=10)
-
-    def get(self, pred_id: str) -> dict:
-        return httpx.get(f"{self.url}/v1/predictions/{pred_id}", timeout=10).json()
-
-    def wait_for(self, pred_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while (body := self.get(pred_id))["status"] not in statuses:
-            assert time.monotonic() < deadline, body
-            time.sleep(0.05)
-        return body
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-
-@pytest.fixture
-def processes(tmp_path):
-    started: list[ServerProcess] = []
-
-    def start(**kwargs) -> ServerProcess:
-        started.append(ServerProcess(tmp_path / "data", **kwargs))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def test_kill_9_loses_no_prediction_and_no_completed_webhook(processes):

@@ -3,7 +3,9 @@ trouble delays no other receiver; link-local and metadata addresses refused."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 
 import pytest
@@ -97,6 +99,46 @@ def test_a_slow_receiver_gets_one_copy_of_completed(tmp_path):
         assert [e["status"] for e in slow.events()] == ["succeeded"]
     finally:
         slow.close()
+
+
+class TricklingReceiver(Receiver):
+    """Answers 200 with a body of 40 bytes, one every 0.1 s: no single read waits long, the whole takes 4 s."""
+
+    def __init__(self) -> None:
+        self.cut = threading.Event()  # the sender hung up before the answer was whole
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                self.send_response(200)
+                self.send_header("Content-Length", "40")
+                self.end_headers()
+                try:
+                    for _ in range(40):
+                        self.wfile.write(b".")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:
+                    receiver.cut.set()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(tmp_path):
+    trickling = TricklingReceiver()
+    try:
+        with make_client(tmp_path, webhook_timeout_s=0.3) as c:
+            _create(c, trickling.url, ["completed"])
+            assert trickling.cut.wait(3.5)  # before its 4 s answer was whole
+    finally:
+        trickling.close()
 
 
 def test_each_predictions_webhooks_arrive_in_order_at_a_slow_receiver(tmp_path):
