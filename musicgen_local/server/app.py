@@ -159,7 +159,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                              timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
-                             render=render)
+                             render=render, journal=store)
     dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1))
     streams = StreamHub(store)
     dispatcher.subscribe(streams.on_event)
@@ -175,7 +175,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     training_store = Store(Path(settings.data_dir), kind="trainings", record=Training)
     training_webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                                       timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
-                                      render=Training.to_json)
+                                      render=Training.to_json, journal=training_store)
     trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry)
 
     def cancel_training_late(training_id: str) -> None:
@@ -187,6 +187,8 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        webhooks.resume()  # before the dispatcher starts, whose own `completed` webhooks are kept anew
+        training_webhooks.resume()
         dispatcher.start()
         deadlines.restore(store.unfinished_runs())
         deadlines.start()

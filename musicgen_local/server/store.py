@@ -2,7 +2,7 @@
 
 Layout under the data directory:
   musicgen.sqlite3            predictions, trainings and files (one JSON record per row), models
-                              and versions (registry.py)
+                              and versions (registry.py), `completed` webhooks not yet delivered
   predictions/<id>/out.wav    each prediction's output
   trainings/<id>/             each training's work folder (dataset pieces, checkpoints) and weights.tar
   files/<id>/<name>           uploads from POST /v1/files
@@ -44,6 +44,8 @@ CREATE INDEX IF NOT EXISTS predictions_created ON predictions (created_at, id);
 CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trainings (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS trainings_created ON trainings (created_at, id);
+CREATE TABLE IF NOT EXISTS webhooks (msg_id TEXT PRIMARY KEY, kind TEXT NOT NULL, run_id TEXT NOT NULL,
+                                     url TEXT NOT NULL, body BLOB NOT NULL, event TEXT NOT NULL);
 """
 KINDS = ("predictions", "trainings")  # the tables of runs, each read as its own record class
 UNREADABLE = "This prediction's stored record could not be read (it was written by another version?)."
@@ -315,6 +317,29 @@ class Store:
         for (file_id,) in files:
             self._remove_file(file_id)
         return len(preds) + len(files)
+
+    # -- completed webhooks not yet delivered (a restart sends them) ---------------------------------------
+    def keep_webhook(self, msg_id: str, run_id: str, url: str, body: bytes, event: str) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
+                                 (msg_id, self.kind, run_id, url, body, event))
+                self._db.commit()
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    self._db.rollback()
+                raise StorageFailed("the webhook", exc) from exc
+
+    def webhook_done(self, msg_id: str) -> None:
+        with self._lock, suppress(sqlite3.Error):  # worst case it is sent again after a restart, same id
+            self._db.execute("DELETE FROM webhooks WHERE msg_id = ?", (msg_id,))
+            self._db.commit()
+
+    def pending_webhooks(self) -> list[tuple[str, str, str, bytes, str]]:
+        """(msg_id, run_id, url, body, event) of this kind's webhooks kept and not yet done."""
+        with self._lock:
+            return self._db.execute("SELECT msg_id, run_id, url, body, event FROM webhooks WHERE kind = ? "
+                                    "ORDER BY rowid", (self.kind,)).fetchall()
 
     def secret(self) -> str:
         """The webhook signing secret, made once and kept in the data directory."""

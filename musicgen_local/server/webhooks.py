@@ -14,7 +14,10 @@ answers holds up its own webhooks only:
   body. Retrying those timeouts is what gave one slow receiver 13 copies of each `completed`;
 - while a prediction's webhook waits for its receiver, a newer `logs`/`output` state replaces an
   older one not yet sent, so a slow receiver gets the latest state rather than a backlog;
-- each attempt checks the URL against netpolicy (a name may resolve elsewhere than at create).
+- each attempt checks the URL against netpolicy (a name may resolve elsewhere than at create);
+- a `completed` is kept in the store until it is delivered or given up on, so one still being
+  retried when the process stops (SIGTERM, kill -9, a crash) is sent at the next start, with the
+  same webhook-id.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import httpx
 
 from .. import netpolicy
 from .prediction import Prediction
+from .store import StorageFailed, Store
 
 log = logging.getLogger(__name__)
 THROTTLED = ("logs", "output")
@@ -67,8 +71,11 @@ class WebhookSender:
 
     def __init__(self, secret: str, throttle_s: float = 0.5, retries: int = 12, backoff_s: float = 0.1,
                  timeout_s: float = 5.0, block_private_urls: bool = False,
-                 render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json) -> None:
-        self.secret, self.render = secret, render
+                 render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json, journal: Store | None = None
+                 ) -> None:
+        """`journal`: where `completed` webhooks are kept until delivered (or given up on), and found by
+        resume() after a restart."""
+        self.secret, self.render, self.journal = secret, render, journal
         self.throttle_s, self.retries, self.backoff_s = throttle_s, retries, backoff_s
         self.block_private_urls, self.timeout_s = block_private_urls, timeout_s
         self._lock = threading.Lock()  # notify() runs on worker, deadline and request threads
@@ -97,10 +104,27 @@ class WebhookSender:
                 self._last_sent.pop(pred.id, None)
             body = json.dumps(self.render(pred)).encode()
             delivery = Delivery(pred.webhook, body, f"msg_{uuid.uuid4().hex}", event, pred.id)
-            try:
-                self._loop.call_soon_threadsafe(self._enqueue, delivery)
-            except RuntimeError:  # closed: the server is shutting down
-                log.warning("prediction %s: webhook %s not sent: shutting down", pred.id, event)
+            if event == "completed" and self.journal is not None:
+                try:
+                    self.journal.keep_webhook(delivery.msg_id, pred.id, delivery.url, body, event)
+                except StorageFailed as exc:  # still sent now; only a restart would lose it
+                    log.error("prediction %s: %s", pred.id, exc)
+            self._send(delivery)
+
+    def resume(self) -> int:
+        """Send the `completed` webhooks a previous process kept and did not deliver (same webhook-id)."""
+        pending = self.journal.pending_webhooks() if self.journal is not None else []
+        for msg_id, run_id, url, body, event in pending:
+            self._send(Delivery(url, body, msg_id, event, run_id))
+        if pending:
+            log.info("webhooks: sending %d completed webhook(s) a previous run did not deliver", len(pending))
+        return len(pending)
+
+    def _send(self, delivery: Delivery) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._enqueue, delivery)
+        except RuntimeError:  # closed: the server is shutting down (a kept `completed` goes at the next start)
+            log.warning("prediction %s: webhook %s not sent: shutting down", delivery.pred_id, delivery.event)
 
     # -- on the loop's thread ----------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -134,10 +158,13 @@ class WebhookSender:
         except Exception:  # a bug of ours: log it, keep delivering everyone else's
             log.exception("prediction %s: webhook %s failed", d.pred_id, d.url)
             return
-        if delivered or d.event != "completed":
+        if d.event != "completed":
             return
-        if d.retries == self.retries:
-            log.error("prediction %s: gave up on webhook %s after %d retries", d.pred_id, d.url, self.retries)
+        if delivered or d.retries == self.retries:
+            if not delivered:
+                log.error("prediction %s: gave up on webhook %s after %d retries", d.pred_id, d.url, self.retries)
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.webhook_done, d.msg_id)
             return
         delay = self.backoff_s * 2**d.retries
         d.retries += 1

@@ -134,3 +134,25 @@ def test_cancel_after_survives_a_kill_and_restart(processes):
     ended = again.wait_for(pred["id"], ("succeeded", "failed", "canceled"), timeout=30)
     assert ended["status"] == "canceled"
     assert "running it again" in ended["logs"]  # it was re-run, and the deadline stopped the re-run
+
+
+def test_a_completed_webhook_still_being_retried_is_delivered_after_kill_9(processes):
+    """The receiver answers 503 while the first server runs; after kill -9 and a restart it answers 200 and gets
+    each `completed`, with the webhook-id it was first sent with."""
+    hook = Receiver(fail_first=10**6)
+    try:
+        server = processes()
+        ids = [server.create(f"p{i}", 1, hook.url).json()["id"] for i in range(3)]
+        for pred_id in ids:
+            server.wait_for(pred_id, ("succeeded",))
+        hook.wait_for(lambda evs: {e["id"] for e in evs} == set(ids))  # each tried, and refused
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        first_ids = {json.loads(body)["id"]: headers["webhook-id"] for headers, body in hook.calls}
+        hook.fail_first, before = 0, len(hook.calls)
+        processes()
+        hook.wait_for(lambda evs: {e["id"] for e in evs[before:]} == set(ids))
+        resent = {json.loads(body)["id"]: headers["webhook-id"] for headers, body in hook.calls[before:]}
+        assert resent == first_ids and all(e["status"] == "succeeded" for e in hook.events()[before:])
+    finally:
+        hook.close()
