@@ -151,8 +151,10 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     store = Store(Path(settings.data_dir), settings.retention_s)
     registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")
 
-    def render(pred: Prediction, base_url: str | None = None) -> dict[str, Any]:
-        inline = store.prediction_dir(pred.id) if settings.output == "data-uri" else None
+    def render(pred: Prediction, base_url: str | None = None, listing: bool = False) -> dict[str, Any]:
+        """`listing`: for a list page, whose outputs are always URLs (inlined, a page of long outputs is
+        gigabytes)."""
+        inline = store.prediction_dir(pred.id) if settings.output == "data-uri" and not listing else None
         out = pred.to_json(base_url, inline)
         out["urls"]["stream"] = stream_routes.stream_url(settings, base_url or pred.base_url, pred.id)
         return out

@@ -248,5 +248,5 @@ async def list_predictions(request: Request, cursor: str | None = None, created_
     def link(c: str | None) -> str | None:
         return f"{base}v1/predictions?{urlencode({'cursor': c, **filters})}" if c else None
 
-    results = [request.app.state.render(p, base) for p in preds]
+    results = [request.app.state.render(p, base, listing=True) for p in preds]
     return {"next": link(next_cursor), "previous": link(prev_cursor), "results": results}

@@ -149,6 +149,8 @@ def test_data_uri_output_mode_inlines_the_file(tmp_path):
         served = client.get(f"/delivery/{body['id']}/out.wav").content
         assert base64.b64decode(body["output"].split(",", 1)[1]) == served
         assert client.get(f"/v1/predictions/{body['id']}").json()["output"] == body["output"]
+        listed = client.get("/v1/predictions").json()["results"][0]  # a page of 100 would be 100 files
+        assert listed["id"] == body["id"] and listed["output"] == f"http://testserver/delivery/{body['id']}/out.wav"
 
 
 def test_an_engine_that_batches_gets_that_many_predictions_at_once_and_the_rest_queue(tmp_path):
