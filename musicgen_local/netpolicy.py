@@ -8,6 +8,10 @@ receiver often lives on the same LAN or host.
 The host name is resolved and every address it resolves to is checked, including IPv4 addresses
 embedded in IPv6 ones (::ffff:169.254.169.254 connects to 169.254.169.254). Call `check_url` again
 for each redirect hop. A name that does not resolve is not refused here: connecting fails anyway.
+
+`pin` checks a URL and returns how to send the request to the very address it checked (the URL with
+that address as its host, the name in the Host header and as the TLS server name): a name whose DNS
+answers change between the check and the connection (DNS rebinding) cannot slip past the check.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -77,19 +82,52 @@ def _resolve(host: str) -> list[IPAddress]:
 def refusal(url: str, block_private: bool = False,
             resolve: Callable[[str], list[IPAddress]] = _resolve) -> str | None:
     """Why this server may not send a request to `url`, or None when it may. Resolves the host (blocking)."""
+    return _checked(url, block_private, resolve)[0]
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A request to a checked URL, sent to the address that was checked."""
+
+    url: str  # the URL with the checked address as its host (unchanged when there was no address to pin)
+    headers: dict[str, str]  # Host: the name and port as the URL gave them
+    extensions: dict[str, str]  # for httpx: the TLS server name, so the certificate is checked against the name
+
+
+def pin(url: str, block_private: bool = False,
+        resolve: Callable[[str], list[IPAddress]] = _resolve) -> tuple[str | None, Pinned | None]:
+    """(why `url` is refused, None) or (None, how to send the request to it). Resolves the host (blocking)."""
+    reason, addresses = _checked(url, block_private, resolve)
+    if reason is not None:
+        return reason, None
+    parts = urlsplit(url)
+    host = unquote(parts.hostname or "")
+    if not addresses or _literal(host) is not None:
+        return None, Pinned(url, {}, {})
+    ip = addresses[0]
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = userinfo + at + (literal if parts.port is None else f"{literal}:{parts.port}")
+    extensions = {"sni_hostname": host} if parts.scheme.lower() == "https" else {}
+    return None, Pinned(parts._replace(netloc=netloc).geturl(), {"host": hostport}, extensions)
+
+
+def _checked(url: str, block_private: bool,
+             resolve: Callable[[str], list[IPAddress]]) -> tuple[str | None, list[IPAddress]]:
     try:
         parts = urlsplit(url)
         host = unquote(parts.hostname or "")  # an IPv6 zone comes percent-encoded: [fe80::1%25eth0]
     except ValueError:
-        return "it is not a valid URL"
+        return "it is not a valid URL", []
     if parts.scheme.lower() not in ("http", "https"):
-        return "only http and https URLs are allowed"
+        return "only http and https URLs are allowed", []
     if not host:
-        return "it has no host"
-    for ip in resolve(host):
+        return "it has no host", []
+    addresses = resolve(host)
+    for ip in addresses:
         if kind := address_refusal(ip, block_private):
-            return f"{host} is {kind}" if _literal(host) else f"{host} resolves to {ip}, {kind}"
-    return None
+            return (f"{host} is {kind}" if _literal(host) else f"{host} resolves to {ip}, {kind}"), []
+    return None, addresses
 
 
 def check_url(url: str, block_private: bool = False) -> None:

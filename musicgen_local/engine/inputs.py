@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,7 +45,8 @@ class Limits:
     # decoded samples (channels x rate x seconds) of one input's span: 2 x 48 kHz x 330 s is 31.7 M (127 MB as
     # float32), and the default admits twice that; an 8-channel 192 kHz file of 300 s (461 M) is refused
     max_samples: int = 64_000_000
-    check_url: Callable[[str], None] = field(default=lambda url: None)  # raises UserError for refused addresses
+    # raises UserError for refused addresses; returns how to reach the checked address (netpolicy.Pinned), or None
+    check_url: Callable[[str], Any] = field(default=lambda url: None)
     name: str = "input_audio"  # the input being fetched, as messages name it
     size_setting: str = "MUSICGEN_MAX_INPUT_BYTES"
     time_setting: str = "MUSICGEN_INPUT_TIMEOUT"
@@ -181,11 +183,13 @@ async def _download(url: str, path: Path, limits: Limits) -> None:
     timeout = httpx.Timeout(limits.timeout_s)
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
         for _ in range(limits.max_redirects + 1):
-            limits.check_url(url)
+            pinned = limits.check_url(url)  # then connect to the address checked, not to a fresh DNS answer
+            target, headers, extensions = (url, {}, {}) if pinned is None else (pinned.url, pinned.headers,
+                                                                                 pinned.extensions)
             try:
-                async with client.stream("GET", url) as response:
+                async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:  # followed by hand, so that every hop is checked
-                        url = str(response.url.join(response.headers["location"]))
+                        url = str(httpx.URL(url).join(response.headers["location"]))
                         continue
                     response.raise_for_status()
                     await _save(response, path, limits, url)

@@ -283,10 +283,10 @@ def input_url_check(block_private: bool, name: str = "input_audio"):
     return partial(_check_input_url, block_private=block_private, name=name)
 
 
-def _check_input_url(url: str, block_private: bool, name: str) -> None:
-    from ..netpolicy import URLRefused, check_url
+def _check_input_url(url: str, block_private: bool, name: str):
+    from ..netpolicy import pin
 
-    try:
-        check_url(url, block_private)
-    except URLRefused as exc:
-        raise UserError(f"`{name}` cannot be downloaded: {exc}") from None
+    reason, pinned = pin(url, block_private)
+    if pinned is None:
+        raise UserError(f"`{name}` cannot be downloaded: Refused {url!r}: {reason}.")
+    return pinned

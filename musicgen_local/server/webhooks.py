@@ -14,7 +14,8 @@ answers holds up its own webhooks only:
   body. Retrying those timeouts is what gave one slow receiver 13 copies of each `completed`;
 - while a prediction's webhook waits for its receiver, a newer `logs`/`output` state replaces an
   older one not yet sent, so a slow receiver gets the latest state rather than a backlog;
-- each attempt checks the URL against netpolicy (a name may resolve elsewhere than at create);
+- each attempt checks the URL against netpolicy (a name may resolve elsewhere than at create) and
+  connects to the address it checked;
 - a `completed` is kept in the store until it is delivered or given up on, so one still being
   retried when the process stops (SIGTERM, kill -9, a crash) is sent at the next start, with the
   same webhook-id.
@@ -187,15 +188,17 @@ class WebhookSender:
 
     async def _attempt(self, d: Delivery) -> bool:
         """True when delivered, or failed in a way a retry will not fix (4xx, refused URL, no answer in time)."""
-        if reason := await asyncio.to_thread(netpolicy.refusal, d.url, self.block_private_urls):
+        reason, pinned = await asyncio.to_thread(netpolicy.pin, d.url, self.block_private_urls)
+        if pinned is None:
             log.error("prediction %s: webhook %s refused: %s", d.pred_id, d.url, reason)
             return True
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": d.msg_id, "webhook-timestamp": str(ts),
-                   "webhook-signature": sign(self.secret, d.msg_id, ts, d.body)}
+                   "webhook-signature": sign(self.secret, d.msg_id, ts, d.body), **pinned.headers}
         try:
             async with asyncio.timeout(self.timeout_s):  # in all: httpx's own limit is per read, and a trickle never
-                resp = await self._client.post(d.url, content=d.body, headers=headers)  # waits long for a byte
+                resp = await self._client.post(pinned.url, content=d.body, headers=headers,  # waits long for a byte
+                                               extensions=pinned.extensions)
         except (httpx.ReadTimeout, TimeoutError):
             log.warning("prediction %s: webhook %s took the request but did not answer in time; not sent again",
                         d.pred_id, d.url)

@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class DatasetLimits:
     max_bytes: int  # what the dataset may take on disk, downloaded and unpacked (MUSICGEN_MAX_DATASET_BYTES)
     max_seconds: float  # audio in all (MUSICGEN_MAX_DATASET_SECONDS)
     timeout_s: float = 3600.0  # downloading it
-    check_url: Callable[[str], None] = lambda url: None
+    check_url: Callable[[str], Any] = lambda url: None  # see inputs.Limits.check_url
 
 
 def limits_from(settings) -> DatasetLimits:

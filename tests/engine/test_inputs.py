@@ -15,6 +15,7 @@ from musicgen_local.engine import Request, load_engine, result_of
 from musicgen_local.engine.api import Canceled, Done, Failed, Progress
 from musicgen_local.errors import UserError
 from tests.audio_helpers import write_tone
+from tests.rebinding import NAME, rebinding_dns
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,6 +125,12 @@ def test_twenty_silent_urls_hold_up_no_text_only_prediction(limited, url):
     assert len(finished) == 20 and all(isinstance(last, Failed) and "took longer than 3 s" in last.message
                                        for _, last in finished)
     assert text_done < min(at for at, _ in finished)
+
+
+def test_a_name_that_rebinds_after_the_check_is_downloaded_from_the_address_checked(limited, url, monkeypatch):
+    answers = rebinding_dns(monkeypatch, honest_answers=1)
+    assert result_of(limited.submit(_melody(url.replace("127.0.0.1", NAME), "/tone.wav"))).num_samples == 32000
+    assert answers == ["127.0.0.1"]  # no second lookup for the connection to answer otherwise
 
 
 def test_cancel_interrupts_a_download(limited, url):

@@ -14,6 +14,7 @@ from server_helpers import V1, HangingReceiver, Receiver, make_client, wait_done
 
 from musicgen_local.server.webhooks import WebhookSender, sign
 from musicgen_local.testing.fake_engine import FakeEngine
+from tests.rebinding import NAME, rebinding_dns
 
 
 def test_all_events_signed_and_verifiable_with_the_python_client(tmp_path, receiver):
@@ -177,3 +178,14 @@ def test_private_and_loopback_receivers_are_allowed_unless_blocked(tmp_path, rec
         resp = c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x"}, "webhook": receiver.url})
         assert resp.status_code == 422
         assert "private, loopback or reserved address" in resp.json()["invalid_fields"][0]["description"]
+
+
+def test_a_name_that_rebinds_after_the_check_is_sent_to_the_address_checked(tmp_path, receiver, monkeypatch):
+    """The name answers 127.0.0.1 to the check at create and to the check before sending, then the metadata
+    address: the webhook still goes to 127.0.0.1, with the name in its Host header."""
+    answers = rebinding_dns(monkeypatch, honest_answers=2)
+    port = receiver.url.split(":")[2].split("/")[0]
+    with make_client(tmp_path) as c:
+        _create(c, receiver.url.replace("127.0.0.1", NAME), ["completed"])
+        receiver.wait_for(lambda evs: len(evs) == 1)
+    assert receiver.calls[0][0]["host"] == f"{NAME}:{port}" and answers == ["127.0.0.1", "127.0.0.1"]
