@@ -108,6 +108,9 @@ class DeviceLoop:
         self.plan = memory.new_plan(device, settings.device_memory)
         self.dtype_bytes = 4 if torch.device(device).type == "cpu" else 2  # the LM's compute dtype: float16 off CPU
         self.model_loads = 0
+        self.evictions = 0
+        # model_version -> [decode steps, frames decoded (rows x steps; a frame is one token per codebook)]
+        self.decoded: dict[str, list[int]] = {}
         self.loading: dict[str, list[Job]] = {}  # model_version -> jobs waiting for it to be read and placed
         self.read: dict[str, Any] = {}  # model_version -> host copy, read and waiting for room on the device
         self.fast_decoder: dict[str, str] = {}  # model_version -> "enabled (...)" or "disabled (why)"
@@ -145,7 +148,14 @@ class DeviceLoop:
                "jobs": self.jobs, "decoding": sum(len(jobs) for jobs in self.decoding.values()),
                "loading": sorted(self.loading), "fast_decoder": dict(self.fast_decoder),
                "memory": self.plan.as_dict(), "out_of_memory_errors": self.out_of_memory,
-               "trainings": len(self.trainings)}
+               "trainings": len(self.trainings), "evictions": self.evictions,
+               "decoded": {version: {"steps": steps, "frames": frames} for version, (steps, frames)
+                           in list(self.decoded.items())},
+               "batches": {version: {"rows_in_use": len(self.decoding.get(version) or ()),
+                                     "rows_allocated": len(getattr(resident.batch, "slots", ()) or ())}
+                           for version, resident in list(self.models.items())}}
+        if self.device.startswith("cuda") and not self.lost:
+            out["memory_allocated_bytes"] = torch.cuda.memory_allocated(self.device)
         if self.lost:
             out["error"] = self.lost
         return out
@@ -313,6 +323,9 @@ class DeviceLoop:
             try:
                 with _autocast(self.device):
                     batch.step()
+                counts = self.decoded.setdefault(model_version, [0, 0])
+                counts[0] += 1
+                counts[1] += len(jobs)
             except Exception as exc:  # noqa: BLE001 - e.g. out of device memory: this batch's requests fail
                 reach = faults.classify(exc, self.device)
                 if reach == faults.FATAL:
@@ -577,6 +590,7 @@ class DeviceLoop:
 
     def _unload(self, model_version: str, why: str) -> None:
         del self.models[model_version]
+        self.evictions += 1
         self.decoding.pop(model_version, None)
         self.plan.models.pop(model_version, None)
         self.fast_decoder.pop(model_version, None)

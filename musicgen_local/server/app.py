@@ -28,6 +28,7 @@ from . import bodies, model_routes, playground, resources, routes, stream_routes
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
+from .metrics import Metrics
 from .prediction import Prediction
 from .routes import FieldsInvalid, QueueFull
 from .store import StorageFailed, Store
@@ -162,8 +163,17 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                              timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
                              render=render, journal=store)
-    dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1))
     streams = StreamHub(store)
+
+    def scrape() -> dict[str, Any]:
+        return {"queued": dispatcher.queued(), "unfinished": store.unfinished_count(),
+                "followers": streams.stats()["followers"], "uploaded": store.uploaded_bytes,
+                "webhooks": {"prediction": dict(webhooks.counts), "training": dict(training_webhooks.counts)},
+                "engine": engine.health()}
+
+    metrics = Metrics(scrape)
+    dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1),
+                            observer=metrics.predictions)
     dispatcher.subscribe(streams.on_event)
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
@@ -178,7 +188,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     training_webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
                                       timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
                                       render=Training.to_json, journal=training_store)
-    trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry)
+    trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry, observer=metrics.trainings)
 
     def cancel_training_late(training_id: str) -> None:
         training = training_store.get(training_id)
@@ -215,7 +225,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
-    app.state.streams, app.state.registry = streams, registry
+    app.state.streams, app.state.registry, app.state.metrics = streams, registry, metrics
     app.state.training_store, app.state.trainings, app.state.training_deadlines = (training_store, trainings,
                                                                                   training_deadlines)
     _install_error_handlers(app)
@@ -226,6 +236,7 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.include_router(model_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(training_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(training_routes.public)
+    app.include_router(resources.operator, dependencies=auth)
     app.include_router(resources.public)
     app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
     app.include_router(stream_routes.public)

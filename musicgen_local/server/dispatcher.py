@@ -27,6 +27,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
+from .metrics import Observer
 from .prediction import Prediction, now
 from .store import Store
 from .webhooks import WebhookSender
@@ -42,8 +43,11 @@ class Dispatcher:
     INTERRUPTED_TWICE = INTERRUPTED_TWICE
     RESTARTED = "The server restarted while this prediction was running: running it again."
 
-    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, capacity: int = 1) -> None:
+    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, capacity: int = 1,
+                 observer: Observer | None = None) -> None:
+        """`observer`: told when a run is created, starts, streams its first audio and ends (metrics)."""
         self.engine, self.store, self.webhooks = engine, store, webhooks
+        self.observer = observer or _Unobserved()
         self.capacity = max(1, capacity)
         self._queue: deque[str] = deque()  # prediction ids not handed to the engine yet, oldest first
         self._runs: dict[str, Run] = {}  # handed to the engine and not finished
@@ -97,9 +101,15 @@ class Dispatcher:
 
     def submit(self, pred: Prediction) -> None:
         self.store.add(pred)
+        self.observer.on_created(pred)
         with self._changed:
             self._queue.append(pred.id)
             self._changed.notify_all()
+
+    def queued(self) -> int:
+        """Runs created and not yet handed to the engine."""
+        with self._changed:
+            return len(self._queue)
 
     def cancel(self, pred: Prediction) -> None:
         """A prediction that has not started ends now; one generating as soon as the engine stops it."""
@@ -154,6 +164,7 @@ class Dispatcher:
         if isinstance(event, Started):
             pred.status, pred.started_at = "processing", now()
             self.store.save(pred)
+            self.observer.on_started(pred)
             self.webhooks.notify(pred, "start")
         elif isinstance(event, Log):
             self._log(pred, event.line)
@@ -179,7 +190,9 @@ class Dispatcher:
                 self.store.save(pred)
             else:
                 self._finish(pred, "canceled")
-        elif not isinstance(event, Audio):
+        elif isinstance(event, Audio):
+            self.observer.on_audio(pred)
+        else:
             self._other(pred, event)
 
     def _other(self, pred: Prediction, event: Event) -> None:
@@ -208,7 +221,15 @@ class Dispatcher:
         pred.status, pred.error, pred.completed_at = status, error, now()
         self.store.save(pred)
         log.info("%s %s: %s%s", self.NOUN, pred.id, status, f" ({error})" if error else "")
+        self.observer.on_ended(pred)
         self.webhooks.notify(pred, "completed")
+
+
+class _Unobserved:
+    def on_created(self, run: Prediction) -> None: ...
+    def on_started(self, run: Prediction) -> None: ...
+    def on_audio(self, run: Prediction) -> None: ...
+    def on_ended(self, run: Prediction) -> None: ...
 
 
 def _engine_request(pred: Prediction) -> Request:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
@@ -15,9 +15,11 @@ from starlette.formparsers import MultiPartException
 
 from . import surrogates
 from .bodies import ANY_FILE, AUDIO, UPLOAD_BODY, File, created, problems
+from .metrics import CONTENT_TYPE
 from .prediction import iso, now
 
 v1 = APIRouter()  # behind the token, when one is set
+operator = APIRouter()  # /metrics: at the root, where Prometheus looks, behind the token when one is set
 public = APIRouter()  # health and outputs: the Node client fetches outputs with plain fetch(), no token
 MAX_METADATA_DEPTH = 32
 
@@ -81,6 +83,13 @@ async def download_file(request: Request, file_id: str) -> FileResponse:
 @v1.get("/webhooks/default/secret")
 async def webhook_secret(request: Request) -> dict[str, str]:
     return {"key": request.app.state.store.secret()}
+
+
+@operator.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format (see metrics.py). Needs the bearer token when MUSICGEN_API_TOKEN is set."""
+    body = await run_in_threadpool(request.app.state.metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @public.get("/health-check")

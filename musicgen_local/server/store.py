@@ -133,6 +133,7 @@ class Store:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._live: dict[str, Prediction] = {}
+        self.uploaded_bytes = 0  # since start, for /metrics
 
     def unfinished(self) -> list[Prediction]:
         """Predictions a previous process left queued or running, oldest first (read at start-up)."""
@@ -264,6 +265,7 @@ class Store:
                     with suppress(sqlite3.Error):
                         self._db.rollback()
                     raise
+                self.uploaded_bytes += size
         except (OSError, sqlite3.Error) as exc:
             shutil.rmtree(path.parent, ignore_errors=True)  # a partial upload would only fill the disk further
             raise StorageFailed("the upload", exc) from exc

@@ -27,8 +27,10 @@ class TrainingDispatcher(Dispatcher):
                          "time. Create the training again.")
     RESTARTED = "The server restarted while this training was running: resuming from its last checkpoint."
 
-    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, registry: Registry) -> None:
-        super().__init__(engine, store, webhooks, capacity=1)  # the engine trains one at a time per device anyway
+    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, registry: Registry,
+                 observer=None) -> None:
+        # the engine trains one at a time per device anyway
+        super().__init__(engine, store, webhooks, capacity=1, observer=observer)
         self.registry = registry
 
     def running_into(self, destination: str) -> str | None:

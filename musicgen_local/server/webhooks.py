@@ -86,6 +86,7 @@ class WebhookSender:
         self._receivers: dict[str, list] = {}  # receiver -> [semaphore, deliveries using it]
         self._tasks: set[asyncio.Task] = set()
         self._unsent = 0  # first attempts queued or in flight, for drain()
+        self.counts = {"sent": 0, "failed": 0, "retried": 0, "given_up": 0}  # attempts by outcome, for /metrics
         self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
                                          limits=httpx.Limits(max_connections=None))
         self._loop = asyncio.new_event_loop()
@@ -159,16 +160,19 @@ class WebhookSender:
         except Exception:  # a bug of ours: log it, keep delivering everyone else's
             log.exception("prediction %s: webhook %s failed", d.pred_id, d.url)
             return
+        self.counts["sent" if delivered else "failed"] += 1
         if d.event != "completed":
             return
         if delivered or d.retries == self.retries:
             if not delivered:
+                self.counts["given_up"] += 1
                 log.error("prediction %s: gave up on webhook %s after %d retries", d.pred_id, d.url, self.retries)
             if self.journal is not None:
                 await asyncio.to_thread(self.journal.webhook_done, d.msg_id)
             return
         delay = self.backoff_s * 2**d.retries
         d.retries += 1
+        self.counts["retried"] += 1
         self._loop.call_later(delay, lambda: self._spawn(self._deliver(d)))
 
     @asynccontextmanager

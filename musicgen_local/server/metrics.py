@@ -1,0 +1,157 @@
+"""`GET /metrics`: Prometheus' text format, from a registry of this app's own (two apps in one process,
+as in tests, never share counters).
+
+Two kinds of series:
+- counted as things happen, by the dispatchers (`Observer`): runs created and ended, by status and
+  model_version; time queued, time to the first streamed audio and predict time, as histograms;
+- read at scrape time (`_Snapshot`), from what already keeps count: the queue, stream followers,
+  webhooks, uploads, and the engine's `health()` (per device and model: decode steps and frames,
+  batch rows in use and allocated, model loads and evictions, the memory plan). The engine knows
+  nothing of Prometheus; it keeps plain numbers and this module names them.
+
+With `MUSICGEN_RAY_ADDRESS`, the engine's health holds the replicas' states, which are exported; the
+per-device series of remote replicas are not collected yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .prediction import Prediction
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# seconds: from a queue that empties at once to one an hour long
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+PREDICT_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+def _model(run: Prediction) -> str:
+    return str((run.request or {}).get("model_version") or run.input.get("model_version") or "unknown")
+
+
+class Observer:
+    """What one dispatcher reports (predictions, or trainings): it calls these as runs move."""
+
+    def __init__(self, registry: CollectorRegistry, noun: str) -> None:
+        plural = f"{noun}s"
+        self.created = Counter(f"musicgen_{plural}_created", f"{plural.capitalize()} created.", ["model_version"],
+                               registry=registry)
+        self.ended = Counter(f"musicgen_{plural}_ended", f"{plural.capitalize()} ended, by final status.",
+                             ["model_version", "status"], registry=registry)
+        self.queued = Histogram(f"musicgen_{noun}_queued_seconds", f"From create to the {noun} starting.",
+                                ["model_version"], buckets=WAIT_BUCKETS, registry=registry)
+        self.predict = Histogram(f"musicgen_{noun}_predict_seconds", "From start to success (predict_time).",
+                                 ["model_version"], buckets=PREDICT_BUCKETS, registry=registry)
+        self.first_audio = Histogram(f"musicgen_{noun}_first_audio_seconds",
+                                     "From create to the first streamed segment.", ["model_version"],
+                                     buckets=WAIT_BUCKETS, registry=registry)
+        self._heard: set[str] = set()  # runs whose first segment was counted
+
+    def on_created(self, run: Prediction) -> None:
+        self.created.labels(_model(run)).inc()
+
+    def on_started(self, run: Prediction) -> None:
+        if run.started_at is not None:
+            self.queued.labels(_model(run)).observe((run.started_at - run.created_at).total_seconds())
+
+    def on_audio(self, run: Prediction) -> None:
+        if run.id not in self._heard:
+            self._heard.add(run.id)
+            self.first_audio.labels(_model(run)).observe(time.time() - run.created_at.timestamp())
+
+    def on_ended(self, run: Prediction) -> None:
+        self._heard.discard(run.id)
+        self.ended.labels(_model(run), run.status).inc()
+        if run.status == "succeeded" and run.started_at is not None and run.completed_at is not None:
+            self.predict.labels(_model(run)).observe((run.completed_at - run.started_at).total_seconds())
+
+
+class _Snapshot:
+    """A custom collector: the numbers other parts keep, read when Prometheus scrapes."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.read()
+        yield _gauge("musicgen_predictions_queued", "Predictions created and not yet handed to the engine.",
+                     [((), state["queued"])])
+        yield _gauge("musicgen_predictions_unfinished", "Predictions created and not ended (MUSICGEN_MAX_QUEUE "
+                     "counts these).", [((), state["unfinished"])])
+        yield _gauge("musicgen_stream_followers", "Clients following a prediction's stream.",
+                     [((), state["followers"])])
+        yield _counter("musicgen_upload_bytes", "Bytes uploaded through POST /v1/files.", [((), state["uploaded"])])
+        webhooks = [((kind, outcome), n) for kind, counts in state["webhooks"].items() for outcome, n in counts.items()]
+        yield _counter("musicgen_webhooks", "Webhook attempts by outcome: sent (answered 2xx-4xx), failed, retried "
+                       "(a retry scheduled), given_up.", webhooks, ["kind", "outcome"])
+        yield from _engine(state["engine"])
+
+
+def _engine(health: dict[str, Any]) -> Iterator[Metric]:
+    devices = health.get("devices") or []
+    yield _gauge("musicgen_engine_ready", "1 when the engine says READY.",
+                 [((), 1 if health.get("status") == "READY" else 0)])
+    by_device = [(d["device"], d) for d in devices]
+    yield _counter("musicgen_engine_model_loads", "Models read and placed on a device.",
+                   [((name,), d.get("model_loads", 0)) for name, d in by_device], ["device"])
+    yield _counter("musicgen_engine_evictions", "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
+                   [((name,), d.get("evictions", 0)) for name, d in by_device], ["device"])
+    yield _counter("musicgen_engine_out_of_memory_errors", "Out-of-memory errors the device survived.",
+                   [((name,), d.get("out_of_memory_errors", 0)) for name, d in by_device], ["device"])
+    yield _gauge("musicgen_engine_jobs", "Requests routed to a device and not ended.",
+                 [((name,), d.get("jobs", 0)) for name, d in by_device], ["device"])
+    yield _counter("musicgen_engine_decode_steps", "Fast decoder steps, each for every row of a model's batch.",
+                   [((name, version), c["steps"]) for name, d in by_device
+                    for version, c in (d.get("decoded") or {}).items()], ["device", "model_version"])
+    yield _counter("musicgen_engine_frames", "Frames decoded (rows x steps; a frame is one token per codebook, 50 "
+                   "a second of audio).", [((name, version), c["frames"]) for name, d in by_device
+                                           for version, c in (d.get("decoded") or {}).items()],
+                   ["device", "model_version"])
+    batches = [((name, version), b) for name, d in by_device for version, b in (d.get("batches") or {}).items()]
+    yield _gauge("musicgen_engine_batch_rows_in_use", "Rows of a model's batch decoding now.",
+                 [(labels, b["rows_in_use"]) for labels, b in batches], ["device", "model_version"])
+    yield _gauge("musicgen_engine_batch_rows_allocated", "Rows (slots) of a model's batch, allocated on the device.",
+                 [(labels, b["rows_allocated"]) for labels, b in batches], ["device", "model_version"])
+    memory = [(name, d.get("memory") or {}) for name, d in by_device]
+    yield _gauge("musicgen_engine_memory_budget_bytes", "Bytes the device's memory plan may use.",
+                 [((name,), m.get("budget_bytes", 0)) for name, m in memory], ["device"])
+    yield _gauge("musicgen_engine_memory_planned_bytes", "Bytes the memory plan has given to models and caches.",
+                 [((name,), m.get("used_bytes", 0)) for name, m in memory], ["device"])
+    yield _gauge("musicgen_engine_memory_used_bytes", "Bytes the device's allocator holds (CUDA; absent on CPU).",
+                 [((name,), d["memory_allocated_bytes"]) for name, d in by_device
+                  if d.get("memory_allocated_bytes") is not None], ["device"])
+    replicas = health.get("replicas") or {}
+    yield _gauge("musicgen_engine_replicas", "Ray Serve engine replicas, by state.",
+                 [((state,), n) for state, n in replicas.items()], ["state"])
+
+
+def _gauge(name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels or [])
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+def _counter(name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels or [])
+    for values, value in samples:
+        family.add_metric(list(values), value)
+    return family
+
+
+class Metrics:
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        """read() -> the scrape-time numbers: queued, unfinished, followers, uploaded, webhooks
+        ({kind: {outcome: n}}), engine (its health)."""
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.predictions = Observer(self.registry, "prediction")
+        self.trainings = Observer(self.registry, "training")
+        self.registry.register(_Snapshot(read))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
