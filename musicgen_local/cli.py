@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from . import logs
 from .errors import MusicgenError
 from .settings import ENV_VARS, Settings
 
@@ -241,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, Settings.from_env()) or 0
+        settings = Settings.from_env()
+        logs.configure(settings.log_format)
+        return args.func(args, settings) or 0
     except MusicgenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

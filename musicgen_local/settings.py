@@ -40,6 +40,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
     "MUSICGEN_STREAM_SECONDS": ("1.0", "length of the audio segments streamed while generating, in seconds"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database, output files, and scratch space for inputs"),
+    "MUSICGEN_LOG_FORMAT": ("text", "logs: `text` (readable) or `json` (one object per line, with the prediction id)"),
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
@@ -163,6 +164,7 @@ class Settings:
     data_dir: Path = Path("./data")
     api_token: str = ""
     output: str = "url"
+    log_format: str = "text"
     shutdown_grace: float = 30.0
     checkpoints: dict[str, str] = field(default_factory=dict)
     header_timeout: float = 10.0
@@ -201,6 +203,7 @@ class Settings:
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
             output=get("MUSICGEN_OUTPUT"),
+            log_format=_one_of("MUSICGEN_LOG_FORMAT", get("MUSICGEN_LOG_FORMAT"), ("text", "json")),
             shutdown_grace=_number(float, "MUSICGEN_SHUTDOWN_GRACE", get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
             header_timeout=_number(float, "MUSICGEN_HEADER_TIMEOUT", get("MUSICGEN_HEADER_TIMEOUT")),

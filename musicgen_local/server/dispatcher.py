@@ -26,8 +26,10 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from .. import logs
 from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
 from .metrics import Observer
+from .metrics import model_of as _model
 from .prediction import Prediction, now
 from .store import Store
 from .webhooks import WebhookSender
@@ -144,6 +146,10 @@ class Dispatcher:
         return self.engine.submit(_engine_request(pred), stream=True)
 
     def _consume(self, pred: Prediction, run: Run) -> None:
+        with logs.about(self.NOUN, pred.id, _model(pred)):
+            self._consume_events(pred, run)
+
+    def _consume_events(self, pred: Prediction, run: Run) -> None:
         on_progress = _progress_lines(lambda line: self._log(pred, line))
         try:
             for event in run:

@@ -30,7 +30,7 @@ WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 PREDICT_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 
 
-def _model(run: Prediction) -> str:
+def model_of(run: Prediction) -> str:
     return str((run.request or {}).get("model_version") or run.input.get("model_version") or "unknown")
 
 
@@ -53,22 +53,22 @@ class Observer:
         self._heard: set[str] = set()  # runs whose first segment was counted
 
     def on_created(self, run: Prediction) -> None:
-        self.created.labels(_model(run)).inc()
+        self.created.labels(model_of(run)).inc()
 
     def on_started(self, run: Prediction) -> None:
         if run.started_at is not None:
-            self.queued.labels(_model(run)).observe((run.started_at - run.created_at).total_seconds())
+            self.queued.labels(model_of(run)).observe((run.started_at - run.created_at).total_seconds())
 
     def on_audio(self, run: Prediction) -> None:
         if run.id not in self._heard:
             self._heard.add(run.id)
-            self.first_audio.labels(_model(run)).observe(time.time() - run.created_at.timestamp())
+            self.first_audio.labels(model_of(run)).observe(time.time() - run.created_at.timestamp())
 
     def on_ended(self, run: Prediction) -> None:
         self._heard.discard(run.id)
-        self.ended.labels(_model(run), run.status).inc()
+        self.ended.labels(model_of(run), run.status).inc()
         if run.status == "succeeded" and run.started_at is not None and run.completed_at is not None:
-            self.predict.labels(_model(run)).observe((run.completed_at - run.started_at).total_seconds())
+            self.predict.labels(model_of(run)).observe((run.completed_at - run.started_at).total_seconds())
 
 
 class _Snapshot:

@@ -3,13 +3,13 @@
 Usage: python fake_server.py DATA_DIR PORT SHUTDOWN_GRACE_S STEP_DELAY_S
 """
 
-import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from musicgen_local import logs
 from musicgen_local.engine.run import LocalRun
 from musicgen_local.server import serve
 from musicgen_local.settings import Settings
@@ -28,7 +28,7 @@ class EngineAnInputKills(FakeEngine):
         return LocalRun()  # never Started: the process dies first
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     data_dir, port, grace, delay = sys.argv[1:5]
     settings = Settings.from_env().with_(data_dir=Path(data_dir), shutdown_grace=float(grace))  # MUSICGEN_* too
+    logs.configure(settings.log_format)
     serve(settings, "127.0.0.1", int(port), engine=EngineAnInputKills(step_delay_s=float(delay)))
