@@ -148,6 +148,14 @@ def cmd_serve(args, settings: Settings) -> int:
     return serve(settings, args.host, args.port)
 
 
+def cmd_mcp(args, settings: Settings) -> int:
+    from .mcp_server import run
+
+    run(args.url, args.token if args.token is not None else settings.api_token or None, args.transport, args.host,
+        args.port)
+    return 0
+
+
 def cmd_cog_serve(args, settings: Settings) -> int:
     """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
     validates inputs (cog build would write .cog/openapi_schema.json; here we write it)."""
@@ -221,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cog-serve":
             p.add_argument("--train", action="store_true", help="serve Cog's /trainings on train.py instead")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("mcp", help="an MCP server for agents (Claude Desktop, IDEs), a client of a v1 API")
+    p.add_argument("--url", default="http://127.0.0.1:5000", help="the v1 API's base URL (default: this machine's)")
+    p.add_argument("--token", help="its bearer token (default: MUSICGEN_API_TOKEN)")
+    p.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio",
+                   help="stdio (an MCP host starts this command) or streamable-http (at http://HOST:PORT/mcp)")
+    p.add_argument("--host", default="127.0.0.1", help="with streamable-http")
+    p.add_argument("--port", type=int, default=8765, help="with streamable-http")
+    p.set_defaults(func=cmd_mcp)
 
     p = sub.add_parser("schema", help="print the input schema")
     p.add_argument("--openapi", action="store_true", help="Cog's OpenAPI layout instead of the flat one")
