@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from server_helpers import V1, Receiver, make_client, wait_done
@@ -74,3 +78,14 @@ def test_a_scrape_during_a_burst_of_300_loses_nothing(tmp_path):
     assert during[("musicgen_predictions_unfinished", ())] > 0  # it was scraped mid-burst
     assert after[("musicgen_predictions_ended_total", (*default, ("status", "succeeded")))] == 300
     assert after[("musicgen_predictions_unfinished", ())] == 0
+
+
+def test_every_dashboard_query_names_a_series_the_server_exports(tmp_path):
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    named = {name for expr in exprs for name in re.findall(r"\bmusicgen_[a-z_]+", expr)}
+    with make_client(tmp_path) as c:
+        text = c.get("/metrics").text
+    families = {f.name for f in text_string_to_metric_families(text)}
+    exported = families | {f"{name}{suffix}" for name in families for suffix in ("_total", "_bucket", "_sum", "_count")}
+    assert len(exprs) >= 10 and named and named <= exported, named - exported
