@@ -20,12 +20,14 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ..errors import Cancelled, UserError
+from ..netpolicy import pin
 from ..registry import ENCODE_DECODE
 from .api import Request
 
@@ -212,3 +214,15 @@ async def _save(response: httpx.Response, path: Path, limits: Limits, url: str) 
             if size > max_bytes:
                 raise too_large
             f.write(chunk)
+
+
+def input_url_check(block_private: bool, name: str = "input_audio"):
+    """What checks every URL an input download goes to, redirects included: never link-local or cloud metadata."""
+    return partial(_check_input_url, block_private=block_private, name=name)
+
+
+def _check_input_url(url: str, block_private: bool, name: str):
+    reason, pinned = pin(url, block_private)
+    if pinned is None:
+        raise UserError(f"`{name}` cannot be downloaded: Refused {url!r}: {reason}.")
+    return pinned

@@ -70,7 +70,7 @@ class LocalEngine:
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
                                     max_samples=settings.max_input_samples,
-                                    check_url=input_url_check(settings.block_private_urls))
+                                    check_url=inputs.input_url_check(settings.block_private_urls))
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.download_pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download")
         self.decode_pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
@@ -276,17 +276,3 @@ def _htdemucs_there(settings: Settings, say) -> None:
         raise WeightsMissingError(f"`drop_vocals` separates the vocals with htdemucs, which is not in "
                                   f"{settings.weights_dir}: missing {', '.join(map(str, absent))}. Fetch it with "
                                   "`musicgen-local weights fetch melody-large`, or train with drop_vocals=false.")
-
-
-def input_url_check(block_private: bool, name: str = "input_audio"):
-    """What checks every URL an input download goes to, redirects included: never link-local or cloud metadata."""
-    return partial(_check_input_url, block_private=block_private, name=name)
-
-
-def _check_input_url(url: str, block_private: bool, name: str):
-    from ..netpolicy import pin
-
-    reason, pinned = pin(url, block_private)
-    if pinned is None:
-        raise UserError(f"`{name}` cannot be downloaded: Refused {url!r}: {reason}.")
-    return pinned

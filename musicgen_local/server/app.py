@@ -1,4 +1,4 @@
-"""The FastAPI app: wiring, auth, limits, and every exception -> HTTP status mapping in one place.
+"""The FastAPI app: wiring, limits, and every exception -> HTTP status mapping in one place (the token: auth.py).
 
 Errors use Replicate's RFC 7807 problem shape (`title`, `detail`, `status`), which the Python
 client's `ReplicateError.from_response` reads; nothing a client sends should produce a 500.
@@ -7,7 +7,6 @@ client's `ReplicateError.from_response` reads; nothing a client sends should pro
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 from contextlib import asynccontextmanager, suppress
@@ -25,6 +24,7 @@ from ..engine.api import EngineClient
 from ..registry import Registry
 from ..settings import Settings
 from . import bodies, model_routes, playground, resources, routes, stream_routes, training_routes
+from .auth import require_token
 from .bodylimit import BodyLimit, BodyTooLarge
 from .deadlines import Deadlines
 from .dispatcher import Dispatcher
@@ -111,17 +111,6 @@ async def _remove_expired_forever(store: Store, every_s: float) -> None:
         else:
             if removed:
                 log.info("retention: removed the data of %d predictions and uploads", removed)
-
-
-def require_token(request: Request) -> None:
-    """Every /v1 route, when MUSICGEN_API_TOKEN is set: `Authorization: Bearer <token>`."""
-    token = request.app.state.settings.api_token
-    if not token:
-        return
-    given = request.headers.get("authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() not in ("bearer", "token") or not hmac.compare_digest(value.strip(), token):
-        raise HTTPException(401, "You did not pass a valid authentication token")
 
 
 def input_resolver(store: Store):

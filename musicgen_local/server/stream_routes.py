@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..settings import Settings
+from .auth import require_token
 from .bodies import problems
 from .prediction import Prediction
 from .streams import Entry
@@ -76,8 +77,6 @@ def _encode(entry: Entry, output) -> bytes:
 
 
 def _authorize(request: Request, pred_id: str) -> None:
-    from .app import require_token
-
     token, sig = request.app.state.settings.api_token, request.query_params.get("sig", "")
     if token and sig and hmac.compare_digest(sig, signature(token, pred_id)):
         return

@@ -57,7 +57,7 @@ class DatasetLimits:
 
 
 def limits_from(settings) -> DatasetLimits:
-    from ..engine.local import input_url_check
+    from ..engine.inputs import input_url_check
 
     return DatasetLimits(settings.max_dataset_bytes, settings.max_dataset_seconds,
                          check_url=input_url_check(settings.block_private_urls, "dataset_path"))
