@@ -42,15 +42,19 @@ ffmpeg:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
+RUFF_PATHS := musicgen_local tests predict.py train.py bench
+
 test: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the rings (official clients, browser, Ray) and the slow tests: a quick check while editing.
 # `make test` still runs everything; see the README's Development section.
 FAST := not (clients or browser or ray or slow)
 test-fast: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 serve: install
@@ -82,7 +86,8 @@ image:
 	cog build -t $(IMAGE)
 
 lint: install
-	$(VENV)/bin/ruff check musicgen_local tests predict.py train.py bench
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache musicgen_local/engine/fast/_build

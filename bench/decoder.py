@@ -176,8 +176,9 @@ def run_one(lm, decoder: str, duration: int, batch: int, device: str, melody: bo
             return timed(device, lambda: _hf_generate(lm, batch, steps)), steps
         if decoder == "audiocraft":
             conditions = attributes(batch, melody)
-            return timed(device, lambda: lm.generate(None, conditions, max_gen_len=frames, use_sampling=True,
-                                                     top_k=250)), steps
+            return timed(
+                device, lambda: lm.generate(None, conditions, max_gen_len=frames, use_sampling=True, top_k=250)
+            ), steps
         slots = fast_batch(lm, batch, frames, melody, mode)  # each request its own slot and seed stream
         windows = fast_windows(lm, batch, frames, melody, device)
         return timed(device, lambda: decode(slots, windows)), steps
@@ -264,15 +265,32 @@ def hf_model(lm):
         _HF.clear()
         first = next(lm.parameters())
         layer = lm.transformer.layers[0]
-        decoder = MusicgenDecoderConfig(hidden_size=lm.dim, num_attention_heads=layer.self_attn.num_heads,
-                                        num_hidden_layers=len(lm.transformer.layers),
-                                        ffn_dim=layer.linear1.out_features, num_codebooks=lm.num_codebooks,
-                                        vocab_size=lm.card, max_position_embeddings=4096)
+        decoder = MusicgenDecoderConfig(
+            hidden_size=lm.dim,
+            num_attention_heads=layer.self_attn.num_heads,
+            num_hidden_layers=len(lm.transformer.layers),
+            ffn_dim=layer.linear1.out_features,
+            num_codebooks=lm.num_codebooks,
+            vocab_size=lm.card,
+            max_position_embeddings=4096,
+        )
         text = T5Config(vocab_size=64, d_model=768, d_kv=16, d_ff=64, num_layers=1, num_heads=2)
-        codec = EncodecConfig(target_bandwidths=[2.2], sampling_rate=32000, audio_channels=1, normalize=False,
-                              chunk_length_s=None, overlap=None, hidden_size=16, num_filters=2, num_residual_layers=1,
-                              upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=16, num_lstm_layers=1,
-                              use_causal_conv=False)
+        codec = EncodecConfig(
+            target_bandwidths=[2.2],
+            sampling_rate=32000,
+            audio_channels=1,
+            normalize=False,
+            chunk_length_s=None,
+            overlap=None,
+            hidden_size=16,
+            num_filters=2,
+            num_residual_layers=1,
+            upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048,
+            codebook_dim=16,
+            num_lstm_layers=1,
+            use_causal_conv=False,
+        )
         config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
         torch.manual_seed(0)
         _HF[key] = MusicgenForConditionalGeneration(config).to(first.device, first.dtype).eval()
@@ -284,8 +302,14 @@ def _hf_generate(lm, batch: int, steps: int) -> None:
     device = next(model.parameters()).device
     ids = torch.randint(0, 64, (batch, 12), generator=torch.Generator().manual_seed(0)).to(device)
     with autocast(device.type):
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=True,
-                       top_k=250, guidance_scale=3.0)
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            do_sample=True,
+            top_k=250,
+            guidance_scale=3.0,
+        )
 
 
 def bench(args) -> tuple[list[Row], float]:
@@ -346,8 +370,11 @@ def speedups(rows: list[Row]) -> str:
     for r in rows:
         if not r.decoder.startswith("fast"):
             continue
-        ratios = [f"{peer} {peers[(r.model, r.duration, r.batch, peer)] / r.ms_per_step:.2f}x"
-                  for peer in ("audiocraft", "transformers") if (r.model, r.duration, r.batch, peer) in peers]
+        ratios = [
+            f"{peer} {peers[(r.model, r.duration, r.batch, peer)] / r.ms_per_step:.2f}x"
+            for peer in ("audiocraft", "transformers")
+            if (r.model, r.duration, r.batch, peer) in peers
+        ]
         out.append(f"- {r.model} {r.duration} s batch {r.batch}: " + ", ".join(ratios))
     return "\n".join(out)
 
@@ -365,8 +392,12 @@ def main(argv=None) -> None:
     )
     p.add_argument("--durations", nargs="+", type=int, default=[8, 30])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32] if cuda else [1, 8])
-    p.add_argument("--decoders", nargs="+", default=["audiocraft", "transformers", "fast"],
-                   choices=["audiocraft", "transformers", "fast"])
+    p.add_argument(
+        "--decoders",
+        nargs="+",
+        default=["audiocraft", "transformers", "fast"],
+        choices=["audiocraft", "transformers", "fast"],
+    )
     p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | graph | compile")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument(

@@ -73,9 +73,14 @@ class Report:
             self.out.write_text("\n".join(self.lines) + "\n")
 
     def summary(self) -> str:
-        return "; ".join(f"{label} {len(titles)}" + (f" ({', '.join(titles)})" if titles and label != "passed" else "")
-                         for label, titles in (("passed", self.passed), ("FAILED", self.failed),
-                                               ("skipped for the time budget", self.skipped)))
+        return "; ".join(
+            f"{label} {len(titles)}" + (f" ({', '.join(titles)})" if titles and label != "passed" else "")
+            for label, titles in (
+                ("passed", self.passed),
+                ("FAILED", self.failed),
+                ("skipped for the time budget", self.skipped),
+            )
+        )
 
     def section(self, title: str, fn, *args) -> None:
         self.add(f"\n### {title}\n")
@@ -124,9 +129,17 @@ def peak_gib(device: str) -> float:
 # ------------------------------------------------------------------------------------------ what is carried
 
 # The lent machine's interpreter, for the environment markers of the carried packages' requirements.
-DEVICE_MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-                  "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-                  "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+DEVICE_MARKERS = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
+}
 
 
 def canonical(name: str) -> str:
@@ -173,8 +186,12 @@ def read_device_packages(path: Path = DEVICE_PACKAGES) -> dict[str, str | None]:
     return have
 
 
-def unmet_requirements(requires: dict[str, list[str]], have: dict[str, str | None], carry: Carry,
-                       absent: str = "neither carried (bench/carry.txt) nor on the machine") -> list[str]:
+def unmet_requirements(
+    requires: dict[str, list[str]],
+    have: dict[str, str | None],
+    carry: Carry,
+    absent: str = "neither carried (bench/carry.txt) nor on the machine",
+) -> list[str]:
     """Each requirement of a carried package (`requires`: its Requires-Dist lines) that `have` (name ->
     version, None for unknown) does not meet, evaluated for the lent machine's Python. An unknown
     version passes here; on the machine itself every installed version is known."""
@@ -191,8 +208,11 @@ def unmet_requirements(requires: dict[str, list[str]], have: dict[str, str | Non
                 continue
             if name not in have:
                 problems.append(f"{dist} needs {req}: {absent}")
-            elif (have[name] is not None and canonical(dist) not in carry.names_only
-                  and not req.specifier.contains(have[name], prereleases=True)):
+            elif (
+                have[name] is not None
+                and canonical(dist) not in carry.names_only
+                and not req.specifier.contains(have[name], prereleases=True)
+            ):
                 problems.append(f"{dist} needs {req}, and {req.name} {have[name]} is what it would get")
     return problems
 
@@ -203,8 +223,10 @@ def environment(report: Report) -> None:
     the lent machine, and in --rehearse) that fails the section; in .venv, where the carry is not what runs,
     the differences are only noted (tests/test_gpu_carry.py and --rehearse check the carry)."""
     carried = os.environ.get("GPU_CHECK_SITE")
-    report.add(f"- Python {platform.python_version()} ({sys.executable}), torch {torch.__version__}; "
-               + (f"the carry installed in {carried}" if carried else "no carry installed (this venv's own packages)"))
+    report.add(
+        f"- Python {platform.python_version()} ({sys.executable}), torch {torch.__version__}; "
+        + (f"the carry installed in {carried}" if carried else "no carry installed (this venv's own packages)")
+    )
     carry = read_carry()
     requires, have, missing = {}, {}, []
     for dist in importlib.metadata.distributions():  # in sys.path order: the first of a name is the one imported
@@ -272,8 +294,16 @@ def conditions_for(lm, text: str = "lofi hip hop beat with warm piano chords") -
 def windows_for(lm, n: int, frames: int, device: str, seed: int = 0) -> list:
     from musicgen_local.engine.fast import SamplingParams, Window
 
-    return [Window(conditions_for(lm, f"request {i}"), None, frames, SamplingParams(),
-                   torch.Generator(device).manual_seed(seed + i)) for i in range(n)]
+    return [
+        Window(
+            conditions_for(lm, f"request {i}"),
+            None,
+            frames,
+            SamplingParams(),
+            torch.Generator(device).manual_seed(seed + i),
+        )
+        for i in range(n)
+    ]
 
 
 def fast_decode(lm, slots: int, frames: int, windows: list, device: str, mode: str = "auto"):
@@ -302,12 +332,16 @@ def agreement(report: Report, scale, device: str, frames: int) -> None:
     ours, _ = fast_decode(lm, 1, frames, [_window(lm, conditions, frames, device, 7)], device)
     same = (ours[0] == reference).float().mean().item()
     first = _first_difference(ours[0], reference)
-    report.add(f"- fast (1 slot) vs audiocraft, {frames} frames, seed 7: {same:.1%} of tokens equal; "
-               f"first difference at frame {first}")
+    report.add(
+        f"- fast (1 slot) vs audiocraft, {frames} frames, seed 7: {same:.1%} of tokens equal; "
+        f"first difference at frame {first}"
+    )
     alone, _ = fast_decode(lm, 8, frames, windows_for(lm, 1, frames, device, seed=3), device)
     batched, _ = fast_decode(lm, 8, frames, windows_for(lm, 8, frames, device, seed=3), device)
-    report.add(f"- batched == alone on this device (8 slots, request 0 alone vs beside 7 others): "
-               f"{torch.equal(alone[0], batched[0])} ({(alone[0] == batched[0]).float().mean().item():.1%} equal)")
+    report.add(
+        f"- batched == alone on this device (8 slots, request 0 alone vs beside 7 others): "
+        f"{torch.equal(alone[0], batched[0])} ({(alone[0] == batched[0]).float().mean().item():.1%} equal)"
+    )
 
 
 def _attributes(text: str) -> list:
@@ -332,8 +366,10 @@ def step_modes(report: Report, scale, device: str, frames: int, modes: list[str]
     for mode in modes:
         start = time.monotonic()
         _, seconds = fast_decode(lm, 1, frames, windows_for(lm, 1, frames, device), device, mode)
-        report.add(f"- {mode}: {1000 * seconds / (frames + 3):.2f} ms/step (batch 1, {frames} frames; "
-                   f"capture and compile took {time.monotonic() - start - seconds:.0f} s)")
+        report.add(
+            f"- {mode}: {1000 * seconds / (frames + 3):.2f} ms/step (batch 1, {frames} frames; "
+            f"capture and compile took {time.monotonic() - start - seconds:.0f} s)"
+        )
 
 
 def step_speed(report: Report, scale, device: str, durations: list[int], batches: list[int]) -> None:
@@ -345,22 +381,29 @@ def step_speed(report: Report, scale, device: str, durations: list[int], batches
         for batch in batches:
             reset_peak(device)
             _, seconds = fast_decode(lm, batch, frames, windows_for(lm, batch, frames, device), device)
-            report.add(f"| fast | {duration} | {batch} | {1000 * seconds / (frames + 3):.2f} | "
-                       f"{duration * batch / seconds:.1f} | {peak_gib(device):.1f} |")
+            report.add(
+                f"| fast | {duration} | {batch} | {1000 * seconds / (frames + 3):.2f} | "
+                f"{duration * batch / seconds:.1f} | {peak_gib(device):.1f} |"
+            )
     frames = durations[0] * 50
     reset_peak(device)
     with torch.inference_mode(), autocast(device):
-        seconds = timed(device, lambda: lm.generate(None, _attributes("lofi"), max_gen_len=frames,
-                                                    use_sampling=True, top_k=250))
-    report.add(f"| audiocraft eager | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
-               f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |")
+        seconds = timed(
+            device, lambda: lm.generate(None, _attributes("lofi"), max_gen_len=frames, use_sampling=True, top_k=250)
+        )
+    report.add(
+        f"| audiocraft eager | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
+        f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |"
+    )
     from bench.decoder import _hf_generate
 
     _hf_generate(lm, 1, 8)  # build and warm it
     reset_peak(device)
     seconds = timed(device, lambda: _hf_generate(lm, 1, frames + 3))
-    report.add(f"| transformers | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
-               f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |")
+    report.add(
+        f"| transformers | {durations[0]} | 1 | {1000 * seconds / (frames + 3):.2f} | "
+        f"{durations[0] / seconds:.1f} | {peak_gib(device):.1f} |"
+    )
 
 
 def fast_musicgen_peer(report: Report, scale, device: str, frames: int) -> None:
@@ -369,10 +412,14 @@ def fast_musicgen_peer(report: Report, scale, device: str, frames: int) -> None:
         report.add("- skipped: fast-musicgen needs CUDA")
         return
     code = f"import bench.gpu_peer as p; p.main({list(scale)!r}, {frames})"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          check=False)
-    report.add(done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip()
-               else f"- FAILED ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
+    )
+    report.add(
+        done.stdout.strip().splitlines()[-1]
+        if done.returncode == 0 and done.stdout.strip()
+        else f"- FAILED ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+    )
 
 
 def request_to_file(report: Report, scale, device: str, duration: int, weights: Path) -> None:
@@ -389,8 +436,9 @@ def request_to_file(report: Report, scale, device: str, duration: int, weights: 
         try:
             for attempt in ("first (loads, captures graphs)", "second"):
                 start, marks = time.perf_counter(), {}
-                for event in engine.submit(Request(model_version="large", prompt="lofi", duration=duration,
-                                                   seed=1), stream=True):
+                for event in engine.submit(
+                    Request(model_version="large", prompt="lofi", duration=duration, seed=1), stream=True
+                ):
                     kind = type(event).__name__
                     if isinstance(event, Started | Audio | Done) and kind not in marks:
                         marks[kind] = time.perf_counter() - start
@@ -399,9 +447,11 @@ def request_to_file(report: Report, scale, device: str, duration: int, weights: 
                     if isinstance(event, Failed):
                         raise RuntimeError(event.message)
                 stream = duration / (marks["last segment"] - marks["Audio"] + 1e-9) if "Audio" in marks else 0
-                report.add(f"- {attempt} {duration} s request: " + ", ".join(
-                    f"{'first segment' if k == 'Audio' else k} at {v:.2f} s" for k, v in marks.items())
-                    + f"; the stream ran {stream:.1f}x real time after its first segment")
+                report.add(
+                    f"- {attempt} {duration} s request: "
+                    + ", ".join(f"{'first segment' if k == 'Audio' else k} at {v:.2f} s" for k, v in marks.items())
+                    + f"; the stream ran {stream:.1f}x real time after its first segment"
+                )
         finally:
             engine.close()
 
@@ -448,8 +498,14 @@ def ray_wiring(report: Report, device: str) -> None:
     if importlib.util.find_spec("ray") is None:
         report.add("- skipped: ray is not installed there (its wheel is larger than what a device run may carry)")
         return
-    done = subprocess.run([sys.executable, "-m", "bench.ray_scale", "--gpu-check"], capture_output=True, text=True,
-                          timeout=400, cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ray_scale", "--gpu-check"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
+        check=False,
+    )
     report.add(f"- exit {done.returncode}: " + " / ".join(done.stdout.strip().splitlines()[-3:]))
 
 
@@ -461,8 +517,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and short clips: a dry run of every section")
     p.add_argument("--out", type=Path, help="also write the report into this folder")
-    p.add_argument("--budget-s", type=float, help="start no section after this many seconds (default: 420 on CUDA, "
-                   "to fit a 10-minute device call; none on the CPU, where a dry run should run every section)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no section after this many seconds (default: 420 on CUDA, "
+        "to fit a 10-minute device call; none on the CPU, where a dry run should run every section)",
+    )
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile section (the last one)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -477,28 +537,50 @@ def main(argv=None) -> int:
         out = args.out / "gpu-check.md"
     budget = args.budget_s if args.budget_s is not None else 420 if cuda else float("inf")
     report = Report(args.device, out, budget)
-    report.add(f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
-               f"{' (quick: tiny sizes)' if args.quick else ''}")
+    report.add(
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — GPU check on {name}, torch {torch.__version__}"
+        f"{' (quick: tiny sizes)' if args.quick else ''}"
+    )
     frames = 100 if args.quick else 400
     durations, batches = ([1, 2], [1, 2]) if args.quick else ([8, 30], [1, 8, 64])
     report.section("Environment", environment)
     report.section("Setup: the text conditioner's tiny T5", tiny_t5, weights)
     report.section("Token agreement", agreement, scale, args.device, frames)
-    report.section("Memory plan and the fast path's self-check through the engine", gpu_engine.plan_and_self_check,
-                   scale, args.device, weights, 2 if args.quick else 8)
-    report.section("Faults injected for real: out of memory, a device-side assert", gpu_engine.faults, scale,
-                   args.device, weights)
-    report.section("Graph step" if cuda else "Eager step", step_modes, scale, args.device, frames,
-                   ["graph"] if cuda else ["eager"])
+    report.section(
+        "Memory plan and the fast path's self-check through the engine",
+        gpu_engine.plan_and_self_check,
+        scale,
+        args.device,
+        weights,
+        2 if args.quick else 8,
+    )
+    report.section(
+        "Faults injected for real: out of memory, a device-side assert", gpu_engine.faults, scale, args.device, weights
+    )
+    report.section(
+        "Graph step" if cuda else "Eager step", step_modes, scale, args.device, frames, ["graph"] if cuda else ["eager"]
+    )
     report.section("Decode speed (large, random weights)", step_speed, scale, args.device, durations, batches)
-    report.section("Fine-tuning (large, random weights): LoRA and full, updates/s and peak memory",
-                   gpu_training.training_speed, scale, args.device, [1, 2] if args.quick else [4, 8],
-                   50 if args.quick else 500)
+    report.section(
+        "Fine-tuning (large, random weights): LoRA and full, updates/s and peak memory",
+        gpu_training.training_speed,
+        scale,
+        args.device,
+        [1, 2] if args.quick else [4, 8],
+        50 if args.quick else 500,
+    )
     report.section("fast-musicgen 0.1.0, batch 1", fast_musicgen_peer, scale, args.device, frames)
-    report.section("Request to file through the engine", request_to_file, scale, args.device,
-                   2 if args.quick else 8, weights)
-    report.section("Codecs", codecs, args.device, [1, 2] if args.quick else [8, 30], 0.05 if args.quick else 8.0,
-                   0.25 if args.quick else 30.0)
+    report.section(
+        "Request to file through the engine", request_to_file, scale, args.device, 2 if args.quick else 8, weights
+    )
+    report.section(
+        "Codecs",
+        codecs,
+        args.device,
+        [1, 2] if args.quick else [8, 30],
+        0.05 if args.quick else 8.0,
+        0.25 if args.quick else 30.0,
+    )
     report.section("Scale-out wiring: two Ray replicas on one GPU", ray_wiring, args.device)
     if not args.no_compile:  # last: a slow or failing compile costs no other section anything
         report.section("torch.compile step", step_modes, scale, args.device, frames, ["compile"])

@@ -58,17 +58,24 @@ def plan_and_self_check(report, scale, device: str, weights: Path, duration: int
             report.add(f"- plan: {plan['summary']}")
             model = plan["models"].get("large", {})
             weights_b, slot_b, total_b = (model.get(k, 0) for k in ("weights_bytes", "slot_bytes", "total_bytes"))
-            report.add(f"- `large` in the plan: {model.get('slots')} slots, weights {_gib(weights_b)}, "
-                       f"{_gib(slot_b)} a slot, {_gib(total_b)} with workspace")
+            report.add(
+                f"- `large` in the plan: {model.get('slots')} slots, weights {_gib(weights_b)}, "
+                f"{_gib(slot_b)} a slot, {_gib(total_b)} with workspace"
+            )
             if cuda:
-                report.add(f"- CUDA after warm-up: {_gib(torch.cuda.memory_allocated())} allocated, "
-                           f"{_gib(torch.cuda.memory_reserved())} reserved")
-            report.add(f"- first request (build, graphs, self-check, 1 s of audio): {warm_up:.1f} s; "
-                       f"fast decoder: {fast}")
+                report.add(
+                    f"- CUDA after warm-up: {_gib(torch.cuda.memory_allocated())} allocated, "
+                    f"{_gib(torch.cuda.memory_reserved())} reserved"
+                )
+            report.add(
+                f"- first request (build, graphs, self-check, 1 s of audio): {warm_up:.1f} s; fast decoder: {fast}"
+            )
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            runs = [engine.submit(Request(model_version="large", prompt=f"request {i}", duration=duration, seed=i))
-                    for i in range(8)]
+            runs = [
+                engine.submit(Request(model_version="large", prompt=f"request {i}", duration=duration, seed=i))
+                for i in range(8)
+            ]
             threads = [threading.Thread(target=result_of, args=(run,)) for run in runs]
             for t in threads:
                 t.start()
@@ -76,12 +83,16 @@ def plan_and_self_check(report, scale, device: str, weights: Path, duration: int
                 t.join()
             if cuda:
                 peak = torch.cuda.max_memory_allocated()
-                report.add(f"- 8 concurrent {duration} s requests: peak {_gib(peak)} allocated against "
-                           f"{_gib(plan['used_bytes'])} planned ({100 * peak / max(1, plan['used_bytes']):.0f}%)")
+                report.add(
+                    f"- 8 concurrent {duration} s requests: peak {_gib(peak)} allocated against "
+                    f"{_gib(plan['used_bytes'])} planned ({100 * peak / max(1, plan['used_bytes']):.0f}%)"
+                )
                 card = card_table((round(total / 1e9),))[0]
-                report.add(f"- the README's table for a {card['card_gb']} GB card: {card['models']} "
-                           f"`stereo-melody-large` resident at 8 slots, {card['slots_alone']} slots for one, "
-                           f"longest clip {card['longest_clip_s']} s")
+                report.add(
+                    f"- the README's table for a {card['card_gb']} GB card: {card['models']} "
+                    f"`stereo-melody-large` resident at 8 slots, {card['slots_alone']} slots for one, "
+                    f"longest clip {card['longest_clip_s']} s"
+                )
         finally:
             engine.close()
 
@@ -112,14 +123,26 @@ def faults(report, scale, device: str, weights: Path) -> None:
         finally:
             StaticLM.step = original
             engine.close()
-    report.add(f"- out of memory in a step: the request ended {type(first).__name__}"
-               f"{': ' + first.message[:160] if isinstance(first, Failed) else ''}; the next one "
-               f"{type(second).__name__}; health {status}")
-    if not (isinstance(first, Failed) and first.message.startswith("Out of memory") and isinstance(second, Done)
-            and status == "READY"):
+    report.add(
+        f"- out of memory in a step: the request ended {type(first).__name__}"
+        f"{': ' + first.message[:160] if isinstance(first, Failed) else ''}; the next one "
+        f"{type(second).__name__}; health {status}"
+    )
+    if not (
+        isinstance(first, Failed)
+        and first.message.startswith("Out of memory")
+        and isinstance(second, Done)
+        and status == "READY"
+    ):
         raise RuntimeError("out of memory did not have the reach it should")
-    fatal = subprocess.run([sys.executable, "-m", "bench.gpu_engine", device, str(weights)], cwd=ROOT, check=False,
-                           capture_output=True, text=True, timeout=300)
+    fatal = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_engine", device, str(weights)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in fatal.stdout.splitlines() if line.startswith("- ")]
     for line in lines:
         report.add(line)
@@ -154,8 +177,10 @@ def _device_lost(device: str, weights: Path) -> int:
         last = list(engine.submit(Request(model_version="large", prompt="a", duration=1, seed=1)))[-1]
         lost = engine.lost.wait(30)
         health = engine.health()
-    print(f"- device-side assert in a step: the request ended {type(last).__name__}"
-          f"{': ' + last.message[:200] if isinstance(last, Failed) else ''}")
+    print(
+        f"- device-side assert in a step: the request ended {type(last).__name__}"
+        f"{': ' + last.message[:200] if isinstance(last, Failed) else ''}"
+    )
     print(f"- then: health {health['status']}, the engine's lost event {'set' if lost else 'NOT set'}")
     return 0 if isinstance(last, Failed) and lost and health["status"] == "UNHEALTHY" else 1
 

@@ -15,10 +15,19 @@ def main(scale: list[int], frames: int, text_len: int = 12) -> None:
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     dim, heads, layers = scale
-    decoder = MusicgenDecoderConfig(hidden_size=dim, num_attention_heads=heads, num_hidden_layers=layers,
-                                    ffn_dim=4 * dim, num_codebooks=4, vocab_size=2048)
-    config = MusicgenConfig(text_encoder=T5Config(d_model=768).to_dict(),
-                            audio_encoder=EncodecConfig(codebook_size=2048).to_dict(), decoder=decoder.to_dict())
+    decoder = MusicgenDecoderConfig(
+        hidden_size=dim,
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+        ffn_dim=4 * dim,
+        num_codebooks=4,
+        vocab_size=2048,
+    )
+    config = MusicgenConfig(
+        text_encoder=T5Config(d_model=768).to_dict(),
+        audio_encoder=EncodecConfig(codebook_size=2048).to_dict(),
+        decoder=decoder.to_dict(),
+    )
     torch.set_default_device("cuda")
     torch.manual_seed(0)
     runner = LMRunner.__new__(LMRunner)  # its constructor reads a checkpoint directory; we have random weights

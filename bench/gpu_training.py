@@ -28,8 +28,9 @@ def training_speed(report, scale, device: str, batches: list[int], frames: int =
             except torch.OutOfMemoryError:
                 report.add(f"| {kind} | {batch} | {frames} | out of memory | – | {peak_gib(device):.1f} GiB |")
             else:
-                report.add(f"| {kind} | {batch} | {frames} | {seconds:.2f} | {1 / seconds:.2f} | "
-                           f"{peak_gib(device):.1f} GiB |")
+                report.add(
+                    f"| {kind} | {batch} | {frames} | {seconds:.2f} | {1 / seconds:.2f} | {peak_gib(device):.1f} GiB |"
+                )
             finally:
                 del lm
                 if device.startswith("cuda"):

@@ -70,8 +70,7 @@ def measure() -> list[str]:
     engine = load_engine(settings)
 
     def predict(client: httpx.Client, prompt: str, duration: int) -> str:
-        body = {"input": {"model_version": "stereo-melody-large", "prompt": prompt, "duration": duration,
-                          "seed": 1}}
+        body = {"input": {"model_version": "stereo-melody-large", "prompt": prompt, "duration": duration, "seed": 1}}
         pred = client.post("/v1/predictions", json=body).json()
         while pred["status"] not in ("succeeded", "failed", "canceled"):
             time.sleep(0.02)
@@ -100,8 +99,10 @@ def main() -> None:
         print(json.dumps({"entered": entered, "modules": len(total)}))
         return
     engine_side = [m for m in entered if m.startswith("musicgen_local.engine")]
-    print(f"a batched pair of predictions entered {len(entered)} of the package's {len(total)} modules "
-          f"({len(engine_side)} under engine/):")
+    print(
+        f"a batched pair of predictions entered {len(entered)} of the package's {len(total)} modules "
+        f"({len(engine_side)} under engine/):"
+    )
     for module in entered:
         print("  " + module)
 

@@ -50,8 +50,14 @@ def ray_engine(weights: Path, data: Path, replicas: int, max_batch: int):
     from musicgen_local.engine import load_engine
     from musicgen_local.settings import Settings
 
-    settings = Settings(weights_dir=weights, data_dir=data, ray_address="local", ray_replicas=(replicas, replicas),
-                        max_batch=max_batch, warmup="none")
+    settings = Settings(
+        weights_dir=weights,
+        data_dir=data,
+        ray_address="local",
+        ray_replicas=(replicas, replicas),
+        max_batch=max_batch,
+        warmup="none",
+    )
     engine = load_engine(settings)
     deadline = time.monotonic() + 600
     while engine.health()["status"] != "READY":
@@ -67,8 +73,10 @@ def serve_round(engine, model: str, count: int, duration: int, seed: int = 1) ->
     from musicgen_local.engine.api import Done, Log, Request
 
     start = time.monotonic()
-    runs = [engine.submit(Request(model_version=model, prompt=f"bench {i}", duration=duration, seed=seed + i))
-            for i in range(count)]
+    runs = [
+        engine.submit(Request(model_version=model, prompt=f"bench {i}", duration=duration, seed=seed + i))
+        for i in range(count)
+    ]
     replicas = set()
     for run in runs:
         events = list(run)
@@ -89,8 +97,16 @@ def replica_rows(args) -> list[list[str]]:
                 wall, used = serve_round(engine, args.model, args.requests, args.duration)
             finally:
                 engine.close()
-        rows.append([str(count), str(len(used)), str(args.requests), f"{wall:.1f}", f"{args.requests / wall * 60:.1f}",
-                     f"{args.requests * args.duration / wall:.2f}"])
+        rows.append(
+            [
+                str(count),
+                str(len(used)),
+                str(args.requests),
+                f"{wall:.1f}",
+                f"{args.requests / wall * 60:.1f}",
+                f"{args.requests * args.duration / wall:.2f}",
+            ]
+        )
         log.info("%s", " | ".join(rows[-1]))
     return rows
 
@@ -131,6 +147,7 @@ async def load(url: str, method: str, count: int, concurrency: int, body=None, p
     gate, latencies, bodies = asyncio.Semaphore(concurrency), [], []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
         async def one(i: int) -> None:
             async with gate:
                 started = time.monotonic()
@@ -151,8 +168,10 @@ def api_rows(args) -> list[list[str]]:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data:
-        server = subprocess.Popen([sys.executable, "-m", "bench.ray_scale", "--serve-fake", str(port), data],
-                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.ray_scale", "--serve-fake", str(port), data],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) >= 2:  # the API process on one core, the load on the others: neither slows the other
             os.sched_setaffinity(server.pid, cores[:1])
@@ -176,11 +195,20 @@ def api_rows(args) -> list[list[str]]:
             server.wait(timeout=30)
     first = min(_time(p["created_at"]) for p in done)
     done_wall = max(_time(p["completed_at"]) for p in done) - first
-    return [_latency_row("POST /v1/predictions (and the prediction's run)", args.creates, wall, created_lat,
-                         create_cpu),
-            _latency_row("GET /v1/predictions/{id}", args.gets, get_wall, get_lat, get_cpu),
-            ["created to succeeded, all of them", str(args.creates), f"{done_wall:.1f}",
-             f"{args.creates / done_wall:.0f} completed/s", "", "", "", ""]]
+    return [
+        _latency_row("POST /v1/predictions (and the prediction's run)", args.creates, wall, created_lat, create_cpu),
+        _latency_row("GET /v1/predictions/{id}", args.gets, get_wall, get_lat, get_cpu),
+        [
+            "created to succeeded, all of them",
+            str(args.creates),
+            f"{done_wall:.1f}",
+            f"{args.creates / done_wall:.0f} completed/s",
+            "",
+            "",
+            "",
+            "",
+        ],
+    ]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -205,8 +233,16 @@ def _time(iso: str) -> float:
 def _latency_row(what: str, count: int, wall: float, latencies: list[float], cpu: float) -> list[str]:
     cuts = statistics.quantiles(latencies, n=100)
     p50, p95, cpu_ms = cuts[49] * 1000, cuts[94] * 1000, cpu * 1000 / count
-    return [what, str(count), f"{wall:.1f}", f"{count / wall:.0f}/s", f"{p50:.0f}", f"{p95:.0f}", f"{cpu_ms:.1f}",
-            f"{1000 / cpu_ms:.0f}/s"]
+    return [
+        what,
+        str(count),
+        f"{wall:.1f}",
+        f"{count / wall:.0f}/s",
+        f"{p50:.0f}",
+        f"{p95:.0f}",
+        f"{cpu_ms:.1f}",
+        f"{1000 / cpu_ms:.0f}/s",
+    ]
 
 
 def _wait_up(url: str, timeout: float = 60) -> None:
@@ -236,8 +272,12 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=int, default=2)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--model", default="large")
-    p.add_argument("--weights", type=Path, default=Path(__file__).with_name(".weights"),
-                   help="a weights/ directory (default: tiny checkpoints, written on first use)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=Path(__file__).with_name(".weights"),
+        help="a weights/ directory (default: tiny checkpoints, written on first use)",
+    )
     p.add_argument("--creates", type=int, default=1000)
     p.add_argument("--gets", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=32)
@@ -258,18 +298,25 @@ def main(argv=None) -> int:
     args.weights = args.weights.resolve()
     if args.gpu_check:
         return gpu_check(args)
-    report = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} CPU cores (load average "
-              f"{os.getloadavg()[0]:.1f} at the start), {args.weights.name}\n")
+    report = (
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} CPU cores (load average "
+        f"{os.getloadavg()[0]:.1f} at the start), {args.weights.name}\n"
+    )
     if not args.skip_replicas:
         rows = replica_rows(args)
-        report += (f"\nReplicas (CPU, MUSICGEN_MAX_BATCH={args.max_batch}), {args.requests} x {args.duration} s "
-                   f"`{args.model}` at once:\n\n" + table(["replicas", "served by", "predictions", "wall s",
-                                                          "predictions/min", "audio-s per wall-s"], rows) + "\n")
+        report += (
+            f"\nReplicas (CPU, MUSICGEN_MAX_BATCH={args.max_batch}), {args.requests} x {args.duration} s "
+            f"`{args.model}` at once:\n\n"
+            + table(["replicas", "served by", "predictions", "wall s", "predictions/min", "audio-s per wall-s"], rows)
+            + "\n"
+        )
     if not args.skip_api:
         rows = api_rows(args)
         header = ["request", "count", "wall s", "rate", "p50 ms", "p95 ms", "server CPU ms each", "one core's worth"]
-        report += (f"\nOne API process (FakeEngine) on one core, load from a second process on 127.0.0.1, "
-                   f"{args.concurrency} requests at a time:\n\n" + table(header, rows) + "\n")
+        report += (
+            f"\nOne API process (FakeEngine) on one core, load from a second process on 127.0.0.1, "
+            f"{args.concurrency} requests at a time:\n\n" + table(header, rows) + "\n"
+        )
     print(report)
     if not args.no_append:
         results.append(PART, report)

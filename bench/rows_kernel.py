@@ -18,8 +18,13 @@ import torch.nn.functional as F
 
 from musicgen_local.engine.fast import rows_kernel
 
-SHAPES = {"qkv": (1024, 3072), "attention out": (1024, 1024), "ff in": (1024, 4096), "ff out": (4096, 1024),
-          "head": (1024, 2048)}  # (in, out)
+SHAPES = {
+    "qkv": (1024, 3072),
+    "attention out": (1024, 1024),
+    "ff in": (1024, 4096),
+    "ff out": (4096, 1024),
+    "head": (1024, 2048),
+}  # (in, out)
 
 
 def per_call_ms(fn, weights, repeats: int = 20) -> float:
@@ -52,8 +57,10 @@ def main() -> None:
             ours = per_call_ms(lambda w, x=x, bias=bias: rows_kernel.linear(x, w, bias, width), weights)
             theirs = per_call_ms(lambda w, x=x, bias=bias: F.linear(x, w, bias), weights)
             flops = 2 * rows * k * n / 1e9
-            print(f"| {rows} | {name} ({k} x {n}) | {theirs:.3f} | {ours:.3f} | {flops / theirs * 1e3:.1f} | "
-                  f"{flops / ours * 1e3:.1f} | {theirs / ours:.2f}x |")
+            print(
+                f"| {rows} | {name} ({k} x {n}) | {theirs:.3f} | {ours:.3f} | {flops / theirs * 1e3:.1f} | "
+                f"{flops / ours * 1e3:.1f} | {theirs / ours:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

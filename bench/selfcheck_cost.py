@@ -56,8 +56,10 @@ def main(argv=None) -> None:
     header = ["scale", "device", "warm-up s", "self-check s", "share", "fast decoder"]
     rows = [measure(scale, args.device) for scale in args.scales]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    report = (f"\n## Self-check cost on {_device_name(args.device)} ({time.strftime('%Y-%m-%d')})\n\n"
-              f"`PYTHONPATH=. .venv/bin/python -m bench.selfcheck_cost {' '.join(argv or [])}`\n\n" + "\n".join(lines))
+    report = (
+        f"\n## Self-check cost on {_device_name(args.device)} ({time.strftime('%Y-%m-%d')})\n\n"
+        f"`PYTHONPATH=. .venv/bin/python -m bench.selfcheck_cost {' '.join(argv or [])}`\n\n" + "\n".join(lines)
+    )
     print(report)
     if not args.no_append:
         results.append(PART, report)

@@ -27,8 +27,16 @@ import torch
 from bench import results
 from bench.decoder import device_name, prepare_conditioning
 
-PROMPTS = ["lofi hip hop beat", "jazz trio with walking bass", "ambient pads", "rock anthem with guitars",
-           "orchestral film score", "techno with a heavy kick", "acoustic folk song", "bossa nova"]
+PROMPTS = [
+    "lofi hip hop beat",
+    "jazz trio with walking bass",
+    "ambient pads",
+    "rock anthem with guitars",
+    "orchestral film score",
+    "techno with a heavy kick",
+    "acoustic folk song",
+    "bossa nova",
+]
 PART = "# Part 3: concurrent requests through the engine (`bench/serving.py`, issue 6)"
 HEADER = ["decoder", "concurrent", "wall s", "audio-s per wall-s", "mean latency s", "largest batch reported"]
 
@@ -62,16 +70,30 @@ def bench(args) -> list[list[str]]:
     for decoder in args.decoders:
         for concurrent in args.concurrency:
             with tempfile.TemporaryDirectory() as data:
-                settings = Settings(weights_dir=args.weights.resolve(), devices=args.device, decoder=decoder,
-                                    max_batch=concurrent, warmup=args.model, data_dir=Path(data))
+                settings = Settings(
+                    weights_dir=args.weights.resolve(),
+                    devices=args.device,
+                    decoder=decoder,
+                    max_batch=concurrent,
+                    warmup=args.model,
+                    data_dir=Path(data),
+                )
                 engine = load_engine(settings)
                 engine.wait_ready()
                 run(engine, args.model, 1, 1)  # warm the allocator and the conditioners
                 wall, latency, batch = run(engine, args.model, args.duration, concurrent, args.stagger)
                 engine.close()
             merged = "one at a time" if decoder == "reference" else str(batch)
-            rows.append([decoder, str(concurrent), f"{wall:.2f}", f"{args.duration * concurrent / wall:.2f}",
-                         f"{latency:.2f}", merged])
+            rows.append(
+                [
+                    decoder,
+                    str(concurrent),
+                    f"{wall:.2f}",
+                    f"{args.duration * concurrent / wall:.2f}",
+                    f"{latency:.2f}",
+                    merged,
+                ]
+            )
             logging.info("%s", " | ".join(rows[-1]))
     return rows
 
@@ -86,8 +108,12 @@ def main(argv=None) -> None:
     p.add_argument("--stagger", type=float, default=0.0, help="seconds between arrivals (0: all at once)")
     p.add_argument("--decoders", nargs="+", default=["reference", "fast"], choices=["reference", "fast"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--weights", type=Path, default=Path(__file__).with_name(".weights"),
-                   help="a weights/ directory (default: tiny checkpoints, written on first use)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=Path(__file__).with_name(".weights"),
+        help="a weights/ directory (default: tiny checkpoints, written on first use)",
+    )
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -98,8 +124,10 @@ def main(argv=None) -> None:
     rows = bench(args)
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
     arrival = f"{args.stagger:g} s apart" if args.stagger else "together"
-    report = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.model} "
-              f"({args.weights.name}), {args.duration} s requests, arriving {arrival}\n\n" + "\n".join(lines) + "\n")
+    report = (
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.model} "
+        f"({args.weights.name}), {args.duration} s requests, arriving {arrival}\n\n" + "\n".join(lines) + "\n"
+    )
     print(report)
     if not args.no_append:
         results.append(PART, report)

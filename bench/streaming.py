@@ -29,8 +29,16 @@ from bench import results
 from bench.decoder import SCALES, device_name, prepare_conditioning
 
 PART = "# Part 4: streaming (`bench/streaming.py`, issue 12)"
-HEADER = ["model", "segment s", "first audio s", "file s", "audio-s per wall-s", "playback margin s", "segments",
-          "seam max diff (16-bit steps)"]
+HEADER = [
+    "model",
+    "segment s",
+    "first audio s",
+    "file s",
+    "audio-s per wall-s",
+    "playback margin s",
+    "segments",
+    "seam max diff (16-bit steps)",
+]
 PROMPT = "lofi hip hop beat with warm piano chords"
 HERE = Path(__file__).parent
 
@@ -92,17 +100,32 @@ def bench(args, checkpoints: dict[str, tuple[Path, str]]) -> list[list[str]]:
     for label, (weights, model) in checkpoints.items():
         for seconds in args.segments:
             with tempfile.TemporaryDirectory() as data:
-                settings = Settings(weights_dir=weights.resolve(), devices=args.device, decoder="fast", warmup="none",
-                                    stream_seconds=seconds, data_dir=Path(data))
+                settings = Settings(
+                    weights_dir=weights.resolve(),
+                    devices=args.device,
+                    decoder="fast",
+                    warmup="none",
+                    stream_seconds=seconds,
+                    data_dir=Path(data),
+                )
                 engine = load_engine(settings)
                 try:
                     stream_once(engine, model, args.duration, seed=1)  # warm-up: load, allocate, capture
                     t = stream_once(engine, model, args.duration, seed=2)
                 finally:
                     engine.close()
-            rows.append([label, f"{seconds:g}", f"{t.first_audio:.2f}", f"{t.file:.2f}",
-                         f"{args.duration / t.arrivals[-1][0]:.2f}", f"{t.margin:+.2f}", str(len(t.arrivals)),
-                         f"{t.seam:.1f}"])
+            rows.append(
+                [
+                    label,
+                    f"{seconds:g}",
+                    f"{t.first_audio:.2f}",
+                    f"{t.file:.2f}",
+                    f"{args.duration / t.arrivals[-1][0]:.2f}",
+                    f"{t.margin:+.2f}",
+                    str(len(t.arrivals)),
+                    f"{t.seam:.1f}",
+                ]
+            )
             logging.info("%s", " | ".join(rows[-1]))
     return rows
 
@@ -126,8 +149,11 @@ def write_mini(root: Path, scale: str = "mini") -> Path:
     tiny._export(tiny.hub_path(root, W.lm_repo("large"), "state_dict.bin"), cfg, lm.state_dict())
     codec = tiny._encodec_cfg()
     codec.seanet.update(dimension=128, n_filters=64, lstm=2)  # EnCodec 32 kHz's sizes
-    tiny._export(tiny.hub_path(root, W.lm_repo("large"), "compression_state_dict.bin"), codec,
-                 builders.get_compression_model(codec).state_dict())
+    tiny._export(
+        tiny.hub_path(root, W.lm_repo("large"), "compression_state_dict.bin"),
+        codec,
+        builders.get_compression_model(codec).state_dict(),
+    )
     (root / ".complete").touch()
     return root
 
@@ -159,10 +185,11 @@ def main(argv=None) -> None:
         checkpoints = {"tiny": (tiny_dir, "large"), "mini": (write_mini(HERE / ".weights-mini"), "large")}
     rows = bench(args, checkpoints)
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)] + ["| " + " | ".join(r) + " |" for r in rows]
-    report = (f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, "
-              f"{args.weights.name if args.weights else 'bench checkpoints'}, {args.duration} s requests, "
-              f"codec context {codec.LEFT_CONTEXT} + {codec.RIGHT_CONTEXT} frames\n\n"
-              + "\n".join(lines) + "\n")
+    report = (
+        f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, "
+        f"{args.weights.name if args.weights else 'bench checkpoints'}, {args.duration} s requests, "
+        f"codec context {codec.LEFT_CONTEXT} + {codec.RIGHT_CONTEXT} frames\n\n" + "\n".join(lines) + "\n"
+    )
     print(report)
     if not args.no_append:
         results.append(PART, report)

@@ -29,8 +29,18 @@ from bench.results import append
 
 log = logging.getLogger("bench")
 PART = "# Part 7: fine-tuning (`bench/training.py`, issue 21)"
-HF_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "lm_heads.0", "lm_heads.1", "lm_heads.2",
-              "lm_heads.3"]
+HF_TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2",
+    "lm_heads.0",
+    "lm_heads.1",
+    "lm_heads.2",
+    "lm_heads.3",
+]
 
 
 def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
@@ -118,15 +128,19 @@ def main(argv: list[str] | None = None) -> None:
         theirs_s = transformers_peft(scale, args.batch, frames, args.rank, args.steps)
         theirs_peak = peak_gib("cpu")
         gc.collect()
-        rows.append(f"| {scale} | {args.batch} x {frames} | {ours_s:.2f} s | {theirs_s:.2f} s | "
-                    f"**{theirs_s / ours_s:.2f}x** | {ours_peak:.1f} / {theirs_peak:.1f} GiB |")
+        rows.append(
+            f"| {scale} | {args.batch} x {frames} | {ours_s:.2f} s | {theirs_s:.2f} s | "
+            f"**{theirs_s / ours_s:.2f}x** | {ours_peak:.1f} / {theirs_peak:.1f} GiB |"
+        )
         log.info(rows[-1])
-    report = (f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-              f"{args.threads} threads, LoRA rank {args.rank}, {args.steps} timed updates after one warm-up, "
-              "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "
-              "ran (so the second figure includes the first's high-water mark).\n\n"
-              "| scale | batch x frames | ours s/update | transformers + peft s/update | ours faster by | "
-              "peak RSS ours / after theirs |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    report = (
+        f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{args.threads} threads, LoRA rank {args.rank}, {args.steps} timed updates after one warm-up, "
+        "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "
+        "ran (so the second figure includes the first's high-water mark).\n\n"
+        "| scale | batch x frames | ours s/update | transformers + peft s/update | ours faster by | "
+        "peak RSS ours / after theirs |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
     print(report)
     if not args.no_append:
         append(PART, report)

@@ -29,9 +29,17 @@ def normalize(wav, sr: int, strategy: str):
 
     if strategy == "loudness" and wav.shape[-1] < MIN_LOUDNESS_SECONDS * sr:
         return _normalize_short_loudness(wav, sr)
-    return normalize_audio(wav, normalize=True, strategy=strategy, peak_clip_headroom_db=1, rms_headroom_db=18,
-                           loudness_headroom_db=14, loudness_compressor=False, log_clipping=False,
-                           sample_rate=sr)
+    return normalize_audio(
+        wav,
+        normalize=True,
+        strategy=strategy,
+        peak_clip_headroom_db=1,
+        rms_headroom_db=18,
+        loudness_headroom_db=14,
+        loudness_compressor=False,
+        log_clipping=False,
+        sample_rate=sr,
+    )
 
 
 def _normalize_short_loudness(wav, sr: int):
@@ -51,14 +59,30 @@ def _normalize_short_loudness(wav, sr: int):
 def encode(wav, sr: int, fmt: str, strategy: str) -> bytes:
     """Normalise `wav` [C, T] and encode it: "wav" is PCM 16-bit, "mp3" 320 kbps LAME."""
     wav = normalize(wav.detach().float().cpu(), sr, strategy)
-    codec = {"wav": ["-c:a", "pcm_s16le", "-f", "wav"],
-             "mp3": ["-c:a", "libmp3lame", "-b:a", f"{MP3_KBPS}k", "-f", "mp3"]}[fmt]
+    codec = {
+        "wav": ["-c:a", "pcm_s16le", "-f", "wav"],
+        "mp3": ["-c:a", "libmp3lame", "-b:a", f"{MP3_KBPS}k", "-f", "mp3"],
+    }[fmt]
     channels = wav.shape[0]
     pcm = wav.t().contiguous().numpy().tobytes()  # interleaved [T, C]
     with tempfile.TemporaryDirectory() as tmp:  # a file, not a pipe: the wav header is written with its sizes
         path = Path(tmp) / f"out.{fmt}"
-        cmd = ["ffmpeg", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(sr), "-ac", str(channels), "-i", "-",
-               *codec, str(path)]
+        cmd = [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "f32le",
+            "-ar",
+            str(sr),
+            "-ac",
+            str(channels),
+            "-i",
+            "-",
+            *codec,
+            str(path),
+        ]
         subprocess.run(cmd, input=pcm, check=True, capture_output=True)
         return path.read_bytes()
 
@@ -68,7 +92,15 @@ def float_wav(samples, sr: int) -> bytes:
     data = samples.astype("<f4", copy=False).tobytes()
     frames, channels = samples.shape
     fmt = struct.pack("<HHIIHH", 3, channels, sr, sr * channels * 4, channels * 4, 32)
-    chunks = [b"fmt ", struct.pack("<I", len(fmt)), fmt, b"fact", struct.pack("<II", 4, frames),
-              b"data", struct.pack("<I", len(data)), data]
+    chunks = [
+        b"fmt ",
+        struct.pack("<I", len(fmt)),
+        fmt,
+        b"fact",
+        struct.pack("<II", 4, frames),
+        b"data",
+        struct.pack("<I", len(data)),
+        data,
+    ]
     body = b"WAVE" + b"".join(chunks)
     return b"RIFF" + struct.pack("<I", len(body)) + body

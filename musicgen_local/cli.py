@@ -43,8 +43,10 @@ def cmd_predict(args, settings: Settings) -> int:
             raise
         finally:
             engine.close()
-    print(f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
-          f"{result.sample_rate} Hz) seed={result.seed}")
+    print(
+        f"{out} ({result.num_samples / result.sample_rate:.2f} s, {result.channels} ch, "
+        f"{result.sample_rate} Hz) seed={result.seed}"
+    )
     return 0
 
 
@@ -58,8 +60,10 @@ def _tuned(weights: str | None, pairs: dict) -> str | None:
     found = tuned.read(weights)
     asked = pairs.setdefault("model_version", found.base)
     if asked != found.base:
-        raise UserError(f"{weights} is a fine-tune of `{found.base}`; it cannot decode `{asked}` (leave "
-                        "model_version out, or set it to that).")
+        raise UserError(
+            f"{weights} is a fine-tune of `{found.base}`; it cannot decode `{asked}` (leave "
+            "model_version out, or set it to that)."
+        )
     return str(Path(weights).resolve())
 
 
@@ -137,8 +141,10 @@ def cmd_train(args, settings: Settings) -> int:
         return 2
     finally:
         bar.close()
-    print(f"{weights} ({weights.stat().st_size / 2**20:.1f} MiB): use it with `musicgen-local predict --weights "
-          f"{weights.name}`, COG_WEIGHTS, or serve it (see the README's Fine-tune section)")
+    print(
+        f"{weights} ({weights.stat().st_size / 2**20:.1f} MiB): use it with `musicgen-local predict --weights "
+        f"{weights.name}`, COG_WEIGHTS, or serve it (see the README's Fine-tune section)"
+    )
     return 0
 
 
@@ -151,8 +157,13 @@ def cmd_serve(args, settings: Settings) -> int:
 def cmd_mcp(args, settings: Settings) -> int:
     from .mcp_server import run
 
-    run(args.url, args.token if args.token is not None else settings.api_token or None, args.transport, args.host,
-        args.port)
+    run(
+        args.url,
+        args.token if args.token is not None else settings.api_token or None,
+        args.transport,
+        args.host,
+        args.port,
+    )
     return 0
 
 
@@ -166,12 +177,16 @@ def cmd_cog_serve(args, settings: Settings) -> int:
     schema["components"]["schemas"].update(training_openapi_schema())  # as `cog build` writes it with `train:`
     (ROOT / ".cog").mkdir(exist_ok=True)
     (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=1))
-    env = dict(os.environ, COG_PREDICT_TYPE_STUB="predict.py:Predictor", COG_TRAIN_TYPE_STUB="train.py:train",
-               PORT=str(args.port),
-               # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
-               COG_MAX_CONCURRENCY=os.environ.get("COG_MAX_CONCURRENCY", str(settings.max_batch)),
-               # coglet starts its worker as `python` from PATH: it must be this interpreter.
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        COG_TRAIN_TYPE_STUB="train.py:train",
+        PORT=str(args.port),
+        # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
+        COG_MAX_CONCURRENCY=os.environ.get("COG_MAX_CONCURRENCY", str(settings.max_batch)),
+        # coglet starts its worker as `python` from PATH: it must be this interpreter.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     os.chdir(ROOT)
     mode = ["--x-mode", "train"] if args.train else []  # coglet serves /trainings in its train mode
     if args.train:
@@ -195,34 +210,62 @@ def cmd_weights_tiny(args, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env_help = "\n".join(f"  {name:24} {meaning} (default: {default!r})"
-                         for name, (default, meaning) in ENV_VARS.items())
-    parser = argparse.ArgumentParser(prog="musicgen-local", description=__doc__, epilog="environment:\n" + env_help,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    env_help = "\n".join(
+        f"  {name:24} {meaning} (default: {default!r})" for name, (default, meaning) in ENV_VARS.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="musicgen-local",
+        description=__doc__,
+        epilog="environment:\n" + env_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="run one prediction, like `cog predict`")
-    p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
-                   help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)")
+    p.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)",
+    )
     p.add_argument("-o", "--output", help="where to write the audio (default: out.wav / out.mp3)")
-    p.add_argument("--stream", action="store_true",
-                   help="write the output as it is generated: a wav that grows segment by segment (not yet "
-                        "normalised), replaced by the final file at the end")
-    p.add_argument("--weights", metavar="TAR",
-                   help="a fine-tune (what `musicgen-local train -o` or a training's output.weights gives) to "
-                        "decode with; model_version defaults to the one it was tuned from")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="write the output as it is generated: a wav that grows segment by segment (not yet "
+        "normalised), replaced by the final file at the end",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="TAR",
+        help="a fine-tune (what `musicgen-local train -o` or a training's output.weights gives) to "
+        "decode with; model_version defaults to the one it was tuned from",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="fine-tune on your own music (LoRA by default), writing a weights tar")
-    p.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE",
-                   help="a training input (dataset_path=@songs.zip for a file); see the README's Fine-tune section")
+    p.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a training input (dataset_path=@songs.zip for a file); see the README's Fine-tune section",
+    )
     p.add_argument("-o", "--output", default="weights.tar", help="where to write the fine-tune (default: weights.tar)")
-    p.add_argument("--work-dir", help="keep the training's work here (pieces, checkpoints): run the same command "
-                                      "again to resume an interrupted training")
+    p.add_argument(
+        "--work-dir",
+        help="keep the training's work here (pieces, checkpoints): run the same command "
+        "again to resume an interrupted training",
+    )
     p.set_defaults(func=cmd_train)
 
-    for name, func, text in (("serve", cmd_serve, "the Replicate v1 API"),
-                             ("cog-serve", cmd_cog_serve, "Cog's own HTTP server on predict.py")):
+    for name, func, text in (
+        ("serve", cmd_serve, "the Replicate v1 API"),
+        ("cog-serve", cmd_cog_serve, "Cog's own HTTP server on predict.py"),
+    ):
         p = sub.add_parser(name, help=f"serve {text}")
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=5000)
@@ -233,8 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mcp", help="an MCP server for agents (Claude Desktop, IDEs), a client of a v1 API")
     p.add_argument("--url", default="http://127.0.0.1:5000", help="the v1 API's base URL (default: this machine's)")
     p.add_argument("--token", help="its bearer token (default: MUSICGEN_API_TOKEN)")
-    p.add_argument("--transport", choices=("stdio", "streamable-http"), default="stdio",
-                   help="stdio (an MCP host starts this command) or streamable-http (at http://HOST:PORT/mcp)")
+    p.add_argument(
+        "--transport",
+        choices=("stdio", "streamable-http"),
+        default="stdio",
+        help="stdio (an MCP host starts this command) or streamable-http (at http://HOST:PORT/mcp)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="with streamable-http")
     p.add_argument("--port", type=int, default=8765, help="with streamable-http")
     p.set_defaults(func=cmd_mcp)
@@ -244,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     weights = sub.add_parser("weights", help="manage checkpoints under MUSICGEN_WEIGHTS").add_subparsers(
-        dest="weights_command", required=True)
+        dest="weights_command", required=True
+    )
     p = weights.add_parser("tiny", help="write tiny random checkpoints in the real layout (for tests)")
     p.add_argument("dir")
     p.set_defaults(func=cmd_weights_tiny)

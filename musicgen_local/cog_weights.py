@@ -34,8 +34,12 @@ def model_version_of(state_dict: Path) -> str:
     cfg = yaml.safe_load(torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)["xp.cfg"])
     stereo = bool((cfg.get("interleave_stereo_codebooks") or {}).get("use"))
     melody = "self_wav" in (cfg.get("conditioners") or {})
-    return {(True, True): "stereo-melody-large", (True, False): "stereo-large",
-            (False, True): "melody-large", (False, False): "large"}[(stereo, melody)]
+    return {
+        (True, True): "stereo-melody-large",
+        (True, False): "stereo-large",
+        (False, True): "melody-large",
+        (False, False): "large",
+    }[(stereo, melody)]
 
 
 def _download_tar(url: str) -> Path:

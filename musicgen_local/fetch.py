@@ -61,8 +61,9 @@ def required_files(model_version: str, mbd: bool = False, checkpoint: str | None
     return tuple(W.HubFile(checkpoint, f.filename) if f.repo == lm else f for f in files)
 
 
-def files_for(model_versions: Iterable[str], mbd: bool = False,
-              checkpoints: dict[str, str] | None = None) -> list[W.HubFile]:
+def files_for(
+    model_versions: Iterable[str], mbd: bool = False, checkpoints: dict[str, str] | None = None
+) -> list[W.HubFile]:
     """Every file the given model_versions need, in order, without repeats."""
     files: dict[W.HubFile, None] = {}
     for version in model_versions:
@@ -159,7 +160,8 @@ def _hub_errors(file: W.HubFile, endpoint: str) -> Iterator[None]:
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise FetchError(
             f"Repository `{file.repo}` was not found on {endpoint} (needed for {file.filename}). "
-            "Check the name; for a private or gated repo set HF_TOKEN to a token that can read it.") from e
+            "Check the name; for a private or gated repo set HF_TOKEN to a token that can read it."
+        ) from e
     except RemoteEntryNotFoundError as e:
         raise FetchError(f"`{file.filename}` is not in `{file.repo}` on {endpoint}.") from e
     except (httpx2.TransportError, HfHubHTTPError, OSError) as e:
@@ -191,8 +193,9 @@ def fetch_file(weights_dir: Path, file: W.HubFile, log: Log, tqdm_class=None) ->
             log(f"{file}: {problem}; downloading it again")
             _discard(Path(local))
         log(f"Downloading {file} ({_size(meta.size)})")
-        path = Path(hf_hub_download(file.repo, file.filename, cache_dir=str(cache), endpoint=endpoint,
-                                    tqdm_class=tqdm_class))
+        path = Path(
+            hf_hub_download(file.repo, file.filename, cache_dir=str(cache), endpoint=endpoint, tqdm_class=tqdm_class)
+        )
     problem = mismatch(path, meta.size, meta.etag)
     if problem is not None:
         _discard(path)
@@ -244,8 +247,7 @@ def log_progress_bar(log: Log, every_s: float = 5.0):
     return LogBar
 
 
-def ensure_available(weights_dir: Path, model_version: str, mbd: bool, log: Log,
-                     checkpoint: str | None = None) -> None:
+def ensure_available(weights_dir: Path, model_version: str, mbd: bool, log: Log, checkpoint: str | None = None) -> None:
     """Download whatever `model_version` (and MBD) still needs; no network when nothing is missing.
     `checkpoint`: the MUSICGEN_CHECKPOINTS entry for this model_version, if any."""
     weights_dir = Path(weights_dir)
@@ -302,17 +304,27 @@ def _cmd_fetch(args, settings) -> int:
     except FetchError as e:
         logger.error("%s", e)
         return 1
-    logger.info("%d file(s) downloaded (%s), %d already present and verified, in %s", len(summary.downloaded),
-                _size(summary.bytes_downloaded), len(summary.verified), settings.weights_dir)
+    logger.info(
+        "%d file(s) downloaded (%s), %d already present and verified, in %s",
+        len(summary.downloaded),
+        _size(summary.bytes_downloaded),
+        len(summary.verified),
+        settings.weights_dir,
+    )
     return 0
 
 
 def register_cli(weights_subparsers) -> None:
     """Add `weights fetch` and `weights list` to the CLI's `weights` subparsers."""
     p = weights_subparsers.add_parser(
-        "fetch", help="download weights from the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)")
-    p.add_argument("model_versions", nargs="*", metavar="MODEL_VERSION",
-                   help=f"any of {', '.join(MODEL_VERSIONS)} (default: stereo-melody-large)")
+        "fetch", help="download weights from the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)"
+    )
+    p.add_argument(
+        "model_versions",
+        nargs="*",
+        metavar="MODEL_VERSION",
+        help=f"any of {', '.join(MODEL_VERSIONS)} (default: stereo-melody-large)",
+    )
     p.add_argument("--all", action="store_true", help="every MusicGen model_version")
     p.add_argument("--melody", action="store_true", help="the two melody model_versions (and htdemucs)")
     p.add_argument("--mbd", action="store_true", help="also multi-band diffusion (multi_band_diffusion=true)")

@@ -22,12 +22,13 @@ from .schema import PredictionInput
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 MAX_WAIT_S = 120.0  # longest a tool call waits; agents' hosts time calls out after a minute or a few
-TERMINAL = ("succeeded", "failed", "canceled")
+FINISHED = ("succeeded", "failed", "canceled")
 INSTRUCTIONS = (
     "Generates music with Meta's MusicGen on a self-hosted musicgen-local server. generate_music starts a "
     "prediction and waits up to wait_seconds; if it is not done by then, call wait_for_prediction with its id. "
     "A finished prediction's `output` is a URL of the audio file; `stream` is a Server-Sent Events URL that "
-    "carries the audio in segments while it generates.")
+    "carries the audio in segments while it generates."
+)
 
 
 class Api:
@@ -43,8 +44,10 @@ class Api:
             resp = await self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             why = str(exc) or type(exc).__name__
-            raise ToolError(f"The musicgen-local server at {self.base_url} cannot be reached ({why}). Start it with "
-                            "`make serve` (or `musicgen-local serve`), or pass --url.") from None
+            raise ToolError(
+                f"The musicgen-local server at {self.base_url} cannot be reached ({why}). Start it with "
+                "`make serve` (or `musicgen-local serve`), or pass --url."
+            ) from None
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail") or resp.text
@@ -57,10 +60,18 @@ class Api:
 def summary(pred: dict[str, Any]) -> dict[str, Any]:
     """What an agent needs of a prediction: no base64, no full progress logs."""
     logs = (pred.get("logs") or "").splitlines()
-    out = {"id": pred["id"], "status": pred["status"], "output": pred.get("output"),
-           "stream": (pred.get("urls") or {}).get("stream"), "error": pred.get("error"),
-           "input": pred.get("input"), "created_at": pred.get("created_at"), "completed_at": pred.get("completed_at"),
-           "last_log_line": logs[-1] if logs else None, "finished": pred["status"] in TERMINAL}
+    out = {
+        "id": pred["id"],
+        "status": pred["status"],
+        "output": pred.get("output"),
+        "stream": (pred.get("urls") or {}).get("stream"),
+        "error": pred.get("error"),
+        "input": pred.get("input"),
+        "created_at": pred.get("created_at"),
+        "completed_at": pred.get("completed_at"),
+        "last_log_line": logs[-1] if logs else None,
+        "finished": pred["status"] in FINISHED,
+    }
     if isinstance(out["output"], str) and out["output"].startswith("data:"):
         out["output"] = f"{out['output'][:40]}... (a data: URI; get_prediction's `urls.get` has it whole)"
     return out
@@ -70,11 +81,16 @@ def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = 
     api = Api(base_url, token)
     server = MCPServer("musicgen-local", instructions=INSTRUCTIONS)
 
-    @server.tool(description="Generate music from a text description (and optionally a melody or audio to "
-                             "continue). Returns the prediction; `output` is the audio file's URL once it "
-                             "succeeded. Waits up to wait_seconds (at most 120) for it to finish.")
-    async def generate_music(input: PredictionInput, wait_seconds: float = 30.0,  # noqa: A002
-                             model: str | None = None) -> dict[str, Any]:
+    @server.tool(
+        description="Generate music from a text description (and optionally a melody or audio to "
+        "continue). Returns the prediction; `output` is the audio file's URL once it "
+        "succeeded. Waits up to wait_seconds (at most 120) for it to finish."
+    )
+    async def generate_music(
+        input: PredictionInput,
+        wait_seconds: float = 30.0,  # noqa: A002
+        model: str | None = None,
+    ) -> dict[str, Any]:
         """`model`: "owner/name" of a fine-tune (list_models); default meta/musicgen."""
         sent = input.model_dump(exclude_unset=True)
         if model:
@@ -87,8 +103,10 @@ def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = 
     async def get_prediction(prediction_id: str) -> dict[str, Any]:
         return summary(await api.call("GET", f"/v1/predictions/{prediction_id}"))
 
-    @server.tool(description="Wait up to timeout_seconds (at most 120) for a prediction to finish; returns its "
-                             "state either way (`finished` says whether it did).")
+    @server.tool(
+        description="Wait up to timeout_seconds (at most 120) for a prediction to finish; returns its "
+        "state either way (`finished` says whether it did)."
+    )
     async def wait_for_prediction(prediction_id: str, timeout_seconds: float = 60.0) -> dict[str, Any]:
         return await _wait(api, await api.call("GET", f"/v1/predictions/{prediction_id}"), timeout_seconds)
 
@@ -96,19 +114,26 @@ def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = 
     async def cancel_prediction(prediction_id: str) -> dict[str, Any]:
         return summary(await api.call("POST", f"/v1/predictions/{prediction_id}/cancel"))
 
-    @server.tool(description="The models this server serves: meta/musicgen and your fine-tunes, with their "
-                             "latest version ids.")
+    @server.tool(
+        description="The models this server serves: meta/musicgen and your fine-tunes, with their latest version ids."
+    )
     async def list_models() -> list[dict[str, Any]]:
         page = await api.call("GET", "/v1/models")
-        return [{"model": f"{m['owner']}/{m['name']}", "description": m.get("description"),
-                 "latest_version": (m.get("latest_version") or {}).get("id")} for m in page.get("results", [])]
+        return [
+            {
+                "model": f"{m['owner']}/{m['name']}",
+                "description": m.get("description"),
+                "latest_version": (m.get("latest_version") or {}).get("id"),
+            }
+            for m in page.get("results", [])
+        ]
 
     return server
 
 
 async def _wait(api: Api, pred: dict[str, Any], seconds: float) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + max(0.0, min(seconds, MAX_WAIT_S))
-    while pred["status"] not in TERMINAL and asyncio.get_running_loop().time() < deadline:
+    while pred["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.25)
         pred = await api.call("GET", f"/v1/predictions/{pred['id']}")
     return summary(pred)

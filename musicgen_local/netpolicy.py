@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-ALWAYS_REFUSED = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.0.0/16",     # IPv4 link-local; the metadata service of AWS, GCP, Azure, Oracle, DigitalOcean
-    "100.100.100.200/32",  # Alibaba Cloud's metadata service
-    "fe80::/10",          # IPv6 link-local
-    "fd00:ec2::/32",      # AWS's IPv6 metadata service (fd00:ec2::254)
-))
+ALWAYS_REFUSED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.0.0/16",  # IPv4 link-local; the metadata service of AWS, GCP, Azure, Oracle, DigitalOcean
+        "100.100.100.200/32",  # Alibaba Cloud's metadata service
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::/32",  # AWS's IPv6 metadata service (fd00:ec2::254)
+    )
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _V4_COMPATIBLE = ipaddress.ip_network("::/96")
 
@@ -79,8 +82,7 @@ def _resolve(host: str) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
-def refusal(url: str, block_private: bool = False,
-            resolve: Callable[[str], list[IPAddress]] = _resolve) -> str | None:
+def refusal(url: str, block_private: bool = False, resolve: Callable[[str], list[IPAddress]] = _resolve) -> str | None:
     """Why this server may not send a request to `url`, or None when it may. Resolves the host (blocking)."""
     return _checked(url, block_private, resolve)[0]
 
@@ -94,8 +96,9 @@ class Pinned:
     extensions: dict[str, str]  # for httpx: the TLS server name, so the certificate is checked against the name
 
 
-def pin(url: str, block_private: bool = False,
-        resolve: Callable[[str], list[IPAddress]] = _resolve) -> tuple[str | None, Pinned | None]:
+def pin(
+    url: str, block_private: bool = False, resolve: Callable[[str], list[IPAddress]] = _resolve
+) -> tuple[str | None, Pinned | None]:
     """(why `url` is refused, None) or (None, how to send the request to it). Resolves the host (blocking)."""
     reason, addresses = _checked(url, block_private, resolve)
     if reason is not None:
@@ -112,8 +115,9 @@ def pin(url: str, block_private: bool = False,
     return None, Pinned(parts._replace(netloc=netloc).geturl(), {"host": hostport}, extensions)
 
 
-def _checked(url: str, block_private: bool,
-             resolve: Callable[[str], list[IPAddress]]) -> tuple[str | None, list[IPAddress]]:
+def _checked(
+    url: str, block_private: bool, resolve: Callable[[str], list[IPAddress]]
+) -> tuple[str | None, list[IPAddress]]:
     try:
         parts = urlsplit(url)
         host = unquote(parts.hostname or "")  # an IPv6 zone comes percent-encoded: [fe80::1%25eth0]

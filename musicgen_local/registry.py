@@ -86,8 +86,10 @@ class Version:
         if self.base is None:
             return asked or "stereo-melody-large"
         if asked not in (None, self.base):
-            raise UserError(f"Version {self.model}:{self.id} was fine-tuned from `{self.base}`; "
-                            f"model_version must be `{self.base}` (or left out), not `{asked}`.")
+            raise UserError(
+                f"Version {self.model}:{self.id} was fine-tuned from `{self.base}`; "
+                f"model_version must be `{self.base}` (or left out), not `{asked}`."
+            )
         return self.base
 
 
@@ -105,8 +107,14 @@ class Model:
         return f"{self.owner}/{self.name}"
 
 
-MUSICGEN_MODEL = Model("meta", "musicgen", "Generate music from a prompt or melody (served locally by musicgen-local)",
-                       "public", "local", PUBLISHED_AT)
+MUSICGEN_MODEL = Model(
+    "meta",
+    "musicgen",
+    "Generate music from a prompt or melody (served locally by musicgen-local)",
+    "public",
+    "local",
+    PUBLISHED_AT,
+)
 PUBLISHED_VERSIONS = tuple(Version(v, MUSICGEN, PUBLISHED_AT) for v in PUBLISHED)
 
 _SCHEMA = """
@@ -123,8 +131,10 @@ def _now() -> str:
 
 def check_name(part: str, what: str) -> str:
     if not isinstance(part, str) or not _NAME.fullmatch(part):
-        raise UserError(f"`{what}` must be lowercase letters, digits, dashes, underscores or dots (at most 64, "
-                        f"starting and ending with a letter or digit), got {part!r}.")
+        raise UserError(
+            f"`{what}` must be lowercase letters, digits, dashes, underscores or dots (at most 64, "
+            f"starting and ending with a letter or digit), got {part!r}."
+        )
     return part
 
 
@@ -149,8 +159,14 @@ class Registry:
             row = self._db.execute("SELECT record FROM models WHERE name = ?", (full_name,)).fetchone()
         return Model(**json.loads(row[0])) if row else None
 
-    def create_model(self, owner: str, name: str, description: str | None = None, visibility: str = "private",
-                     hardware: str = "local") -> Model:
+    def create_model(
+        self,
+        owner: str,
+        name: str,
+        description: str | None = None,
+        visibility: str = "private",
+        hardware: str = "local",
+    ) -> Model:
         """Raises UserError for a bad name or visibility, FileExistsError when it exists."""
         check_name(owner, "owner")
         check_name(name, "name")
@@ -171,8 +187,9 @@ class Registry:
         if full_name == MUSICGEN:
             return list(PUBLISHED_VERSIONS)
         with self._lock:
-            rows = self._db.execute("SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id",
-                                    (full_name,)).fetchall()
+            rows = self._db.execute(
+                "SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id", (full_name,)
+            ).fetchall()
         return [Version(**json.loads(r[0])) for r in rows]
 
     def version(self, version_id: str) -> Version | None:
@@ -185,8 +202,10 @@ class Registry:
 
     def add_version(self, version: Version) -> Version:
         with self._lock:
-            self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)",
-                             (version.id, version.model, version.created_at, json.dumps(asdict(version))))
+            self._db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?)",
+                (version.id, version.model, version.created_at, json.dumps(asdict(version))),
+            )
             self._db.commit()
         return version
 
@@ -204,18 +223,22 @@ class Registry:
             if "/" not in ref:
                 found = self.version(ref)
                 if found is None:
-                    raise LookupError(f"Invalid version or not permitted: {ref!r}. This server has "
-                                      f"{', '.join(self.describe())}.")
+                    raise LookupError(
+                        f"Invalid version or not permitted: {ref!r}. This server has {', '.join(self.describe())}."
+                    )
                 return found
             latest = self.latest(ref)
             if latest is None:
-                raise LookupError(f"Model {ref!r} does not exist or has no versions yet (train one with "
-                                  "POST /v1/models/meta/musicgen/versions/<id>/trainings).")
+                raise LookupError(
+                    f"Model {ref!r} does not exist or has no versions yet (train one with "
+                    "POST /v1/models/meta/musicgen/versions/<id>/trainings)."
+                )
             return latest
         found = self.version(version_id)
         if found is None or found.model != name:
-            raise LookupError(f"Invalid version or not permitted: {ref!r}. This server has "
-                              f"{', '.join(self.describe())}.")
+            raise LookupError(
+                f"Invalid version or not permitted: {ref!r}. This server has {', '.join(self.describe())}."
+            )
         return found
 
     def describe(self) -> list[str]:

@@ -46,29 +46,72 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("model_version", str, "Model to use for generation. If set to 'encode-decode', the audio specified via "
-          "'input_audio' will simply be encoded and then decoded.", "stereo-melody-large", MODEL_VERSIONS),
+    Field(
+        "model_version",
+        str,
+        "Model to use for generation. If set to 'encode-decode', the audio specified via "
+        "'input_audio' will simply be encoded and then decoded.",
+        "stereo-melody-large",
+        MODEL_VERSIONS,
+    ),
     Field("prompt", str, "A description of the music you want to generate."),
-    Field("input_audio", str, "An audio file that will influence the generated music. If `continuation` is `True`, "
-          "the generated music will be a continuation of the audio file. Otherwise, the generated music will mimic "
-          "the audio file's melody.", format="uri"),
+    Field(
+        "input_audio",
+        str,
+        "An audio file that will influence the generated music. If `continuation` is `True`, "
+        "the generated music will be a continuation of the audio file. Otherwise, the generated music will mimic "
+        "the audio file's melody.",
+        format="uri",
+    ),
     Field("duration", int, "Duration of the generated audio in seconds.", 8),
-    Field("continuation", bool, "If `True`, generated music will continue from `input_audio`. Otherwise, generated "
-          "music will mimic `input_audio`'s melody.", False),
+    Field(
+        "continuation",
+        bool,
+        "If `True`, generated music will continue from `input_audio`. Otherwise, generated "
+        "music will mimic `input_audio`'s melody.",
+        False,
+    ),
     Field("continuation_start", int, "Start time of the audio file to use for continuation.", 0, minimum=0),
-    Field("continuation_end", int, "End time of the audio file to use for continuation. If -1 or None, will default "
-          "to the end of the audio clip.", minimum=0),
-    Field("multi_band_diffusion", bool, "If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion. "
-          "Only works with non-stereo models.", False),
-    Field("normalization_strategy", str, "Strategy for normalizing audio.", "loudness",
-          ("loudness", "clip", "peak", "rms")),
+    Field(
+        "continuation_end",
+        int,
+        "End time of the audio file to use for continuation. If -1 or None, will default to the end of the audio clip.",
+        minimum=0,
+    ),
+    Field(
+        "multi_band_diffusion",
+        bool,
+        "If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion. Only works with non-stereo models.",
+        False,
+    ),
+    Field(
+        "normalization_strategy",
+        str,
+        "Strategy for normalizing audio.",
+        "loudness",
+        ("loudness", "clip", "peak", "rms"),
+    ),
     Field("top_k", int, "Reduces sampling to the k most likely tokens.", 250),
-    Field("top_p", float, "Reduces sampling to tokens with cumulative probability of p. When set to  `0` (default), "
-          "top_k sampling is used.", 0.0),
-    Field("temperature", float, "Controls the 'conservativeness' of the sampling process. Higher temperature means "
-          "more diversity.", 1.0),
-    Field("classifier_free_guidance", int, "Increases the influence of inputs on the output. Higher values produce "
-          "lower-varience outputs that adhere more closely to inputs.", 3),
+    Field(
+        "top_p",
+        float,
+        "Reduces sampling to tokens with cumulative probability of p. When set to  `0` (default), "
+        "top_k sampling is used.",
+        0.0,
+    ),
+    Field(
+        "temperature",
+        float,
+        "Controls the 'conservativeness' of the sampling process. Higher temperature means more diversity.",
+        1.0,
+    ),
+    Field(
+        "classifier_free_guidance",
+        int,
+        "Increases the influence of inputs on the output. Higher values produce "
+        "lower-varience outputs that adhere more closely to inputs.",
+        3,
+    ),
     Field("output_format", str, "Output format for generated audio.", "wav", ("wav", "mp3")),
     Field("seed", int, "Seed for random number generator. If None or -1, a random seed will be used."),
 )
@@ -92,8 +135,9 @@ def _pydantic_field(f: Field) -> tuple[Any, Any]:
 
 def input_model(name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
     """The pydantic model of a field list. Unknown fields are dropped silently, as Replicate and Cog do."""
-    return create_model(name, __config__=ConfigDict(extra="ignore", strict=True),
-                        **{f.name: _pydantic_field(f) for f in fields})
+    return create_model(
+        name, __config__=ConfigDict(extra="ignore", strict=True), **{f.name: _pydantic_field(f) for f in fields}
+    )
 
 
 PredictionInput: type[BaseModel] = input_model("PredictionInput", FIELDS)
@@ -119,8 +163,12 @@ def openapi_input_properties(fields: tuple[Field, ...] = FIELDS) -> tuple[dict[s
     for order, f in enumerate(fields):
         prop: dict[str, Any] = {"title": _title(f.name), "description": f.description, "x-order": order}
         if f.choices:
-            enums[f.name] = {"title": f.name, "description": "An enumeration.", "enum": list(f.choices),
-                             "type": f.json_type}
+            enums[f.name] = {
+                "title": f.name,
+                "description": "An enumeration.",
+                "enum": list(f.choices),
+                "type": f.json_type,
+            }
             prop["allOf"] = [{"$ref": f"#/components/schemas/{f.name}"}]
         else:
             prop["type"] = f.json_type
@@ -146,11 +194,13 @@ def openapi_schema() -> dict[str, Any]:
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": "0.1.0"},
         "paths": {},
-        "components": {"schemas": {
-            "Input": {"type": "object", "title": "Input", "properties": props, "required": []},
-            "Output": OUTPUT_SCHEMA,
-            **enums,
-        }},
+        "components": {
+            "schemas": {
+                "Input": {"type": "object", "title": "Input", "properties": props, "required": []},
+                "Output": OUTPUT_SCHEMA,
+                **enums,
+            }
+        },
     }
 
 
@@ -223,6 +273,7 @@ def _coerce(f: Field, raw: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Semantic checks: Replicate's messages verbatim where it has one, ours otherwise.
 
+
 def check_semantics(inp: BaseModel, max_duration: int) -> None:
     """Raise UserError for a request that is well-typed but cannot be served.
 
@@ -232,9 +283,11 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
     if inp.prompt is None and inp.input_audio is None:
         raise UserError("Must provide either prompt or input_audio")
     if inp.prompt is not None and len(inp.prompt) > MAX_PROMPT_CHARS:
-        raise UserError(f"`prompt` is {len(inp.prompt)} characters long; this server reads at most "
-                        f"{MAX_PROMPT_CHARS} (about 500 T5 tokens, the length MusicGen's text encoder was trained "
-                        "on). Shorten the description.")
+        raise UserError(
+            f"`prompt` is {len(inp.prompt)} characters long; this server reads at most "
+            f"{MAX_PROMPT_CHARS} (about 500 T5 tokens, the length MusicGen's text encoder was trained "
+            "on). Shorten the description."
+        )
     if inp.continuation and not inp.input_audio:
         raise UserError("Must provide `input_audio` if continuation is `True`.")
     if v == ENCODE_DECODE and not inp.input_audio:
@@ -242,17 +295,21 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
     if v in ("stereo-large", "large") and inp.input_audio and not inp.continuation:
         raise UserError(
             "`stereo-large` and `large` model does not support melody input. Set "
-            "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input.")
+            "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input."
+        )
     if inp.continuation_end is not None and inp.continuation_start > inp.continuation_end:
         raise UserError("`continuation_start` must be less than or equal to `continuation_end`")
     if v != ENCODE_DECODE and inp.duration < 1:
         raise UserError(f"`duration` must be at least 1 second, got {inp.duration}.")
     if v != ENCODE_DECODE and inp.duration > max_duration:
-        raise UserError(f"`duration` must be at most {max_duration} seconds, got {inp.duration}. "
-                        "The server's limit is set by MUSICGEN_MAX_DURATION.")
+        raise UserError(
+            f"`duration` must be at most {max_duration} seconds, got {inp.duration}. "
+            "The server's limit is set by MUSICGEN_MAX_DURATION."
+        )
     if not 0 <= inp.top_k <= CODEBOOK_SIZE:
-        raise UserError(f"`top_k` must be from 0 to {CODEBOOK_SIZE} (the size of MusicGen's codebooks), "
-                        f"got {inp.top_k}.")
+        raise UserError(
+            f"`top_k` must be from 0 to {CODEBOOK_SIZE} (the size of MusicGen's codebooks), got {inp.top_k}."
+        )
     if not 0.0 <= inp.top_p <= 1.0:
         raise UserError(f"`top_p` must be between 0 and 1, got {inp.top_p}.")
     if inp.temperature <= 0:

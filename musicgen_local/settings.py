@@ -17,26 +17,55 @@ from .errors import MusicgenError
 ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_WEIGHTS": ("./weights", "directory holding the Hugging Face hub cache and torch hub dir"),
     "MUSICGEN_MAX_DURATION": ("300", "longest `duration` accepted, in seconds (and longest encode-decode input)"),
-    "MUSICGEN_MAX_MODELS": ("0", ("models kept resident per device at most (least recently used idle ones evicted); "
-                                  "0 = as many as fit in the device's memory plan")),
-    "MUSICGEN_DEVICE_MEMORY": ("", ("bytes each device's memory plan may use (e.g. 20GB, 18GiB); unset = the device's "
-                                    "free memory at start (a 5% margin, and 512 MiB on CUDA, are kept back)")),
-    "MUSICGEN_DEVICES": ("auto", ("devices, one engine loop each: auto (every CUDA device, else cpu), cpu, "
-                                 "or a list such as cuda:0,cuda:1")),
+    "MUSICGEN_MAX_MODELS": (
+        "0",
+        (
+            "models kept resident per device at most (least recently used idle ones evicted); "
+            "0 = as many as fit in the device's memory plan"
+        ),
+    ),
+    "MUSICGEN_DEVICE_MEMORY": (
+        "",
+        (
+            "bytes each device's memory plan may use (e.g. 20GB, 18GiB); unset = the device's "
+            "free memory at start (a 5% margin, and 512 MiB on CUDA, are kept back)"
+        ),
+    ),
+    "MUSICGEN_DEVICES": (
+        "auto",
+        ("devices, one engine loop each: auto (every CUDA device, else cpu), cpu, or a list such as cuda:0,cuda:1"),
+    ),
     "MUSICGEN_DECODER": ("fast", "token decoder: fast (batched, static cache) or reference (audiocraft's loop)"),
     "MUSICGEN_STEP_MODE": ("auto", "fast decoder step: auto (CUDA graphs on CUDA), graph, compile, or eager"),
-    "MUSICGEN_CPU_PRODUCTS": ("rows", ("fast decoder's matrix products on CPU: rows (our batch-invariant kernel, "
-                                       "built once by make install) or torch (MKL, as audiocraft)")),
+    "MUSICGEN_CPU_PRODUCTS": (
+        "rows",
+        (
+            "fast decoder's matrix products on CPU: rows (our batch-invariant kernel, "
+            "built once by make install) or torch (MKL, as audiocraft)"
+        ),
+    ),
     "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
-    "MUSICGEN_WARMUP": ("default", ("models loaded and warmed before READY: default (stereo-melody-large when "
-                                   "present), all, none, or a comma-separated list")),
+    "MUSICGEN_WARMUP": (
+        "default",
+        (
+            "models loaded and warmed before READY: default (stereo-melody-large when "
+            "present), all, none, or a comma-separated list"
+        ),
+    ),
     "MUSICGEN_AUTO_FETCH": ("0", "1: download missing weights on first use"),
     "MUSICGEN_INPUT_TIMEOUT": ("60", "input_audio download: seconds allowed in total (connect, redirects, body)"),
     "MUSICGEN_MAX_INPUT_BYTES": ("104857600", "input_audio download: largest accepted size in bytes"),
-    "MUSICGEN_MAX_INPUT_SAMPLES": ("64000000", ("input_audio: most samples (channels x rate x seconds, after "
-                                                "cropping) one input may decode to, checked before decoding")),
-    "MUSICGEN_MAX_DATASET_BYTES": ("8589934592", ("training: largest dataset, downloaded and unpacked, in bytes "
-                                                  "(an archive that unpacks past it is refused)")),
+    "MUSICGEN_MAX_INPUT_SAMPLES": (
+        "64000000",
+        (
+            "input_audio: most samples (channels x rate x seconds, after "
+            "cropping) one input may decode to, checked before decoding"
+        ),
+    ),
+    "MUSICGEN_MAX_DATASET_BYTES": (
+        "8589934592",
+        ("training: largest dataset, downloaded and unpacked, in bytes (an archive that unpacks past it is refused)"),
+    ),
     "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
     "MUSICGEN_STREAM_SECONDS": ("1.0", "length of the audio segments streamed while generating, in seconds"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database, output files, and scratch space for inputs"),
@@ -45,17 +74,32 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
-    "MUSICGEN_HEADER_TIMEOUT": ("10", ("server: seconds a connection has to send a request's line and headers "
-                                       "(after it opens, or after the previous response); then it is closed")),
+    "MUSICGEN_HEADER_TIMEOUT": (
+        "10",
+        (
+            "server: seconds a connection has to send a request's line and headers "
+            "(after it opens, or after the previous response); then it is closed"
+        ),
+    ),
     "MUSICGEN_MAX_BODY_BYTES": ("104857600", "server: largest request body (JSON or upload), in bytes; 413 past it"),
     "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
     "MUSICGEN_RETENTION": ("", "server: remove outputs and uploads after this long (e.g. 1h, 7d); unset = keep"),
     "MUSICGEN_BLOCK_PRIVATE_URLS": ("0", "1: webhook and input URLs may not reach private or loopback addresses"),
-    "MUSICGEN_RAY_ADDRESS": ("", ("unset: the engine runs in this process; `local`: on Ray Serve started here, one "
-                                  "replica per GPU; `auto` (the cluster this machine is a node of) or the head's "
-                                  "host:port (6379): on that Ray cluster")),
-    "MUSICGEN_RAY_REPLICAS": ("", ("with MUSICGEN_RAY_ADDRESS: engine replicas, a count or `min-max` to autoscale "
-                                   "on queued requests; unset: one per GPU of the cluster (one on CPU)")),
+    "MUSICGEN_RAY_ADDRESS": (
+        "",
+        (
+            "unset: the engine runs in this process; `local`: on Ray Serve started here, one "
+            "replica per GPU; `auto` (the cluster this machine is a node of) or the head's "
+            "host:port (6379): on that Ray cluster"
+        ),
+    ),
+    "MUSICGEN_RAY_REPLICAS": (
+        "",
+        (
+            "with MUSICGEN_RAY_ADDRESS: engine replicas, a count or `min-max` to autoscale "
+            "on queued requests; unset: one per GPU of the cluster (one on CPU)"
+        ),
+    ),
     # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
@@ -124,9 +168,11 @@ def _checkpoint_overrides(value: str) -> dict[str, str]:
 def _ray_address(value: str) -> str:
     value = value.strip()
     if value.startswith("ray://"):  # Ray 2.60: "Streaming DeploymentHandles are not currently supported" there
-        raise SettingError(f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
-                         "server on a node of the cluster with MUSICGEN_RAY_ADDRESS=auto, or give the head's "
-                         "host:port (6379 by default).")
+        raise SettingError(
+            f"MUSICGEN_RAY_ADDRESS={value}: Ray Client (ray://) cannot stream Serve responses. Run the "
+            "server on a node of the cluster with MUSICGEN_RAY_ADDRESS=auto, or give the head's "
+            "host:port (6379 by default)."
+        )
     return value
 
 

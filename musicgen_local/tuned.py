@@ -65,13 +65,29 @@ class Tuned:
         return {name: (tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"]) for name in self.targets}
 
 
-def write(dest: Path, kind: str, base: str, files: dict[str, bytes | Path], *, rank: int = 0, alpha: float = 0.0,
-          targets: tuple[str, ...] | list[str] = (), training: dict[str, Any] | None = None) -> Path:
+def write(
+    dest: Path,
+    kind: str,
+    base: str,
+    files: dict[str, bytes | Path],
+    *,
+    rank: int = 0,
+    alpha: float = 0.0,
+    targets: tuple[str, ...] | list[str] = (),
+    training: dict[str, Any] | None = None,
+) -> Path:
     """Write a fine-tune tar at `dest`: the manifest, then `files` (name -> bytes or a path to copy)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    manifest = {"format": FORMAT, "kind": kind, "base": base, "rank": rank, "alpha": alpha,
-                "targets": list(targets), "training": training or {}}
+    manifest = {
+        "format": FORMAT,
+        "kind": kind,
+        "base": base,
+        "rank": rank,
+        "alpha": alpha,
+        "targets": list(targets),
+        "training": training or {},
+    }
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     with tarfile.open(partial, "w") as tar:
@@ -85,8 +101,9 @@ def write(dest: Path, kind: str, base: str, files: dict[str, bytes | Path], *, r
     return dest
 
 
-def write_lora(dest: Path, base: str, adapters: dict[str, tuple[Any, Any]], *, alpha: float,
-               training: dict[str, Any] | None = None) -> Path:
+def write_lora(
+    dest: Path, base: str, adapters: dict[str, tuple[Any, Any]], *, alpha: float, training: dict[str, Any] | None = None
+) -> Path:
     """A LoRA tar from parameter name -> (A [r, in], B [out, r])."""
     from safetensors.torch import save
 
@@ -95,8 +112,16 @@ def write_lora(dest: Path, base: str, adapters: dict[str, tuple[Any, Any]], *, a
         tensors[f"{name}.lora_A"] = a.detach().float().cpu().contiguous()
         tensors[f"{name}.lora_B"] = b.detach().float().cpu().contiguous()
     rank = next(iter(adapters.values()))[0].shape[0] if adapters else 0
-    return write(dest, "lora", base, {ADAPTER: save(tensors)}, rank=rank, alpha=alpha, targets=sorted(adapters),
-                 training=training)
+    return write(
+        dest,
+        "lora",
+        base,
+        {ADAPTER: save(tensors)},
+        rank=rank,
+        alpha=alpha,
+        targets=sorted(adapters),
+        training=training,
+    )
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, content: bytes) -> None:
@@ -156,5 +181,12 @@ def _from_folder(root: Path) -> Tuned:
     absent = [name for name in needed if not (root / name).is_file()]
     if absent:
         raise UserError(f"{str(root)!r}: a {m['kind']} fine-tune without {', '.join(absent)}.")
-    return Tuned(m["kind"], m["base"], root, int(m.get("rank", 0)), float(m.get("alpha", 0.0)),
-                 tuple(m.get("targets", ())), m.get("training", {}))
+    return Tuned(
+        m["kind"],
+        m["base"],
+        root,
+        int(m.get("rank", 0)),
+        float(m.get("alpha", 0.0)),
+        tuple(m.get("targets", ())),
+        m.get("training", {}),
+    )

@@ -96,4 +96,5 @@ def require(weights_dir: Path, model_version: str, mbd: bool = False, files: tup
         raise WeightsMissingError(
             f"Weights for `{model_version}` are not in {weights_dir}: missing {names}. "
             f"Fetch them with `musicgen-local weights fetch {model_version}{flag}` "
-            "(or set MUSICGEN_WEIGHTS to where they are).")
+            "(or set MUSICGEN_WEIGHTS to where they are)."
+        )

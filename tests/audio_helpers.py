@@ -13,9 +13,9 @@ def wav_header(path: Path) -> dict:
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE", data[:12]
     pos = 12
     while pos < len(data):
-        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        chunk, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         if chunk == b"fmt ":
-            fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8:pos + 24])
+            fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
             return {"format": fmt, "channels": channels, "sample_rate": rate, "bits": bits}
         pos += 8 + size
     raise AssertionError("no fmt chunk")

@@ -6,8 +6,21 @@ from bench import results
 def test_serving_benchmark_batches_concurrent_requests(tiny_weights, capsys):
     from bench.serving import main
 
-    main(["--device", "cpu", "--weights", str(tiny_weights), "--duration", "1", "--concurrency", "3",
-          "--threads", "1", "--no-append"])
+    main(
+        [
+            "--device",
+            "cpu",
+            "--weights",
+            str(tiny_weights),
+            "--duration",
+            "1",
+            "--concurrency",
+            "3",
+            "--threads",
+            "1",
+            "--no-append",
+        ]
+    )
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert [(r[0], r[1], r[-1]) for r in rows][0] == ("| reference", "3", "one at a time |")
     assert rows[1][:2] == ["| fast", "3"] and int(rows[1][-1].strip(" |")) >= 2  # decoded together

@@ -4,8 +4,23 @@ from bench.streaming import main
 
 
 def test_streaming_benchmark_times_first_audio_and_the_stream(tiny_weights, capsys):
-    main(["--device", "cpu", "--weights", str(tiny_weights), "--models", "large", "--duration", "2",
-          "--segments", "1", "--threads", "1", "--no-append"])
+    main(
+        [
+            "--device",
+            "cpu",
+            "--weights",
+            str(tiny_weights),
+            "--models",
+            "large",
+            "--duration",
+            "2",
+            "--segments",
+            "1",
+            "--threads",
+            "1",
+            "--no-append",
+        ]
+    )
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| large")]
     assert len(rows) == 1
     model, segment, first, file_s, speed, margin, segments, seam = rows[0]

@@ -11,15 +11,35 @@ from tests.audio_helpers import read_wav
 
 def cli(*args, weights, cwd):
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(weights), MUSICGEN_DEVICE="cpu")
-    return subprocess.run([sys.executable, "-m", "musicgen_local.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "musicgen_local.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_predict_writes_the_file_and_prints_path_and_seed(tiny_weights, tmp_path):
     out = tmp_path / "song.wav"
-    done = cli("predict", "-i", "prompt=lofi beat", "-i", "duration=1", "-i", "model_version=melody-large",
-               "-i", "seed=9", "-o", str(out), weights=tiny_weights, cwd=tmp_path)
+    done = cli(
+        "predict",
+        "-i",
+        "prompt=lofi beat",
+        "-i",
+        "duration=1",
+        "-i",
+        "model_version=melody-large",
+        "-i",
+        "seed=9",
+        "-o",
+        str(out),
+        weights=tiny_weights,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{out} (1.00 s, 1 ch, 32000 Hz) seed=9"
     assert read_wav(out)[0].shape == (1, 32000)

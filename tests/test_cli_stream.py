@@ -18,13 +18,36 @@ DURATION = 10  # long enough on tiny weights (seconds of decoding) to look at th
 @pytest.mark.slow
 def test_stream_writes_a_growing_wav_then_the_final_file(tiny_weights, engine, tmp_path):
     out = tmp_path / "song.wav"
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICES="cpu", MUSICGEN_STREAM_SECONDS="0.5",
-               MUSICGEN_DATA=str(tmp_path / "data"))
-    args = ["predict", "-i", "prompt=lofi beat", "-i", f"duration={DURATION}", "-i", "model_version=large",
-            "-i", "seed=11", "-o", str(out), "--stream"]
+    env = dict(
+        os.environ,
+        MUSICGEN_WEIGHTS=str(tiny_weights),
+        MUSICGEN_DEVICES="cpu",
+        MUSICGEN_STREAM_SECONDS="0.5",
+        MUSICGEN_DATA=str(tmp_path / "data"),
+    )
+    args = [
+        "predict",
+        "-i",
+        "prompt=lofi beat",
+        "-i",
+        f"duration={DURATION}",
+        "-i",
+        "model_version=large",
+        "-i",
+        "seed=11",
+        "-o",
+        str(out),
+        "--stream",
+    ]
     log = (tmp_path / "data").mkdir() or (tmp_path / "data" / "stderr.txt").open("w+")  # a pipe would fill up
-    proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicgen_local.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     seen = []  # frames a reader found in the file while the CLI was still generating
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:

@@ -17,15 +17,18 @@ from musicgen_local.testing.live import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 @pytest.fixture(scope="module")
 def cog_server(tiny_weights, tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("cog") / "server.log").open("w")
     env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICE="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -46,8 +49,11 @@ def cog_server(tiny_weights, tmp_path_factory):
 
 @pytest.mark.slow
 def test_prediction_round_trip(cog_server):
-    r = httpx.post(f"{cog_server}/predictions", timeout=300, json={"input": {
-        "model_version": "stereo-large", "prompt": "lofi", "duration": 1, "seed": 5}})
+    r = httpx.post(
+        f"{cog_server}/predictions",
+        timeout=300,
+        json={"input": {"model_version": "stereo-large", "prompt": "lofi", "duration": 1, "seed": 5}},
+    )
     body = r.json()
     assert r.status_code == 200 and body["status"] == "succeeded", body
     assert body["output"].startswith("data:audio/wav;base64,") or body["output"].startswith("data:audio/x-wav;")
@@ -97,11 +103,16 @@ def test_concurrent_predictions_decode_in_one_batch_and_keep_their_solo_audio(co
 
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    inputs = [{"model_version": "stereo-melody-large", "prompt": p, "duration": d, "seed": s}
-              for p, d, s in (("lofi", 30, 1), ("jazz", 1, 2), ("rock", 2, 3))]
+    inputs = [
+        {"model_version": "stereo-melody-large", "prompt": p, "duration": d, "seed": s}
+        for p, d, s in (("lofi", 30, 1), ("jazz", 1, 2), ("rock", 2, 3))
+    ]
     try:
-        _post(cog_server, {"input": inputs[0], "webhook": f"http://127.0.0.1:{hook.server_port}/hook"},
-              headers={"Prefer": "respond-async"})
+        _post(
+            cog_server,
+            {"input": inputs[0], "webhook": f"http://127.0.0.1:{hook.server_port}/hook"},
+            headers={"Prefer": "respond-async"},
+        )
         deadline = time.monotonic() + 120
         while not any(" / " in (event.get("logs") or "") for event in seen):  # a progress line: decoding
             assert time.monotonic() < deadline, seen

@@ -47,8 +47,13 @@ class CogServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("w")
         environ = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICES="cpu", **(env or {}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(self.port),
-                                      *args], cwd=ROOT, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env=environ,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
@@ -74,14 +79,28 @@ def trained_tar(tiny_weights, tmp_path_factory) -> Path:
     try:
         assert httpx.get(f"{server.url}/").json()["trainings_url"] == "/trainings"
         dataset = "data:application/zip;base64," + base64.b64encode(_zip()).decode()
-        response = httpx.post(f"{server.url}/trainings", timeout=300, json={"input": {
-            "dataset_path": dataset, "model_version": "large", "epochs": 1, "updates_per_epoch": 3, "batch_size": 2,
-            "lr": 0.01, "drop_vocals": False, "seed": 1}})
+        response = httpx.post(
+            f"{server.url}/trainings",
+            timeout=300,
+            json={
+                "input": {
+                    "dataset_path": dataset,
+                    "model_version": "large",
+                    "epochs": 1,
+                    "updates_per_epoch": 3,
+                    "batch_size": 2,
+                    "lr": 0.01,
+                    "drop_vocals": False,
+                    "seed": 1,
+                }
+            },
+        )
         body = response.json()
         assert response.status_code == 200 and body["status"] == "succeeded", body
         assert "step 3/3" in body["logs"]
-        bad = httpx.post(f"{server.url}/trainings", timeout=60, json={"input": {"dataset_path": dataset,
-                                                                                "batch_size": 0}})
+        bad = httpx.post(
+            f"{server.url}/trainings", timeout=60, json={"input": {"dataset_path": dataset, "batch_size": 0}}
+        )
         assert bad.status_code == 422
     finally:
         server.stop()

@@ -15,7 +15,7 @@ import pytest
 from musicgen_local.testing.live import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 from musicgen_local.engine.fast.model import StaticLM
 
 _original, _calls = StaticLM.step, [0]
@@ -29,7 +29,7 @@ def _step(self, *args, **kwargs):
 
 
 StaticLM.step = _step
-'''
+"""
 
 
 @pytest.fixture
@@ -39,10 +39,19 @@ def faulty_cog_server(tiny_weights, tmp_path):
     (inject / "sitecustomize.py").write_text(SITECUSTOMIZE.format(after=100))  # the self-check takes 53 steps
     port = free_port()
     log = (tmp_path / "server.log").open("w")
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_WARMUP="large",
-               PYTHONPATH=os.pathsep.join([str(inject), str(ROOT), *sys.path]))
-    proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ,
+        MUSICGEN_WEIGHTS=str(tiny_weights),
+        MUSICGEN_WARMUP="large",
+        PYTHONPATH=os.pathsep.join([str(inject), str(ROOT), *sys.path]),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -60,8 +69,11 @@ def faulty_cog_server(tiny_weights, tmp_path):
 
 @pytest.mark.slow
 def test_a_lost_device_fails_the_prediction_and_turns_coglet_unhealthy(faulty_cog_server):
-    body = httpx.post(f"{faulty_cog_server}/predictions", timeout=300, json={"input": {
-        "model_version": "large", "prompt": "lofi", "duration": 2, "seed": 5}}).json()
+    body = httpx.post(
+        f"{faulty_cog_server}/predictions",
+        timeout=300,
+        json={"input": {"model_version": "large", "prompt": "lofi", "duration": 2, "seed": 5}},
+    ).json()
     assert body["status"] == "failed"
     assert "failed with an unrecoverable error" in body["error"] and "illegal memory access" in body["error"]
     deadline = time.monotonic() + 30

@@ -19,8 +19,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_KEYS = {"build", "image", "run", "predict", "train", "concurrency", "environment", "weights", "tests"}
-BUILD_KEYS = {"gpu", "cuda", "cudnn", "python_version", "python_requirements", "python_packages", "system_packages",
-              "run", "pre_install", "sdk_version"}
+BUILD_KEYS = {
+    "gpu",
+    "cuda",
+    "cudnn",
+    "python_version",
+    "python_requirements",
+    "python_packages",
+    "system_packages",
+    "run",
+    "pre_install",
+    "sdk_version",
+}
 TORCH_CUDA = {"2.9.1": "12.8"}  # PyPI's torch wheels for Linux x86_64 and the CUDA they are built against
 
 
@@ -75,8 +85,11 @@ def test_every_referenced_file_exists(cog):
 
 
 def test_dockerignore_keeps_junk_out_and_weights_in():
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", "**/__pycache__", ".pytest_cache", "data"} <= ignored
     assert not ignored & {"weights", "weights/", "*.py", ".cog", "predict.py", "musicgen_local", "requirements.txt"}
 

@@ -23,21 +23,37 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_python_m_musicgen_local_serve_from_the_source_tree(tiny_weights, tmp_path):
     src = tmp_path / "src"
-    for name in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.splitlines():
+    for name in subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines():
         if name.startswith("musicgen_local/"):
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUSICGEN_") and k != "PYTHONPATH"}
-    env.update(MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DATA=str(tmp_path / "data"), MUSICGEN_WARMUP="none",
-               MUSICGEN_DEVICES="cpu")
-    which = subprocess.run([sys.executable, "-c", "import musicgen_local; print(musicgen_local.__file__)"],
-                           cwd=src, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    env.update(
+        MUSICGEN_WEIGHTS=str(tiny_weights),
+        MUSICGEN_DATA=str(tmp_path / "data"),
+        MUSICGEN_WARMUP="none",
+        MUSICGEN_DEVICES="cpu",
+    )
+    which = subprocess.run(
+        [sys.executable, "-c", "import musicgen_local; print(musicgen_local.__file__)"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert which == str(src / "musicgen_local" / "__init__.py")  # the tree, as in the image's /src
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "musicgen_local", "serve", "--host", "127.0.0.1", "--port",
-                               str(port)], cwd=src, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "musicgen_local", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=src,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:
@@ -49,8 +65,12 @@ def test_python_m_musicgen_local_serve_from_the_source_tree(tiny_weights, tmp_pa
                 pass
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
-        done = httpx.post(f"{url}/v1/predictions", headers={"Prefer": "wait=60"}, timeout=90, json={
-            "version": PUBLISHED[0], "input": {"prompt": "x", "duration": 1, "model_version": "large"}}).json()
+        done = httpx.post(
+            f"{url}/v1/predictions",
+            headers={"Prefer": "wait=60"},
+            timeout=90,
+            json={"version": PUBLISHED[0], "input": {"prompt": "x", "duration": 1, "model_version": "large"}},
+        ).json()
         assert done["status"] == "succeeded" and httpx.get(done["output"]).content[:4] == b"RIFF"
         assert httpx.get(f"{url}/").status_code == 200  # the playground
     finally:

@@ -91,11 +91,18 @@ def test_the_rehearsal_installs_what_the_carry_takes_from_the_machine():
     """`bench/gpu-check --rehearse` installs the `# rehearsal` lines of bench/device-packages.txt: every
     machine package a carried one needs must be among them, or the rehearsal fails where the machine would not."""
     carry, device = read_carry(), read_device_packages()
-    tagged = {canonical(line.split()[0].partition("==")[0]) for line in DEVICE_PACKAGES.read_text().splitlines()
-              if "# rehearsal" in line and not line.startswith("#")}
+    tagged = {
+        canonical(line.split()[0].partition("==")[0])
+        for line in DEVICE_PACKAGES.read_text().splitlines()
+        if "# rehearsal" in line and not line.startswith("#")
+    }
     requires, _ = carried_requirements()
-    needed = {canonical(req.name) for lines in requires.values() for req in map(Requirement, lines)
-              if req.marker is None or req.marker.evaluate(DEVICE_MARKERS)}
+    needed = {
+        canonical(req.name)
+        for lines in requires.values()
+        for req in map(Requirement, lines)
+        if req.marker is None or req.marker.evaluate(DEVICE_MARKERS)
+    }
     untagged = sorted((needed & set(device)) - set(carry.pins) - set(carry.unused) - tagged)
     assert not untagged, f"tag these `# rehearsal` in bench/device-packages.txt: {untagged}"
 
@@ -106,8 +113,7 @@ def test_a_missing_requirement_is_named():
     have.pop("cffi", None)
     problems = unmet_requirements({"soundfile": ["cffi >=1.0", "numpy"]}, have, carry)
     assert problems == ["soundfile needs cffi>=1.0: neither carried (bench/carry.txt) nor on the machine"]
-    too_old = unmet_requirements({"pydantic": ["typing-extensions>=4.16.0"]}, {"typing-extensions": "4.12.2"},
-                                 carry)
+    too_old = unmet_requirements({"pydantic": ["typing-extensions>=4.16.0"]}, {"typing-extensions": "4.12.2"}, carry)
     assert too_old == ["pydantic needs typing-extensions>=4.16.0, and typing-extensions 4.12.2 is what it would get"]
     assert unmet_requirements({"x": ["y>=2; python_version < '3.10'", "z; extra == 'dev'"]}, {}, carry) == []
 
@@ -160,8 +166,10 @@ def _names_taken(tree: ast.AST, packages: tuple[str, ...]) -> set[str]:
 
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:
     names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return any(n is None or (isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError", "Exception"))
-               for n in names)
+    return any(
+        n is None or (isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError", "Exception"))
+        for n in names
+    )
 
 
 def audiocraft_takes() -> dict[str, list[str]]:
@@ -201,9 +209,15 @@ print(json.dumps(missing))
 def stand_ins_lack(names: list[str]) -> list[str]:
     """The names the stand-ins do not provide, resolved in a Python whose path puts bench/stand_ins first
     (this venv has the real packages)."""
-    done = subprocess.run([sys.executable, "-c", RESOLVE], input=json.dumps(names), capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT / "bench" / "stand_ins"), "PATH": "/usr/bin:/bin"},
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", RESOLVE],
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "bench" / "stand_ins"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -224,8 +238,15 @@ def f():
     av.open("f")
 """
     assert _names_taken(ast.parse(source), STAND_INS) == {
-        "av", "av.open", "xformers.ops", "xformers.ops.LowerTriangularMask", "xformers.ops.memory_efficient_attention",
-        "spacy", "spacy.cli", "spacy.cli.download"}
+        "av",
+        "av.open",
+        "xformers.ops",
+        "xformers.ops.LowerTriangularMask",
+        "xformers.ops.memory_efficient_attention",
+        "spacy",
+        "spacy.cli",
+        "spacy.cli.download",
+    }
 
 
 def test_the_stand_ins_have_every_name_audiocraft_takes_from_them():

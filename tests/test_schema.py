@@ -60,17 +60,20 @@ def test_openapi_schema_is_cog_shaped():
     assert doc["components"]["schemas"]["Output"] == REFERENCE["output"]
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"duration": "8"}, "duration"),
-    ({"duration": 8.5}, "duration"),
-    ({"model_version": "small"}, "model_version"),
-    ({"continuation_end": -1}, "continuation_end"),
-    ({"continuation_start": -2}, "continuation_start"),
-    ({"continuation": "true"}, "continuation"),
-    ({"output_format": "flac"}, "output_format"),
-    ({"normalization_strategy": "lufs"}, "normalization_strategy"),
-    ({"top_p": "high"}, "top_p"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"duration": "8"}, "duration"),
+        ({"duration": 8.5}, "duration"),
+        ({"model_version": "small"}, "model_version"),
+        ({"continuation_end": -1}, "continuation_end"),
+        ({"continuation_start": -2}, "continuation_start"),
+        ({"continuation": "true"}, "continuation"),
+        ({"output_format": "flac"}, "output_format"),
+        ({"normalization_strategy": "lufs"}, "normalization_strategy"),
+        ({"top_p": "high"}, "top_p"),
+    ],
+)
 def test_schema_violations_name_the_field(bad, field):
     with pytest.raises(ValidationError) as exc:
         schema.parse_input(bad)
@@ -80,34 +83,60 @@ def test_schema_violations_name_the_field(bad, field):
 def test_defaults_and_unknown_fields_dropped():
     inp = schema.parse_input({"prompt": "x", "bogus": 1, "top_p": 1})
     assert inp.model_dump() == {
-        "model_version": "stereo-melody-large", "prompt": "x", "input_audio": None, "duration": 8,
-        "continuation": False, "continuation_start": 0, "continuation_end": None, "multi_band_diffusion": False,
-        "normalization_strategy": "loudness", "top_k": 250, "top_p": 1.0, "temperature": 1.0,
-        "classifier_free_guidance": 3, "output_format": "wav", "seed": None}
+        "model_version": "stereo-melody-large",
+        "prompt": "x",
+        "input_audio": None,
+        "duration": 8,
+        "continuation": False,
+        "continuation_start": 0,
+        "continuation_end": None,
+        "multi_band_diffusion": False,
+        "normalization_strategy": "loudness",
+        "top_k": 250,
+        "top_p": 1.0,
+        "temperature": 1.0,
+        "classifier_free_guidance": 3,
+        "output_format": "wav",
+        "seed": None,
+    }
 
 
-MELODY_MSG = ("`stereo-large` and `large` model does not support melody input. Set "
-              "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input.")
+MELODY_MSG = (
+    "`stereo-large` and `large` model does not support melody input. Set "
+    "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input."
+)
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({}, "Must provide either prompt or input_audio"),
-    ({"prompt": "x", "continuation": True}, "Must provide `input_audio` if continuation is `True`."),
-    ({"model_version": "large", "input_audio": "a.wav"}, MELODY_MSG),
-    ({"model_version": "stereo-large", "input_audio": "a.wav"}, MELODY_MSG),
-    ({"prompt": "x", "input_audio": "a.wav", "continuation_start": 5, "continuation_end": 2},
-     "`continuation_start` must be less than or equal to `continuation_end`"),
-    ({"prompt": "x", "duration": 0}, "`duration` must be at least 1 second, got 0."),
-    ({"prompt": "x", "duration": 301}, ("`duration` must be at most 300 seconds, got 301. "
-                                        "The server's limit is set by MUSICGEN_MAX_DURATION.")),
-    ({"prompt": "x", "top_k": -1}, "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got -1."),
-    ({"prompt": "x", "top_k": 2049}, "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got 2049."),
-    ({"prompt": "x", "top_p": 1.5}, "`top_p` must be between 0 and 1, got 1.5."),
-    ({"prompt": "x", "top_p": -0.1}, "`top_p` must be between 0 and 1, got -0.1."),
-    ({"prompt": "x", "temperature": 0}, "`temperature` must be greater than 0, got 0.0."),
-    ({"model_version": "encode-decode", "prompt": "x"},
-     "`encode-decode` needs `input_audio`: it encodes that audio with EnCodec and decodes it back."),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({}, "Must provide either prompt or input_audio"),
+        ({"prompt": "x", "continuation": True}, "Must provide `input_audio` if continuation is `True`."),
+        ({"model_version": "large", "input_audio": "a.wav"}, MELODY_MSG),
+        ({"model_version": "stereo-large", "input_audio": "a.wav"}, MELODY_MSG),
+        (
+            {"prompt": "x", "input_audio": "a.wav", "continuation_start": 5, "continuation_end": 2},
+            "`continuation_start` must be less than or equal to `continuation_end`",
+        ),
+        ({"prompt": "x", "duration": 0}, "`duration` must be at least 1 second, got 0."),
+        (
+            {"prompt": "x", "duration": 301},
+            ("`duration` must be at most 300 seconds, got 301. The server's limit is set by MUSICGEN_MAX_DURATION."),
+        ),
+        ({"prompt": "x", "top_k": -1}, "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got -1."),
+        (
+            {"prompt": "x", "top_k": 2049},
+            "`top_k` must be from 0 to 2048 (the size of MusicGen's codebooks), got 2049.",
+        ),
+        ({"prompt": "x", "top_p": 1.5}, "`top_p` must be between 0 and 1, got 1.5."),
+        ({"prompt": "x", "top_p": -0.1}, "`top_p` must be between 0 and 1, got -0.1."),
+        ({"prompt": "x", "temperature": 0}, "`temperature` must be greater than 0, got 0.0."),
+        (
+            {"model_version": "encode-decode", "prompt": "x"},
+            "`encode-decode` needs `input_audio`: it encodes that audio with EnCodec and decodes it back.",
+        ),
+    ],
+)
 def test_semantic_errors_carry_replicates_messages(inputs, message):
     with pytest.raises(UserError) as exc:
         schema.check_semantics(schema.parse_input(inputs), max_duration=300)
@@ -126,9 +155,9 @@ def test_large_with_audio_and_continuation_is_allowed():
 
 
 def test_cli_pairs_are_typed_like_cog_predict():
-    assert schema.parse_cli_pairs(["prompt=a=b", "duration=3", "top_p=0.5", "continuation=true",
-                                   "input_audio=@song.mp3", "seed=-1"]) == {
-        "prompt": "a=b", "duration": 3, "top_p": 0.5, "continuation": True, "input_audio": "song.mp3", "seed": -1}
+    assert schema.parse_cli_pairs(
+        ["prompt=a=b", "duration=3", "top_p=0.5", "continuation=true", "input_audio=@song.mp3", "seed=-1"]
+    ) == {"prompt": "a=b", "duration": 3, "top_p": 0.5, "continuation": True, "input_audio": "song.mp3", "seed": -1}
     with pytest.raises(UserError, match="Unknown input 'bpm'"):
         schema.parse_cli_pairs(["bpm=120"])
     with pytest.raises(UserError, match="duration must be an integer, got 'long'"):

@@ -10,15 +10,24 @@ from musicgen_local.settings import Settings
 def test_limits_default_and_read_from_the_environment():
     default = Settings.from_env({})
     assert (default.max_body_bytes, default.max_queue, default.retention_s, default.block_private_urls) == (
-        100 * 1024 * 1024, 1000, None, False)
-    env = {"MUSICGEN_MAX_BODY_BYTES": "1048576", "MUSICGEN_MAX_QUEUE": "0", "MUSICGEN_RETENTION": "1d12h",
-           "MUSICGEN_BLOCK_PRIVATE_URLS": "1"}
+        100 * 1024 * 1024,
+        1000,
+        None,
+        False,
+    )
+    env = {
+        "MUSICGEN_MAX_BODY_BYTES": "1048576",
+        "MUSICGEN_MAX_QUEUE": "0",
+        "MUSICGEN_RETENTION": "1d12h",
+        "MUSICGEN_BLOCK_PRIVATE_URLS": "1",
+    }
     s = Settings.from_env(env)
     assert (s.max_body_bytes, s.max_queue, s.retention_s, s.block_private_urls) == (1048576, 0, 129600.0, True)
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("30m", 1800.0), ("1h30m", 5400.0), ("7d", 604800.0),
-                                           ("0.5s", 0.5), ("", None)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90.0), ("30m", 1800.0), ("1h30m", 5400.0), ("7d", 604800.0), ("0.5s", 0.5), ("", None)]
+)
 def test_retention_durations(text, seconds):
     assert Settings.from_env({"MUSICGEN_RETENTION": text}).retention_s == seconds
 
@@ -28,8 +37,17 @@ def test_a_bad_retention_says_how_to_write_one():
         Settings.from_env({"MUSICGEN_RETENTION": "a week"})
 
 
-@pytest.mark.parametrize("text, size", [("", None), ("21474836480", 21474836480), ("20GB", 20 * 10**9),
-                                        ("20 GiB", 20 * 2**30), ("512MiB", 512 * 2**20), ("1.5G", 1_500_000_000)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("", None),
+        ("21474836480", 21474836480),
+        ("20GB", 20 * 10**9),
+        ("20 GiB", 20 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("1.5G", 1_500_000_000),
+    ],
+)
 def test_device_memory_sizes(text, size):
     assert Settings.from_env({"MUSICGEN_DEVICE_MEMORY": text}).device_memory == size
 
@@ -39,11 +57,14 @@ def test_a_bad_device_memory_says_how_to_write_one():
         Settings.from_env({"MUSICGEN_DEVICE_MEMORY": "lots"})
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("MUSICGEN_MAX_BATCH", "abc", "MUSICGEN_MAX_BATCH='abc': give a whole number (default: 8)."),
-    ("MUSICGEN_INPUT_TIMEOUT", "soon", "MUSICGEN_INPUT_TIMEOUT='soon': give a number (default: 60)."),
-    ("MUSICGEN_CPU_PRODUCTS", "fast", "MUSICGEN_CPU_PRODUCTS='fast': give one of rows, torch."),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MUSICGEN_MAX_BATCH", "abc", "MUSICGEN_MAX_BATCH='abc': give a whole number (default: 8)."),
+        ("MUSICGEN_INPUT_TIMEOUT", "soon", "MUSICGEN_INPUT_TIMEOUT='soon': give a number (default: 60)."),
+        ("MUSICGEN_CPU_PRODUCTS", "fast", "MUSICGEN_CPU_PRODUCTS='fast': give one of rows, torch."),
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(name, value, message, capsys, monkeypatch):
     from musicgen_local.cli import main
 

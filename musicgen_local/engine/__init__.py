@@ -13,7 +13,7 @@ def load_engine(settings=None) -> EngineClient:
 
     settings = settings or Settings.from_env()
     if settings.ray_address:
-        from .ray_client import RayEngine
+        from .ray.client import RayEngine
 
         return RayEngine(settings)
     from .local import LocalEngine

@@ -182,8 +182,9 @@ def failure(exc: Exception) -> Failed | Canceled:
         return Failed(str(exc), kind="weights")
     if isinstance(exc, EngineError):
         return Failed(str(exc), kind="internal")
-    return Failed(f"Internal error while generating ({type(exc).__name__}: {exc}); see the server log.",
-                  kind="internal")
+    return Failed(
+        f"Internal error while generating ({type(exc).__name__}: {exc}); see the server log.", kind="internal"
+    )
 
 
 def terminal_error(event: Failed | Canceled) -> Exception:

@@ -57,5 +57,11 @@ class SegmentStream:
         wav = self.codec.decode(tokens[..., lo:hi], None)[0, :, (a - lo) * self.hop : (b - lo) * self.hop]  # [C, T]
         samples = wav.float().t().contiguous().cpu().numpy()
         self.next, self.index = b, self.index + 1
-        return Audio(self.index - 1, a / self.frame_rate, audio.float_wav(samples, self.codec.sample_rate),
-                     self.codec.sample_rate, samples.shape[1], samples.shape[0])
+        return Audio(
+            self.index - 1,
+            a / self.frame_rate,
+            audio.float_wav(samples, self.codec.sample_rate),
+            self.codec.sample_rate,
+            samples.shape[1],
+            samples.shape[0],
+        )

@@ -17,10 +17,22 @@ import torch
 REQUEST, OUT_OF_MEMORY, FATAL = "request", "out of memory", "fatal"
 
 # The CUDA runtime's sticky errors, as torch spells them in messages: after one, the context is unusable.
-_STICKY = ("illegal memory access", "device-side assert", "uncorrectable ecc", "unspecified launch failure",
-           "misaligned address", "illegal instruction", "an illegal address", "launch timed out",
-           "cudaerrorlaunchfailure", "cublas_status_execution_failed", "hardware stack error",
-           "cuda error: unknown error", "gpu has fallen off the bus", "cudaerrorecc")
+_STICKY = (
+    "illegal memory access",
+    "device-side assert",
+    "uncorrectable ecc",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "an illegal address",
+    "launch timed out",
+    "cudaerrorlaunchfailure",
+    "cublas_status_execution_failed",
+    "hardware stack error",
+    "cuda error: unknown error",
+    "gpu has fallen off the bus",
+    "cudaerrorecc",
+)
 
 
 def classify(exc: BaseException, device: str) -> str:

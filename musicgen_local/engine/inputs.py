@@ -71,26 +71,36 @@ def read_clip(request: Request, path: Path, channels: int, limits: Limits) -> Cl
     start, notes = request.continuation_start, []
     end = length_s if request.continuation_end is None else min(request.continuation_end, length_s)
     if end - start <= 0:
-        raise UserError(f"`input_audio` is empty after cropping to continuation_start={start}, "
-                        f"continuation_end={request.continuation_end} (the clip is {length_s:.2f} s long).")
+        raise UserError(
+            f"`input_audio` is empty after cropping to continuation_start={start}, "
+            f"continuation_end={request.continuation_end} (the clip is {length_s:.2f} s long)."
+        )
     if request.model_version == ENCODE_DECODE and end - start > limits.max_duration_s:
-        raise UserError(f"`input_audio` is {end - start:.1f} s long after cropping; `encode-decode` takes at most "
-                        f"{limits.max_duration_s} s (MUSICGEN_MAX_DURATION). Crop it with continuation_start and "
-                        "continuation_end.")
+        raise UserError(
+            f"`input_audio` is {end - start:.1f} s long after cropping; `encode-decode` takes at most "
+            f"{limits.max_duration_s} s (MUSICGEN_MAX_DURATION). Crop it with continuation_start and "
+            "continuation_end."
+        )
     if request.continuation and end - start >= request.duration:
-        raise UserError(f"The continuation prompt ({end - start:.1f} s after cropping) must be shorter than "
-                        f"`duration` ({request.duration} s): the output includes the prompt.")
+        raise UserError(
+            f"The continuation prompt ({end - start:.1f} s after cropping) must be shorter than "
+            f"`duration` ({request.duration} s): the output includes the prompt."
+        )
     useful = max(request.duration, 30) + MELODY_MARGIN_S
     if not request.continuation and request.model_version != ENCODE_DECODE and end - start > useful:
-        notes.append(f"The melody is {end - start:.0f} s long after cropping; its first {useful} s condition "
-                     "this request (no window reaches further).")
+        notes.append(
+            f"The melody is {end - start:.0f} s long after cropping; its first {useful} s condition "
+            "this request (no window reaches further)."
+        )
         end = start + useful
     samples = info.channels * info.sample_rate * (end - start)
     if samples > limits.max_samples:
-        raise UserError(f"`input_audio` would decode to {samples:,.0f} samples ({info.channels} channels x "
-                        f"{info.sample_rate} Hz x {end - start:.1f} s after cropping); at most "
-                        f"{limits.max_samples:,} are read (MUSICGEN_MAX_INPUT_SAMPLES). Send fewer channels, a lower "
-                        "sample rate or a shorter clip.")
+        raise UserError(
+            f"`input_audio` would decode to {samples:,.0f} samples ({info.channels} channels x "
+            f"{info.sample_rate} Hz x {end - start:.1f} s after cropping); at most "
+            f"{limits.max_samples:,} are read (MUSICGEN_MAX_INPUT_SAMPLES). Send fewer channels, a lower "
+            "sample rate or a shorter clip."
+        )
     try:
         wav, sr = audio_read(path, seek_time=start, duration=end - start)
     except Exception as exc:  # noqa: BLE001 -- decoders raise many types; all mean "not audio we can read"
@@ -109,9 +119,22 @@ class Probed:
 
 def probe(path: Path) -> Probed:
     """The audio's length, channels and rate, read from its container without decoding it."""
-    cmd = ["ffprobe", "-v", "error", "-format_whitelist", ",".join(AUDIO_DEMUXERS), "-protocol_whitelist", "file",
-           "-select_streams", "a:0", "-show_entries", "format=duration:stream=duration,channels,sample_rate",
-           "-of", "json", str(path)]
+    cmd = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-format_whitelist",
+        ",".join(AUDIO_DEMUXERS),
+        "-protocol_whitelist",
+        "file",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "format=duration:stream=duration,channels,sample_rate",
+        "-of",
+        "json",
+        str(path),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
     streams = info.get("streams") or [{}]
@@ -121,8 +144,9 @@ def probe(path: Path) -> Probed:
             return Probed(float(value), int(streams[0].get("channels") or 0), int(streams[0].get("sample_rate") or 0))
         except (TypeError, ValueError):
             continue
-    raise UserError("Could not decode `input_audio`: it holds no audio stream ffmpeg can read. "
-                    "Send a wav, mp3, flac or ogg file.")
+    raise UserError(
+        "Could not decode `input_audio`: it holds no audio stream ffmpeg can read. Send a wav, mp3, flac or ogg file."
+    )
 
 
 # ------------------------------------------------------------------------------------------ fetching
@@ -151,8 +175,9 @@ def _decode_data_uri(ref: str, work_dir: Path, limits: Limits) -> Path:
         raise UserError(f"`{limits.name}` is larger than {limits.max_bytes} bytes ({limits.size_setting}).")
     mime = header[5:].split(";")[0] or "application/octet-stream"
     try:
-        data = (base64.b64decode(payload, validate=False) if ";base64" in header
-                else urllib.parse.unquote_to_bytes(payload))
+        data = (
+            base64.b64decode(payload, validate=False) if ";base64" in header else urllib.parse.unquote_to_bytes(payload)
+        )
     except (binascii.Error, ValueError) as exc:
         raise UserError(f"`{limits.name}` data URI is not valid base64: {exc}") from None
     path = work_dir / f"input{mimetypes.guess_extension(mime) or '.bin'}"
@@ -175,8 +200,10 @@ async def _download_or_cancel(url: str, path: Path, limits: Limits, canceled: th
     except asyncio.CancelledError:
         raise Cancelled() from None
     except TimeoutError:
-        raise UserError(f"Could not download `{limits.name}` from {url}: it took longer than {limits.timeout_s:.0f} s "
-                        f"({limits.time_setting}).") from None
+        raise UserError(
+            f"Could not download `{limits.name}` from {url}: it took longer than {limits.timeout_s:.0f} s "
+            f"({limits.time_setting})."
+        ) from None
     finally:
         watcher.cancel()
 
@@ -186,8 +213,9 @@ async def _download(url: str, path: Path, limits: Limits) -> None:
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
         for _ in range(limits.max_redirects + 1):
             pinned = limits.check_url(url)  # then connect to the address checked, not to a fresh DNS answer
-            target, headers, extensions = (url, {}, {}) if pinned is None else (pinned.url, pinned.headers,
-                                                                                 pinned.extensions)
+            target, headers, extensions = (
+                (url, {}, {}) if pinned is None else (pinned.url, pinned.headers, pinned.extensions)
+            )
             try:
                 async with client.stream("GET", target, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:  # followed by hand, so that every hop is checked

@@ -68,9 +68,13 @@ class LocalEngine:
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.limits = inputs.Limits(settings.input_timeout, settings.max_input_bytes, settings.max_duration,
-                                    max_samples=settings.max_input_samples,
-                                    check_url=inputs.input_url_check(settings.block_private_urls))
+        self.limits = inputs.Limits(
+            settings.input_timeout,
+            settings.max_input_bytes,
+            settings.max_duration,
+            max_samples=settings.max_input_samples,
+            check_url=inputs.input_url_check(settings.block_private_urls),
+        )
         self.prepare_pool = ThreadPoolExecutor(PREPARE_WORKERS, thread_name_prefix="prepare")
         self.download_pool = ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="download")
         self.decode_pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
@@ -83,9 +87,19 @@ class LocalEngine:
             read, build = partial(read_checkpoint, settings), partial(build_model, settings)
         else:
             read, build = _as_is, load
-        self.loops = [DeviceLoop(device, settings, self.encode_pool, self.loader_pool, read, build,
-                                 LazyMbd(settings.weights_dir, device), self._device_lost)
-                      for device in resolve_devices(settings.devices)]
+        self.loops = [
+            DeviceLoop(
+                device,
+                settings,
+                self.encode_pool,
+                self.loader_pool,
+                read,
+                build,
+                LazyMbd(settings.weights_dir, device),
+                self._device_lost,
+            )
+            for device in resolve_devices(settings.devices)
+        ]
         self._weights_found: set[tuple[str, bool]] = set()
         self._tuned: dict[str, tuple[tuned.Tuned, dict | None]] = {}  # Request.weights -> (fine-tune, LoRA tensors)
         self._own_loader = load is not None
@@ -130,8 +144,9 @@ class LocalEngine:
             try:
                 if job.run.canceled.is_set():
                     raise Cancelled()
-                clip = inputs.read_clip(job.request, path, registry.PRESETS[job.request.model_version].channels,
-                                        self.limits)
+                clip = inputs.read_clip(
+                    job.request, path, registry.PRESETS[job.request.model_version].channels, self.limits
+                )
             finally:
                 shutil.rmtree(work_dir, ignore_errors=True)
             job.clip = clip.wav
@@ -176,9 +191,15 @@ class LocalEngine:
             if params.drop_vocals:
                 _htdemucs_there(self.settings, say)
             work = Path(request.work_dir)
-            pieces = dataset.prepare_once(request.dataset, work / "dataset", params,
-                                          registry.PRESETS[params.model_version].channels,
-                                          dataset.limits_from(self.settings), run.canceled, say)
+            pieces = dataset.prepare_once(
+                request.dataset,
+                work / "dataset",
+                params,
+                registry.PRESETS[params.model_version].channels,
+                dataset.limits_from(self.settings),
+                run.canceled,
+                say,
+            )
             job = TrainJob(request, run, params, pieces)
             min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
@@ -196,8 +217,10 @@ class LocalEngine:
             found = self._tuned[job.request.weights] = (found, adapters)
         fine_tune, adapters = found
         if fine_tune.base != job.request.model_version:
-            raise UserError(f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
-                            f"`{job.request.model_version}`.")
+            raise UserError(
+                f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
+                f"`{job.request.model_version}`."
+            )
         if fine_tune.kind == "lora":
             job.lora = Lora(fine_tune.key, adapters, fine_tune.scale)
         else:
@@ -223,8 +246,12 @@ class LocalEngine:
     def health(self) -> dict[str, Any]:
         devices = [loop.health() for loop in self.loops]
         ready = all(loop.ready.is_set() for loop in self.loops)
-        out = {"status": "READY" if ready else "STARTING", "decoder": self.settings.decoder,
-               "max_batch": self.settings.max_batch, "devices": devices}
+        out = {
+            "status": "READY" if ready else "STARTING",
+            "decoder": self.settings.decoder,
+            "max_batch": self.settings.max_batch,
+            "devices": devices,
+        }
         lost = [d["error"] for d in devices if d["status"] == "UNHEALTHY"]
         if lost:
             out.update(status="UNHEALTHY", error=" ".join(lost))
@@ -273,6 +300,8 @@ def _htdemucs_there(settings: Settings, say) -> None:
 
         fetch(settings.weights_dir, absent, log=say)
     elif absent:
-        raise WeightsMissingError(f"`drop_vocals` separates the vocals with htdemucs, which is not in "
-                                  f"{settings.weights_dir}: missing {', '.join(map(str, absent))}. Fetch it with "
-                                  "`musicgen-local weights fetch melody-large`, or train with drop_vocals=false.")
+        raise WeightsMissingError(
+            f"`drop_vocals` separates the vocals with htdemucs, which is not in "
+            f"{settings.weights_dir}: missing {', '.join(map(str, absent))}. Fetch it with "
+            "`musicgen-local weights fetch melody-large`, or train with drop_vocals=false."
+        )

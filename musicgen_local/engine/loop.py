@@ -97,8 +97,17 @@ class _Read:
 
 
 class DeviceLoop:
-    def __init__(self, device: str, settings: Settings, encode_pool: Executor, loader_pool: Executor, read, build,
-                 mbd, on_lost=None) -> None:
+    def __init__(
+        self,
+        device: str,
+        settings: Settings,
+        encode_pool: Executor,
+        loader_pool: Executor,
+        read,
+        build,
+        mbd,
+        on_lost=None,
+    ) -> None:
         """read(model_version) -> host copy (the loader pool); build(host copy, device) -> model (here);
         on_lost(device, message): called once if the device fails for good."""
         self.device, self.settings, self.encode_pool, self.loader_pool = device, settings, encode_pool, loader_pool
@@ -143,17 +152,32 @@ class DeviceLoop:
 
     def health(self) -> dict[str, Any]:
         status = "UNHEALTHY" if self.lost else "READY" if self.ready.is_set() else "STARTING"
-        out = {"device": self.device, "status": status, "ready": self.ready.is_set(),
-               "resident_models": list(self.models), "model_loads": self.model_loads, "mbd_loads": self.mbd.loads,
-               "jobs": self.jobs, "decoding": sum(len(jobs) for jobs in self.decoding.values()),
-               "loading": sorted(self.loading), "fast_decoder": dict(self.fast_decoder),
-               "memory": self.plan.as_dict(), "out_of_memory_errors": self.out_of_memory,
-               "trainings": len(self.trainings), "evictions": self.evictions,
-               "decoded": {version: {"steps": steps, "frames": frames} for version, (steps, frames)
-                           in list(self.decoded.items())},
-               "batches": {version: {"rows_in_use": len(self.decoding.get(version) or ()),
-                                     "rows_allocated": len(getattr(resident.batch, "slots", ()) or ())}
-                           for version, resident in list(self.models.items())}}
+        out = {
+            "device": self.device,
+            "status": status,
+            "ready": self.ready.is_set(),
+            "resident_models": list(self.models),
+            "model_loads": self.model_loads,
+            "mbd_loads": self.mbd.loads,
+            "jobs": self.jobs,
+            "decoding": sum(len(jobs) for jobs in self.decoding.values()),
+            "loading": sorted(self.loading),
+            "fast_decoder": dict(self.fast_decoder),
+            "memory": self.plan.as_dict(),
+            "out_of_memory_errors": self.out_of_memory,
+            "trainings": len(self.trainings),
+            "evictions": self.evictions,
+            "decoded": {
+                version: {"steps": steps, "frames": frames} for version, (steps, frames) in list(self.decoded.items())
+            },
+            "batches": {
+                version: {
+                    "rows_in_use": len(self.decoding.get(version) or ()),
+                    "rows_allocated": len(getattr(resident.batch, "slots", ()) or ()),
+                }
+                for version, resident in list(self.models.items())
+            },
+        }
         if self.device.startswith("cuda") and not self.lost:
             out["memory_allocated_bytes"] = torch.cuda.memory_allocated(self.device)
         if self.lost:
@@ -209,13 +233,19 @@ class DeviceLoop:
 
     def _lose(self, lost: faults.DeviceLost) -> None:
         """The device is unusable: every job here ends, and the engine is told (it exits)."""
-        message = (f"The GPU {self.device} failed with an unrecoverable error ({lost.cause}). This server "
-                   "stops and is restarted; predictions that had not started yet run after the restart.")
+        message = (
+            f"The GPU {self.device} failed with an unrecoverable error ({lost.cause}). This server "
+            "stops and is restarted; predictions that had not started yet run after the restart."
+        )
         log.critical("device %s lost: %s", self.device, lost)
         with self._count:
             self.lost = message
-        held = [*self.waiting, *(j for jobs in self.decoding.values() for j in jobs.values()),
-                *(j for jobs in self.loading.values() for j in jobs), *([lost.job] if lost.job else [])]
+        held = [
+            *self.waiting,
+            *(j for jobs in self.decoding.values() for j in jobs.values()),
+            *(j for jobs in self.loading.values() for j in jobs),
+            *([lost.job] if lost.job else []),
+        ]
         started = [j for j in held if j.started]
         queued = [j for j in held if not j.started] + list(self.trainings)  # a training resumes from its checkpoint
         self.trainings.clear()
@@ -278,11 +308,15 @@ class DeviceLoop:
         job.plan = plan_request(model, job.request, job.clip, random.Random(job.request.seed))
         self._mbd(job)
         job.prompt = job.plan.prompt_tokens
-        job.codes = job.prompt if job.prompt is not None else torch.zeros(
-            (1, model.lm.num_codebooks, 0), dtype=torch.long, device=model.device)
+        job.codes = (
+            job.prompt
+            if job.prompt is not None
+            else torch.zeros((1, model.lm.num_codebooks, 0), dtype=torch.long, device=model.device)
+        )
         if job.stream:
-            job.segments = codec.SegmentStream(model.compression_model, int(job.request.duration * model.frame_rate),
-                                               self.settings.stream_seconds)
+            job.segments = codec.SegmentStream(
+                model.compression_model, int(job.request.duration * model.frame_rate), self.settings.stream_seconds
+            )
         self.waiting.append(job)
 
     def _admit(self) -> None:
@@ -303,10 +337,17 @@ class DeviceLoop:
 
     def _admit_one(self, job: Job, batch: SlotBatch) -> None:
         request, plan = job.request, job.plan
-        params = SamplingParams(request.temperature, request.top_k, request.top_p,
-                                float(request.classifier_free_guidance))
-        window = Window(plan.window_conditions(job.window), job.prompt, plan.windows[job.window].frames, params,
-                        job.generator, job.lora)
+        params = SamplingParams(
+            request.temperature, request.top_k, request.top_p, float(request.classifier_free_guidance)
+        )
+        window = Window(
+            plan.window_conditions(job.window),
+            job.prompt,
+            plan.windows[job.window].frames,
+            params,
+            job.generator,
+            job.lora,
+        )
         with _autocast(self.device):
             job.slot = batch.admit(window)
         self.decoding.setdefault(job.key, {})[job.slot] = job
@@ -358,9 +399,9 @@ class DeviceLoop:
         codes = batch.codes(slot)  # [1, K, frames]
         self._release(job, batch)
         span = plan.windows[job.window]
-        job.codes = torch.cat([job.codes, codes[..., span.prompt:]], dim=-1)
+        job.codes = torch.cat([job.codes, codes[..., span.prompt :]], dim=-1)
         job.steps_before += span.frames - span.prompt + plan.max_delay
-        job.prompt = codes[..., plan.stride:]
+        job.prompt = codes[..., plan.stride :]
         job.window += 1
         if job.window < len(plan.windows):
             self.waiting.insert(0, job)
@@ -417,8 +458,9 @@ class DeviceLoop:
     def _room_to_decode(self, model_version: str, seconds: float, streams: int) -> None:
         """The codec decodes a whole clip at once: past the one window every model keeps room for, make
         room by evicting idle models (if it still does not fit, out of memory fails this request alone)."""
-        beyond = (memory.codec_bytes(seconds, streams, self.dtype_bytes)
-                  - memory.codec_bytes(memory.WINDOW_S, streams, self.dtype_bytes))
+        beyond = memory.codec_bytes(seconds, streams, self.dtype_bytes) - memory.codec_bytes(
+            memory.WINDOW_S, streams, self.dtype_bytes
+        )
         if beyond > 0:
             self._room_for(model_version, beyond)
 
@@ -517,9 +559,15 @@ class DeviceLoop:
         before = _allocated(self.device)
         model = self._build(host, self.device)
         self.model_loads += 1
-        weights = _allocated(self.device) - before if self.device.startswith("cuda") else (
-            memory.module_bytes(model.lm) + memory.module_bytes(model.compression_model) if lm
-            else memory.module_bytes(model))
+        weights = (
+            _allocated(self.device) - before
+            if self.device.startswith("cuda")
+            else (
+                memory.module_bytes(model.lm) + memory.module_bytes(model.compression_model)
+                if lm
+                else memory.module_bytes(model)
+            )
+        )
         if lm:
             fp = memory.footprint_of(model, weights, dtype_bytes, self._prefix(model))
         else:
@@ -531,8 +579,10 @@ class DeviceLoop:
             return self._cannot_place(model_version, fp)
         say(f"Model {model_version} loaded in {time.monotonic() - start:.1f}s.")
         if lm and slots < self.settings.max_batch and self.settings.decoder == "fast":
-            say(f"{model_version} decodes at most {slots} requests at once on {self.device}: that is what fits in "
-                f"its memory plan (MUSICGEN_MAX_BATCH={self.settings.max_batch}).")
+            say(
+                f"{model_version} decodes at most {slots} requests at once on {self.device}: that is what fits in "
+                f"its memory plan (MUSICGEN_MAX_BATCH={self.settings.max_batch})."
+            )
         batch = self._new_batch(model, slots) if lm else None
         if batch is not None:
             with _autocast(self.device):
@@ -557,9 +607,13 @@ class DeviceLoop:
             log.info("%s on %s: fast decoder agrees with audiocraft's: %s", model_version, self.device, verdict.summary)
             return batch
         self.fast_decoder[model_version] = f"disabled ({verdict.summary})"
-        log.error("!!! %s on %s: the fast decoder DISAGREES with audiocraft's reference (%s). This model is served "
-                  "by audiocraft's own loop instead (one request at a time). Please report it with this line.",
-                  model_version, self.device, verdict.summary)
+        log.error(
+            "!!! %s on %s: the fast decoder DISAGREES with audiocraft's reference (%s). This model is served "
+            "by audiocraft's own loop instead (one request at a time). Please report it with this line.",
+            model_version,
+            self.device,
+            verdict.summary,
+        )
         return None
 
     def _cannot_place(self, model_version: str, fp: memory.Footprint) -> bool | Exception:
@@ -585,8 +639,11 @@ class DeviceLoop:
         return fp.slots_within(self.plan.free + fp.weights, want)  # its weights are loaded, not yet in the plan
 
     def _busy(self) -> set[str]:
-        return ({j.request.model_version for j in self.waiting} | {v for v, jobs in self.decoding.items() if jobs}
-                | set(self.loading))
+        return (
+            {j.request.model_version for j in self.waiting}
+            | {v for v, jobs in self.decoding.items() if jobs}
+            | set(self.loading)
+        )
 
     def _unload(self, model_version: str, why: str) -> None:
         del self.models[model_version]
@@ -611,9 +668,11 @@ class DeviceLoop:
         self.out_of_memory += 1
         faults.free_cached(self.device)
         log.warning("out of memory on %s while %s: %s", self.device, doing, str(exc).splitlines()[0][:300])
-        return EngineError(f"Out of memory on {self.device} while {doing}. The server goes on serving; try a "
-                           "shorter `duration`, fewer requests at once (MUSICGEN_MAX_BATCH), or fewer models on this "
-                           "device (MUSICGEN_DEVICE_MEMORY).")
+        return EngineError(
+            f"Out of memory on {self.device} while {doing}. The server goes on serving; try a "
+            "shorter `duration`, fewer requests at once (MUSICGEN_MAX_BATCH), or fewer models on this "
+            "device (MUSICGEN_DEVICE_MEMORY)."
+        )
 
     def _prefix(self, model) -> int:
         return MELODY_PREFIX if "self_wav" in model.lm.condition_provider.conditioners else 0
@@ -625,8 +684,14 @@ class DeviceLoop:
                 log.info("%s decodes with audiocraft's loop: %s", model.name, reason)
                 self.fast_decoder[model.name] = f"disabled ({reason})"
             return None
-        return SlotBatch(model.lm, slots, int(model.max_duration * model.frame_rate), self._prefix(model),
-                         self.settings.step_mode, self.settings.cpu_products)
+        return SlotBatch(
+            model.lm,
+            slots,
+            int(model.max_duration * model.frame_rate),
+            self._prefix(model),
+            self.settings.step_mode,
+            self.settings.cpu_products,
+        )
 
     def _mbd(self, job: Job) -> None:
         if job.request.multi_band_diffusion:
@@ -669,8 +734,7 @@ class DeviceLoop:
             if reach == faults.FATAL:
                 raise faults.DeviceLost(self.device, exc) from exc
             if reach == faults.OUT_OF_MEMORY:
-                exc = self._out_of_memory(exc, f"training {job.params.model_version} at batch "
-                                               f"{job.params.batch_size}")
+                exc = self._out_of_memory(exc, f"training {job.params.model_version} at batch {job.params.batch_size}")
             else:
                 log.exception("training on %s failed", self.device)
             self._training_ended(job, _failure(exc, job))
@@ -748,7 +812,8 @@ def warmup_models(settings: Settings) -> list[str]:
     lm_versions = list(registry.LM_VERSIONS)
     choice = settings.warmup.strip()
     names = {"none": [], "": [], "default": lm_versions[:1], "all": lm_versions}.get(
-        choice, [v.strip() for v in choice.split(",") if v.strip()])
+        choice, [v.strip() for v in choice.split(",") if v.strip()]
+    )
     return [v for v in names if v in registry.PRESETS and not W.missing(settings.weights_dir, W.required_files(v))]
 
 

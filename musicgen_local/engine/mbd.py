@@ -128,8 +128,9 @@ def split_stereo_codes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return tokens[:, 0::2], tokens[:, 1::2]
 
 
-def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def tokens_to_wav(
+    mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """MusicGen tokens [B, K, T] (K = 4 mono, 8 stereo) -> waveform [B, C, T * 640] at 32 kHz, C = 1 or 2.
 
     Each side is decoded in its own call so that MBD's final EQ match (`re_eq`, whose band levels
@@ -146,8 +147,9 @@ def tokens_to_wav(mbd: MultiBandDiffusion, tokens: torch.Tensor, stereo: bool,
         return torch.cat([_tokens_to_wav(mbd, left, generator), _tokens_to_wav(mbd, right, generator)], dim=1)
 
 
-def encode_decode(mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int = 32000,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_decode(
+    mbd: MultiBandDiffusion, audio: torch.Tensor, sample_rate: int = 32000, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The encode-decode round trip with MBD: audio [B, C, T] (resampled to MBD's 32 kHz when
     `sample_rate` differs) -> MBD's EnCodec tokens per channel -> MBD decode -> [B, C, T'] at 32 kHz
     (the codec pads to whole 640-sample frames; we trim back to the input's length)."""

@@ -72,7 +72,7 @@ def _apply_shifted(model, mix: torch.Tensor, device: torch.device, rng: random.R
     padded = TensorChunk(mix).padded(length + 2 * max_shift)
     offset = rng.randint(0, max_shift)
     shifted = TensorChunk(padded, offset, length + max_shift - offset)
-    return apply_model(model, shifted, shifts=0, split=True, overlap=0.25, device=device)[..., max_shift - offset:]
+    return apply_model(model, shifted, shifts=0, split=True, overlap=0.25, device=device)[..., max_shift - offset :]
 
 
 def window_condition(model, stems: torch.Tensor, time_offset_s: float, windowed: bool):
@@ -83,13 +83,15 @@ def window_condition(model, stems: torch.Tensor, time_offset_s: float, windowed:
     from audiocraft.modules.conditioners import WavCondition
 
     if not windowed:
-        return WavCondition(stems, torch.tensor([stems.shape[-1]], device=stems.device), [model.sample_rate],
-                            [None], [0.0])
+        return WavCondition(
+            stems, torch.tensor([stems.shape[-1]], device=stems.device), [model.sample_rate], [None], [0.0]
+        )
     length, start = stems.shape[-1], int(time_offset_s * model.sample_rate)
     target = int(model.max_duration * model.sample_rate)
     positions = torch.arange(start, start + target, device=stems.device)
-    return WavCondition(stems[..., positions % length], torch.tensor([target], device=stems.device),
-                        [model.sample_rate], [None], [0.0])  # wav [1, 1, target]
+    return WavCondition(
+        stems[..., positions % length], torch.tensor([target], device=stems.device), [model.sample_rate], [None], [0.0]
+    )  # wav [1, 1, target]
 
 
 @contextmanager

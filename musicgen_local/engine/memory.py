@@ -79,9 +79,18 @@ def footprint_of(model, weights: int, dtype_bytes: int, prefix: int) -> Footprin
     layer = lm.transformer.layers[0]
     frames = int(model.max_duration * model.frame_rate)
     max_len = prefix + 1 + frames + max(lm.pattern_provider.delays)
-    return Footprint(weights, lm.dim, len(lm.transformer.layers), layer.self_attn.num_heads, lm.num_codebooks,
-                     lm.card, max_len, dtype_bytes, streams=max(1, model.audio_channels),
-                     cross=layer.cross_attention is not None)
+    return Footprint(
+        weights,
+        lm.dim,
+        len(lm.transformer.layers),
+        layer.self_attn.num_heads,
+        lm.num_codebooks,
+        lm.card,
+        max_len,
+        dtype_bytes,
+        streams=max(1, model.audio_channels),
+        cross=layer.cross_attention is not None,
+    )
 
 
 def module_bytes(module) -> int:
@@ -150,21 +159,37 @@ class DevicePlan:
         return fp.slots_within(self.usable - sum(self.shared.values()), max_slots)
 
     def too_big(self, name: str, fp: Footprint) -> str:
-        return (f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "
-                f"{gib(fp.weights)}, {gib(fp.slot())} per slot), but this device's plan has {gib(self.usable)} "
-                f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with "
-                "MUSICGEN_DEVICE_MEMORY, or serve this model on a larger device (MUSICGEN_DEVICES).")
+        return (
+            f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "
+            f"{gib(fp.weights)}, {gib(fp.slot())} per slot), but this device's plan has {gib(self.usable)} "
+            f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with "
+            "MUSICGEN_DEVICE_MEMORY, or serve this model on a larger device (MUSICGEN_DEVICES)."
+        )
 
     def as_dict(self) -> dict:
         """For /health-check: sizes in bytes, and a line for people."""
-        return {"summary": (f"{gib(self.used)} of {gib(self.usable)} planned ({self.source} {gib(self.budget)}, less "
-                            f"a {gib(self.margin)} margin); {gib(self.free)} free"),
-                "budget_bytes": self.budget, "margin_bytes": self.margin, "used_bytes": self.used,
-                "free_bytes": self.free, "source": self.source,
-                "models": {name: {"slots": r.slots, "weights_bytes": r.footprint.weights,
-                                  "slot_bytes": r.footprint.slot(), "total_bytes": r.bytes}
-                           for name, r in self.models.items()},
-                "shared_bytes": dict(self.shared), "longest_clip_s": self.longest_clip()}
+        return {
+            "summary": (
+                f"{gib(self.used)} of {gib(self.usable)} planned ({self.source} {gib(self.budget)}, less "
+                f"a {gib(self.margin)} margin); {gib(self.free)} free"
+            ),
+            "budget_bytes": self.budget,
+            "margin_bytes": self.margin,
+            "used_bytes": self.used,
+            "free_bytes": self.free,
+            "source": self.source,
+            "models": {
+                name: {
+                    "slots": r.slots,
+                    "weights_bytes": r.footprint.weights,
+                    "slot_bytes": r.footprint.slot(),
+                    "total_bytes": r.bytes,
+                }
+                for name, r in self.models.items()
+            },
+            "shared_bytes": dict(self.shared),
+            "longest_clip_s": self.longest_clip(),
+        }
 
     def longest_clip(self, streams: int = 2) -> int:
         """Seconds of audio the codec can decode at once with what is left plus one window's reserve."""
@@ -222,12 +247,22 @@ def published(model_version: str, dtype_bytes: int = 2) -> Footprint:
     lm_params = layers * 16 * dim * dim + 2 * codebooks * (card + 1) * dim + 768 * dim
     weights = lm_params * dtype_bytes + T5_BASE_ENCODER + ENCODEC_32KHZ + (HTDEMUCS if preset.melody else 0)
     prefix = 300 if preset.melody else 0
-    return Footprint(weights, dim, layers, heads, codebooks, card, prefix + 1 + 1500 + codebooks - 1,
-                     dtype_bytes, streams=preset.channels)
+    return Footprint(
+        weights,
+        dim,
+        layers,
+        heads,
+        codebooks,
+        card,
+        prefix + 1 + 1500 + codebooks - 1,
+        dtype_bytes,
+        streams=preset.channels,
+    )
 
 
-def card_table(cards_gb=(12, 16, 24, 48, 80, 141), model_version: str = "stereo-melody-large",
-               max_batch: int = 8) -> list[dict]:
+def card_table(
+    cards_gb=(12, 16, 24, 48, 80, 141), model_version: str = "stereo-melody-large", max_batch: int = 8
+) -> list[dict]:
     """What fits on a CUDA card of each size (GB as sold, less the CUDA context's ~0.5 GiB)."""
     rows = []
     fp = published(model_version)
@@ -242,18 +277,28 @@ def card_table(cards_gb=(12, 16, 24, 48, 80, 141), model_version: str = "stereo-
         alone = replace(plan, models={})
         if slots:
             alone.models["one"] = Resident(fp, min(slots, max_batch))
-        rows.append({"card_gb": gb, "models": resident, "slots_alone": slots,
-                     "longest_clip_s": alone.longest_clip(fp.streams) if slots else 0})
+        rows.append(
+            {
+                "card_gb": gb,
+                "models": resident,
+                "slots_alone": slots,
+                "longest_clip_s": alone.longest_clip(fp.streams) if slots else 0,
+            }
+        )
     return rows
 
 
 def card_table_markdown(model_version: str = "stereo-melody-large", max_batch: int = 8) -> str:
     fp = published(model_version)
-    lines = [f"| card | `{model_version}` resident at {max_batch} slots | slots for one model | longest clip |",
-             "|---|---|---|---|"]
+    lines = [
+        f"| card | `{model_version}` resident at {max_batch} slots | slots for one model | longest clip |",
+        "|---|---|---|---|",
+    ]
     for row in card_table(model_version=model_version, max_batch=max_batch):
         clip = row["longest_clip_s"]
-        lines.append(f"| {row['card_gb']} GB | {row['models']} | {row['slots_alone']} | "
-                     f"{clip // 60} min {clip % 60:02d} s |" if row["slots_alone"] else
-                     f"| {row['card_gb']} GB | 0 | 0 (needs {math.ceil(fp.total(1) / 1e9)} GB) | - |")
+        lines.append(
+            f"| {row['card_gb']} GB | {row['models']} | {row['slots_alone']} | {clip // 60} min {clip % 60:02d} s |"
+            if row["slots_alone"]
+            else f"| {row['card_gb']} GB | 0 | 0 (needs {math.ceil(fp.total(1) / 1e9)} GB) | - |"
+        )
     return "\n".join(lines)

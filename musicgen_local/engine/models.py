@@ -74,9 +74,17 @@ class HostCopy:
         weights = sum(v.numel() for v in lm["best_state"].values()) * dtype_bytes + codec + self.file_bytes
         stereo = bool(cfg.get("interleave_stereo_codebooks", {}).get("use", False))
         frames = int(cfg.dataset.segment_duration * FRAME_RATE)
-        return Footprint(weights, int(t.dim), int(t.num_layers), int(t.num_heads), int(t.n_q), int(t.card),
-                         prefix + 1 + frames + max(cfg.codebooks_pattern.delay.delays), dtype_bytes,
-                         streams=2 if stereo else 1)
+        return Footprint(
+            weights,
+            int(t.dim),
+            int(t.num_layers),
+            int(t.num_heads),
+            int(t.n_q),
+            int(t.card),
+            prefix + 1 + frames + max(cfg.codebooks_pattern.delay.delays),
+            dtype_bytes,
+            streams=2 if stereo else 1,
+        )
 
 
 _preloaded = threading.local()  # the device loop's packages while it builds (audiocraft's loader reads them)
@@ -192,7 +200,8 @@ def checkpoint_source(settings: Settings, model_version: str) -> str:
 def _missing_weights(model_version: str, exc: Exception) -> WeightsMissingError:
     return WeightsMissingError(
         f"Weights for `{model_version}` are incomplete: {exc}. Fetch them with "
-        f"`musicgen-local weights fetch {model_version}` (or set MUSICGEN_WEIGHTS to where they are).")
+        f"`musicgen-local weights fetch {model_version}` (or set MUSICGEN_WEIGHTS to where they are)."
+    )
 
 
 def load_musicgen(settings: Settings, model_version: str, device: str):

@@ -101,8 +101,10 @@ def plan_request(model, request: Request, clip: torch.Tensor | None, rng: random
     total, window = int(request.duration * fr), int(min(request.duration, model.max_duration) * fr)
     prompt_len = 0 if prompt_tokens is None else prompt_tokens.shape[-1]
     if prompt_len >= window:
-        raise UserError(f"The continuation prompt ({prompt_len / fr:.1f} s after cropping) must be shorter than "
-                        f"`duration` ({request.duration} s): the output includes the prompt.")
+        raise UserError(
+            f"The continuation prompt ({prompt_len / fr:.1f} s after cropping) must be shorter than "
+            f"`duration` ({request.duration} s): the output includes the prompt."
+        )
     stride = int(fr * EXTEND_STRIDE_S)
     windows = window_plan(total, prompt_len, window, stride)
     max_delay = max(model.lm.pattern_provider.delays)

@@ -24,8 +24,14 @@ def seed_everything(seed: int) -> None:
 
 def sampling_params(request: Request) -> dict:
     """Request -> audiocraft's generation params; the rest are audiocraft's defaults, as on Replicate."""
-    return {"use_sampling": True, "temp": request.temperature, "top_k": request.top_k, "top_p": request.top_p,
-            "cfg_coef": request.classifier_free_guidance, "two_step_cfg": False}
+    return {
+        "use_sampling": True,
+        "temp": request.temperature,
+        "top_k": request.top_k,
+        "top_p": request.top_p,
+        "cfg_coef": request.classifier_free_guidance,
+        "two_step_cfg": False,
+    }
 
 
 def decode(plan: Plan, request: Request, on_step: Callable[[int, int], None]) -> torch.Tensor:
@@ -43,7 +49,7 @@ def decode(plan: Plan, request: Request, on_step: Callable[[int, int], None]) ->
         attributes = plan.window_attributes(index)
         with plan.model.autocast, M.stems_precomputed(plan.model) if plan.melody is not None else nullcontext():
             tokens = plan.model.lm.generate(prompt, attributes, max_gen_len=span.frames, callback=callback, **params)
-        chunks.append(tokens[..., span.prompt:])
+        chunks.append(tokens[..., span.prompt :])
         steps_before += span.frames - span.prompt + plan.max_delay
-        prompt = tokens[..., plan.stride:]
+        prompt = tokens[..., plan.stride :]
     return torch.cat(chunks, dim=-1)

@@ -61,15 +61,18 @@ def compare(model, batch: SlotBatch, frames: int = FRAMES) -> Verdict:
     rounding = 2 * UNIT_ROUNDOFF.get(dtype, 2.0**-11) * math.sqrt(len(lm.transformer.layers) * lm.dim)
     ref_margin = same = None
     if fast_margin > rounding or fast_agree < MIN_AGREEMENT:  # a second opinion: what audiocraft's own loop gives
-        reference = lm.generate(None, attributes, max_gen_len=frames, use_sampling=False, cfg_coef=CFG,
-                                two_step_cfg=False)
+        reference = lm.generate(
+            None, attributes, max_gen_len=frames, use_sampling=False, cfg_coef=CFG, two_step_cfg=False
+        )
         ref_margin = _margins(lm, conditions, reference)[0]
         same = float((fast == reference).float().mean())
     tolerance = max(rounding, 4 * (ref_margin or 0.0))
     ok = fast_margin <= tolerance and fast_agree >= MIN_AGREEMENT
-    summary = (f"{frames} greedy steps in {str(dtype).removeprefix('torch.')}: {100 * fast_agree:.1f}% of tokens are "
-               f"audiocraft's argmax (at least {100 * MIN_AGREEMENT:.0f}%), largest margin {fast_margin:.2g} "
-               f"(tolerance {tolerance:.2g}) of the logits' std {scale:.3g}")
+    summary = (
+        f"{frames} greedy steps in {str(dtype).removeprefix('torch.')}: {100 * fast_agree:.1f}% of tokens are "
+        f"audiocraft's argmax (at least {100 * MIN_AGREEMENT:.0f}%), largest margin {fast_margin:.2g} "
+        f"(tolerance {tolerance:.2g}) of the logits' std {scale:.3g}"
+    )
     if ref_margin is not None:
         summary += f"; audiocraft's own loop: margin {ref_margin:.2g}, {100 * same:.1f}% of its tokens the same"
     return Verdict(ok, summary, fast_agree, fast_margin, tolerance, ref_margin, same)

@@ -59,13 +59,21 @@ def start_trainer(job: TrainJob, model, device: str, host) -> None:
     from ..training.trainer import Trainer
 
     compression = next((pkg for (kind, _), pkg in host.packages.items() if kind == "compression"), None)
-    job.trainer = Trainer(model, job.pieces, job.params, Path(job.request.work_dir) / "checkpoints", log=job.log,
-                          compression_package=compression)
+    job.trainer = Trainer(
+        model,
+        job.pieces,
+        job.params,
+        Path(job.request.work_dir) / "checkpoints",
+        log=job.log,
+        compression_package=compression,
+    )
     job.work = job.trainer.work()
-    job.log(f"Training {job.params.model_version} on {device}: "
-            f"{'LoRA rank ' + str(job.params.lora_rank) if job.params.lora_rank else 'full fine-tune'}, "
-            f"{len(job.pieces)} pieces, {job.params.epochs} epochs of {job.params.updates_per_epoch} updates "
-            f"at batch {job.params.batch_size}.")
+    job.log(
+        f"Training {job.params.model_version} on {device}: "
+        f"{'LoRA rank ' + str(job.params.lora_rank) if job.params.lora_rank else 'full fine-tune'}, "
+        f"{len(job.pieces)} pieces, {job.params.epochs} epochs of {job.params.updates_per_epoch} updates "
+        f"at batch {job.params.batch_size}."
+    )
 
 
 def advance(job: TrainJob) -> bool:
@@ -86,8 +94,10 @@ def advance(job: TrainJob) -> bool:
 
 def describe(p) -> str:
     left = f", {_duration(p.eta_s)} left" if p.eta_s is not None else ""
-    return (f"step {p.step}/{p.total} (epoch {p.epoch}/{p.epochs}): loss {p.loss:.4f}, lr {p.lr:.2e}, "
-            f"{_duration(p.elapsed_s)} elapsed{left}")
+    return (
+        f"step {p.step}/{p.total} (epoch {p.epoch}/{p.epochs}): loss {p.loss:.4f}, lr {p.lr:.2e}, "
+        f"{_duration(p.elapsed_s)} elapsed{left}"
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -103,10 +113,12 @@ def finish(job: TrainJob) -> bool:
     start = time.monotonic()
     dest = job.trainer.save(Path(job.request.weights_out))
     written = tuned.read(dest, unpack_to=Path(job.request.work_dir) / "unpacked")
-    job.log(f"Wrote the {written.kind} fine-tune ({dest.stat().st_size / 2**20:.1f} MiB) in "
-            f"{time.monotonic() - start:.1f}s.")
-    metrics = {k: float(v) for k, v in written.training.items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
+    job.log(
+        f"Wrote the {written.kind} fine-tune ({dest.stat().st_size / 2**20:.1f} MiB) in "
+        f"{time.monotonic() - start:.1f}s."
+    )
+    metrics = {
+        k: float(v) for k, v in written.training.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     job.run.emit(Trained(str(dest), written.kind, written.base, metrics))
     return True
-

@@ -53,16 +53,24 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
     raise_open_files_limit()
     # With JSON logs, uvicorn's own loggers go through the root's handler instead of its text ones.
     plain = {} if settings.log_format == "text" else {"log_config": None}
-    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="info",
-                                           http=head_deadline_protocol(settings.header_timeout), **plain))
+    server = DrainingServer(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="info", http=head_deadline_protocol(settings.header_timeout), **plain
+        )
+    )
     status = [0]
     lost = getattr(engine, "lost", None)
     if lost is not None:
+
         def exit_when_lost() -> None:
             lost.wait()
             status[0] = EXIT_DEVICE_LOST
-            log.critical("A device failed for good (%s). Finishing what can be answered, then exiting with status "
-                         "%d so that the server is restarted.", engine.health().get("error", ""), EXIT_DEVICE_LOST)
+            log.critical(
+                "A device failed for good (%s). Finishing what can be answered, then exiting with status "
+                "%d so that the server is restarted.",
+                engine.health().get("error", ""),
+                EXIT_DEVICE_LOST,
+            )
             app.state.dispatcher.drain(settings.shutdown_grace)
             app.state.webhooks.drain(timeout=10)
             server.should_exit = True

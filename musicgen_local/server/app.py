@@ -42,14 +42,18 @@ _FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
 
 
 def problem(status: int, title: str, detail: Any, **extra: Any) -> JSONResponse:
-    return JSONResponse({"title": title, "detail": detail, "status": status, **extra}, status_code=status,
-                        media_type="application/problem+json")
+    return JSONResponse(
+        {"title": title, "detail": detail, "status": status, **extra},
+        status_code=status,
+        media_type="application/problem+json",
+    )
 
 
 def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> JSONResponse:
     """422 with one entry per bad field, plus a readable summary the clients show in their exception."""
-    fields = [{"field": ".".join(map(str, (*prefix, *e["loc"]))), "type": e["type"], "description": e["msg"]}
-              for e in errors]
+    fields = [
+        {"field": ".".join(map(str, (*prefix, *e["loc"]))), "type": e["type"], "description": e["msg"]} for e in errors
+    ]
     summary = "\n".join(f"- {f['field']}: {f['description']}" for f in fields)
     return problem(422, "Input validation failed", summary, invalid_fields=fields)
 
@@ -57,8 +61,15 @@ def field_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        titles = {400: "Bad request", 401: "Unauthenticated", 404: "Not found", 405: "Method not allowed",
-                  413: "Request too large", 422: "Unprocessable entity", 503: "Service unavailable"}
+        titles = {
+            400: "Bad request",
+            401: "Unauthenticated",
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Request too large",
+            422: "Unprocessable entity",
+            503: "Service unavailable",
+        }
         response = problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
         response.headers.update(exc.headers or {})  # a 405's Allow
         return response
@@ -117,6 +128,7 @@ def input_resolver(store: Store):
     """A file input over HTTP (`input_audio`, a training's `dataset_path`): our own /v1/files URLs become
     the uploaded file's path; other http(s) URLs and data: URIs stay as they are; anything else (a
     server path, file://) is refused, so that no request can read this server's files."""
+
     def resolve(url: str, name: str = "input_audio") -> str:
         match = _FILE_URL.search(url.split("?")[0])
         if match:
@@ -135,9 +147,16 @@ def _file_input_error(name: str, message: str) -> FieldsInvalid:
     return FieldsInvalid([{"loc": (name,), "type": "url_scheme", "msg": message}], ("input",))
 
 
-def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100, webhook_throttle_s: float = 0.5,
-               webhook_backoff_s: float = 0.1, webhook_timeout_s: float = 5.0,
-               retention_sweep_s: float = 60.0) -> FastAPI:
+def create_app(
+    settings: Settings,
+    engine: EngineClient,
+    *,
+    page_size: int = 100,
+    webhook_throttle_s: float = 0.5,
+    webhook_backoff_s: float = 0.1,
+    webhook_timeout_s: float = 5.0,
+    retention_sweep_s: float = 60.0,
+) -> FastAPI:
     store = Store(Path(settings.data_dir), settings.retention_s)
     registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")
 
@@ -149,20 +168,31 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
         out["urls"]["stream"] = stream_routes.stream_url(settings, base_url or pred.base_url, pred.id)
         return out
 
-    webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
-                             timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
-                             render=render, journal=store)
+    webhooks = WebhookSender(
+        store.secret(),
+        throttle_s=webhook_throttle_s,
+        backoff_s=webhook_backoff_s,
+        timeout_s=webhook_timeout_s,
+        block_private_urls=settings.block_private_urls,
+        render=render,
+        journal=store,
+    )
     streams = StreamHub(store)
 
     def scrape() -> dict[str, Any]:
-        return {"queued": dispatcher.queued(), "unfinished": store.unfinished_count(),
-                "followers": streams.stats()["followers"], "uploaded": store.uploaded_bytes,
-                "webhooks": {"prediction": dict(webhooks.counts), "training": dict(training_webhooks.counts)},
-                "engine": engine.health()}
+        return {
+            "queued": dispatcher.queued(),
+            "unfinished": store.unfinished_count(),
+            "followers": streams.stats()["followers"],
+            "uploaded": store.uploaded_bytes,
+            "webhooks": {"prediction": dict(webhooks.counts), "training": dict(training_webhooks.counts)},
+            "engine": engine.health(),
+        }
 
     metrics = Metrics(scrape)
-    dispatcher = Dispatcher(engine, store, webhooks, capacity=getattr(engine, "capacity", 1),
-                            observer=metrics.predictions)
+    dispatcher = Dispatcher(
+        engine, store, webhooks, capacity=getattr(engine, "capacity", 1), observer=metrics.predictions
+    )
     dispatcher.subscribe(streams.on_event)
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
@@ -174,9 +204,15 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
 
     # No retention for trainings: the versions they made serve their weights.
     training_store = Store(Path(settings.data_dir), kind="trainings", record=Training)
-    training_webhooks = WebhookSender(store.secret(), throttle_s=webhook_throttle_s, backoff_s=webhook_backoff_s,
-                                      timeout_s=webhook_timeout_s, block_private_urls=settings.block_private_urls,
-                                      render=Training.to_json, journal=training_store)
+    training_webhooks = WebhookSender(
+        store.secret(),
+        throttle_s=webhook_throttle_s,
+        backoff_s=webhook_backoff_s,
+        timeout_s=webhook_timeout_s,
+        block_private_urls=settings.block_private_urls,
+        render=Training.to_json,
+        journal=training_store,
+    )
     trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry, observer=metrics.trainings)
 
     def cancel_training_late(training_id: str) -> None:
@@ -205,8 +241,9 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
         deadlines.stop()
         training_deadlines.stop()
         # A training is not waited for (it may have hours left): it stops, and resumes at the next start.
-        await asyncio.gather(asyncio.to_thread(dispatcher.drain, settings.shutdown_grace),
-                             asyncio.to_thread(trainings.drain, 0))
+        await asyncio.gather(
+            asyncio.to_thread(dispatcher.drain, settings.shutdown_grace), asyncio.to_thread(trainings.drain, 0)
+        )
         webhooks.close()
         training_webhooks.close()
 
@@ -215,8 +252,11 @@ def create_app(settings: Settings, engine: EngineClient, *, page_size: int = 100
     app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
     app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
     app.state.streams, app.state.registry, app.state.metrics = streams, registry, metrics
-    app.state.training_store, app.state.trainings, app.state.training_deadlines = (training_store, trainings,
-                                                                                  training_deadlines)
+    app.state.training_store, app.state.trainings, app.state.training_deadlines = (
+        training_store,
+        trainings,
+        training_deadlines,
+    )
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]

@@ -27,13 +27,16 @@ class CreateBody(pydantic.BaseModel):
     input: dict[str, Any] = {}
     webhook: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="Where to POST the prediction's updates.")
     webhook_events_filter: list[EVENTS] | None = pydantic.Field(
-        None, description="Which events are sent to `webhook`; all four when absent.")
+        None, description="Which events are sent to `webhook`; all four when absent."
+    )
 
 
 class PredictionRequest(CreateBody):
     """What the create routes document: CreateBody with `input` as the schema's fields."""
+
     input: PredictionInput = pydantic.Field(  # type: ignore[valid-type]
-        default_factory=dict, description="The model's inputs; keys it does not know are dropped.")
+        default_factory=dict, description="The model's inputs; keys it does not know are dropped."
+    )
 
 
 class Prediction(pydantic.BaseModel):
@@ -81,6 +84,7 @@ class InvalidField(pydantic.BaseModel):
 
 class Problem(pydantic.BaseModel):
     """RFC 7807, as Replicate answers errors (the Python client's ReplicateError reads it)."""
+
     title: str
     detail: str
     status: int
@@ -108,20 +112,46 @@ def created(model: type[pydantic.BaseModel]) -> dict[int | str, dict[str, Any]]:
 
 
 def json_body(name: str) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": _REF.format(model=name)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}},
+        }
+    }
 
 
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["content"], "properties": {
-        "content": {"type": "string", "format": "binary", "description": "The file."},
-        "metadata": {"type": "string", "description": "Optional: a JSON object kept with the file."},
-    }}}}}}
-AUDIO = {200: {"description": "The audio file.", "content": {
-    "audio/wav": {"schema": {"type": "string", "format": "binary"}},
-    "audio/mpeg": {"schema": {"type": "string", "format": "binary"}}}}}
-ANY_FILE = {200: {"description": "The uploaded file, with the content type it was uploaded with.",
-                  "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["content"],
+                    "properties": {
+                        "content": {"type": "string", "format": "binary", "description": "The file."},
+                        "metadata": {"type": "string", "description": "Optional: a JSON object kept with the file."},
+                    },
+                }
+            }
+        },
+    }
+}
+AUDIO = {
+    200: {
+        "description": "The audio file.",
+        "content": {
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+            "audio/mpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+ANY_FILE = {
+    200: {
+        "description": "The uploaded file, with the content type it was uploaded with.",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def _training_request() -> type[pydantic.BaseModel]:
@@ -145,18 +175,24 @@ def _problem_responses(doc: dict[str, Any]) -> None:
             for code, response in operation["responses"].items():
                 if code.startswith("4"):
                     response["description"] = _PROBLEMS.get(int(code), response["description"])
-                    response["content"] = {"application/problem+json": {"schema": {"$ref": _REF.format(
-                        model="Problem")}}}
+                    response["content"] = {
+                        "application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}
+                    }
     for name in ("HTTPValidationError", "ValidationError"):
         doc["components"]["schemas"].pop(name, None)
 
 
 def install(app: FastAPI) -> None:
     """Serve /openapi.json with the request bodies the routes read themselves."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                              description="Replicate's v1 API for meta/musicgen, served locally.")
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                routes=app.routes,
+                description="Replicate's v1 API for meta/musicgen, served locally.",
+            )
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, model in (("PredictionRequest", PredictionRequest), ("TrainingRequest", _training_request())):
                 body = model.model_json_schema(ref_template=_REF)

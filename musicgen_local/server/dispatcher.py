@@ -36,8 +36,10 @@ from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Prediction, Event], None]
-INTERRUPTED_TWICE = ("The server stopped twice while this prediction was starting or running, so it was not run "
-                     "a third time. Create the prediction again.")
+INTERRUPTED_TWICE = (
+    "The server stopped twice while this prediction was starting or running, so it was not run "
+    "a third time. Create the prediction again."
+)
 
 
 class Dispatcher:
@@ -45,8 +47,14 @@ class Dispatcher:
     INTERRUPTED_TWICE = INTERRUPTED_TWICE
     RESTARTED = "The server restarted while this prediction was running: running it again."
 
-    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, capacity: int = 1,
-                 observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        store: Store,
+        webhooks: WebhookSender,
+        capacity: int = 1,
+        observer: Observer | None = None,
+    ) -> None:
         """`observer`: told when a run is created, starts, streams its first audio and ends (metrics)."""
         self.engine, self.store, self.webhooks = engine, store, webhooks
         self.observer = observer or _Unobserved()
@@ -93,8 +101,9 @@ class Dispatcher:
             self._changed.wait_for(lambda: not self._runs, timeout=grace_s)
             left = list(self._runs)
         if left:
-            log.warning("shutting down with %d prediction(s) still generating; they run again at the next start",
-                        len(left))
+            log.warning(
+                "shutting down with %d prediction(s) still generating; they run again at the next start", len(left)
+            )
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -39,17 +39,36 @@ class Observer:
 
     def __init__(self, registry: CollectorRegistry, noun: str) -> None:
         plural = f"{noun}s"
-        self.created = Counter(f"musicgen_{plural}_created", f"{plural.capitalize()} created.", ["model_version"],
-                               registry=registry)
-        self.ended = Counter(f"musicgen_{plural}_ended", f"{plural.capitalize()} ended, by final status.",
-                             ["model_version", "status"], registry=registry)
-        self.queued = Histogram(f"musicgen_{noun}_queued_seconds", f"From create to the {noun} starting.",
-                                ["model_version"], buckets=WAIT_BUCKETS, registry=registry)
-        self.predict = Histogram(f"musicgen_{noun}_predict_seconds", "From start to success (predict_time).",
-                                 ["model_version"], buckets=PREDICT_BUCKETS, registry=registry)
-        self.first_audio = Histogram(f"musicgen_{noun}_first_audio_seconds",
-                                     "From create to the first streamed segment.", ["model_version"],
-                                     buckets=WAIT_BUCKETS, registry=registry)
+        self.created = Counter(
+            f"musicgen_{plural}_created", f"{plural.capitalize()} created.", ["model_version"], registry=registry
+        )
+        self.ended = Counter(
+            f"musicgen_{plural}_ended",
+            f"{plural.capitalize()} ended, by final status.",
+            ["model_version", "status"],
+            registry=registry,
+        )
+        self.queued = Histogram(
+            f"musicgen_{noun}_queued_seconds",
+            f"From create to the {noun} starting.",
+            ["model_version"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.predict = Histogram(
+            f"musicgen_{noun}_predict_seconds",
+            "From start to success (predict_time).",
+            ["model_version"],
+            buckets=PREDICT_BUCKETS,
+            registry=registry,
+        )
+        self.first_audio = Histogram(
+            f"musicgen_{noun}_first_audio_seconds",
+            "From create to the first streamed segment.",
+            ["model_version"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
         self._heard: set[str] = set()  # runs whose first segment was counted
 
     def on_created(self, run: Prediction) -> None:
@@ -79,55 +98,115 @@ class _Snapshot:
 
     def collect(self) -> Iterator[Metric]:
         state = self.read()
-        yield _gauge("musicgen_predictions_queued", "Predictions created and not yet handed to the engine.",
-                     [((), state["queued"])])
-        yield _gauge("musicgen_predictions_unfinished", "Predictions created and not ended (MUSICGEN_MAX_QUEUE "
-                     "counts these).", [((), state["unfinished"])])
-        yield _gauge("musicgen_stream_followers", "Clients following a prediction's stream.",
-                     [((), state["followers"])])
+        yield _gauge(
+            "musicgen_predictions_queued",
+            "Predictions created and not yet handed to the engine.",
+            [((), state["queued"])],
+        )
+        yield _gauge(
+            "musicgen_predictions_unfinished",
+            "Predictions created and not ended (MUSICGEN_MAX_QUEUE counts these).",
+            [((), state["unfinished"])],
+        )
+        yield _gauge(
+            "musicgen_stream_followers", "Clients following a prediction's stream.", [((), state["followers"])]
+        )
         yield _counter("musicgen_upload_bytes", "Bytes uploaded through POST /v1/files.", [((), state["uploaded"])])
         webhooks = [((kind, outcome), n) for kind, counts in state["webhooks"].items() for outcome, n in counts.items()]
-        yield _counter("musicgen_webhooks", "Webhook attempts by outcome: sent (answered 2xx-4xx), failed, retried "
-                       "(a retry scheduled), given_up.", webhooks, ["kind", "outcome"])
+        yield _counter(
+            "musicgen_webhooks",
+            "Webhook attempts by outcome: sent (answered 2xx-4xx), failed, retried (a retry scheduled), given_up.",
+            webhooks,
+            ["kind", "outcome"],
+        )
         yield from _engine(state["engine"])
 
 
 def _engine(health: dict[str, Any]) -> Iterator[Metric]:
     devices = health.get("devices") or []
-    yield _gauge("musicgen_engine_ready", "1 when the engine says READY.",
-                 [((), 1 if health.get("status") == "READY" else 0)])
+    yield _gauge(
+        "musicgen_engine_ready", "1 when the engine says READY.", [((), 1 if health.get("status") == "READY" else 0)]
+    )
     by_device = [(d["device"], d) for d in devices]
-    yield _counter("musicgen_engine_model_loads", "Models read and placed on a device.",
-                   [((name,), d.get("model_loads", 0)) for name, d in by_device], ["device"])
-    yield _counter("musicgen_engine_evictions", "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
-                   [((name,), d.get("evictions", 0)) for name, d in by_device], ["device"])
-    yield _counter("musicgen_engine_out_of_memory_errors", "Out-of-memory errors the device survived.",
-                   [((name,), d.get("out_of_memory_errors", 0)) for name, d in by_device], ["device"])
-    yield _gauge("musicgen_engine_jobs", "Requests routed to a device and not ended.",
-                 [((name,), d.get("jobs", 0)) for name, d in by_device], ["device"])
-    yield _counter("musicgen_engine_decode_steps", "Fast decoder steps, each for every row of a model's batch.",
-                   [((name, version), c["steps"]) for name, d in by_device
-                    for version, c in (d.get("decoded") or {}).items()], ["device", "model_version"])
-    yield _counter("musicgen_engine_frames", "Frames decoded (rows x steps; a frame is one token per codebook, 50 "
-                   "a second of audio).", [((name, version), c["frames"]) for name, d in by_device
-                                           for version, c in (d.get("decoded") or {}).items()],
-                   ["device", "model_version"])
+    yield _counter(
+        "musicgen_engine_model_loads",
+        "Models read and placed on a device.",
+        [((name,), d.get("model_loads", 0)) for name, d in by_device],
+        ["device"],
+    )
+    yield _counter(
+        "musicgen_engine_evictions",
+        "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
+        [((name,), d.get("evictions", 0)) for name, d in by_device],
+        ["device"],
+    )
+    yield _counter(
+        "musicgen_engine_out_of_memory_errors",
+        "Out-of-memory errors the device survived.",
+        [((name,), d.get("out_of_memory_errors", 0)) for name, d in by_device],
+        ["device"],
+    )
+    yield _gauge(
+        "musicgen_engine_jobs",
+        "Requests routed to a device and not ended.",
+        [((name,), d.get("jobs", 0)) for name, d in by_device],
+        ["device"],
+    )
+    yield _counter(
+        "musicgen_engine_decode_steps",
+        "Fast decoder steps, each for every row of a model's batch.",
+        [((name, version), c["steps"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
+        ["device", "model_version"],
+    )
+    yield _counter(
+        "musicgen_engine_frames",
+        "Frames decoded (rows x steps; a frame is one token per codebook, 50 a second of audio).",
+        [((name, version), c["frames"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
+        ["device", "model_version"],
+    )
     batches = [((name, version), b) for name, d in by_device for version, b in (d.get("batches") or {}).items()]
-    yield _gauge("musicgen_engine_batch_rows_in_use", "Rows of a model's batch decoding now.",
-                 [(labels, b["rows_in_use"]) for labels, b in batches], ["device", "model_version"])
-    yield _gauge("musicgen_engine_batch_rows_allocated", "Rows (slots) of a model's batch, allocated on the device.",
-                 [(labels, b["rows_allocated"]) for labels, b in batches], ["device", "model_version"])
+    yield _gauge(
+        "musicgen_engine_batch_rows_in_use",
+        "Rows of a model's batch decoding now.",
+        [(labels, b["rows_in_use"]) for labels, b in batches],
+        ["device", "model_version"],
+    )
+    yield _gauge(
+        "musicgen_engine_batch_rows_allocated",
+        "Rows (slots) of a model's batch, allocated on the device.",
+        [(labels, b["rows_allocated"]) for labels, b in batches],
+        ["device", "model_version"],
+    )
     memory = [(name, d.get("memory") or {}) for name, d in by_device]
-    yield _gauge("musicgen_engine_memory_budget_bytes", "Bytes the device's memory plan may use.",
-                 [((name,), m.get("budget_bytes", 0)) for name, m in memory], ["device"])
-    yield _gauge("musicgen_engine_memory_planned_bytes", "Bytes the memory plan has given to models and caches.",
-                 [((name,), m.get("used_bytes", 0)) for name, m in memory], ["device"])
-    yield _gauge("musicgen_engine_memory_used_bytes", "Bytes the device's allocator holds (CUDA; absent on CPU).",
-                 [((name,), d["memory_allocated_bytes"]) for name, d in by_device
-                  if d.get("memory_allocated_bytes") is not None], ["device"])
+    yield _gauge(
+        "musicgen_engine_memory_budget_bytes",
+        "Bytes the device's memory plan may use.",
+        [((name,), m.get("budget_bytes", 0)) for name, m in memory],
+        ["device"],
+    )
+    yield _gauge(
+        "musicgen_engine_memory_planned_bytes",
+        "Bytes the memory plan has given to models and caches.",
+        [((name,), m.get("used_bytes", 0)) for name, m in memory],
+        ["device"],
+    )
+    yield _gauge(
+        "musicgen_engine_memory_used_bytes",
+        "Bytes the device's allocator holds (CUDA; absent on CPU).",
+        [
+            ((name,), d["memory_allocated_bytes"])
+            for name, d in by_device
+            if d.get("memory_allocated_bytes") is not None
+        ],
+        ["device"],
+    )
     replicas = health.get("replicas") or {}
-    yield _gauge("musicgen_engine_replicas", "Ray Serve engine replicas, by state.",
-                 [((state,), n) for state, n in replicas.items()], ["state"])
+    yield _gauge(
+        "musicgen_engine_replicas",
+        "Ray Serve engine replicas, by state.",
+        [((state,), n) for state, n in replicas.items()],
+        ["state"],
+    )
 
 
 def _gauge(name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:

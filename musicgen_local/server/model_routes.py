@@ -18,8 +18,11 @@ from .bodies import problems
 
 router = APIRouter()
 COG_VERSION = "0.23.1"
-META = {"github_url": "https://github.com/facebookresearch/audiocraft", "paper_url": "https://arxiv.org/abs/2306.05284",
-        "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights"}
+META = {
+    "github_url": "https://github.com/facebookresearch/audiocraft",
+    "paper_url": "https://arxiv.org/abs/2306.05284",
+    "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights",
+}
 
 
 class ModelCreate(pydantic.BaseModel):
@@ -34,8 +37,12 @@ class ModelCreate(pydantic.BaseModel):
 
 
 def version_json(version: Version) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": version.id, "created_at": version.created_at, "cog_version": COG_VERSION,
-                           "openapi_schema": openapi_schema()}
+    out: dict[str, Any] = {
+        "id": version.id,
+        "created_at": version.created_at,
+        "cog_version": COG_VERSION,
+        "openapi_schema": openapi_schema(),
+    }
     if version.trained:  # ours: what it was tuned from (Replicate shows nothing of the kind)
         out["base_model_version"], out["weights_kind"], out["training"] = version.base, version.kind, version.training
     return out
@@ -44,10 +51,20 @@ def version_json(version: Version) -> dict[str, Any]:
 def model_json(request: Request, model: Model, registry: Registry) -> dict[str, Any]:
     latest = registry.latest(model.full_name)
     extra = META if model.full_name == MUSICGEN else {"github_url": None, "paper_url": None, "license_url": None}
-    return {"url": f"{request.base_url}v1/models/{model.full_name}", "owner": model.owner, "name": model.name,
-            "description": model.description, "visibility": model.visibility, **extra, "run_count": 0,
-            "cover_image_url": None, "default_example": None, "hardware": model.hardware,
-            "created_at": model.created_at, "latest_version": version_json(latest) if latest else None}
+    return {
+        "url": f"{request.base_url}v1/models/{model.full_name}",
+        "owner": model.owner,
+        "name": model.name,
+        "description": model.description,
+        "visibility": model.visibility,
+        **extra,
+        "run_count": 0,
+        "cover_image_url": None,
+        "default_example": None,
+        "hardware": model.hardware,
+        "created_at": model.created_at,
+        "latest_version": version_json(latest) if latest else None,
+    }
 
 
 def _registry(request: Request) -> Registry:
@@ -70,11 +87,13 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/models", responses=problems(400, 409, 422), status_code=201)
 async def create_model(request: Request, body: ModelCreate) -> dict[str, Any]:
     if surrogates.find(body.model_dump()) is not None:
-        raise HTTPException(422, "The model's fields hold a lone UTF-16 surrogate (such as \\ud800), "
-                                 "which is not text.")
+        raise HTTPException(
+            422, "The model's fields hold a lone UTF-16 surrogate (such as \\ud800), which is not text."
+        )
     try:
-        model = await run_in_threadpool(_registry(request).create_model, body.owner, body.name, body.description,
-                                        body.visibility, body.hardware)
+        model = await run_in_threadpool(
+            _registry(request).create_model, body.owner, body.name, body.description, body.visibility, body.hardware
+        )
     except UserError as exc:
         raise HTTPException(422, str(exc)) from None
     except FileExistsError:
@@ -90,8 +109,11 @@ async def get_model(request: Request, owner: str, name: str) -> dict[str, Any]:
 @router.get("/models/{owner}/{name}/versions", responses=problems(404))
 async def list_versions(request: Request, owner: str, name: str) -> dict[str, Any]:
     model = found_model(request, owner, name)
-    return {"next": None, "previous": None,
-            "results": [version_json(v) for v in _registry(request).versions(model.full_name)]}
+    return {
+        "next": None,
+        "previous": None,
+        "results": [version_json(v) for v in _registry(request).versions(model.full_name)],
+    }
 
 
 @router.get("/models/{owner}/{name}/versions/{version_id}", responses=problems(404))

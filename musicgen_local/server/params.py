@@ -31,14 +31,17 @@ def cancel_after_seconds(text: str) -> float:
     elif _DURATION.fullmatch(text):
         seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _PART.findall(text))
     else:
-        raise PydanticCustomError("duration_parsing",
-                                  "Input should be a duration such as 30s, 5m, 1h30m or 90 (seconds)")
+        raise PydanticCustomError(
+            "duration_parsing", "Input should be a duration such as 30s, 5m, 1h30m or 90 (seconds)"
+        )
     if seconds > MAX_CANCEL_AFTER_S:
-        raise PydanticCustomError("less_than_equal",
-                                  f"Input should be less than or equal to {MAX_CANCEL_AFTER_S} seconds (a year)")
+        raise PydanticCustomError(
+            "less_than_equal", f"Input should be less than or equal to {MAX_CANCEL_AFTER_S} seconds (a year)"
+        )
     if seconds < MIN_CANCEL_AFTER_S:
-        raise PydanticCustomError("greater_than_equal",
-                                  f"Input should be greater than or equal to {MIN_CANCEL_AFTER_S} seconds")
+        raise PydanticCustomError(
+            "greater_than_equal", f"Input should be greater than or equal to {MIN_CANCEL_AFTER_S} seconds"
+        )
     return seconds
 
 
@@ -48,25 +51,34 @@ def utc_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise PydanticCustomError("datetime_parsing", "Input should be an ISO 8601 date-time such as "
-                                                      "2025-01-01T00:00:00Z, or a date such as 2025-01-01") from None
+        raise PydanticCustomError(
+            "datetime_parsing",
+            "Input should be an ISO 8601 date-time such as 2025-01-01T00:00:00Z, or a date such as 2025-01-01",
+        ) from None
     try:
         return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
     except OverflowError:  # 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
-        raise PydanticCustomError("datetime_parsing", "Input should be a date-time between the years 1 and "
-                                                      "9999 in UTC") from None
+        raise PydanticCustomError(
+            "datetime_parsing", "Input should be a date-time between the years 1 and 9999 in UTC"
+        ) from None
 
 
 CancelAfter = Annotated[
-    float | None, BeforeValidator(cancel_after_seconds, json_schema_input_type=str),
-    Header(alias="Cancel-After", description="Cancel the prediction if it has not finished after this long "
-                                             "(e.g. 30s, 5m, 1h30m; a bare number is seconds; at least 5 s)."),
+    float | None,
+    BeforeValidator(cancel_after_seconds, json_schema_input_type=str),
+    Header(
+        alias="Cancel-After",
+        description="Cancel the prediction if it has not finished after this long "
+        "(e.g. 30s, 5m, 1h30m; a bare number is seconds; at least 5 s).",
+    ),
 ]
 CreatedAfter = Annotated[
-    datetime | None, BeforeValidator(utc_time, json_schema_input_type=str),
+    datetime | None,
+    BeforeValidator(utc_time, json_schema_input_type=str),
     Query(description="Only predictions created at or after this time (ISO 8601; no offset means UTC)."),
 ]
 CreatedBefore = Annotated[
-    datetime | None, BeforeValidator(utc_time, json_schema_input_type=str),
+    datetime | None,
+    BeforeValidator(utc_time, json_schema_input_type=str),
     Query(description="Only predictions created before this time (ISO 8601; no offset means UTC)."),
 ]

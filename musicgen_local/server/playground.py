@@ -18,16 +18,21 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = "/playground"
 # Same origin only. Outputs are same-origin URLs or data: URIs; decoded audio is drawn from blobs.
-CSP = ("default-src 'self'; media-src 'self' data: blob:; connect-src 'self' data:; img-src 'self' data:; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; media-src 'self' data: blob:; connect-src 'self' data:; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html",
-                        headers={"content-security-policy": CSP, "cache-control": "no-cache"})
+    return FileResponse(
+        STATIC / "index.html",
+        media_type="text/html",
+        headers={"content-security-policy": CSP, "cache-control": "no-cache"},
+    )
 
 
 def install(app: FastAPI) -> None:

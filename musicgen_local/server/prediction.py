@@ -92,10 +92,21 @@ class Prediction:
             output = data_uri(path) if path.is_file() else None
         urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
         return {
-            "id": self.id, "model": self.model, "version": self.version, "input": self.input, "logs": self.logs,
-            "output": output, "data_removed": self.data_removed, "error": self.error, "status": self.status,
-            "created_at": iso(self.created_at), "started_at": iso(self.started_at),
-            "completed_at": iso(self.completed_at), "source": "api", "metrics": self.metrics(), "urls": urls,
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "input": self.input,
+            "logs": self.logs,
+            "output": output,
+            "data_removed": self.data_removed,
+            "error": self.error,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "source": "api",
+            "metrics": self.metrics(),
+            "urls": urls,
         }
 
     # Persistence: a plain dict of JSON-able values (datetimes as ISO strings).

@@ -44,8 +44,7 @@ async def _metadata(part: Any) -> dict[str, Any]:
     return meta
 
 
-@v1.post("/files", status_code=201, openapi_extra=UPLOAD_BODY,
-         responses={**created(File), **problems(400, 413, 422)})
+@v1.post("/files", status_code=201, openapi_extra=UPLOAD_BODY, responses={**created(File), **problems(400, 413, 422)})
 async def create_file(request: Request) -> dict[str, Any]:
     """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs. The
     multipart parser spools the content to a temporary file; the store copies it to its place."""
@@ -55,8 +54,13 @@ async def create_file(request: Request) -> dict[str, Any]:
             if not isinstance(content, StarletteUpload):
                 raise HTTPException(422, "- content: a file part named `content` is required.")
             metadata = await _metadata(form.get("metadata"))
-            record = await run_in_threadpool(request.app.state.store.add_file, content.filename or "file",
-                                             content.content_type, content.file, metadata)
+            record = await run_in_threadpool(
+                request.app.state.store.add_file,
+                content.filename or "file",
+                content.content_type,
+                content.file,
+                metadata,
+            )
     except MultiPartException:
         raise HTTPException(400, "Send the file as multipart/form-data with a `content` part.") from None
     return _file_json(request, record)

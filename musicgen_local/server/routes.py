@@ -52,8 +52,10 @@ class QueueFull(Exception):
     RETRY_AFTER_S = 10
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"The queue is full: {limit} predictions are waiting or running (MUSICGEN_MAX_QUEUE). "
-                         f"Retry after {self.RETRY_AFTER_S} seconds.")
+        super().__init__(
+            f"The queue is full: {limit} predictions are waiting or running (MUSICGEN_MAX_QUEUE). "
+            f"Retry after {self.RETRY_AFTER_S} seconds."
+        )
 
 
 def _field_error(loc: tuple[str | int, ...], kind: str, message: str) -> FieldsInvalid:
@@ -88,8 +90,12 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise HTTPException(400, "The request body must be a JSON object.")
     if where is not None:
-        raise _field_error(where, "string_unicode", "Input should be valid Unicode text: it holds a lone UTF-16 "
-                                                    "surrogate (such as \\ud800), which is not a character")
+        raise _field_error(
+            where,
+            "string_unicode",
+            "Input should be valid Unicode text: it holds a lone UTF-16 "
+            "surrogate (such as \\ud800), which is not a character",
+        )
     return raw
 
 
@@ -117,15 +123,18 @@ def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseMod
         try:
             raw = {**raw, "model_version": version.model_version_for(raw.get("model_version"))}
         except UserError as exc:
-            raise FieldsInvalid([{"loc": ("model_version",), "type": "version_mismatch", "msg": str(exc)}],
-                                ("input",)) from None
+            raise FieldsInvalid(
+                [{"loc": ("model_version",), "type": "version_mismatch", "msg": str(exc)}], ("input",)
+            ) from None
     try:
         parsed = parse_input(raw)
     except pydantic.ValidationError as exc:
         raise FieldsInvalid(exc.errors(), ("input",)) from None
     if not version.allows_encode_decode() and parsed.model_version == ENCODE_DECODE:
-        raise HTTPException(422, f"- input.model_version: '{ENCODE_DECODE}' is not available in version "
-                                 f"{version.id}; use version {LATEST}.")
+        raise HTTPException(
+            422,
+            f"- input.model_version: '{ENCODE_DECODE}' is not available in version {version.id}; use version {LATEST}.",
+        )
     return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
@@ -149,8 +158,9 @@ def _engine_request(request: Request, parsed: pydantic.BaseModel, version: Versi
     return engine_request.as_dict()
 
 
-async def _create(request: Request, version_ref: str | None, cancel_after: float | None,
-                  prefer: str | None) -> Response:
+async def _create(
+    request: Request, version_ref: str | None, cancel_after: float | None, prefer: str | None
+) -> Response:
     body = CreateBody.model_validate(await read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
@@ -160,8 +170,15 @@ async def _create(request: Request, version_ref: str | None, cancel_after: float
     max_queue = request.app.state.settings.max_queue
     if max_queue and request.app.state.store.unfinished_count() >= max_queue:  # no await from here to submit
         raise QueueFull(max_queue)
-    pred = Prediction(id=new_id(), version=version.id, model=version.model, input=sent,
-                      base_url=str(request.base_url), webhook=webhook, request=engine_request)
+    pred = Prediction(
+        id=new_id(),
+        version=version.id,
+        model=version.model,
+        input=sent,
+        base_url=str(request.base_url),
+        webhook=webhook,
+        request=engine_request,
+    )
     submit_run(pred, body, cancel_after, request.app.state.dispatcher, request.app.state.deadlines)
     if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
         location = request.app.state.render(pred, str(request.base_url))["urls"]["get"]
@@ -193,11 +210,15 @@ async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[
     return out
 
 
-PREFER_DOC = ("`wait` (up to 60 s) or `wait=N` (seconds): answer once the prediction finishes, or then "
-              "with status `starting`.")
+PREFER_DOC = (
+    "`wait` (up to 60 s) or `wait=N` (seconds): answer once the prediction finishes, or then with status `starting`."
+)
 Prefer = Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)]
-CREATE = {"status_code": 201, "openapi_extra": json_body("PredictionRequest"),
-          "responses": {**created(PredictionBody), **problems(400, 413, 422, 429)}}
+CREATE = {
+    "status_code": 201,
+    "openapi_extra": json_body("PredictionRequest"),
+    "responses": {**created(PredictionBody), **problems(400, 413, 422, 429)},
+}
 FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
 
 
@@ -207,8 +228,9 @@ async def create_prediction(request: Request, cancel_after: CancelAfter = None, 
 
 
 @router.post("/models/{owner}/{name}/predictions", **CREATE)
-async def create_model_prediction(request: Request, owner: str, name: str, cancel_after: CancelAfter = None,
-                                  prefer: Prefer = None) -> Response:
+async def create_model_prediction(
+    request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
+) -> Response:
     """A model's latest version (meta/musicgen's, or the newest a training made)."""
     return await _create(request, f"{owner}/{name}", cancel_after, prefer)
 
@@ -233,17 +255,25 @@ async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 
 
 @router.get("/predictions", responses={200: {"model": PredictionPage}, **problems(400, 422)})
-async def list_predictions(request: Request, cursor: str | None = None, created_after: CreatedAfter = None,
-                           created_before: CreatedBefore = None) -> dict[str, Any]:
+async def list_predictions(
+    request: Request,
+    cursor: str | None = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> dict[str, Any]:
     try:
-        preds, next_cursor, prev_cursor = request.app.state.store.page(request.app.state.page_size, cursor,
-                                                                       created_after, created_before)
+        preds, next_cursor, prev_cursor = request.app.state.store.page(
+            request.app.state.page_size, cursor, created_after, created_before
+        )
     except ValueError:
         raise HTTPException(400, "Invalid cursor; use the `next` or `previous` URL of a previous page.") from None
     base = str(request.base_url)
     # Every page of a filtered list is filtered the same way: the links carry the bounds (in UTC).
-    filters = {name: iso(t) for name, t in (("created_after", created_after), ("created_before", created_before))
-               if t is not None}
+    filters = {
+        name: iso(t)
+        for name, t in (("created_after", created_after), ("created_before", created_before))
+        if t is not None
+    }
 
     def link(c: str | None) -> str | None:
         return f"{base}v1/predictions?{urlencode({'cursor': c, **filters})}" if c else None

@@ -62,8 +62,11 @@ class StorageFailed(Exception):
     """The disk or the database refused a write; nothing of it was kept. `full`: there was no room."""
 
     def __init__(self, what: str, exc: BaseException) -> None:
-        self.full = (exc.errno in _FULL if isinstance(exc, OSError)
-                     else getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
+        self.full = (
+            exc.errno in _FULL
+            if isinstance(exc, OSError)
+            else getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        )
         reason = "the server's disk is full" if self.full else f"its storage refused the write ({exc})"
         super().__init__(f"Could not store {what}: {reason}. Nothing was kept; try again later.")
 
@@ -87,7 +90,7 @@ def safe_filename(name: str) -> str:
     if not dot or not stem or len(ext.encode()) > 16:  # `.hidden`, or no real extension: all stem
         stem, ext = name, ""
     suffix = f".{ext}" if ext else ""
-    name = stem.encode()[:MAX_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+    name = stem.encode()[: MAX_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
     return "file" if name in ("", ".", "..") else name
 
 
@@ -119,8 +122,13 @@ def _loads(text: str) -> Any:
 
 
 class Store:
-    def __init__(self, data_dir: Path, retention_s: float | None = None, kind: str = "predictions",
-                 record: type[Prediction] = Prediction) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        retention_s: float | None = None,
+        kind: str = "predictions",
+        record: type[Prediction] = Prediction,
+    ) -> None:
         """`kind`: "predictions", or "trainings" (read as `record`, a Prediction subclass), in the same file."""
         if kind not in KINDS:
             raise ValueError(kind)
@@ -138,8 +146,9 @@ class Store:
     def unfinished(self) -> list[Prediction]:
         """Predictions a previous process left queued or running, oldest first (read at start-up)."""
         with self._lock:
-            rows = self._db.execute(f"SELECT id, created_at, record FROM {self.kind} ORDER BY created_at, id"
-                                    ).fetchall()
+            rows = self._db.execute(
+                f"SELECT id, created_at, record FROM {self.kind} ORDER BY created_at, id"
+            ).fetchall()
         preds = [self._load(*row) for row in rows]  # an unreadable row loads as failed: done, not run again
         unfinished = [p for p in preds if not p.done]
         with self._lock:
@@ -164,8 +173,10 @@ class Store:
 
     def _write(self, pred: Prediction) -> None:
         try:
-            self._db.execute(f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
-                             (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())))
+            self._db.execute(
+                f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
+                (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())),
+            )
             self._db.commit()
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
@@ -176,8 +187,9 @@ class Store:
         with self._lock:
             if pred_id in self._live:
                 return self._live[pred_id]
-            row = self._db.execute(f"SELECT id, created_at, record FROM {self.kind} WHERE id = ?",
-                                   (pred_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT id, created_at, record FROM {self.kind} WHERE id = ?", (pred_id,)
+            ).fetchone()
         if not row:
             return None
         pred = self._load(*row)
@@ -191,8 +203,14 @@ class Store:
             return self.record.from_record(_loads(record))
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             log.warning("%s %s: unreadable stored record (%s)", self.kind, pred_id, exc)
-            return self.record(id=pred_id, version="unknown", input={}, status="failed", error=UNREADABLE,
-                              created_at=stored_time(created_at) or now())
+            return self.record(
+                id=pred_id,
+                version="unknown",
+                input={},
+                status="failed",
+                error=UNREADABLE,
+                created_at=stored_time(created_at) or now(),
+            )
 
     def unfinished_runs(self) -> list[Prediction]:
         """Those created and not yet finished (queued or running)."""
@@ -204,8 +222,13 @@ class Store:
         with self._lock:
             return len(self._live)
 
-    def page(self, limit: int, cursor: str | None, created_after: datetime | None = None,
-             created_before: datetime | None = None) -> tuple[list[Prediction], str | None, str | None]:
+    def page(
+        self,
+        limit: int,
+        cursor: str | None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> tuple[list[Prediction], str | None, str | None]:
         """Newest first, created in [created_after, created_before). Returns (predictions, next cursor,
         previous cursor); ValueError on a bad cursor."""
         kind, created, pid = decode_cursor(cursor) if cursor else ("next", None, None)
@@ -233,12 +256,16 @@ class Store:
             return [], None, None
         has_older = more if kind == "next" else True
         has_newer = cursor is not None and (more if kind == "prev" else True)
-        return (preds, _encode_cursor("next", preds[-1]) if has_older else None,
-                _encode_cursor("prev", preds[0]) if has_newer else None)
+        return (
+            preds,
+            _encode_cursor("next", preds[-1]) if has_older else None,
+            _encode_cursor("prev", preds[0]) if has_newer else None,
+        )
 
     # -- uploaded files ----------------------------------------------------------------------------
-    def add_file(self, name: str, content_type: str | None, content: BinaryIO,
-                 metadata: dict[str, Any]) -> dict[str, Any]:
+    def add_file(
+        self, name: str, content_type: str | None, content: BinaryIO, metadata: dict[str, Any]
+    ) -> dict[str, Any]:
         """Copy an upload to disk in chunks, hashing as it goes (blocking: run it off the event loop)."""
         file_id, safe_name = new_id(), safe_filename(name)
         path = self.data_dir / "files" / file_id / safe_name
@@ -252,11 +279,17 @@ class Store:
                     out.write(chunk)
                     size += len(chunk)
             created = now()
-            record = {"id": file_id, "name": safe_name, "content_type": safe_content_type(content_type),
-                      "size": size, "etag": md5.hexdigest(),
-                      "checksums": {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()},
-                      "metadata": metadata, "created_at": iso(created),
-                      "expires_at": iso(created + self.retention) if self.retention else None}
+            record = {
+                "id": file_id,
+                "name": safe_name,
+                "content_type": safe_content_type(content_type),
+                "size": size,
+                "etag": md5.hexdigest(),
+                "checksums": {"sha256": sha256.hexdigest(), "md5": md5.hexdigest()},
+                "metadata": metadata,
+                "created_at": iso(created),
+                "expires_at": iso(created + self.retention) if self.retention else None,
+            }
             with self._lock:
                 try:
                     self._db.execute("INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
@@ -311,9 +344,12 @@ class Store:
         with self._lock:
             preds = self._db.execute(
                 f"SELECT id, created_at, record FROM {self.kind} WHERE {_field('completed_at')} < ? "
-                f"AND NOT coalesce({_field('data_removed')}, 0)", (_stamp(cutoff),)).fetchall()
-            files = self._db.execute(f"SELECT id FROM files WHERE {_field('created_at')} < ?",
-                                     (iso(cutoff),)).fetchall()
+                f"AND NOT coalesce({_field('data_removed')}, 0)",
+                (_stamp(cutoff),),
+            ).fetchall()
+            files = self._db.execute(
+                f"SELECT id FROM files WHERE {_field('created_at')} < ?", (iso(cutoff),)
+            ).fetchall()
         for row in preds:
             self._remove_data(self._load(*row))
         for (file_id,) in files:
@@ -324,8 +360,10 @@ class Store:
     def keep_webhook(self, msg_id: str, run_id: str, url: str, body: bytes, event: str) -> None:
         with self._lock:
             try:
-                self._db.execute("INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
-                                 (msg_id, self.kind, run_id, url, body, event))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
+                    (msg_id, self.kind, run_id, url, body, event),
+                )
                 self._db.commit()
             except sqlite3.Error as exc:
                 with suppress(sqlite3.Error):
@@ -340,8 +378,9 @@ class Store:
     def pending_webhooks(self) -> list[tuple[str, str, str, bytes, str]]:
         """(msg_id, run_id, url, body, event) of this kind's webhooks kept and not yet done."""
         with self._lock:
-            return self._db.execute("SELECT msg_id, run_id, url, body, event FROM webhooks WHERE kind = ? "
-                                    "ORDER BY rowid", (self.kind,)).fetchall()
+            return self._db.execute(
+                "SELECT msg_id, run_id, url, body, event FROM webhooks WHERE kind = ? ORDER BY rowid", (self.kind,)
+            ).fetchall()
 
     def secret(self) -> str:
         """The webhook signing secret, made once and kept in the data directory."""

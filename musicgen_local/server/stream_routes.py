@@ -50,8 +50,9 @@ def wants_events(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-def event_stream(request: Request, pred: Prediction, after: int = 0, status_code: int = 200,
-                 headers: dict[str, str] | None = None) -> StreamingResponse:
+def event_stream(
+    request: Request, pred: Prediction, after: int = 0, status_code: int = 200, headers: dict[str, str] | None = None
+) -> StreamingResponse:
     """The prediction's events after id `after`, as they come, ending with `done`."""
     hub, inline = request.app.state.streams, request.app.state.settings.output == "data-uri"
     base = str(request.base_url).rstrip("/")
@@ -66,8 +67,7 @@ def event_stream(request: Request, pred: Prediction, after: int = 0, status_code
         async for entry in hub.follow(pred, after):
             yield b": keep-alive\n\n" if entry is None else _encode(entry, output)
 
-    return StreamingResponse(body(), status_code, {**SSE_HEADERS, **(headers or {})},
-                             media_type="text/event-stream")
+    return StreamingResponse(body(), status_code, {**SSE_HEADERS, **(headers or {})}, media_type="text/event-stream")
 
 
 def _encode(entry: Entry, output) -> bytes:
@@ -89,18 +89,31 @@ def _after(last_event_id: str | None) -> int:
     return int(text) if re.fullmatch(r"[0-9]{1,18}", text) else 0  # not "²", not 5000 digits
 
 
-STREAM = {"responses": {200: {"description": "Server-Sent Events: `output`, `logs`, `error`, `done`, each with an id.",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                       204: {"description": "The client saw `done` already (its Last-Event-ID): nothing more."},
-                       **problems(401, 404, 406)}}
-SEGMENT = {"responses": {200: {"description": "A WAV file (32-bit float) of one segment.",
-                               "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
-                         **problems(404)}}
+STREAM = {
+    "responses": {
+        200: {
+            "description": "Server-Sent Events: `output`, `logs`, `error`, `done`, each with an id.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        204: {"description": "The client saw `done` already (its Last-Event-ID): nothing more."},
+        **problems(401, 404, 406),
+    }
+}
+SEGMENT = {
+    "responses": {
+        200: {
+            "description": "A WAV file (32-bit float) of one segment.",
+            "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **problems(404),
+    }
+}
 
 
 @v1.get("/files/streams/{pred_id}", **STREAM)
-async def stream_prediction(request: Request, pred_id: str,
-                            last_event_id: Annotated[str | None, Header()] = None) -> Response:
+async def stream_prediction(
+    request: Request, pred_id: str, last_event_id: Annotated[str | None, Header()] = None
+) -> Response:
     _authorize(request, pred_id)
     pred = request.app.state.store.get(pred_id)
     if pred is None:

@@ -78,7 +78,7 @@ class EventLog:
             return True
 
     def _sync_logs(self, pred: Prediction) -> None:  # holding the lock
-        new = pred.logs[self.logs_sent:]
+        new = pred.logs[self.logs_sent :]
         self.logs_sent = len(pred.logs)
         for line in new.splitlines():
             self._add("logs", line)
@@ -93,7 +93,7 @@ class EventLog:
     def since(self, after: int) -> tuple[list[Entry], bool]:
         """(entries after id `after`, whether the log is complete)."""
         with self._lock:
-            return self._entries[max(after, 0):], self.closed
+            return self._entries[max(after, 0) :], self.closed
 
     async def wait(self, after: int, timeout: float) -> None:
         """Until there is an entry after `after`, the log closes, or `timeout` seconds pass."""

@@ -26,13 +26,26 @@ class Training(Prediction):
         base = (base_url or self.base_url).rstrip("/")
         output = None
         if self.output_version and self.weights_file:
-            output = {"version": f"{self.destination}:{self.output_version}",
-                      "weights": f"{base}/delivery/trainings/{self.id}/{self.weights_file}"}
+            output = {
+                "version": f"{self.destination}:{self.output_version}",
+                "weights": f"{base}/delivery/trainings/{self.id}/{self.weights_file}",
+            }
         urls = {"get": f"{base}/v1/trainings/{self.id}", "cancel": f"{base}/v1/trainings/{self.id}/cancel"}
         return {
-            "id": self.id, "model": self.model, "version": self.version, "destination": self.destination,
-            "input": self.input, "logs": self.logs, "output": output, "data_removed": self.data_removed,
-            "error": self.error, "status": self.status, "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at), "completed_at": iso(self.completed_at), "source": "api",
-            "metrics": {**self.metrics(), **self.training_metrics}, "urls": urls,
+            "id": self.id,
+            "model": self.model,
+            "version": self.version,
+            "destination": self.destination,
+            "input": self.input,
+            "logs": self.logs,
+            "output": output,
+            "data_removed": self.data_removed,
+            "error": self.error,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "source": "api",
+            "metrics": {**self.metrics(), **self.training_metrics},
+            "urls": urls,
         }

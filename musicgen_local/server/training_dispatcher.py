@@ -23,12 +23,15 @@ from .webhooks import WebhookSender
 
 class TrainingDispatcher(Dispatcher):
     NOUN = "training"
-    INTERRUPTED_TWICE = ("The server stopped twice while this training was running, so it was not resumed a third "
-                         "time. Create the training again.")
+    INTERRUPTED_TWICE = (
+        "The server stopped twice while this training was running, so it was not resumed a third "
+        "time. Create the training again."
+    )
     RESTARTED = "The server restarted while this training was running: resuming from its last checkpoint."
 
-    def __init__(self, engine: EngineClient, store: Store, webhooks: WebhookSender, registry: Registry,
-                 observer=None) -> None:
+    def __init__(
+        self, engine: EngineClient, store: Store, webhooks: WebhookSender, registry: Registry, observer=None
+    ) -> None:
         # the engine trains one at a time per device anyway
         super().__init__(engine, store, webhooks, capacity=1, observer=observer)
         self.registry = registry
@@ -47,8 +50,17 @@ class TrainingDispatcher(Dispatcher):
         if not isinstance(event, Trained):
             return super()._other(pred, event)
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        version = self.registry.add_version(Version(secrets.token_hex(32), pred.destination, created, base=event.base,
-                                                    weights=event.weights, kind=event.kind, training=pred.id))
+        version = self.registry.add_version(
+            Version(
+                secrets.token_hex(32),
+                pred.destination,
+                created,
+                base=event.base,
+                weights=event.weights,
+                kind=event.kind,
+                training=pred.id,
+            )
+        )
         pred.output_version, pred.weights_file = version.id, Path(event.weights).name
         pred.training_metrics = dict(event.metrics)
         self._log(pred, f"New version {pred.destination}:{version.id} ({event.kind} fine-tune of {event.base}).")

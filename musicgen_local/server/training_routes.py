@@ -34,21 +34,39 @@ class TrainingBody(pydantic.BaseModel):
 
 def _destination(request: Request, body: TrainingBody) -> str:
     if not body.destination:
-        raise FieldsInvalid([{"loc": ("destination",), "type": "missing",
-                              "msg": "A training needs a `destination`: `owner/name` of a model made with "
-                                     "POST /v1/models, which gets the new version."}])
+        raise FieldsInvalid(
+            [
+                {
+                    "loc": ("destination",),
+                    "type": "missing",
+                    "msg": "A training needs a `destination`: `owner/name` of a model made with "
+                    "POST /v1/models, which gets the new version.",
+                }
+            ]
+        )
     owner, slash, name = body.destination.partition("/")
     if not slash or body.destination == MUSICGEN:
-        raise FieldsInvalid([{"loc": ("destination",), "type": "value_error",
-                              "msg": "`destination` must be `owner/name` of a model you created with "
-                                     f"POST /v1/models (not {body.destination!r})."}])
+        raise FieldsInvalid(
+            [
+                {
+                    "loc": ("destination",),
+                    "type": "value_error",
+                    "msg": "`destination` must be `owner/name` of a model you created with "
+                    f"POST /v1/models (not {body.destination!r}).",
+                }
+            ]
+        )
     if request.app.state.registry.model(body.destination) is None:
-        raise HTTPException(404, f"The destination model {body.destination!r} does not exist. Create it first with "
-                                 "POST /v1/models.")
+        raise HTTPException(
+            404, f"The destination model {body.destination!r} does not exist. Create it first with POST /v1/models."
+        )
     running = request.app.state.trainings.running_into(body.destination)
     if running:
-        raise HTTPException(409, f"Training {running} into {body.destination} is still running; wait for it to "
-                                 "finish or cancel it before training into that model again.")
+        raise HTTPException(
+            409,
+            f"Training {running} into {body.destination} is still running; wait for it to "
+            "finish or cancel it before training into that model again.",
+        )
     return body.destination
 
 
@@ -64,26 +82,41 @@ def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[
     return parsed.model_dump(), dataset
 
 
-@router.post("/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201,
-             openapi_extra=json_body("TrainingRequest"), responses=problems(400, 404, 409, 413, 422))
-async def create_training(request: Request, owner: str, name: str, version_id: str,
-                          cancel_after: CancelAfter = None) -> Response:
+@router.post(
+    "/models/{owner}/{name}/versions/{version_id}/trainings",
+    status_code=201,
+    openapi_extra=json_body("TrainingRequest"),
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def create_training(
+    request: Request, owner: str, name: str, version_id: str, cancel_after: CancelAfter = None
+) -> Response:
     body = TrainingBody.model_validate(await read_json_object(request))
     model = found_model(request, owner, name)
     version = request.app.state.registry.version(version_id)
     if version is None or version.model != model.full_name:
         raise HTTPException(404, f"No version {version_id!r} of {model.full_name}.")
     if version.trained:
-        raise HTTPException(422, f"{model.full_name}:{version_id} is itself a fine-tune; train from a version of "
-                                 f"{MUSICGEN} (its base is `{version.base}`).")
+        raise HTTPException(
+            422,
+            f"{model.full_name}:{version_id} is itself a fine-tune; train from a version of "
+            f"{MUSICGEN} (its base is `{version.base}`).",
+        )
     sent = body.input
     engine_input, dataset = _checked_training_input(request, body)
     webhook = await checked_webhook(request, body)
     if not request.app.state.trainings.accepting:
         raise HTTPException(503, "The server is shutting down; create the training again in a moment.")
     destination = _destination(request, body)  # no await from here to submit: one training per destination
-    training = Training(id=new_id(), version=version.id, model=model.full_name, input=sent,
-                        base_url=str(request.base_url), webhook=webhook, destination=destination)
+    training = Training(
+        id=new_id(),
+        version=version.id,
+        model=model.full_name,
+        input=sent,
+        base_url=str(request.base_url),
+        webhook=webhook,
+        destination=destination,
+    )
     folder = request.app.state.training_store.prediction_dir(training.id)
     training.request = vars(TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE)))
     submit_run(training, body, cancel_after, request.app.state.trainings, request.app.state.training_deadlines)
@@ -120,8 +153,7 @@ async def list_trainings(request: Request, cursor: str | None = None) -> dict[st
     def link(c: str | None) -> str | None:
         return f"{base}v1/trainings?{urlencode({'cursor': c})}" if c else None
 
-    return {"next": link(next_cursor), "previous": link(prev_cursor),
-            "results": [t.to_json(base) for t in found]}
+    return {"next": link(next_cursor), "previous": link(prev_cursor), "results": [t.to_json(base) for t in found]}
 
 
 @public.get("/delivery/trainings/{training_id}/{name}", response_class=FileResponse, responses=problems(404))
@@ -130,6 +162,8 @@ async def deliver_weights(request: Request, training_id: str, name: str) -> File
     training = request.app.state.training_store.get(training_id)
     if training is None or training.weights_file != name:
         raise HTTPException(404, f"No weights {name!r} for training {training_id!r}.")
-    return FileResponse(request.app.state.training_store.prediction_dir(training_id) / name,
-                        media_type="application/x-tar", filename=name)
-
+    return FileResponse(
+        request.app.state.training_store.prediction_dir(training_id) / name,
+        media_type="application/x-tar",
+        filename=name,
+    )

@@ -70,10 +70,17 @@ class Delivery:
 class WebhookSender:
     PER_RECEIVER = 8
 
-    def __init__(self, secret: str, throttle_s: float = 0.5, retries: int = 12, backoff_s: float = 0.1,
-                 timeout_s: float = 5.0, block_private_urls: bool = False,
-                 render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json, journal: Store | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        secret: str,
+        throttle_s: float = 0.5,
+        retries: int = 12,
+        backoff_s: float = 0.1,
+        timeout_s: float = 5.0,
+        block_private_urls: bool = False,
+        render: Callable[[Prediction], dict[str, Any]] = Prediction.to_json,
+        journal: Store | None = None,
+    ) -> None:
         """`journal`: where `completed` webhooks are kept until delivered (or given up on), and found by
         resume() after a restart."""
         self.secret, self.render, self.journal = secret, render, journal
@@ -87,8 +94,9 @@ class WebhookSender:
         self._tasks: set[asyncio.Task] = set()
         self._unsent = 0  # first attempts queued or in flight, for drain()
         self.counts = {"sent": 0, "failed": 0, "retried": 0, "given_up": 0}  # attempts by outcome, for /metrics
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
-                                         limits=httpx.Limits(max_connections=None))
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, limits=httpx.Limits(max_connections=None)
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="webhooks", daemon=True)
         self._thread.start()
@@ -197,15 +205,27 @@ class WebhookSender:
             log.error("prediction %s: webhook %s refused: %s", d.pred_id, d.url, reason)
             return True
         ts = int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": d.msg_id, "webhook-timestamp": str(ts),
-                   "webhook-signature": sign(self.secret, d.msg_id, ts, d.body), **pinned.headers}
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": d.msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(self.secret, d.msg_id, ts, d.body),
+            **pinned.headers,
+        }
         try:
             async with asyncio.timeout(self.timeout_s):  # in all: httpx's own limit is per read, and a trickle never
-                resp = await self._client.post(pinned.url, content=d.body, headers=headers,  # waits long for a byte
-                                               extensions=pinned.extensions)
+                resp = await self._client.post(
+                    pinned.url,
+                    content=d.body,
+                    headers=headers,  # waits long for a byte
+                    extensions=pinned.extensions,
+                )
         except (httpx.ReadTimeout, TimeoutError):
-            log.warning("prediction %s: webhook %s took the request but did not answer in time; not sent again",
-                        d.pred_id, d.url)
+            log.warning(
+                "prediction %s: webhook %s took the request but did not answer in time; not sent again",
+                d.pred_id,
+                d.url,
+            )
             return True
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             log.warning("prediction %s: webhook %s failed: %s", d.pred_id, d.url, exc)

@@ -49,8 +49,9 @@ def silent_wav(seconds: float, channels: int, sample_width: int = 2) -> bytes:
 
 
 class FakeEngine:
-    def __init__(self, max_duration: int = 300, step_delay_s: float = 0.0, concurrency: int = 1,
-                 ready: bool = True) -> None:
+    def __init__(
+        self, max_duration: int = 300, step_delay_s: float = 0.0, concurrency: int = 1, ready: bool = True
+    ) -> None:
         self.max_duration = max_duration
         self.capacity = 64  # runs worth having in flight: the rest wait in the server's queue
         self.step_delay_s = step_delay_s  # slows generation so tests can cancel or time out mid-way
@@ -88,8 +89,15 @@ class FakeEngine:
             run.emit(Progress(step, self.train_steps))
             run.emit(Log(f"step {step}/{self.train_steps} (epoch 1/1): loss {1.0 / step:.4f}"))
         base = request.input.get("model_version", "large")
-        dest = tuned.write(Path(request.weights_out), "lora", base, {tuned.ADAPTER: _empty_safetensors()},
-                           rank=1, alpha=1.0, training={"loss": 1.0 / self.train_steps})
+        dest = tuned.write(
+            Path(request.weights_out),
+            "lora",
+            base,
+            {tuned.ADAPTER: _empty_safetensors()},
+            rank=1,
+            alpha=1.0,
+            training={"loss": 1.0 / self.train_steps},
+        )
         run.emit(Trained(str(dest), "lora", base, {"loss": 1.0 / self.train_steps}))
 
     def health(self) -> dict:
@@ -124,8 +132,9 @@ class FakeEngine:
         finally:
             self._slots.release()
         channels = PRESETS[request.model_version].channels or 1
-        result = Result(silent_wav(request.duration, channels), "wav", seed, SAMPLE_RATE, channels,
-                        request.duration * SAMPLE_RATE)
+        result = Result(
+            silent_wav(request.duration, channels), "wav", seed, SAMPLE_RATE, channels, request.duration * SAMPLE_RATE
+        )
         run.emit(Done(result))
 
     def _steps(self, request: Request, run: LocalRun, stream: bool) -> None:

@@ -24,10 +24,14 @@ REVISION = "0" * 40  # the snapshot every tiny file is written under
 CARD = 2048  # real codebook size; transformers' EnCodec derives its codebook count assuming it
 FRAME_HOP = (8, 5, 4, 4)  # 640 samples -> 50 Hz at 32 kHz, as the real codec: 1 s = 50 frames exactly
 SENTENCES = [
-    "lofi hip hop beat with warm piano chords", "epic orchestral soundtrack with brass and drums",
-    "upbeat electronic dance music with heavy bass", "calm acoustic guitar melody in the morning",
-    "jazz trio with walking bass and brushed snare", "80s synthwave with arpeggios and gated reverb",
-    "ambient pads slowly evolving over a drone", "rock anthem with distorted guitars and a big chorus",
+    "lofi hip hop beat with warm piano chords",
+    "epic orchestral soundtrack with brass and drums",
+    "upbeat electronic dance music with heavy bass",
+    "calm acoustic guitar melody in the morning",
+    "jazz trio with walking bass and brushed snare",
+    "80s synthwave with arpeggios and gated reverb",
+    "ambient pads slowly evolving over a drone",
+    "rock anthem with distorted guitars and a big chorus",
 ]
 
 
@@ -63,14 +67,21 @@ def write_t5(weights_dir: Path) -> None:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(SENTENCES * 4))
         spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=f"{tmp}/spiece", vocab_size=64, model_type="unigram",
-            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+            input=str(corpus),
+            model_prefix=f"{tmp}/spiece",
+            vocab_size=64,
+            model_type="unigram",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            minloglevel=2,
+        )
         tokenizer = T5Tokenizer.from_pretrained(tmp, extra_ids=0)
         tokenizer.save_pretrained(target)
         # t5-base on the hub ships the sentencepiece model beside tokenizer.json; keep that file set.
         shutil.copy(f"{tmp}/spiece.model", target / "spiece.model")
-    config = T5Config(vocab_size=64, d_model=768, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
-                      decoder_start_token_id=0)
+    config = T5Config(vocab_size=64, d_model=768, d_kv=16, d_ff=64, num_layers=1, num_heads=2, decoder_start_token_id=0)
     T5EncoderModel(config).save_pretrained(target)
 
 
@@ -80,14 +91,33 @@ def write_t5(weights_dir: Path) -> None:
 def _encodec_cfg():
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({
-        "compression_model": "encodec", "device": "cpu", "dtype": "float32",
-        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": 32000, "channels": 1,
-                    "causal": False, "renormalize": False},
-        "seanet": {"dimension": 16, "channels": 1, "causal": False, "n_filters": 2, "n_residual_layers": 1,
-                   "ratios": list(FRAME_HOP), "lstm": 0, "encoder": {}, "decoder": {}},
-        "rvq": {"n_q": 4, "bins": CARD, "q_dropout": False, "kmeans_init": False},
-    })
+    return OmegaConf.create(
+        {
+            "compression_model": "encodec",
+            "device": "cpu",
+            "dtype": "float32",
+            "encodec": {
+                "autoencoder": "seanet",
+                "quantizer": "rvq",
+                "sample_rate": 32000,
+                "channels": 1,
+                "causal": False,
+                "renormalize": False,
+            },
+            "seanet": {
+                "dimension": 16,
+                "channels": 1,
+                "causal": False,
+                "n_filters": 2,
+                "n_residual_layers": 1,
+                "ratios": list(FRAME_HOP),
+                "lstm": 0,
+                "encoder": {},
+                "decoder": {},
+            },
+            "rvq": {"n_q": 4, "bins": CARD, "q_dropout": False, "kmeans_init": False},
+        }
+    )
 
 
 def write_audiocraft_encodec(path: Path) -> None:
@@ -106,10 +136,21 @@ def write_hf_encodec(weights_dir: Path) -> None:
 
     torch.manual_seed(2)
     config = EncodecConfig(
-        target_bandwidths=[2.2], sampling_rate=32000, audio_channels=1, normalize=False,
-        chunk_length_s=None, overlap=None, hidden_size=16, num_filters=2, num_residual_layers=1,
-        upsampling_ratios=list(FRAME_HOP), codebook_size=CARD, codebook_dim=16, num_lstm_layers=1,
-        use_causal_conv=False)
+        target_bandwidths=[2.2],
+        sampling_rate=32000,
+        audio_channels=1,
+        normalize=False,
+        chunk_length_s=None,
+        overlap=None,
+        hidden_size=16,
+        num_filters=2,
+        num_residual_layers=1,
+        upsampling_ratios=list(FRAME_HOP),
+        codebook_size=CARD,
+        codebook_dim=16,
+        num_lstm_layers=1,
+        use_causal_conv=False,
+    )
     model = EncodecModel(config)
     # transformers initialises codebooks to zeros (a trained one has learnt them): every token would
     # decode to the same sound, and no test could tell one stereo output from another.
@@ -144,23 +185,55 @@ def lm_cfg(stereo: bool, melody: bool, segment_duration: int = 30):
     t5 = {"model": "t5", "t5": {"name": W.T5, "finetune": False, "word_dropout": 0.3, "normalize_text": False}}
     conditioners = {"description": t5}
     if melody:
-        conditioners["self_wav"] = {"model": "chroma_stem", "chroma_stem": {
-            "sample_rate": 32000, "n_chroma": 12, "radix2_exp": 14, "argmax": True, "match_len_on_eval": True,
-            "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}}
+        conditioners["self_wav"] = {
+            "model": "chroma_stem",
+            "chroma_stem": {
+                "sample_rate": 32000,
+                "n_chroma": 12,
+                "radix2_exp": 14,
+                "argmax": True,
+                "match_len_on_eval": True,
+                "eval_wavs": None,
+                "n_eval_wavs": 100,
+                "cache_path": None,
+            },
+        }
     cfg = {
-        "lm_model": "transformer_lm", "device": "cpu", "dtype": "float32",
-        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": delays, "flatten_first": 0,
-                                                             "empty_initial": 0}},
-        "transformer_lm": {"dim": 32, "num_heads": 2, "num_layers": 2, "hidden_scale": 2, "n_q": n_q, "card": CARD,
-                           "causal": True, "custom": False, "memory_efficient": True, "norm_first": True,
-                           "bias_proj": False, "bias_ff": False, "bias_attn": False,
-                           "positional_embedding": "sin", "past_context": None},
+        "lm_model": "transformer_lm",
+        "device": "cpu",
+        "dtype": "float32",
+        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": delays, "flatten_first": 0, "empty_initial": 0}},
+        "transformer_lm": {
+            "dim": 32,
+            "num_heads": 2,
+            "num_layers": 2,
+            "hidden_scale": 2,
+            "n_q": n_q,
+            "card": CARD,
+            "causal": True,
+            "custom": False,
+            "memory_efficient": True,
+            "norm_first": True,
+            "bias_proj": False,
+            "bias_ff": False,
+            "bias_attn": False,
+            "positional_embedding": "sin",
+            "past_context": None,
+        },
         "classifier_free_guidance": {"training_dropout": 0.2, "inference_coef": 3.0},
-        "attribute_dropout": {"args": {"active_on_eval": False}, "text": {},
-                              "wav": {"self_wav": 0.5} if melody else {}},
-        "fuser": {"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": [],
-                  "prepend": ["self_wav", "description"] if melody else [],
-                  "cross": [] if melody else ["description"], "input_interpolate": []},
+        "attribute_dropout": {
+            "args": {"active_on_eval": False},
+            "text": {},
+            "wav": {"self_wav": 0.5} if melody else {},
+        },
+        "fuser": {
+            "cross_attention_pos_emb": False,
+            "cross_attention_pos_emb_scale": 1,
+            "sum": [],
+            "prepend": ["self_wav", "description"] if melody else [],
+            "cross": [] if melody else ["description"],
+            "input_interpolate": [],
+        },
         "conditioners": conditioners,
         "dataset": {"segment_duration": segment_duration},
     }
@@ -198,8 +271,15 @@ def write_htdemucs(weights_dir: Path) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(4)
-    kwargs = {"sources": ["drums", "bass", "other", "vocals"], "audio_channels": 2, "samplerate": 44100,
-              "channels": 8, "depth": 4, "t_layers": 1, "t_heads": 2}
+    kwargs = {
+        "sources": ["drums", "bass", "other", "vocals"],
+        "audio_channels": 2,
+        "samplerate": 44100,
+        "channels": 8,
+        "depth": 4,
+        "t_layers": 1,
+        "t_heads": 2,
+    }
     model = HTDemucs(**kwargs)
     kwargs_json = dict(kwargs, segment={"_type": "fraction", "numerator": 39, "denominator": 5})
     meta = {"klass": "demucs.htdemucs.HTDemucs", "args": "[]", "kwargs": json.dumps(kwargs_json)}
@@ -241,20 +321,52 @@ def _mbd_band_cfg(band: int):
     from omegaconf import OmegaConf
 
     use_processor, power_std = MBD_PROCESSOR[band]
-    return OmegaConf.create({
-        "solver": "diffusion", "sample_rate": 32000, "channels": 1, "n_q": 4,
-        "compression_model_checkpoint": f"//pretrained/{W.MBD_CODEC}",
-        "diffusion_unet": {"hidden": 8, "depth": 2, "res_blocks": 1, "norm_groups": 4, "kernel": 8, "stride": 4,
-                           "growth": 2, "max_channels": 10_000, "dropout": 0.0, "emb_all_layers": True,
-                           "bilstm": False, "codec_dim": MBD_CODEC_DIM, "transformer": False,
-                           "cross_attention": False},
-        "processor": {"name": "multi_band_processor", "use": use_processor, "n_bands": 8, "num_samples": 10_000,
-                      "power_std": power_std},
-        "filter": {"use": True, "n_bands": MBD_BANDS, "idx_band": band, "cutoffs": None},
-        "schedule": {"repartition": "power", "variable_step_batch": True, "beta_t0": 1.0e-5, "beta_t1": 2.9e-2,
-                     "beta_exp": 7.5, "num_steps": 1000, "variance": "beta", "clip": 5.0, "rescale": 1.0,
-                     "n_bands": None, "noise_scale": 1.0},
-    })
+    return OmegaConf.create(
+        {
+            "solver": "diffusion",
+            "sample_rate": 32000,
+            "channels": 1,
+            "n_q": 4,
+            "compression_model_checkpoint": f"//pretrained/{W.MBD_CODEC}",
+            "diffusion_unet": {
+                "hidden": 8,
+                "depth": 2,
+                "res_blocks": 1,
+                "norm_groups": 4,
+                "kernel": 8,
+                "stride": 4,
+                "growth": 2,
+                "max_channels": 10_000,
+                "dropout": 0.0,
+                "emb_all_layers": True,
+                "bilstm": False,
+                "codec_dim": MBD_CODEC_DIM,
+                "transformer": False,
+                "cross_attention": False,
+            },
+            "processor": {
+                "name": "multi_band_processor",
+                "use": use_processor,
+                "n_bands": 8,
+                "num_samples": 10_000,
+                "power_std": power_std,
+            },
+            "filter": {"use": True, "n_bands": MBD_BANDS, "idx_band": band, "cutoffs": None},
+            "schedule": {
+                "repartition": "power",
+                "variable_step_batch": True,
+                "beta_t0": 1.0e-5,
+                "beta_t1": 2.9e-2,
+                "beta_exp": 7.5,
+                "num_steps": 1000,
+                "variance": "beta",
+                "clip": 5.0,
+                "rescale": 1.0,
+                "n_bands": None,
+                "noise_scale": 1.0,
+            },
+        }
+    )
 
 
 def _fitted_processor_state(processor) -> dict:
@@ -264,8 +376,9 @@ def _fitted_processor_state(processor) -> dict:
     state = processor.state_dict()
     if "counts" in state:
         n = state["sum_x"].numel()
-        state.update(counts=torch.ones(1), sum_x=torch.zeros(n), sum_x2=torch.linspace(0.5, 0.01, n),
-                     sum_target_x2=torch.ones(n))
+        state.update(
+            counts=torch.ones(1), sum_x=torch.zeros(n), sum_x2=torch.linspace(0.5, 0.01, n), sum_target_x2=torch.ones(n)
+        )
     return state
 
 
@@ -281,8 +394,11 @@ def write_mbd(weights_dir: Path) -> None:
     for band in range(MBD_BANDS):
         cfg = _mbd_band_cfg(band)
         processor = builders.get_processor(cfg.processor, sample_rate=cfg.sample_rate)
-        package[band] = {"cfg": cfg, "model_state": builders.get_diffusion_model(cfg).state_dict(),
-                         "processor_state": _fitted_processor_state(processor)}
+        package[band] = {
+            "cfg": cfg,
+            "model_state": builders.get_diffusion_model(cfg).state_dict(),
+            "processor_state": _fitted_processor_state(processor),
+        }
     torch.save(package, hub_path(weights_dir, W.MBD, "mbd_musicgen_32khz.th"))
     # The same tiny codec as the mono LMs': every MusicGen model shares EnCodec 32 kHz, so the LMs'
     # tokens are valid input to MBD's codec, as with the real checkpoints.

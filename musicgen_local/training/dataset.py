@@ -59,15 +59,25 @@ class DatasetLimits:
 def limits_from(settings) -> DatasetLimits:
     from ..engine.inputs import input_url_check
 
-    return DatasetLimits(settings.max_dataset_bytes, settings.max_dataset_seconds,
-                         check_url=input_url_check(settings.block_private_urls, "dataset_path"))
+    return DatasetLimits(
+        settings.max_dataset_bytes,
+        settings.max_dataset_seconds,
+        check_url=input_url_check(settings.block_private_urls, "dataset_path"),
+    )
 
 
 # ------------------------------------------------------------------------------------------ entry points
 
 
-def prepare_once(ref: str, folder: Path, params, channels: int, limits: DatasetLimits, canceled: threading.Event,
-                 log: Callable[[str], None]) -> list[Piece]:
+def prepare_once(
+    ref: str,
+    folder: Path,
+    params,
+    channels: int,
+    limits: DatasetLimits,
+    canceled: threading.Event,
+    log: Callable[[str], None],
+) -> list[Piece]:
     """The pieces of `ref` in `folder`: made once (fetched, unpacked, decoded, cut, labelled), then read back
     (a training resumed after a restart does not prepare its dataset again)."""
     done = folder / PIECES
@@ -78,9 +88,17 @@ def prepare_once(ref: str, folder: Path, params, channels: int, limits: DatasetL
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     source = fetch_dataset(ref, folder / "download", limits, canceled)
-    pieces = prepare(source, folder, channels=channels, one_same_description=params.one_same_description,
-                     auto_labeling=params.auto_labeling, drop_vocals=params.drop_vocals, limits=limits,
-                     canceled=canceled, log=log)
+    pieces = prepare(
+        source,
+        folder,
+        channels=channels,
+        one_same_description=params.one_same_description,
+        auto_labeling=params.auto_labeling,
+        drop_vocals=params.drop_vocals,
+        limits=limits,
+        canceled=canceled,
+        log=log,
+    )
     done.write_text(json.dumps([{**asdict(p), "wav": str(p.wav)} for p in pieces]))
     return pieces
 
@@ -90,8 +108,14 @@ def fetch_dataset(ref: str, work_dir: Path, limits: DatasetLimits, canceled: thr
     vouched for), downloaded within MUSICGEN_MAX_DATASET_BYTES."""
     from ..engine import inputs
 
-    download = inputs.Limits(timeout_s=limits.timeout_s, max_bytes=limits.max_bytes, check_url=limits.check_url,
-                             name="dataset_path", size_setting=BYTES_SETTING, time_setting="its timeout")
+    download = inputs.Limits(
+        timeout_s=limits.timeout_s,
+        max_bytes=limits.max_bytes,
+        check_url=limits.check_url,
+        name="dataset_path",
+        size_setting=BYTES_SETTING,
+        time_setting="its timeout",
+    )
     try:
         return inputs.fetch(ref, work_dir, download, canceled)
     except UserError:
@@ -104,24 +128,38 @@ BYTES_SETTING = "MUSICGEN_MAX_DATASET_BYTES"
 SECONDS_SETTING = "MUSICGEN_MAX_DATASET_SECONDS"
 
 
-def prepare(source: Path, work_dir: Path, *, channels: int, one_same_description: str | None, auto_labeling: bool,
-            drop_vocals: bool, limits: DatasetLimits, canceled: threading.Event, log: Callable[[str], None],
-            separate: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Piece]:
+def prepare(
+    source: Path,
+    work_dir: Path,
+    *,
+    channels: int,
+    one_same_description: str | None,
+    auto_labeling: bool,
+    drop_vocals: bool,
+    limits: DatasetLimits,
+    canceled: threading.Event,
+    log: Callable[[str], None],
+    separate: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[Piece]:
     files = work_dir / "files"
     files.mkdir(parents=True, exist_ok=True)
     audio = _unpack(source, files, limits, canceled)
     if not audio:
-        raise UserError("`dataset_path` holds no audio file (wav, mp3, flac, ogg...). Put your songs in a zip or tar, "
-                        "or send one audio file.")
+        raise UserError(
+            "`dataset_path` holds no audio file (wav, mp3, flac, ogg...). Put your songs in a zip or tar, "
+            "or send one audio file."
+        )
     log(f"Dataset: {len(audio)} audio files.")
     described = {path: _description(path, one_same_description) for path in audio}
     lengths = {path: _probe(path) for path in audio}
     total = sum(lengths.values())
     if total > limits.max_seconds:
         longest = max(lengths, key=lengths.get)
-        raise UserError(f"The dataset holds {_hours(total)} of audio (the longest file, {longest.name}, "
-                        f"{_hours(lengths[longest])}); this server trains on at most {_hours(limits.max_seconds)} "
-                        f"({SECONDS_SETTING}).")
+        raise UserError(
+            f"The dataset holds {_hours(total)} of audio (the longest file, {longest.name}, "
+            f"{_hours(lengths[longest])}); this server trains on at most {_hours(limits.max_seconds)} "
+            f"({SECONDS_SETTING})."
+        )
     if drop_vocals and separate is None:
         separate = _htdemucs_separator(channels)
     out_dir = work_dir / "pieces"
@@ -137,7 +175,7 @@ def prepare(source: Path, work_dir: Path, *, channels: int, one_same_description
         if drop_vocals:
             wav = separate(wav)
         for index, start in enumerate(range(0, wav.shape[1], PIECE_S * SAMPLE_RATE)):
-            chunk = wav[:, start:start + PIECE_S * SAMPLE_RATE]
+            chunk = wav[:, start : start + PIECE_S * SAMPLE_RATE]
             if chunk.shape[1] < MIN_S * SAMPLE_RATE:
                 continue
             text = described[path]
@@ -149,8 +187,10 @@ def prepare(source: Path, work_dir: Path, *, channels: int, one_same_description
     if not pieces:
         raise UserError(f"Every audio file in `dataset_path` is shorter than {MIN_S:.0f} s: nothing to train on.")
     seconds = sum(_seconds(p.wav) for p in pieces)
-    log(f"Dataset: {len(pieces)} pieces of at most {PIECE_S} s, {seconds:.0f} s of audio"
-        f"{', vocals removed' if drop_vocals else ''}{', tempo and key labelled' if auto_labeling else ''}.")
+    log(
+        f"Dataset: {len(pieces)} pieces of at most {PIECE_S} s, {seconds:.0f} s of audio"
+        f"{', vocals removed' if drop_vocals else ''}{', tempo and key labelled' if auto_labeling else ''}."
+    )
     return pieces
 
 
@@ -166,8 +206,7 @@ def _unpack(source: Path, dest: Path, limits: DatasetLimits, canceled: threading
     elif _probe_is_audio(source):
         return [source]
     else:
-        raise UserError("`dataset_path` is neither an archive (zip, tar, tar.gz) nor an audio file ffmpeg can "
-                        "decode.")
+        raise UserError("`dataset_path` is neither an archive (zip, tar, tar.gz) nor an audio file ffmpeg can decode.")
     found = sorted(p for p in dest.rglob("*") if p.is_file() and _is_audio_member(p, dest))
     return [p for p in found if p.suffix.lower() in AUDIO_EXTENSIONS or _probe_is_audio(p)]
 
@@ -188,8 +227,9 @@ def _is_audio_member(path: Path, root: Path) -> bool:
 def _safe_name(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")) or ":" in path.parts[0]:
-        raise UserError(f"`dataset_path` holds a file named {name!r}, which points outside the archive; "
-                        "such archives are refused.")
+        raise UserError(
+            f"`dataset_path` holds a file named {name!r}, which points outside the archive; such archives are refused."
+        )
     return path
 
 
@@ -200,8 +240,10 @@ class _Budget:
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise UserError(f"`dataset_path` unpacks to more than {self.limits.max_bytes} bytes "
-                            f"({BYTES_SETTING}); send a smaller dataset or raise the setting.")
+            raise UserError(
+                f"`dataset_path` unpacks to more than {self.limits.max_bytes} bytes "
+                f"({BYTES_SETTING}); send a smaller dataset or raise the setting."
+            )
 
 
 def _copy(src, dest: Path, budget: _Budget, canceled: threading.Event) -> None:
@@ -241,8 +283,10 @@ def _untar(source: Path, dest: Path, limits: DatasetLimits, canceled: threading.
             if member.isdir():
                 continue
             if not member.isfile():
-                raise UserError(f"`dataset_path` holds {member.name!r}, which is a link or a device; archives "
-                                "holding those are refused.")
+                raise UserError(
+                    f"`dataset_path` holds {member.name!r}, which is a link or a device; archives "
+                    "holding those are refused."
+                )
             declared += member.size
             if declared > limits.max_bytes:
                 budget.take(declared)
@@ -279,13 +323,30 @@ def _decode(path: Path, channels: int) -> np.ndarray:
     """[C, T] float32 at 32 kHz."""
     from ..engine import inputs
 
-    cmd = ["ffmpeg", "-v", "error", "-nostdin", "-format_whitelist", ",".join(inputs.AUDIO_DEMUXERS),
-           "-protocol_whitelist", "file", "-i", str(path), "-f", "f32le", "-ac", str(channels),
-           "-ar", str(SAMPLE_RATE), "-"]
+    cmd = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-nostdin",
+        "-format_whitelist",
+        ",".join(inputs.AUDIO_DEMUXERS),
+        "-protocol_whitelist",
+        "file",
+        "-i",
+        str(path),
+        "-f",
+        "f32le",
+        "-ac",
+        str(channels),
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
+    ]
     done = subprocess.run(cmd, capture_output=True, timeout=3600, check=False)
     if done.returncode != 0:
-        raise UserError(f"{path.name} in `dataset_path` could not be decoded: "
-                        f"{done.stderr.decode(errors='replace').strip()[:300]}")
+        raise UserError(
+            f"{path.name} in `dataset_path` could not be decoded: {done.stderr.decode(errors='replace').strip()[:300]}"
+        )
     return np.frombuffer(done.stdout, dtype="<f4").reshape(-1, channels).T.copy()
 
 
@@ -378,4 +439,3 @@ def _htdemucs_separator(channels: int) -> Callable[[np.ndarray], np.ndarray]:
         return back.numpy().astype("float32")
 
     return separate
-

@@ -14,8 +14,9 @@ from typing import Any
 from ..settings import Settings
 
 
-def train_here(settings: Settings, inputs: dict[str, Any], out: Path, on_event: Callable[[Any], None],
-               work_dir: Path | None = None) -> Path:
+def train_here(
+    settings: Settings, inputs: dict[str, Any], out: Path, on_event: Callable[[Any], None], work_dir: Path | None = None
+) -> Path:
     """Train with `inputs` (the training schema's; `dataset_path` a local file, URL or data: URI) and write the
     fine-tune's tar at `out`. A `work_dir` kept between calls resumes an interrupted training."""
     from ..engine import load_engine

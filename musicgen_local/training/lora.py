@@ -26,8 +26,14 @@ from torch.nn.utils import parametrize
 # feed-forward pair; then each codebook's output head (without them a small model's LoRA cannot make
 # one token stand out from the other 2047: its final norm bounds what the layers can say). The names
 # are the LM's own parameter names (lm.named_parameters()).
-TARGETS = ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "cross_attention.in_proj_weight",
-           "cross_attention.out_proj.weight", "linear1.weight", "linear2.weight")
+TARGETS = (
+    "self_attn.in_proj_weight",
+    "self_attn.out_proj.weight",
+    "cross_attention.in_proj_weight",
+    "cross_attention.out_proj.weight",
+    "linear1.weight",
+    "linear2.weight",
+)
 
 
 class LowRank(nn.Module):
@@ -48,8 +54,9 @@ class LowRank(nn.Module):
 
     def add_to_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         """As a forward hook on an nn.Linear: its output plus the low-rank path."""
-        return output + self.scale * F.linear(F.linear(inputs[0], self.lora_A.to(output.dtype)),
-                                              self.lora_B.to(output.dtype))
+        return output + self.scale * F.linear(
+            F.linear(inputs[0], self.lora_A.to(output.dtype)), self.lora_B.to(output.dtype)
+        )
 
 
 def target_names(lm) -> list[str]:
@@ -98,8 +105,10 @@ def load(adapters: dict[str, LowRank], tensors: dict[str, tuple[torch.Tensor, to
 
 def tensors(adapters: dict[str, LowRank]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (A, B), detached float32 copies on the CPU (what `tuned.write_lora` takes)."""
-    return {name: (m.lora_A.detach().float().cpu().clone(), m.lora_B.detach().float().cpu().clone())
-            for name, m in adapters.items()}
+    return {
+        name: (m.lora_A.detach().float().cpu().clone(), m.lora_B.detach().float().cpu().clone())
+        for name, m in adapters.items()
+    }
 
 
 class Fixed(nn.Module):

@@ -24,36 +24,80 @@ SCHEDULERS = ("cosine", "linear", "constant")
 DEFAULT_RANK = 16
 
 FIELDS: tuple[Field, ...] = (
-    Field("dataset_path", str, "Your music: a zip, tar or tar.gz of audio files, or one audio file (wav, mp3, "
-          "flac, ogg...). A `.txt` file beside an audio file (same name) is its description. Long files are cut "
-          "into 30 s pieces.", format="uri", required=True),
-    Field("auto_labeling", bool, "Add the tempo (bpm) and key estimated from each piece to its description. "
-          "Genre, mood and instrument labels are not offered: the models that estimate them cannot be shipped.",
-          True),
-    Field("drop_vocals", bool, "Remove the vocals with htdemucs before training, so the model learns the "
-          "instruments.", True),
+    Field(
+        "dataset_path",
+        str,
+        "Your music: a zip, tar or tar.gz of audio files, or one audio file (wav, mp3, "
+        "flac, ogg...). A `.txt` file beside an audio file (same name) is its description. Long files are cut "
+        "into 30 s pieces.",
+        format="uri",
+        required=True,
+    ),
+    Field(
+        "auto_labeling",
+        bool,
+        "Add the tempo (bpm) and key estimated from each piece to its description. "
+        "Genre, mood and instrument labels are not offered: the models that estimate them cannot be shipped.",
+        True,
+    ),
+    Field(
+        "drop_vocals",
+        bool,
+        "Remove the vocals with htdemucs before training, so the model learns the instruments.",
+        True,
+    ),
     Field("one_same_description", str, "One description for every file (replaces the .txt files)."),
     Field("model_version", str, "The model to fine-tune.", "large", LM_VERSIONS),
     Field("epochs", int, "Passes over `updates_per_epoch` updates.", 3, minimum=1, maximum=1000),
     Field("updates_per_epoch", int, "Optimizer updates per epoch.", 100, minimum=1, maximum=100_000),
-    Field("batch_size", int, "Pieces per optimizer update (gradients are accumulated over micro-batches to "
-          "reach it).", 16, minimum=1, maximum=64),
-    Field("lr", float, "AdamW's learning rate (not D-Adaptation's: use 1e-4 for LoRA, 1e-5 for a full "
-          "fine-tune).", 1e-4, maximum=1.0, above=0.0),
+    Field(
+        "batch_size",
+        int,
+        "Pieces per optimizer update (gradients are accumulated over micro-batches to reach it).",
+        16,
+        minimum=1,
+        maximum=64,
+    ),
+    Field(
+        "lr",
+        float,
+        "AdamW's learning rate (not D-Adaptation's: use 1e-4 for LoRA, 1e-5 for a full fine-tune).",
+        1e-4,
+        maximum=1.0,
+        above=0.0,
+    ),
     Field("lr_scheduler", str, "How the learning rate decays after the warmup.", "cosine", SCHEDULERS),
-    Field("warmup", int, "Updates over which the learning rate rises linearly from 0.", 8, minimum=0,
-          maximum=100_000),
-    Field("cfg_p", float, "Probability of dropping the description during training (condition dropout), "
-          "which keeps classifier-free guidance working.", 0.3, minimum=0.0, maximum=1.0),
-    Field("lora_rank", int, "Rank of the LoRA adapters; 0 fine-tunes every weight of the language model "
-          "(a full fine-tune, as large as the model).", DEFAULT_RANK, minimum=0, maximum=256),
-    Field("lora_alpha", float, "LoRA's scale numerator (the update is alpha / rank x B A); default 2 x rank.",
-          minimum=0.0),
+    Field("warmup", int, "Updates over which the learning rate rises linearly from 0.", 8, minimum=0, maximum=100_000),
+    Field(
+        "cfg_p",
+        float,
+        "Probability of dropping the description during training (condition dropout), "
+        "which keeps classifier-free guidance working.",
+        0.3,
+        minimum=0.0,
+        maximum=1.0,
+    ),
+    Field(
+        "lora_rank",
+        int,
+        "Rank of the LoRA adapters; 0 fine-tunes every weight of the language model "
+        "(a full fine-tune, as large as the model).",
+        DEFAULT_RANK,
+        minimum=0,
+        maximum=256,
+    ),
+    Field(
+        "lora_alpha", float, "LoRA's scale numerator (the update is alpha / rank x B A); default 2 x rank.", minimum=0.0
+    ),
     Field("seed", int, "Seed for the order of pieces, crops and dropout. If None or -1, a random seed is used."),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
-OUTPUT_SCHEMA = {"type": "object", "title": "TrainingOutput", "required": ["weights"],
-                 "properties": {"weights": {"type": "string", "format": "uri", "title": "Weights"}}}
+OUTPUT_SCHEMA = {
+    "type": "object",
+    "title": "TrainingOutput",
+    "required": ["weights"],
+    "properties": {"weights": {"type": "string", "format": "uri", "title": "Weights"}},
+}
 
 TrainingInput: type[BaseModel] = input_model("TrainingInput", FIELDS)
 
@@ -75,5 +119,8 @@ def training_openapi_schema() -> dict[str, Any]:
     """The TrainingInput and TrainingOutput components, in Cog's layout."""
     props, enums = openapi_input_properties(FIELDS)
     required = [f.name for f in FIELDS if f.required]
-    return {"TrainingInput": {"type": "object", "title": "TrainingInput", "properties": props, "required": required},
-            "TrainingOutput": OUTPUT_SCHEMA, **enums}
+    return {
+        "TrainingInput": {"type": "object", "title": "TrainingInput", "properties": props, "required": required},
+        "TrainingOutput": OUTPUT_SCHEMA,
+        **enums,
+    }

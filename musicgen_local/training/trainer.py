@@ -58,6 +58,7 @@ class Progress:
 
 def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     """The learning rate's factor at each update: linear warmup, then the decay asked for."""
+
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / (warmup + 1)
@@ -65,13 +66,23 @@ def schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
     return factor
 
 
 class Trainer:
-    def __init__(self, model, pieces: list[Piece], params, scratch: Path, log: Callable[[str], None] = log.info,
-                 *, micro_batch: int = 4, checkpoint_every: int | None = None,
-                 compression_package: dict | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        pieces: list[Piece],
+        params,
+        scratch: Path,
+        log: Callable[[str], None] = log.info,
+        *,
+        micro_batch: int = 4,
+        checkpoint_every: int | None = None,
+        compression_package: dict | None = None,
+    ) -> None:
         """`compression_package`: the base checkpoint's compression_state_dict.bin, copied into a full
         fine-tune's tar (a LoRA's tar needs none)."""
         if not pieces:
@@ -151,9 +162,16 @@ class Trainer:
                     self._checkpoint()
                 elapsed = time.monotonic() - start
                 per_step = elapsed / (self.step - start_step)
-                yield Progress(self.step, self.total, 1 + (self.step - 1) // self.params.updates_per_epoch,
-                               self.params.epochs, self.losses[-1], self.scheduler.get_last_lr()[0],
-                               elapsed, per_step * (self.total - self.step))
+                yield Progress(
+                    self.step,
+                    self.total,
+                    1 + (self.step - 1) // self.params.updates_per_epoch,
+                    self.params.epochs,
+                    self.losses[-1],
+                    self.scheduler.get_last_lr()[0],
+                    elapsed,
+                    per_step * (self.total - self.step),
+                )
         finally:
             self.lm.eval()
 
@@ -185,7 +203,7 @@ class Trainer:
         codes, starts = [], []
         for i in chosen:
             start = self.rng.randrange(self.codes[i].shape[-1] - length + 1)
-            codes.append(self.codes[i][:, start:start + length])
+            codes.append(self.codes[i][:, start : start + length])
             starts.append(start)
         return torch.stack(codes), chosen, starts
 
@@ -197,8 +215,13 @@ class Trainer:
             attr = ConditioningAttributes(text={"description": self.pieces[i].description or None})
             if self.melody:
                 wav = self._wav(i, start, frames)
-                attr.wav["self_wav"] = WavCondition(wav[None], torch.tensor([wav.shape[-1]], device=self.device),
-                                                    sample_rate=[SAMPLE_RATE], path=[None], seek_time=[0.0])
+                attr.wav["self_wav"] = WavCondition(
+                    wav[None],
+                    torch.tensor([wav.shape[-1]], device=self.device),
+                    sample_rate=[SAMPLE_RATE],
+                    path=[None],
+                    seek_time=[0.0],
+                )
             if self.rng.random() < self.params.cfg_p:  # drop every condition of this piece
                 for kind in ("text", "wav"):
                     for name in list(getattr(attr, kind)):
@@ -210,15 +233,17 @@ class Trainer:
         import soundfile
 
         hop = SAMPLE_RATE // int(self.model.frame_rate)
-        wav, _ = soundfile.read(str(self.pieces[i].wav), dtype="float32", always_2d=True,
-                                start=start_frame * hop, frames=frames * hop)
+        wav, _ = soundfile.read(
+            str(self.pieces[i].wav), dtype="float32", always_2d=True, start=start_frame * hop, frames=frames * hop
+        )
         return torch.from_numpy(wav.T.copy()).to(self.device)
 
     def _micro_step(self) -> float:
         codes, chosen, starts = self._batch()
         attributes = self._attributes(chosen, starts, codes.shape[-1])
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
             tokenized = self.lm.condition_provider.tokenize(attributes)
             condition_tensors = self.lm.condition_provider(tokenized)
             loss = delayed_cross_entropy(self.lm, codes, condition_tensors)
@@ -251,11 +276,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def _state(self) -> dict[str, Any]:
-        weights = lora.tensors(self.adapters) if not self.full else {
-            k: v.detach().cpu() for k, v in self.lm.state_dict().items()}
-        return {"step": self.step, "weights": weights, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "losses": self.losses,
-                "seed": self.seed, "global_states": self.global_states}
+        weights = (
+            lora.tensors(self.adapters)
+            if not self.full
+            else {k: v.detach().cpu() for k, v in self.lm.state_dict().items()}
+        )
+        return {
+            "step": self.step,
+            "weights": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng.getstate(),
+            "losses": self.losses,
+            "seed": self.seed,
+            "global_states": self.global_states,
+        }
 
     def _checkpoint(self) -> None:
         path = self.scratch / CHECKPOINT
@@ -284,9 +319,14 @@ class Trainer:
 
     def save(self, dest: Path) -> Path:
         """The fine-tune as a `tuned` tar at `dest`."""
-        info = {"steps": self.step, "loss": self.losses[-1] if self.losses else float("nan"),
-                "first_loss": self.losses[0] if self.losses else float("nan"), "seed": self.seed,
-                "pieces": len(self.pieces), "input": _plain(self.params.model_dump())}
+        info = {
+            "steps": self.step,
+            "loss": self.losses[-1] if self.losses else float("nan"),
+            "first_loss": self.losses[0] if self.losses else float("nan"),
+            "seed": self.seed,
+            "pieces": len(self.pieces),
+            "input": _plain(self.params.model_dump()),
+        }
         base = self.params.model_version
         if not self.full:
             return tuned.write_lora(dest, base, lora.tensors(self.adapters), alpha=self.alpha, training=info)
@@ -294,11 +334,12 @@ class Trainer:
 
         from omegaconf import OmegaConf
 
-        lm_package = {"xp.cfg": OmegaConf.to_yaml(self.lm.cfg),
-                      "best_state": {k: v.detach().cpu() for k, v in self.lm.state_dict().items()}}
+        lm_package = {
+            "xp.cfg": OmegaConf.to_yaml(self.lm.cfg),
+            "best_state": {k: v.detach().cpu() for k, v in self.lm.state_dict().items()},
+        }
         files = {}
-        for name, package in (("state_dict.bin", lm_package), ("compression_state_dict.bin",
-                                                               self.compression_package)):
+        for name, package in (("state_dict.bin", lm_package), ("compression_state_dict.bin", self.compression_package)):
             if package is None:
                 raise ValueError("a full fine-tune needs the base's compression package to be saved")
             buffer = io.BytesIO()
@@ -354,14 +395,15 @@ def delayed_cross_entropy(lm, codes: torch.Tensor, condition_tensors: dict) -> t
         out = lm.compute_predictions(codes, [], condition_tensors)
         return cross_entropy(out.logits.float(), codes, out.mask)
     frames = codes.shape[-1]
-    sequence, _, _ = provider.get_pattern(frames).build_pattern_sequence(codes, lm.special_token_id,
-                                                                          keep_only_valid_steps=True)
+    sequence, _, _ = provider.get_pattern(frames).build_pattern_sequence(
+        codes, lm.special_token_id, keep_only_valid_steps=True
+    )
     logits = lm(sequence, [], condition_tensors)  # [B, K, S, card]
     steps = logits.shape[2]
     total = logits.new_zeros((), dtype=torch.float32)
     for k, delay in enumerate(provider.delays):
         valid = min(frames, steps - delay - 1)
-        predicted = logits[:, k, delay:delay + valid].float()
+        predicted = logits[:, k, delay : delay + valid].float()
         total = total + F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), codes[:, k, :valid].reshape(-1))
     return total / codes.shape[1]
 

@@ -51,8 +51,9 @@ def melody_wav(tmp_path_factory) -> Path:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(32000)
-        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 32000)))
-                               for i in range(64000)))
+        w.writeframes(
+            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 32000))) for i in range(64000))
+        )
     return path
 
 
@@ -60,8 +61,13 @@ def node_client(action: str, **args) -> dict:
     """Run tests/e2e/client.mjs with one action; it prints one JSON object."""
     if shutil.which("node") is None or not (E2E / "node_modules" / "replicate").exists():
         pytest.skip("npm replicate not installed: run `make install` (npm ci --prefix tests/e2e)")
-    proc = subprocess.run(["node", str(E2E / "client.mjs"), action, json.dumps(args)], capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        ["node", str(E2E / "client.mjs"), action, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -93,11 +99,14 @@ def add_lora_version(settings, model: str, *, base: str = "large", seed: int = 0
     shapes = {name: p.shape for name, p in lm.named_parameters()}
     g = torch.Generator().manual_seed(seed)
     rank = 4
-    adapters = {name: (torch.randn(rank, shapes[name][1], generator=g),
-                       0.5 * torch.randn(shapes[name][0], rank, generator=g)) for name in target_names(lm)}
+    adapters = {
+        name: (torch.randn(rank, shapes[name][1], generator=g), 0.5 * torch.randn(shapes[name][0], rank, generator=g))
+        for name in target_names(lm)
+    }
     version_id = secrets.token_hex(32)
-    weights = tuned.write_lora(Path(settings.data_dir) / "e2e-loras" / f"{version_id}.tar", base, adapters,
-                               alpha=float(rank))
+    weights = tuned.write_lora(
+        Path(settings.data_dir) / "e2e-loras" / f"{version_id}.tar", base, adapters, alpha=float(rank)
+    )
     registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")  # the file the server opens (server/app.py)
     try:
         created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())

@@ -17,9 +17,11 @@ MODEL = "stereo-melody-large"
 
 def test_predictions_joining_a_running_one_share_its_batch_and_keep_their_audio(live_server):
     client = replicate.Client(api_token=TOKEN, base_url=live_server.url)
-    inputs = [{"prompt": "lofi", "duration": 8, "model_version": MODEL, "seed": 11},
-              {"prompt": "jazz", "duration": 1, "model_version": MODEL, "seed": 12, "top_p": 0.9},
-              {"prompt": "rock", "duration": 2, "model_version": MODEL, "seed": 13, "output_format": "mp3"}]
+    inputs = [
+        {"prompt": "lofi", "duration": 8, "model_version": MODEL, "seed": 11},
+        {"prompt": "jazz", "duration": 1, "model_version": MODEL, "seed": 12, "top_p": 0.9},
+        {"prompt": "rock", "duration": 2, "model_version": MODEL, "seed": 13, "output_format": "mp3"},
+    ]
     first = client.predictions.create(version=V1, input=inputs[0])
     deadline = time.monotonic() + 60
     while "%|" not in (first := client.predictions.get(first.id)).logs:  # decoding: the others join it

@@ -19,8 +19,9 @@ from musicgen_local.testing.live import free_port
 
 def _door(url: str, token: str | None = TOKEN) -> StdioServerParameters:
     args = ["-m", "musicgen_local.cli", "mcp", "--url", url] + (["--token", token] if token else [])
-    return StdioServerParameters(command=sys.executable, args=args,
-                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return StdioServerParameters(
+        command=sys.executable, args=args, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
 
 
 def _result(called) -> dict:
@@ -32,21 +33,40 @@ def test_an_agent_generates_waits_and_lists_models(live_server):
     async def session() -> dict:
         async with Client(_door(live_server.url)) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
-            made = _result(await client.call_tool("generate_music", {
-                "input": {"prompt": "calm piano", "duration": 1, "model_version": "large", "seed": 7},
-                "wait_seconds": 0}))
-            waited = _result(await client.call_tool("wait_for_prediction",
-                                                    {"prediction_id": made["id"], "timeout_seconds": 60}))
+            made = _result(
+                await client.call_tool(
+                    "generate_music",
+                    {
+                        "input": {"prompt": "calm piano", "duration": 1, "model_version": "large", "seed": 7},
+                        "wait_seconds": 0,
+                    },
+                )
+            )
+            waited = _result(
+                await client.call_tool("wait_for_prediction", {"prediction_id": made["id"], "timeout_seconds": 60})
+            )
             got = _result(await client.call_tool("get_prediction", {"prediction_id": made["id"]}))
             models = _result(await client.call_tool("list_models", {}))
             refused = await client.call_tool("generate_music", {"input": {"prompt": "x", "model_version": "small"}})
             too_long = _result(await client.call_tool("generate_music", {"input": {"prompt": "x", "duration": 100000}}))
-            return {"tools": tools, "made": made, "waited": waited, "got": got, "models": models,
-                    "refused": refused, "too_long": too_long}
+            return {
+                "tools": tools,
+                "made": made,
+                "waited": waited,
+                "got": got,
+                "models": models,
+                "refused": refused,
+                "too_long": too_long,
+            }
 
     out = asyncio.run(session())
-    assert set(out["tools"]) == {"generate_music", "get_prediction", "wait_for_prediction", "cancel_prediction",
-                                 "list_models"}
+    assert set(out["tools"]) == {
+        "generate_music",
+        "get_prediction",
+        "wait_for_prediction",
+        "cancel_prediction",
+        "list_models",
+    }
     schema = out["tools"]["generate_music"].input_schema
     assert "prompt" in json.dumps(schema) and "continuation_start" in json.dumps(schema)  # the schema's fields
     assert out["made"]["status"] in ("starting", "processing") and out["made"]["stream"].startswith(live_server.url)

@@ -10,8 +10,13 @@ V1 = LATEST
 
 
 def test_run_returns_the_output_url_and_reports_progress(live_server):
-    result = node_client("run", baseUrl=live_server.url, token=TOKEN, version=V1,
-                         input={"prompt": "calm piano", "duration": 1, "model_version": "stereo-large", "seed": 5})
+    result = node_client(
+        "run",
+        baseUrl=live_server.url,
+        token=TOKEN,
+        version=V1,
+        input={"prompt": "calm piano", "duration": 1, "model_version": "stereo-large", "seed": 5},
+    )
     assert result["output"] == f"{live_server.url}/delivery/{result['latest']['id']}/out.wav"
     assert result["latest"]["logs"].startswith("Using seed 5\n")
     # the client's own parseProgressFromLogs reads our last tqdm line: all decoding steps, 100 %
@@ -22,16 +27,27 @@ def test_run_returns_the_output_url_and_reports_progress(live_server):
 
 
 def test_run_with_a_local_melody_file_uploads_it(live_server, melody_wav):
-    result = node_client("run", baseUrl=live_server.url, token=TOKEN, version=V1, melodyPath=str(melody_wav),
-                         input={"prompt": "a melody", "duration": 1, "model_version": "melody-large"})
+    result = node_client(
+        "run",
+        baseUrl=live_server.url,
+        token=TOKEN,
+        version=V1,
+        melodyPath=str(melody_wav),
+        input={"prompt": "a melody", "duration": 1, "model_version": "melody-large"},
+    )
     assert "/v1/files/" in result["latest"]["input"]["input_audio"]
     assert result["latest"]["status"] == "succeeded"
     assert audio_info(result["output"]) == (1, 32000, 32000)
 
 
 def test_webhook_completed_only_and_signature_valid(live_server):
-    result = node_client("webhook", baseUrl=live_server.url, token=TOKEN, version=V1,
-                         input={"prompt": "drums", "duration": 1, "model_version": "large"})
+    result = node_client(
+        "webhook",
+        baseUrl=live_server.url,
+        token=TOKEN,
+        version=V1,
+        input={"prompt": "drums", "duration": 1, "model_version": "large"},
+    )
     assert result["created"]["status"] == "starting"
     assert result["statuses"] == ["succeeded"]
     assert result["valid"] == [True] and result["tampered"] is False

@@ -23,13 +23,27 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="chromium and chromedriver not found: `make install` (as root) installs the Debian packages "
-           "chromium and chromium-driver")]
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage", "--window-size=1280,900")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="chromium and chromedriver not found: `make install` (as root) installs the Debian packages "
+        "chromium and chromium-driver",
+    ),
+]
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
 DESKTOP, PHONE = (1280, 900), (360, 780)
 WAVE = "#38bdf8"  # the waveform's colour (audio-view.js)
 GENERATE_S = 60  # longest wait for a tiny-model prediction on a busy 2-core machine
@@ -70,14 +84,14 @@ def page(browser, live_server) -> Iterator[WebDriver]:
         enter_token(browser, TOKEN)
     wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
     yield browser
-    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE" and " 401 " not in
-              e["message"]]
+    errors = [
+        e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE" and " 401 " not in e["message"]
+    ]
     assert errors == []
 
 
 def wait_for(driver: WebDriver, condition, timeout: float = 15):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(WebDriverException,)) \
-        .until(condition)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(WebDriverException,)).until(condition)
 
 
 def token_dialog_open(driver: WebDriver) -> bool:
@@ -124,8 +138,12 @@ def api(live_server, path: str) -> dict:
 
 
 def create_via_api(live_server, **input) -> dict:
-    resp = httpx.post(f"{live_server.url}/v1/predictions", json={"input": input}, timeout=GENERATE_S,
-                      headers={"Authorization": f"Bearer {TOKEN}", "Prefer": "wait"})
+    resp = httpx.post(
+        f"{live_server.url}/v1/predictions",
+        json={"input": input},
+        timeout=GENERATE_S,
+        headers={"Authorization": f"Bearer {TOKEN}", "Prefer": "wait"},
+    )
     pred = resp.json()
     assert pred["status"] == "succeeded", pred
     return pred
@@ -133,9 +151,14 @@ def create_via_api(live_server, **input) -> dict:
 
 def played_duration(driver: WebDriver, pred_id: str) -> float:
     """The duration of the prediction's audio element, once the browser has read it."""
-    return wait_for(driver, lambda d: d.execute_script(
-        "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
-        "return a && a.readyState >= 1 ? a.duration : null", pred_id))
+    return wait_for(
+        driver,
+        lambda d: d.execute_script(
+            "const a = document.querySelector(`audio[data-prediction-id='${arguments[0]}']`);"
+            "return a && a.readyState >= 1 ? a.duration : null",
+            pred_id,
+        ),
+    )
 
 
 def open_in_history(driver: WebDriver, pred_id: str):
@@ -154,7 +177,8 @@ def lit_fraction(driver: WebDriver, canvas_id: str, lanes: int = 1, colour: str 
     """Per lane (stereo: 2), the fraction of the canvas's pixels that differ from its background (or,
     given `colour` as "#rrggbb", that have that colour); the left tenth, where the lanes are
     labelled, is left out."""
-    return driver.execute_script("""
+    return driver.execute_script(
+        """
         const [id, lanes, colour] = arguments;
         const want = colour ? [1, 3, 5].map((i) => parseInt(colour.slice(i, i + 2), 16)) : null;
         const canvas = document.getElementById(id);
@@ -171,7 +195,11 @@ def lit_fraction(driver: WebDriver, canvas_id: str, lanes: int = 1, colour: str 
             }
           out.push(lit / total);
         }
-        return out;""", canvas_id, lanes, colour)
+        return out;""",
+        canvas_id,
+        lanes,
+        colour,
+    )
 
 
 def test_asks_for_the_token_once_and_builds_the_form_from_the_schema(browser, live_server, shots):
@@ -201,7 +229,8 @@ def test_asks_for_the_token_once_and_builds_the_form_from_the_schema(browser, li
         if "minimum" in prop:
             assert el.get_attribute("min") == str(prop["minimum"])
     assert browser.find_element(By.ID, "field-duration-desc").text.startswith(
-        schema["Input"]["properties"]["duration"]["description"])
+        schema["Input"]["properties"]["duration"]["description"]
+    )
     shot(browser, shots, "02-form")
     browser.refresh()  # the token is kept for the tab: not asked again
     wait_for(browser, lambda d: d.find_element(By.ID, "submit").is_enabled())
@@ -235,10 +264,14 @@ def test_the_audio_plays_while_it_generates(page, live_server, shots):
     the finished file replaces it."""
     fill(page, prompt="slow ambient pads", model_version="large", duration=8)
     page.find_element(By.ID, "submit").click()
-    segments = wait_for(page, lambda d: d.execute_script(
-        "const live = document.getElementById('live');"
-        "return !live.hidden && document.getElementById('result').hidden ? Number(live.dataset.segments) : 0"),
-        GENERATE_S)
+    segments = wait_for(
+        page,
+        lambda d: d.execute_script(
+            "const live = document.getElementById('live');"
+            "return !live.hidden && document.getElementById('result').hidden ? Number(live.dataset.segments) : 0"
+        ),
+        GENERATE_S,
+    )
     assert segments >= 1 and status(page)[0] in ("starting", "processing")  # heard before the file exists
     shot(page, shots, "03b-streaming")
     wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
@@ -259,8 +292,9 @@ def test_cancel_ends_a_long_prediction_canceled(page, live_server, shots):
     assert not page.find_element(By.ID, "cancel").is_displayed()
 
 
-def test_a_file_upload_round_trips_through_v1_files_and_stereo_draws_both_channels(page, live_server, melody_wav,
-                                                                                   shots):
+def test_a_file_upload_round_trips_through_v1_files_and_stereo_draws_both_channels(
+    page, live_server, melody_wav, shots
+):
     page.find_element(By.CSS_SELECTOR, "[data-upload-for=input_audio]").send_keys(str(melody_wav))
     wait_for(page, lambda d: "/v1/files/" in d.find_element(By.NAME, "input_audio").get_attribute("value"))
     fill(page, prompt="hum along", model_version="stereo-melody-large", duration=1)
@@ -276,17 +310,26 @@ def test_a_file_upload_round_trips_through_v1_files_and_stereo_draws_both_channe
 
 
 def test_history_lists_predictions_and_loads_one_back_into_the_form(page, live_server, shots):
-    pred = create_via_api(live_server, prompt="from history", model_version="large", duration=1, seed=77,
-                          temperature=0.5)
+    pred = create_via_api(
+        live_server, prompt="from history", model_version="large", duration=1, seed=77, temperature=0.5
+    )
     item = open_in_history(page, pred["id"])
     assert "from history" in item.text and "temperature 0.5" in item.text
     assert item.find_element(By.TAG_NAME, "audio").get_attribute("src") == pred["output"]
     fill(page, prompt="something else", duration=5)
     item.find_element(By.CSS_SELECTOR, "[data-action=load]").click()
-    form = {name: page.find_element(By.NAME, name).get_attribute("value")
-            for name in ("prompt", "model_version", "duration", "seed", "temperature", "top_k")}
-    assert form == {"prompt": "from history", "model_version": "large", "duration": "1", "seed": "77",
-                    "temperature": "0.5", "top_k": "250"}  # top_k: not in its input, back to the default
+    form = {
+        name: page.find_element(By.NAME, name).get_attribute("value")
+        for name in ("prompt", "model_version", "duration", "seed", "temperature", "top_k")
+    }
+    assert form == {
+        "prompt": "from history",
+        "model_version": "large",
+        "duration": "1",
+        "seed": "77",
+        "temperature": "0.5",
+        "top_k": "250",
+    }  # top_k: not in its input, back to the default
     shot(page, shots, "08-history-loaded")
     item.find_element(By.CSS_SELECTOR, "[data-action=open]").click()
     wait_for(page, lambda d: d.find_element(By.ID, "player").get_attribute("data-prediction-id") == pred["id"])
@@ -360,19 +403,31 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     headers = {"Authorization": f"Bearer {TOKEN}"}
     httpx.post(f"{live_server.url}/v1/models", headers=headers, json={"owner": "alice", "name": "picker-sound"})
     dataset = _dataset(Path(tempfile.mkdtemp()) / "songs.zip").read_bytes()
-    training = httpx.post(f"{live_server.url}/v1/models/meta/musicgen/versions/{LATEST}/trainings", headers=headers,
-                          json={"destination": "alice/picker-sound", "input": {
-                              **TRAINING, "dataset_path": "data:application/zip;base64," +
-                              base64.b64encode(dataset).decode()}}).json()
-    training = wait_for(page, lambda d: (t := api(live_server, f"/v1/trainings/{training['id']}"))["status"]
-                        in ("succeeded", "failed") and t, 120)
+    training = httpx.post(
+        f"{live_server.url}/v1/models/meta/musicgen/versions/{LATEST}/trainings",
+        headers=headers,
+        json={
+            "destination": "alice/picker-sound",
+            "input": {**TRAINING, "dataset_path": "data:application/zip;base64," + base64.b64encode(dataset).decode()},
+        },
+    ).json()
+    training = wait_for(
+        page,
+        lambda d: (t := api(live_server, f"/v1/trainings/{training['id']}"))["status"] in ("succeeded", "failed") and t,
+        120,
+    )
     assert training["status"] == "succeeded", training
     version = training["output"]["version"].partition(":")[2]
 
     page.find_element(By.ID, "model-picker").click()  # opening it reads the versions again: no reload needed
-    label = wait_for(page, lambda d: d.execute_script(  # read at once: each opening replaces the options
-        "const o = [...document.getElementById('model-picker').options].find((o) => o.value === arguments[0]);"
-        "return o ? o.textContent : null", version))
+    label = wait_for(
+        page,
+        lambda d: d.execute_script(  # read at once: each opening replaces the options
+            "const o = [...document.getElementById('model-picker').options].find((o) => o.value === arguments[0]);"
+            "return o ? o.textContent : null",
+            version,
+        ),
+    )
     assert label == f"alice/picker-sound:{version[:8]} · LoRA of large"
     wait_for(page, lambda d: Select(d.find_element(By.ID, "model-picker")).select_by_value(version) or True)
     model_version = page.find_element(By.NAME, "model_version")
@@ -392,15 +447,19 @@ def test_pick_a_fine_tuned_version_generate_and_hear_it(page, live_server, shots
     assert httpx.get(pred["output"]).content != httpx.get(base["output"]).content  # the fine-tune is heard
 
 
-def test_a_version_added_to_the_registry_is_picked_after_a_reload_and_user_text_stays_text(page, live_server,
-                                                                                          live_settings, shots):
+def test_a_version_added_to_the_registry_is_picked_after_a_reload_and_user_text_stays_text(
+    page, live_server, live_settings, shots
+):
     """A model whose description is markup, and a LoRA version of it put straight into the registry: after a
     reload the picker offers it, the description and a markup prompt show as the characters typed (nothing
     of them runs or renders), model_version is locked to the base, and the audio is the fine-tune's."""
     bait = '<img src=x onerror="window.pwned = 1"><b>bold</b>'
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    created = httpx.post(f"{live_server.url}/v1/models", headers=headers,
-                         json={"owner": "mallory", "name": "markup", "description": bait})
+    created = httpx.post(
+        f"{live_server.url}/v1/models",
+        headers=headers,
+        json={"owner": "mallory", "name": "markup", "description": bait},
+    )
     assert created.status_code == 201, created.text
     version = add_lora_version(live_settings, "mallory/markup", seed=3)
 
@@ -418,9 +477,14 @@ def test_a_version_added_to_the_registry_is_picked_after_a_reload_and_user_text_
     page.find_element(By.ID, "submit").click()
     wait_for(page, lambda d: status(d)[0] == "succeeded", GENERATE_S)
     pred_id = status(page)[1]
-    duration = wait_for(page, lambda d: d.execute_script(
-        "const a = document.getElementById('player');"
-        "return a.dataset.predictionId === arguments[0] && a.src && a.readyState >= 1 ? a.duration : null", pred_id))
+    duration = wait_for(
+        page,
+        lambda d: d.execute_script(
+            "const a = document.getElementById('player');"
+            "return a.dataset.predictionId === arguments[0] && a.src && a.readyState >= 1 ? a.duration : null",
+            pred_id,
+        ),
+    )
     assert duration == pytest.approx(1.0, abs=0.01)
     item = history_text(page, pred_id)
     assert bait in item and f"mallory/markup:{version[:8]}" in item

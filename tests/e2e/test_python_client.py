@@ -29,8 +29,9 @@ def test_run_returns_the_output_url(client, live_server):
 
 def test_run_uploads_a_local_melody_file(client, melody_wav):
     with open(melody_wav, "rb") as f:
-        output = client.run(REF, input={"prompt": "hum", "duration": 1, "model_version": "stereo-melody-large",
-                                        "input_audio": f})
+        output = client.run(
+            REF, input={"prompt": "hum", "duration": 1, "model_version": "stereo-melody-large", "input_audio": f}
+        )
     assert audio_info(output) == (2, 32000, 32000)
     latest = client.predictions.list().results[0]
     assert latest.output == output and "/v1/files/" in latest.input["input_audio"]

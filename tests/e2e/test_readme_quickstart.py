@@ -53,8 +53,14 @@ def test_readme_node_quick_start_works(live_server, webhook_inbox):
     script = E2E / f"readme-{os.getpid()}.mjs"  # beside node_modules, so `import "replicate"` resolves
     script.write_text(code)
     try:
-        done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=300, check=False,
-                              env=dict(os.environ, REPLICATE_API_TOKEN=TOKEN))
+        done = subprocess.run(
+            ["node", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=dict(os.environ, REPLICATE_API_TOKEN=TOKEN),
+        )
     finally:
         script.unlink()
     assert done.returncode == 0, done.stderr

@@ -35,8 +35,14 @@ def test_readme_python_stream(live_server, capsys):
     code = snippet("python").replace("http://127.0.0.1:5000", live_server.url).replace('"local"', repr(TOKEN))
     exec(compile(code, "README.md", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(re.fullmatch(rf"next segment: {live_server.url}/delivery/[a-z0-9]{{26}}/stream/"
-                                                rf"0000{i}\.wav", line) for i, line in enumerate(lines))
+    assert len(lines) == 4 and all(
+        re.fullmatch(
+            rf"next segment: {live_server.url}/delivery/[a-z0-9]{{26}}/stream/"
+            rf"0000{i}\.wav",
+            line,
+        )
+        for i, line in enumerate(lines)
+    )
 
 
 def test_readme_node_stream(live_server, tmp_path):
@@ -45,8 +51,15 @@ def test_readme_node_stream(live_server, tmp_path):
     script = E2E / f"readme-stream-{os.getpid()}.mjs"  # beside node_modules, so `import "replicate"` resolves
     script.write_text(snippet("js").replace("http://127.0.0.1:5000", live_server.url))
     try:
-        done = subprocess.run(["node", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              check=False, env=dict(os.environ, REPLICATE_API_TOKEN=TOKEN))
+        done = subprocess.run(
+            ["node", str(script)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=dict(os.environ, REPLICATE_API_TOKEN=TOKEN),
+        )
     finally:
         script.unlink()
     assert done.returncode == 0, done.stderr
@@ -75,6 +88,7 @@ AudioBufferSourceNode.prototype.start = function (when) {
 @contextlib.contextmanager
 def page_server(directory: Path):
     """Another origin than the API's: the stream and the segments must allow it (CORS)."""
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -93,8 +107,9 @@ def test_readme_browser_snippet_plays_the_segments_in_order(live_server, tmp_pat
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("chromium and chromedriver are not installed")
     body = {"version": V1, "input": {"prompt": "browser", "duration": 3, "model_version": "stereo-large"}}
-    pred = httpx.post(f"{live_server.url}/v1/predictions", json=body,
-                      headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    pred = httpx.post(
+        f"{live_server.url}/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
     (tmp_path / "play.html").write_text(PAGE % (pred["urls"]["stream"], browser_snippet()))
     options = webdriver.ChromeOptions()
     for flag in ("headless=new", "no-sandbox", "disable-dev-shm-usage", "autoplay-policy=no-user-gesture-required"):

@@ -43,8 +43,9 @@ def test_python_replicate_stream_yields_the_segments(client, live_server):
 
 
 def test_python_prediction_stream_follows_a_created_prediction(client):
-    pred = client.predictions.create(version=V1, input={"prompt": "x", "duration": 2, "model_version": "stereo-large"},
-                                     stream=True)
+    pred = client.predictions.create(
+        version=V1, input={"prompt": "x", "duration": 2, "model_version": "stereo-large"}, stream=True
+    )
     events = list(pred.stream())
     outputs = [e.data for e in events if e.event.value == "output"]
     assert [segment_frames(o) for o in outputs] == [(32000, 2), (32000, 2)]
@@ -60,8 +61,13 @@ def test_python_stream_raises_the_prediction_error(client):
 
 
 def test_node_replicate_stream_yields_file_outputs(live_server):
-    result = node_client("stream", baseUrl=live_server.url, token=TOKEN, version=V1,
-                         input={"prompt": "calm", "duration": 2, "model_version": "stereo-large", "seed": 5})
+    result = node_client(
+        "stream",
+        baseUrl=live_server.url,
+        token=TOKEN,
+        version=V1,
+        input={"prompt": "calm", "duration": 2, "model_version": "stereo-large", "seed": 5},
+    )
     assert result["error"] is None
     seen = result["seen"]
     assert seen[0] == {"event": "logs", "id": "1", "data": "Using seed 5"}

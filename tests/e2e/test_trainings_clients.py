@@ -23,6 +23,8 @@ from tests.training_helpers import QUICK_TRAINING as TRAINING
 
 V1 = LATEST
 ROOT = Path(__file__).resolve().parents[2]
+
+
 def _wait(client: replicate.Client, training_id: str, timeout: float = 300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -40,8 +42,9 @@ def trained(live_server, tmp_path_factory):
     client.models.create(owner="alice", name="my-sound", visibility="private", hardware="cpu")
     dataset = songs_zip(tmp_path_factory.mktemp("dataset") / "songs.zip")
     with open(dataset, "rb") as f:
-        training = client.trainings.create(model="meta/musicgen", version=V1, destination="alice/my-sound",
-                                           input={**TRAINING, "dataset_path": f})
+        training = client.trainings.create(
+            model="meta/musicgen", version=V1, destination="alice/my-sound", input={**TRAINING, "dataset_path": f}
+        )
     training = _wait(client, training.id)
     assert training.status == "succeeded", (training.error, training.logs)
     return client, training, training.output["version"]
@@ -82,8 +85,17 @@ def test_the_weights_tar_gives_the_same_audio_in_the_cli(trained, live_server, s
 
 def test_node_client_trains_and_runs_the_new_version(trained, live_server, tmp_path):
     dataset = songs_zip(tmp_path / "songs.zip")
-    result = node_client("train", baseUrl=live_server.url, token=TOKEN, version=V1, owner="alice",
-                         name="node-sound", datasetPath=str(dataset), trainingInput=TRAINING, input=PREDICT)
+    result = node_client(
+        "train",
+        baseUrl=live_server.url,
+        token=TOKEN,
+        version=V1,
+        owner="alice",
+        name="node-sound",
+        datasetPath=str(dataset),
+        trainingInput=TRAINING,
+        input=PREDICT,
+    )
     assert result["training"]["status"] == "succeeded", result["training"]
     assert result["training"]["output"]["version"].startswith("alice/node-sound:")
     assert _audio(result["output"]) != _audio(trained[0].run(f"meta/musicgen:{V1}", input=PREDICT))

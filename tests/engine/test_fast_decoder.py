@@ -56,13 +56,22 @@ def conditions(lm, kind: str, text: str = "lofi hip hop beat with warm piano cho
 
 def reference(lm, kind, seed, params: SamplingParams, frames=FRAMES, prompt=None, text=None):
     torch.manual_seed(seed)
-    return lm.generate(prompt, attributes(kind, *([text] if text else [])), max_gen_len=frames, use_sampling=True,
-                       temp=params.temp, top_k=params.top_k, top_p=params.top_p, cfg_coef=params.cfg_coef)
+    return lm.generate(
+        prompt,
+        attributes(kind, *([text] if text else [])),
+        max_gen_len=frames,
+        use_sampling=True,
+        temp=params.temp,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        cfg_coef=params.cfg_coef,
+    )
 
 
 def window(lm, kind, seed, params: SamplingParams, frames=FRAMES, prompt=None, text=None) -> Window:
-    return Window(conditions(lm, kind, *([text] if text else [])), prompt, frames, params,
-                  torch.Generator().manual_seed(seed))
+    return Window(
+        conditions(lm, kind, *([text] if text else [])), prompt, frames, params, torch.Generator().manual_seed(seed)
+    )
 
 
 def batch_for(lm, slots: int = 1) -> SlotBatch:
@@ -82,8 +91,9 @@ def test_tokens_identical_to_reference(lms, kind, sampling):
 @pytest.mark.parametrize("kind", ["mono", "melody"])
 def test_tokens_identical_without_guidance(lms, kind):
     params = SamplingParams(top_k=50, cfg_coef=1.0)  # only the conditional logits count
-    assert torch.equal(decode(batch_for(lms[kind]), [window(lms[kind], kind, 3, params)])[0],
-                       reference(lms[kind], kind, 3, params))
+    assert torch.equal(
+        decode(batch_for(lms[kind]), [window(lms[kind], kind, 3, params)])[0], reference(lms[kind], kind, 3, params)
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -116,10 +126,16 @@ def test_batch_never_changes_a_requests_tokens(lms, kind):
     joins when the shortest leaves, so rows sit at different positions and prompts differ in length.
     Each gets exactly the tokens it gets alone (in a batch of the same size, decoding nothing else)."""
     lm = lms[kind]
-    specs = [("lofi", 60, SamplingParams(1.0, 250, 0.0, 3.0), 1),
-             ("epic orchestral soundtrack with brass, strings and thundering drums", 90,
-              SamplingParams(0.7, 0, 0.9, 5.0), 2),
-             ("jazz trio", 30, SamplingParams(1.0, 0, 0.0, 1.0), 3)]
+    specs = [
+        ("lofi", 60, SamplingParams(1.0, 250, 0.0, 3.0), 1),
+        (
+            "epic orchestral soundtrack with brass, strings and thundering drums",
+            90,
+            SamplingParams(0.7, 0, 0.9, 5.0),
+            2,
+        ),
+        ("jazz trio", 30, SamplingParams(1.0, 0, 0.0, 1.0), 3),
+    ]
     windows = [(seed, p, n, t) for t, n, p, seed in specs]
     batched = decode(batch_for(lm, slots=2), [window(lm, kind, seed, p, frames=n, text=t) for seed, p, n, t in windows])
     for (seed, params, n, text), ours in zip(windows, batched, strict=True):
@@ -149,7 +165,9 @@ def test_sampling_defaults_are_the_schemas():
 
     defaults = {name: field.default for name, field in schema.FIELDS_BY_NAME.items()}
     request = Request()
-    assert SamplingParams() == SamplingParams(defaults["temperature"], defaults["top_k"], defaults["top_p"],
-                                              defaults["classifier_free_guidance"])
-    assert SamplingParams() == SamplingParams(request.temperature, request.top_k, request.top_p,
-                                              request.classifier_free_guidance)
+    assert SamplingParams() == SamplingParams(
+        defaults["temperature"], defaults["top_k"], defaults["top_p"], defaults["classifier_free_guidance"]
+    )
+    assert SamplingParams() == SamplingParams(
+        request.temperature, request.top_k, request.top_p, request.classifier_free_guidance
+    )

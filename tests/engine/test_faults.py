@@ -12,8 +12,10 @@ from musicgen_local.engine.api import Done, Failed, Request, Started
 from musicgen_local.engine.fast.model import StaticLM
 from musicgen_local.engine.local import LocalEngine
 
-ILLEGAL_ADDRESS = ("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
-                   "reported at some other API call, so the stacktrace below might be incorrect.")
+ILLEGAL_ADDRESS = (
+    "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+    "reported at some other API call, so the stacktrace below might be incorrect."
+)
 
 
 def inject(monkeypatch, error: Exception, after: int, times: int = 1) -> list[int]:

@@ -27,8 +27,10 @@ def _random_lora(lm, path: Path, seed: int, rank: int = 4, strength: float = 0.5
     adapters = {}
     for name in target_names(lm):
         out_features, in_features = params[name].shape
-        adapters[name] = (torch.randn(rank, in_features, generator=g),
-                          strength * torch.randn(out_features, rank, generator=g))
+        adapters[name] = (
+            torch.randn(rank, in_features, generator=g),
+            strength * torch.randn(out_features, rank, generator=g),
+        )
     return tuned.write_lora(path, MODEL, adapters, alpha=float(rank))
 
 
@@ -52,10 +54,12 @@ def _alone(engine, request: Request) -> bytes:
 
 def test_base_and_two_adapters_batch_together_each_as_alone(lora_engine, adapters):
     one, two = adapters
-    requests = [Request(model_version=MODEL, prompt="piano", duration=2, seed=7),
-                Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(one)),
-                Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(two)),
-                Request(model_version=MODEL, prompt="drums", duration=1, seed=8, weights=str(one))]
+    requests = [
+        Request(model_version=MODEL, prompt="piano", duration=2, seed=7),
+        Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(one)),
+        Request(model_version=MODEL, prompt="piano", duration=2, seed=7, weights=str(two)),
+        Request(model_version=MODEL, prompt="drums", duration=1, seed=8, weights=str(one)),
+    ]
     alone = [_alone(lora_engine, r) for r in requests]
     assert len({alone[0], alone[1], alone[2]}) == 3  # each adapter changes the audio (else nothing is proven)
 
@@ -85,13 +89,18 @@ def test_a_full_fine_tune_is_a_model_of_its_own(lora_engine, settings, tmp_path)
     snapshot = W.cached_path(settings.weights_dir, W.HubFile(W.lm_repo(MODEL), "state_dict.bin")).parent
     package = torch.load(snapshot / "state_dict.bin", map_location="cpu", weights_only=False)
     g = torch.Generator().manual_seed(0)
-    package["best_state"] = {k: v + 0.5 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-                             for k, v in package["best_state"].items()}
+    package["best_state"] = {
+        k: v + 0.5 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+        for k, v in package["best_state"].items()
+    }
     path = tmp_path / "state_dict.bin"
     torch.save(package, path)
-    full = tuned.write(tmp_path / "full.tar", "full", MODEL, {"state_dict.bin": path,
-                                                             "compression_state_dict.bin":
-                                                                 snapshot / "compression_state_dict.bin"})
+    full = tuned.write(
+        tmp_path / "full.tar",
+        "full",
+        MODEL,
+        {"state_dict.bin": path, "compression_state_dict.bin": snapshot / "compression_state_dict.bin"},
+    )
     base = Request(model_version=MODEL, prompt="piano", duration=1, seed=4)
     assert _alone(lora_engine, Request(**{**base.as_dict(), "weights": str(full)})) != _alone(lora_engine, base)
     resident = lora_engine.health()["devices"][0]["resident_models"]
@@ -101,8 +110,11 @@ def test_a_full_fine_tune_is_a_model_of_its_own(lora_engine, settings, tmp_path)
 def test_bad_weights_fail_with_a_message(lora_engine, adapters, tmp_path):
     not_a_tar = tmp_path / "notes.txt"
     not_a_tar.write_text("hello")
-    cases = [(str(tmp_path / "missing.tar"), "do not exist"), (str(not_a_tar), "are not a tar"),
-             (str(adapters[0]), "fine-tune of `large`; they cannot decode `stereo-large`")]
+    cases = [
+        (str(tmp_path / "missing.tar"), "do not exist"),
+        (str(not_a_tar), "are not a tar"),
+        (str(adapters[0]), "fine-tune of `large`; they cannot decode `stereo-large`"),
+    ]
     for weights, message in cases:
         model = "stereo-large" if weights == str(adapters[0]) else MODEL
         events = list(lora_engine.submit(Request(model_version=model, prompt="x", duration=1, weights=weights)))

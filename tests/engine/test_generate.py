@@ -85,13 +85,27 @@ def test_normalization_strategies(engine, strategy):
 
 def test_continuation_includes_the_prompt_and_lasts_duration(engine, tmp_path):
     prompt = write_tone(tmp_path / "prompt.wav", 3.0, channels=2)
-    result = generate(engine, model_version="stereo-large", duration=3, continuation=True, input_audio=str(prompt),
-                      continuation_start=0, continuation_end=1, seed=3, normalization_strategy="peak")
+    result = generate(
+        engine,
+        model_version="stereo-large",
+        duration=3,
+        continuation=True,
+        input_audio=str(prompt),
+        continuation_start=0,
+        continuation_end=1,
+        seed=3,
+        normalization_strategy="peak",
+    )
     out, _ = wav_bytes(result.audio)
     assert out.shape == (2, 3 * 32000)
     # The head is the prompt's own EnCodec round trip (stereo-large uses facebook/encodec_32khz).
-    decoded = generate(engine, model_version="encode-decode", input_audio=str(prompt), continuation_end=1,
-                       normalization_strategy="peak")
+    decoded = generate(
+        engine,
+        model_version="encode-decode",
+        input_audio=str(prompt),
+        continuation_end=1,
+        normalization_strategy="peak",
+    )
     ref, _ = wav_bytes(decoded.audio)
     head = slice(0, 28000)  # stay clear of the boundary the decoder's receptive field blurs
     same = np.corrcoef(out[0, head], ref[0, head])[0, 1]
@@ -101,15 +115,21 @@ def test_continuation_includes_the_prompt_and_lasts_duration(engine, tmp_path):
 
 def test_continuation_prompt_must_be_shorter_than_duration(engine, tmp_path):
     prompt = write_tone(tmp_path / "prompt.wav", 3.0)
-    with pytest.raises(UserError, match=r"continuation prompt \(3.0 s after cropping\) must be shorter than "
-                                        r"`duration` \(2 s\)"):
+    with pytest.raises(
+        UserError,
+        match=r"continuation prompt \(3.0 s after cropping\) must be shorter than "
+        r"`duration` \(2 s\)",
+    ):
         generate(engine, model_version="large", duration=2, continuation=True, input_audio=str(prompt))
 
 
 def test_crop_past_the_end_is_empty(engine, tmp_path):
     prompt = write_tone(tmp_path / "prompt.wav", 1.0)
-    with pytest.raises(UserError, match=r"empty after cropping to continuation_start=2, continuation_end=None "
-                                        r"\(the clip is 1.00 s long\)"):
+    with pytest.raises(
+        UserError,
+        match=r"empty after cropping to continuation_start=2, continuation_end=None "
+        r"\(the clip is 1.00 s long\)",
+    ):
         generate(engine, model_version="large", continuation=True, input_audio=str(prompt), continuation_start=2)
 
 
@@ -129,8 +149,15 @@ def test_missing_input_file(engine):
 @pytest.mark.parametrize("channels", [1, 2])
 def test_encode_decode_keeps_channels_and_length(engine, tmp_path, channels):
     clip = write_tone(tmp_path / "in.wav", 2.0, sr=44100, channels=channels)
-    result = generate(engine, model_version="encode-decode", prompt=None, input_audio=str(clip),
-                      continuation_start=0, continuation_end=1, duration=99999)
+    result = generate(
+        engine,
+        model_version="encode-decode",
+        prompt=None,
+        input_audio=str(clip),
+        continuation_start=0,
+        continuation_end=1,
+        duration=99999,
+    )
     wav, sr = wav_bytes(result.audio)
     assert (sr, wav.shape) == (32000, (channels, 32000))
 

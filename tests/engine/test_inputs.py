@@ -81,8 +81,11 @@ def url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def limited(settings):
-    engine = load_engine(settings.with_(input_timeout=3, max_input_bytes=1_000_000, max_duration=5,
-                                        max_input_samples=2_000_000, warmup="none"))
+    engine = load_engine(
+        settings.with_(
+            input_timeout=3, max_input_bytes=1_000_000, max_duration=5, max_input_samples=2_000_000, warmup="none"
+        )
+    )
     yield engine
     engine.close()
 
@@ -122,8 +125,9 @@ def test_twenty_silent_urls_hold_up_no_text_only_prediction(limited, url):
     for thread in stalled:
         thread.join(60)
     assert text.num_samples == 32000
-    assert len(finished) == 20 and all(isinstance(last, Failed) and "took longer than 3 s" in last.message
-                                       for _, last in finished)
+    assert len(finished) == 20 and all(
+        isinstance(last, Failed) and "took longer than 3 s" in last.message for _, last in finished
+    )
     assert text_done < min(at for at, _ in finished)
 
 
@@ -156,11 +160,17 @@ def test_redirects_are_followed_and_each_hop_is_checked(limited, url):
 
 def test_encode_decode_input_longer_than_the_limit_is_refused_before_decoding(limited, tmp_path):
     long = write_tone(tmp_path / "long.wav", 8.0)
-    with pytest.raises(UserError, match=r"`input_audio` is 8.0 s long after cropping; `encode-decode` takes at most "
-                                        r"5 s \(MUSICGEN_MAX_DURATION\)"):
+    with pytest.raises(
+        UserError,
+        match=r"`input_audio` is 8.0 s long after cropping; `encode-decode` takes at most "
+        r"5 s \(MUSICGEN_MAX_DURATION\)",
+    ):
         result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(long))))
-    cropped = result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(long),
-                                               continuation_start=2, continuation_end=6)))
+    cropped = result_of(
+        limited.submit(
+            Request(model_version="encode-decode", input_audio=str(long), continuation_start=2, continuation_end=6)
+        )
+    )
     assert cropped.num_samples == 4 * 32000
 
 
@@ -170,15 +180,29 @@ def test_only_the_span_a_request_uses_is_decoded(limited, tmp_path, monkeypatch)
 
     reads = []
     original = audiocraft_audio.audio_read
-    monkeypatch.setattr(audiocraft_audio, "audio_read",
-                        lambda path, seek_time=0.0, duration=-1.0, pad=False: reads.append((seek_time, duration))
-                        or original(path, seek_time, duration, pad))
+    monkeypatch.setattr(
+        audiocraft_audio,
+        "audio_read",
+        lambda path, seek_time=0.0, duration=-1.0, pad=False: (
+            reads.append((seek_time, duration)) or original(path, seek_time, duration, pad)
+        ),
+    )
     hour = write_tone(tmp_path / "long.wav", 120.0)  # stands in for an hour: only its length matters
-    events = list(limited.submit(Request(model_version="large", prompt="x", duration=3, input_audio=str(hour),
-                                         continuation=True, continuation_start=10, continuation_end=11)))
+    events = list(
+        limited.submit(
+            Request(
+                model_version="large",
+                prompt="x",
+                duration=3,
+                input_audio=str(hour),
+                continuation=True,
+                continuation_start=10,
+                continuation_end=11,
+            )
+        )
+    )
     assert isinstance(events[-1], Done) and reads == [(10, 1)]
-    melody = list(limited.submit(Request(model_version="melody-large", prompt="x", duration=2,
-                                         input_audio=str(hour))))
+    melody = list(limited.submit(Request(model_version="melody-large", prompt="x", duration=2, input_audio=str(hour))))
     assert isinstance(melody[-1], Done) and reads[-1] == (0, 60)  # no 30 s window reaches past 30 s + 30 s
     assert any(isinstance(e, Progress) for e in melody)
 
@@ -191,14 +215,20 @@ def test_an_input_that_would_decode_to_too_many_samples_is_refused_before_decodi
     wide = write_tone(tmp_path / "wide.wav", 3.0, sr=96000, channels=8)
     decoded = []
     monkeypatch.setattr(audiocraft_audio, "audio_read", lambda *a, **k: decoded.append(a) or 1 / 0)
-    with pytest.raises(UserError, match=r"`input_audio` would decode to 2,304,000 samples \(8 channels x 96000 Hz x "
-                                        r"3.0 s after cropping\); at most 2,000,000 are read "
-                                        r"\(MUSICGEN_MAX_INPUT_SAMPLES\)"):
+    with pytest.raises(
+        UserError,
+        match=r"`input_audio` would decode to 2,304,000 samples \(8 channels x 96000 Hz x "
+        r"3.0 s after cropping\); at most 2,000,000 are read "
+        r"\(MUSICGEN_MAX_INPUT_SAMPLES\)",
+    ):
         result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(wide))))
     assert decoded == []
     monkeypatch.undo()
-    cropped = result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(wide),
-                                               continuation_start=0, continuation_end=1)))  # 768 k samples
+    cropped = result_of(
+        limited.submit(
+            Request(model_version="encode-decode", input_audio=str(wide), continuation_start=0, continuation_end=1)
+        )
+    )  # 768 k samples
     assert cropped.num_samples == 32000
 
 
@@ -206,11 +236,27 @@ def test_an_input_that_would_decode_to_too_many_samples_is_refused_before_decodi
 def test_a_playlist_is_not_audio_and_reveals_nothing_about_the_servers_files(limited, tmp_path, target):
     """An HLS playlist naming a file on the server: refused alike whether that file exists or not (ffmpeg would
     otherwise read the named file and hand its audio back)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=1", "-c:a", "aac", "-f", "adts",
-                    str(tmp_path / "present.aac")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:d=1",
+            "-c:a",
+            "aac",
+            "-f",
+            "adts",
+            str(tmp_path / "present.aac"),
+        ],
+        check=True,
+    )
     playlist = tmp_path / "list.m3u8"
     playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{tmp_path / target}\n#EXT-X-ENDLIST\n")
     with pytest.raises(UserError) as refused:
         result_of(limited.submit(Request(model_version="encode-decode", input_audio=str(playlist))))
-    assert str(refused.value) == ("Could not decode `input_audio`: it holds no audio stream ffmpeg can read. "
-                                  "Send a wav, mp3, flac or ogg file.")
+    assert str(refused.value) == (
+        "Could not decode `input_audio`: it holds no audio stream ffmpeg can read. Send a wav, mp3, flac or ogg file."
+    )

@@ -56,9 +56,7 @@ def test_mbd_is_loaded_once_across_predictions(settings, tmp_path):
         engine.close()
 
 
-@pytest.mark.parametrize(
-    "absent", [*W.MBD_FILES, W.HTDEMUCS_FILES[1]], ids=str
-)
+@pytest.mark.parametrize("absent", [*W.MBD_FILES, W.HTDEMUCS_FILES[1]], ids=str)
 def test_missing_mbd_or_demucs_file_is_a_clear_error(settings, tmp_path, absent):
     shutil.copytree(settings.weights_dir / "hub", tmp_path / "hub")
     W.cached_path(tmp_path, absent).unlink()

@@ -11,8 +11,16 @@ from tests.audio_helpers import generate, write_tone
 
 
 def _audio_sha(engine, melody, **extra):
-    result = generate(engine, model_version="melody-large", prompt="jazz", duration=1, seed=21, input_audio=str(melody),
-                      normalization_strategy="peak", **extra)
+    result = generate(
+        engine,
+        model_version="melody-large",
+        prompt="jazz",
+        duration=1,
+        seed=21,
+        input_audio=str(melody),
+        normalization_strategy="peak",
+        **extra,
+    )
     return hashlib.sha256(result.audio).hexdigest()
 
 
@@ -44,4 +52,5 @@ def test_text_only_models_refuse_a_melody_with_replicates_message(engine, tmp_pa
         generate(engine, model_version=model_version, prompt="x", input_audio=str(melody))
     assert str(exc.value) == (
         "`stereo-large` and `large` model does not support melody input. Set "
-        "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input.")
+        "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input."
+    )

@@ -98,8 +98,9 @@ def file_server(tmp_path):
 
 def test_input_audio_from_an_http_url(engine, tmp_path, file_server):
     write_tone(tmp_path / "melody.wav", 1.0, sr=44100, channels=2)
-    result = generate(engine, model_version="melody-large", prompt="x", duration=1,
-                      input_audio=f"{file_server}/melody.wav")
+    result = generate(
+        engine, model_version="melody-large", prompt="x", duration=1, input_audio=f"{file_server}/melody.wav"
+    )
     assert result.num_samples == 32000
     with pytest.raises(UserError, match="Could not download `input_audio` from .*/missing.wav"):
         generate(engine, model_version="melody-large", input_audio=f"{file_server}/missing.wav")

@@ -25,8 +25,12 @@ pytestmark = pytest.mark.skipif(not rows_kernel.available(), reason="no rows ker
 
 SHAPES = [(1000, 1000), (1024, 3 * 1024), (40, 96), (1001, 200)]  # (in, out): blocks, tails, odd K
 # 16 floats a vector: AVX-512; 8: AVX2 with FMA. A CPU without AVX-512 runs the 8-float path only.
-WIDTHS = [pytest.param(w, marks=pytest.mark.skipif(w not in rows_kernel.widths(), reason=f"no {w}-float path here"),
-                       id=f"{w}-float") for w in (16, 8)]
+WIDTHS = [
+    pytest.param(
+        w, marks=pytest.mark.skipif(w not in rows_kernel.widths(), reason=f"no {w}-float path here"), id=f"{w}-float"
+    )
+    for w in (16, 8)
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,8 +76,8 @@ def test_a_rows_result_is_the_same_bits_whatever_rows_and_threads_surround_it(k,
     all_rows = rows_kernel.linear(x, weight, bias, width=width)
     for count in range(1, 17):
         for start in {0, 16 - count, (16 - count) // 2}:
-            part = rows_kernel.linear(x[start:start + count], weight, bias, width=width)
-            assert torch.equal(part, all_rows[start:start + count]), (count, start)
+            part = rows_kernel.linear(x[start : start + count], weight, bias, width=width)
+            assert torch.equal(part, all_rows[start : start + count]), (count, start)
     threads(2)
     assert torch.equal(rows_kernel.linear(x, weight, bias, width=width), all_rows)
     assert torch.equal(rows_kernel.linear(x[:2], weight, bias, width=width), all_rows[:2])
@@ -86,8 +90,9 @@ def test_both_paths_compute_the_same_bits(k, n):
     g = torch.Generator().manual_seed(11)
     weight, bias, x = transposed(n, k, g), torch.randn(n, generator=g), torch.randn(16, k, generator=g)
     for rows in (1, 2, 16):
-        assert torch.equal(rows_kernel.linear(x[:rows], weight, bias, width=16),
-                           rows_kernel.linear(x[:rows], weight, bias, width=8))
+        assert torch.equal(
+            rows_kernel.linear(x[:rows], weight, bias, width=16), rows_kernel.linear(x[:rows], weight, bias, width=8)
+        )
 
 
 def test_the_default_path_is_the_widest():
@@ -115,8 +120,9 @@ def test_torchs_product_serves_where_the_kernel_does_not_apply():
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter, with this checkout first on the path and `env` over ours."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 @pytest.mark.skipif(not build.prebuilt().exists(), reason="`make install` has not built the library here")
@@ -124,16 +130,18 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_the_installed_library_loads_without_a_compiler_and_one_openmp_runtime():
     """No compiler, no ninja on PATH: the library `make install` built still loads; and its threads are
     torch's: it links no OpenMP runtime, so loading and running it maps none beside torch's."""
-    code = ("import logging; logging.basicConfig()\n"
-            "import torch\n"
-            "from musicgen_local.engine.fast import rows_kernel\n"  # the library loads at first use, below
-            "before = {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
-            "torch.set_num_threads(2)\n"
-            "rows_kernel.linear(torch.randn(2, 64), torch.randn(64, 512).t())\n"
-            "after = {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
-            "print('available', rows_kernel.available(), rows_kernel.vector_width())\n"
-            "print('new openmp', sorted(after - before))\n"
-            "print('torch openmp', sorted(p for p in before if p.startswith(torch.__path__[0])))\n")
+    code = (
+        "import logging; logging.basicConfig()\n"
+        "import torch\n"
+        "from musicgen_local.engine.fast import rows_kernel\n"  # the library loads at first use, below
+        "before = {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
+        "torch.set_num_threads(2)\n"
+        "rows_kernel.linear(torch.randn(2, 64), torch.randn(64, 512).t())\n"
+        "after = {l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l}\n"
+        "print('available', rows_kernel.available(), rows_kernel.vector_width())\n"
+        "print('new openmp', sorted(after - before))\n"
+        "print('torch openmp', sorted(p for p in before if p.startswith(torch.__path__[0])))\n"
+    )
     result = run_python(code, CC="/bin/false", CXX="/bin/false", PATH="/nonexistent")
     assert result.returncode == 0, result.stderr
     assert f"available True {max(rows_kernel.widths())}" in result.stdout, result.stderr
@@ -144,13 +152,16 @@ def test_the_installed_library_loads_without_a_compiler_and_one_openmp_runtime()
 
 @pytest.mark.slow
 def test_without_the_library_or_a_compiler_the_decoder_says_why_and_uses_torchs_products(tmp_path):
-    code = ("import logging; logging.basicConfig()\n"
-            "from pathlib import Path\n"
-            "from musicgen_local.engine.fast import build, rows_kernel\n"
-            f"build.PREBUILT = Path({str(tmp_path / 'none')!r})\n"
-            "print('available', rows_kernel.available())\n")
-    result = run_python(code, CC="/bin/false", CXX="/bin/false", PATH="/nonexistent",
-                        TORCH_EXTENSIONS_DIR=str(tmp_path / "cache"))
+    code = (
+        "import logging; logging.basicConfig()\n"
+        "from pathlib import Path\n"
+        "from musicgen_local.engine.fast import build, rows_kernel\n"
+        f"build.PREBUILT = Path({str(tmp_path / 'none')!r})\n"
+        "print('available', rows_kernel.available())\n"
+    )
+    result = run_python(
+        code, CC="/bin/false", CXX="/bin/false", PATH="/nonexistent", TORCH_EXTENSIONS_DIR=str(tmp_path / "cache")
+    )
     assert result.returncode == 0, result.stderr
     assert "available False" in result.stdout
     assert "CPU rows kernel unavailable: no library built by `make install`" in result.stderr
@@ -160,14 +171,16 @@ def test_without_the_library_or_a_compiler_the_decoder_says_why_and_uses_torchs_
 @pytest.mark.skipif(shutil.which("c++") is None or shutil.which("ninja") is None, reason="no C++ compiler or ninja")
 @pytest.mark.slow
 def test_without_the_library_the_first_process_builds_it_into_torchs_cache_for_the_next(tmp_path):
-    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from pathlib import Path\n"
-            "import torch, torch.nn.functional as F\n"
-            "from musicgen_local.engine.fast import build, rows_kernel\n"
-            f"build.PREBUILT = Path({str(tmp_path / 'none')!r})\n"
-            "x, w = torch.randn(3, 100), torch.randn(100, 300).t()\n"
-            "torch.testing.assert_close(rows_kernel.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)\n"
-            "print('available', rows_kernel.available(), rows_kernel.library())\n")
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from pathlib import Path\n"
+        "import torch, torch.nn.functional as F\n"
+        "from musicgen_local.engine.fast import build, rows_kernel\n"
+        f"build.PREBUILT = Path({str(tmp_path / 'none')!r})\n"
+        "x, w = torch.randn(3, 100), torch.randn(100, 300).t()\n"
+        "torch.testing.assert_close(rows_kernel.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)\n"
+        "print('available', rows_kernel.available(), rows_kernel.library())\n"
+    )
     cache = tmp_path / "cache"
     first = run_python(code, TORCH_EXTENSIONS_DIR=str(cache))
     assert first.returncode == 0, first.stderr

@@ -51,9 +51,11 @@ def window(lm, kind, seed, frames, text="lofi", params=SamplingParams(), prompt=
 
 def three_requests(lm, kind) -> list[tuple[int, Window]]:
     """Other texts, lengths, sampling and seeds: through two slots the third joins when the first leaves."""
-    return [(0, window(lm, kind, 1, 60, "lofi", SamplingParams(1.0, 250, 0.0, 3.0))),
-            (0, window(lm, kind, 2, 90, "epic orchestral soundtrack with brass", SamplingParams(0.7, 0, 0.9, 5.0))),
-            (0, window(lm, kind, 3, 30, "jazz trio", SamplingParams(1.0, 0, 0.0, 1.0)))]
+    return [
+        (0, window(lm, kind, 1, 60, "lofi", SamplingParams(1.0, 250, 0.0, 3.0))),
+        (0, window(lm, kind, 2, 90, "epic orchestral soundtrack with brass", SamplingParams(0.7, 0, 0.9, 5.0))),
+        (0, window(lm, kind, 3, 30, "jazz trio", SamplingParams(1.0, 0, 0.0, 1.0))),
+    ]
 
 
 def recording_logits(batch: SlotBatch) -> list[torch.Tensor]:
@@ -177,9 +179,14 @@ def test_a_longer_prefix_grows_the_cache_and_steps_are_captured_again(lms):
     """Melody LMs prepend their conditions: a longer description than the batch was sized for grows
     the self-attention cache while another request decodes."""
     lm, capture = lms["melody"], RecordingCapture()
-    arrivals = lambda: [(0, window(lm, "melody", 1, 40, "lofi")),  # noqa: E731 - fresh generators per run
-                        (5, window(lm, "melody", 2, 40, "lofi hip hop beat with warm piano chords")),
-                        (100, window(lm, "melody", 3, 10, "lofi"))]
+
+    def arrivals():  # fresh generators per run
+        return [
+            (0, window(lm, "melody", 1, 40, "lofi")),
+            (5, window(lm, "melody", 2, 40, "lofi hip hop beat with warm piano chords")),
+            (100, window(lm, "melody", 3, 10, "lofi")),
+        ]
+
     batch = SlotBatch(lm, 2, max_frames=40, prefix=240, mode="graph", capture=capture)  # 284 positions
     warm = [(1, 256), (1, 284), (2, 256), (2, 284)]
     assert batch.warm_up() == 4 and capture.captured == warm
@@ -193,8 +200,13 @@ def test_a_longer_prefix_grows_the_cache_and_steps_are_captured_again(lms):
 
 def test_a_longer_text_grows_the_cross_attention_and_steps_are_captured_again(lms):
     lm, capture = lms["mono"], RecordingCapture()
-    arrivals = lambda: [(0, window(lm, "mono", 1, 40, "lofi")),  # noqa: E731 - fresh generators per run
-                        (3, window(lm, "mono", 2, 20, LONG_TEXT))]
+
+    def arrivals():  # fresh generators per run
+        return [
+            (0, window(lm, "mono", 1, 40, "lofi")),
+            (3, window(lm, "mono", 2, 20, LONG_TEXT)),
+        ]
+
     batch = SlotBatch(lm, 2, max_frames=40, mode="graph", capture=capture)  # 44 positions, 64 cross
     assert batch.warm_up() == 2 and batch.static.cross_len == 64
     eager = SlotBatch(lm, 2, max_frames=40, mode="eager")

@@ -25,8 +25,10 @@ def _two_token_sequences(k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-@pytest.mark.parametrize("version, codec", [("large", "audiocraft EnCodec"),
-                                            ("stereo-large", "transformers EnCodec (facebook/encodec_32khz)")])
+@pytest.mark.parametrize(
+    "version, codec",
+    [("large", "audiocraft EnCodec"), ("stereo-large", "transformers EnCodec (facebook/encodec_32khz)")],
+)
 def test_each_codec_maps_different_tokens_to_different_audio(tiny_weights, version, codec):
     model = _compression(version)
     a, b = _two_token_sequences(model.num_codebooks)

@@ -143,10 +143,16 @@ class _Handler(BaseHTTPRequestHandler):
         if served is None:
             return self._reply(404, {**commit, "X-Error-Code": "EntryNotFound"})
         if served.lfs:
-            return self._reply(302, {
-                **commit, "Location": f"{self.hub.cdn_url}/cdn/{served.sha256}?signature=x",
-                "ETag": f'"{served.git_sha1}"', "X-Linked-Etag": f'"{served.sha256}"',
-                "X-Linked-Size": str(len(served.data))})
+            return self._reply(
+                302,
+                {
+                    **commit,
+                    "Location": f"{self.hub.cdn_url}/cdn/{served.sha256}?signature=x",
+                    "ETag": f'"{served.git_sha1}"',
+                    "X-Linked-Etag": f'"{served.sha256}"',
+                    "X-Linked-Size": str(len(served.data)),
+                },
+            )
         self._send_file(filename, served.data, {**commit, "ETag": f'"{served.git_sha1}"'}, body)
 
     def _cdn(self, sha: str, body: bool) -> None:

@@ -36,8 +36,14 @@ def test_fetch_melody_and_mbd_then_list(hub, weights_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"weights in {weights_dir}"
     groups = {line.split()[0]: line.split()[1] for line in lines[1:] if not line.startswith(" ")}
-    assert groups == {"stereo-melody-large": "complete", "stereo-large": "2", "melody-large": "complete",
-                      "large": "2", "encode-decode": "complete", "mbd": "complete"}
+    assert groups == {
+        "stereo-melody-large": "complete",
+        "stereo-large": "2",
+        "melody-large": "complete",
+        "large": "2",
+        "encode-decode": "complete",
+        "mbd": "complete",
+    }
     size = W.cached_path(weights_dir, W.HubFile(W.HTDEMUCS, "955717e8.safetensors")).stat().st_size
     assert f"  present     {size / 1e6:.1f} MB  adefossez/HTDemucs/955717e8.safetensors" in lines
     assert "  missing             facebook/musicgen-large/state_dict.bin" in lines

@@ -90,8 +90,9 @@ def test_partial_file_is_named(hub, weights_dir):
 
     fetch(weights_dir, [file], log=lines.append)
 
-    assert lines[0] == (f"t5-base/tokenizer.json: partial or corrupt: 1000 bytes on disk, the hub has {size}; "
-                        "downloading it again")
+    assert lines[0] == (
+        f"t5-base/tokenizer.json: partial or corrupt: 1000 bytes on disk, the hub has {size}; downloading it again"
+    )
     assert W.cached_path(weights_dir, file).stat().st_size == size
 
 
@@ -113,7 +114,8 @@ def test_missing_repo_and_missing_file_are_clear_errors(hub, weights_dir):
         fetch(weights_dir, [W.HubFile("facebook/musicgen-nope", "state_dict.bin")])
     assert str(missing_repo.value) == (
         f"Repository `facebook/musicgen-nope` was not found on {hub.url} (needed for state_dict.bin). "
-        "Check the name; for a private or gated repo set HF_TOKEN to a token that can read it.")
+        "Check the name; for a private or gated repo set HF_TOKEN to a token that can read it."
+    )
     with pytest.raises(FetchError) as missing_file:
         fetch(weights_dir, [W.HubFile(W.ENCODEC, "nope.bin")])
     assert str(missing_file.value) == f"`nope.bin` is not in `facebook/encodec_32khz` on {hub.url}."

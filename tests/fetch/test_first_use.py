@@ -37,9 +37,11 @@ def test_auto_fetch_on_first_use_then_generates(hub, weights_dir, engines):
     logs = [e.line for e in events if isinstance(e, Log)]
     assert (result.channels, result.sample_rate, result.num_samples) == (2, 32000, ONE_SECOND)
     assert len(result.audio) > 0
-    fetching = ("Fetching 6 missing file(s) for `stereo-large`: facebook/musicgen-stereo-large/state_dict.bin, "
-                "facebook/musicgen-stereo-large/compression_state_dict.bin, t5-base/config.json, "
-                "t5-base/model.safetensors, t5-base/spiece.model, t5-base/tokenizer.json")
+    fetching = (
+        "Fetching 6 missing file(s) for `stereo-large`: facebook/musicgen-stereo-large/state_dict.bin, "
+        "facebook/musicgen-stereo-large/compression_state_dict.bin, t5-base/config.json, "
+        "t5-base/model.safetensors, t5-base/spiece.model, t5-base/tokenizer.json"
+    )
     assert logs[:2] == ["Using seed 1", fetching]
     # The stereo LM's codec is a pointer to facebook/encodec_32khz, discovered and fetched on the way.
     assert any(line.startswith("Downloading facebook/encodec_32khz/model.safetensors (") for line in logs)

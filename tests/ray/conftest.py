@@ -12,7 +12,7 @@ from ray_helpers import Cluster, wait_for
 def cluster():
     # Token authentication with a token of this module's own: Ray turns it on for `ray start` whenever
     # ~/.ray/auth_token exists (a `local` run writes one), and a driver given an address must then be told.
-    # The Ray driver process (`ray_bridge`) inherits this environment.
+    # The Ray driver process (`engine/ray/bridge.py`) inherits this environment.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "token")
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
@@ -26,8 +26,13 @@ def cluster():
 def ray_settings(settings, cluster, tmp_path_factory):
     # Two requests per model decode together on a replica (so a batch is visible in the logs), and a
     # replica takes 2 x 2 runs at once.
-    return settings.with_(ray_address=cluster.address, ray_replicas=(2, 2), max_batch=2, warmup="none",
-                          data_dir=tmp_path_factory.mktemp("ray-data"))
+    return settings.with_(
+        ray_address=cluster.address,
+        ray_replicas=(2, 2),
+        max_batch=2,
+        warmup="none",
+        data_dir=tmp_path_factory.mktemp("ray-data"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,4 +43,3 @@ def ray_engine(ray_settings):
     wait_for(lambda: engine.health()["status"] == "READY", 180, lambda: f"engine not ready: {engine.health()}")
     yield engine
     engine.close()
-

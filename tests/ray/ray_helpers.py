@@ -20,8 +20,6 @@ from musicgen_local.testing.live import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 class Cluster:
     def __init__(self, num_cpus: int = 2, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -31,10 +29,25 @@ class Cluster:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [str(ray), "start", "--head", "--block", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
-             f"--num-cpus={num_cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-             "--disable-usage-stats", f"--ray-client-server-port={free_port()}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(ray),
+                "start",
+                "--head",
+                "--block",
+                f"--port={self.port}",
+                f"--temp-dir={self.temp_dir}",
+                f"--num-cpus={num_cpus}",
+                "--num-gpus=0",
+                "--node-ip-address=127.0.0.1",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--ray-client-server-port={free_port()}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_listening()
 
     def _wait_listening(self, timeout: float = 120) -> None:
@@ -105,13 +118,13 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def ray_driver_pid() -> int:
-    """The Ray driver process (`ray_bridge`) that the engine in this test process started."""
+    """The Ray driver process (`engine/ray/bridge.py`) that the engine in this test process started."""
     for pid in _children().get(os.getpid(), []):
         try:
             args = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"musicgen_local.engine.ray_bridge" in args and _alive(pid):
+        if b"musicgen_local.engine.ray.bridge" in args and _alive(pid):
             return pid
     raise AssertionError("the engine has no Ray driver process")
 

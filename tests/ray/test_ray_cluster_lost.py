@@ -33,8 +33,9 @@ def test_a_lost_cluster_fails_predictions_clearly_and_the_api_keeps_answering(ra
         def health() -> str:
             return httpx.get(f"{server.url}/health-check").json()["status"]
 
-        running = client.predictions.create(version=V1, input={"prompt": "long", "duration": 300,
-                                                                "model_version": "large"})
+        running = client.predictions.create(
+            version=V1, input={"prompt": "long", "duration": 300, "model_version": "large"}
+        )
         wait_for(lambda: status(running.id) == "processing", 60)
         cluster.kill()
         wait_for(lambda: health() == "UNHEALTHY", 30)
@@ -50,13 +51,15 @@ def test_a_lost_cluster_fails_predictions_clearly_and_the_api_keeps_answering(ra
         back = Cluster(num_cpus=2, port=cluster.port)  # the same address: the engine joins it again
         try:
             wait_for(lambda: health() == "READY", 180, lambda: str(ray_engine.health()))
-            again = client.predictions.create(version=V1, input={"prompt": "x", "duration": 1,
-                                                                  "model_version": "large"})
+            again = client.predictions.create(
+                version=V1, input={"prompt": "x", "duration": 1, "model_version": "large"}
+            )
             wait_for(lambda: status(again.id) == "succeeded", 60)
 
             # The Ray driver process dies alone: its prediction fails saying so, and a new driver takes over.
-            running = client.predictions.create(version=V1, input={"prompt": "long", "duration": 300,
-                                                                    "model_version": "large"})
+            running = client.predictions.create(
+                version=V1, input={"prompt": "long", "duration": 300, "model_version": "large"}
+            )
             wait_for(lambda: status(running.id) == "processing", 60)
             os.kill(ray_driver_pid(), signal.SIGKILL)
             wait_for(lambda: status(running.id) == "failed", 30)
@@ -65,8 +68,9 @@ def test_a_lost_cluster_fails_predictions_clearly_and_the_api_keeps_answering(ra
 
             # Ray may end the driver of a lost cluster before the driver reports the loss. Then the API
             # tells the user why, and it still names the cluster.
-            running = client.predictions.create(version=V1, input={"prompt": "long", "duration": 300,
-                                                                    "model_version": "large"})
+            running = client.predictions.create(
+                version=V1, input={"prompt": "long", "duration": 300, "model_version": "large"}
+            )
             wait_for(lambda: status(running.id) == "processing", 60)
             driver = ray_driver_pid()
             os.kill(driver, signal.SIGSTOP)  # it cannot report the loss...

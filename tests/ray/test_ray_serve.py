@@ -35,8 +35,7 @@ def decoding(steps: int):
 
 def test_predictions_spread_over_the_two_replicas(ray_engine):
     # A replica takes 4 runs at once (2 x MUSICGEN_MAX_BATCH): 6 at once cannot all go to one.
-    runs = [ray_engine.submit(Request(model_version="large", prompt=f"p{i}", duration=2, seed=i + 1))
-            for i in range(6)]
+    runs = [ray_engine.submit(Request(model_version="large", prompt=f"p{i}", duration=2, seed=i + 1)) for i in range(6)]
     events = [list(run) for run in runs]
     assert all(isinstance(e[-1], Done) for e in events)
     assert len({replicas_of(e)[0] for e in events}) == 2
@@ -97,21 +96,33 @@ def test_the_python_client_against_the_ray_backed_server(ray_engine, ray_setting
     with LiveServer(ray_settings.with_(api_token=TOKEN), ray_engine) as server:
         client = replicate.Client(api_token=TOKEN, base_url=server.url)
         with open(melody_wav, "rb") as f:  # uploaded to the API, read by a replica in another process
-            output = client.run(REF, input={"prompt": "hum", "duration": 1, "model_version": "stereo-melody-large",
-                                            "input_audio": f, "seed": 5})
+            output = client.run(
+                REF,
+                input={
+                    "prompt": "hum",
+                    "duration": 1,
+                    "model_version": "stereo-melody-large",
+                    "input_audio": f,
+                    "seed": 5,
+                },
+            )
         assert audio_info(output) == (2, 32000, 32000)
         prediction = client.predictions.list().results[0]
         assert prediction.status == "succeeded" and "Engine replica: " in prediction.logs
         health = httpx.get(f"{server.url}/health-check").json()
         assert health["status"] == "READY" and health["engine"]["engine"] == "ray"
         audio = httpx.get(output).content
-    local = result_of(engine.submit(Request(model_version="stereo-melody-large", prompt="hum", duration=1, seed=5,
-                                            input_audio=str(melody_wav))))
+    local = result_of(
+        engine.submit(
+            Request(model_version="stereo-melody-large", prompt="hum", duration=1, seed=5, input_audio=str(melody_wav))
+        )
+    )
     assert audio == local.audio
 
 
-def test_a_training_runs_on_one_replica_and_its_version_runs_on_the_replicas(ray_engine, ray_settings, engine,
-                                                                               tmp_path):
+def test_a_training_runs_on_one_replica_and_its_version_runs_on_the_replicas(
+    ray_engine, ray_settings, engine, tmp_path
+):
     """The Python client trains through the Ray-backed server (one replica trains), then runs the new
     version on the replicas: the same audio the in-process engine gives with that tar."""
     from tests.training_helpers import PREDICT, songs_zip
@@ -121,10 +132,17 @@ def test_a_training_runs_on_one_replica_and_its_version_runs_on_the_replicas(ray
         client = replicate.Client(api_token=TOKEN, base_url=server.url)
         client.models.create(owner="alice", name="ray-sound", visibility="private", hardware="cpu")
         with open(songs_zip(tmp_path / "songs.zip"), "rb") as f:
-            training = client.trainings.create(model="meta/musicgen", version=REF.partition(":")[2],
-                                               destination="alice/ray-sound", input={**TRAINING, "dataset_path": f})
-        wait_for(lambda: client.trainings.get(training.id).status in ("succeeded", "failed"), 300,
-                 lambda: "training did not end")
+            training = client.trainings.create(
+                model="meta/musicgen",
+                version=REF.partition(":")[2],
+                destination="alice/ray-sound",
+                input={**TRAINING, "dataset_path": f},
+            )
+        wait_for(
+            lambda: client.trainings.get(training.id).status in ("succeeded", "failed"),
+            300,
+            lambda: "training did not end",
+        )
         training = client.trainings.get(training.id)
         assert training.status == "succeeded", training.logs
         assert training.logs.count("Engine replica: ") == 1

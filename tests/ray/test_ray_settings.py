@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from musicgen_local.engine.ray_serve import plan
+from musicgen_local.engine.ray.deployment import plan
 from musicgen_local.settings import Settings
 
 
@@ -40,8 +40,10 @@ def test_one_replica_per_gpu_unless_told_otherwise():
 
 
 def test_the_api_side_of_the_ray_engine_imports_neither_torch_nor_ray():
-    code = ("import sys; from musicgen_local.engine.ray_client import RayEngine; "
-            "from musicgen_local.server import create_app; "
-            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    code = (
+        "import sys; from musicgen_local.engine.ray.client import RayEngine; "
+        "from musicgen_local.server import create_app; "
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

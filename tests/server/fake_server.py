@@ -27,6 +27,7 @@ class EngineAnInputKills(FakeEngine):
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
         return LocalRun()  # never Started: the process dies first
 
+
 if __name__ == "__main__":
     data_dir, port, grace, delay = sys.argv[1:5]
     settings = Settings.from_env().with_(data_dir=Path(data_dir), shutdown_grace=float(grace))  # MUSICGEN_* too

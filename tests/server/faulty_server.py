@@ -32,8 +32,9 @@ def fail_after(steps: int) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     weights, data, port, fault_after = sys.argv[1:5]
-    settings = Settings(weights_dir=Path(weights), data_dir=Path(data), devices="cpu", max_batch=1, warmup="large",
-                        shutdown_grace=30)
+    settings = Settings(
+        weights_dir=Path(weights), data_dir=Path(data), devices="cpu", max_batch=1, warmup="large", shutdown_grace=30
+    )
     engine = LocalEngine(settings)
     engine.wait_ready()  # the self-check's steps are not counted
     if int(fault_after):

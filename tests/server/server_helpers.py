@@ -125,14 +125,30 @@ LiveServer = live.LiveServer  # the app under uvicorn on 127.0.0.1
 class ServerProcess:
     """`musicgen-local serve` on the fake engine, in a process of its own that tests can kill."""
 
-    def __init__(self, data_dir: Path, grace_s: float = 30, step_delay_s: float = 0.01, ready: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        grace_s: float = 30,
+        step_delay_s: float = 0.01,
+        ready: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = live.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(data_dir), str(self.port),
-                                      str(grace_s), str(step_delay_s)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {})))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "fake_server.py"),
+                str(data_dir),
+                str(self.port),
+                str(grace_s),
+                str(step_delay_s),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {})),
+        )
         deadline = time.monotonic() + 30
         while ready:
             try:

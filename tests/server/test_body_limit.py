@@ -20,22 +20,27 @@ from musicgen_local.testing.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 1 << 20  # 1 MiB
-SERVE = ("import sys, uvicorn; from musicgen_local.server import create_app; "
-         "from musicgen_local.settings import Settings; from musicgen_local.testing.fake_engine import FakeEngine; "
-         "uvicorn.run(create_app(Settings.from_env(), FakeEngine()), host='127.0.0.1', port=int(sys.argv[1]), "
-         "log_level='warning')")
-MULTIPART_HEAD = (b'--XyZ\r\nContent-Disposition: form-data; name="content"; filename="a.wav"\r\n'
-                  b"Content-Type: audio/wav\r\n\r\n")
-
-
+SERVE = (
+    "import sys, uvicorn; from musicgen_local.server import create_app; "
+    "from musicgen_local.settings import Settings; from musicgen_local.testing.fake_engine import FakeEngine; "
+    "uvicorn.run(create_app(Settings.from_env(), FakeEngine()), host='127.0.0.1', port=int(sys.argv[1]), "
+    "log_level='warning')"
+)
+MULTIPART_HEAD = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="content"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, int]]:
     """The app on the fake engine in a process of its own, so its memory can be read from /proc."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MUSICGEN_MAX_BODY_BYTES": str(LIMIT),
-           "MUSICGEN_DATA": str(tmp_path_factory.mktemp("data"))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MUSICGEN_MAX_BODY_BYTES": str(LIMIT),
+        "MUSICGEN_DATA": str(tmp_path_factory.mktemp("data")),
+    }
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(port)], env=env)
     deadline = time.monotonic() + 30
     while True:
@@ -58,8 +63,10 @@ def _rss_mib(pid: int, key: str) -> float:
 def _send_chunked(port: int, path: str, content_type: str, head: bytes, mib: int) -> tuple[str, int]:
     """POST `head` then `mib` MiB in 1 MiB chunks, stopping once an answer arrives: (status line, bytes sent)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-                  "Transfer-Encoding: chunked\r\n\r\n".encode())
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
         sent, chunk = 0, b"a" * (1 << 20)
         for data in (head, *[chunk] * mib):
             if select.select([s], [], [], 0)[0]:
@@ -71,10 +78,13 @@ def _send_chunked(port: int, path: str, content_type: str, head: bytes, mib: int
         return s.recv(65536).decode(errors="replace").split("\r\n", 1)[0], sent
 
 
-@pytest.mark.parametrize("path, content_type, head", [
-    ("/v1/predictions", "application/json", b'{"version": "' + V1.encode() + b'", "input": {"prompt": "'),
-    ("/v1/files", "multipart/form-data; boundary=XyZ", MULTIPART_HEAD),
-])
+@pytest.mark.parametrize(
+    "path, content_type, head",
+    [
+        ("/v1/predictions", "application/json", b'{"version": "' + V1.encode() + b'", "input": {"prompt": "'),
+        ("/v1/files", "multipart/form-data; boundary=XyZ", MULTIPART_HEAD),
+    ],
+)
 def test_chunked_body_past_the_limit_is_413_at_once_with_flat_memory(server, path, content_type, head):
     proc, port = server
     before = _rss_mib(proc.pid, "VmRSS:")

@@ -16,26 +16,43 @@ MALFORMED = ("duration_parsing", "Input should be a duration such as 30s, 5m, 1h
 TOO_SHORT = ("greater_than_equal", "Input should be greater than or equal to 5 seconds")
 
 
-@pytest.mark.parametrize("header, seconds", [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m30s", 150), ("90", 90),
-                                             ("5", 5), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    "header, seconds", [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2m30s", 150), ("90", 90), ("5", 5), ("1.5h", 5400)]
+)
 def test_durations_parse_to_seconds(header, seconds):
     assert cancel_after_seconds(header) == seconds
 
 
-@pytest.mark.parametrize("header, error", [("4s", TOO_SHORT), ("4.9", TOO_SHORT), ("0", TOO_SHORT), ("soon", MALFORMED),
-                                           ("", MALFORMED), ("5 m", MALFORMED), ("1h30", MALFORMED),
-                                           ("-10s", MALFORMED), ("10S", MALFORMED), ("m", MALFORMED)])
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        ("4s", TOO_SHORT),
+        ("4.9", TOO_SHORT),
+        ("0", TOO_SHORT),
+        ("soon", MALFORMED),
+        ("", MALFORMED),
+        ("5 m", MALFORMED),
+        ("1h30", MALFORMED),
+        ("-10s", MALFORMED),
+        ("10S", MALFORMED),
+        ("m", MALFORMED),
+    ],
+)
 def test_bad_cancel_after_is_422_naming_the_header_and_queues_nothing(client, fake_engine, header, error):
     kind, message = error
-    for path, body in (("/v1/predictions", {"version": V1, "input": {"prompt": "x"}}),
-                       ("/v1/models/meta/musicgen/predictions", {"input": {"prompt": "x"}})):
+    for path, body in (
+        ("/v1/predictions", {"version": V1, "input": {"prompt": "x"}}),
+        ("/v1/models/meta/musicgen/predictions", {"input": {"prompt": "x"}}),
+    ):
         resp = client.post(path, headers={"Cancel-After": header}, json=body)
         assert resp.status_code == 422
         assert resp.headers["content-type"] == "application/problem+json"
-        assert resp.json() == {"title": "Input validation failed", "status": 422,
-                               "detail": f"- header.Cancel-After: {message}",
-                               "invalid_fields": [{"field": "header.Cancel-After", "type": kind,
-                                                   "description": message}]}
+        assert resp.json() == {
+            "title": "Input validation failed",
+            "status": 422,
+            "detail": f"- header.Cancel-After: {message}",
+            "invalid_fields": [{"field": "header.Cancel-After", "type": kind, "description": message}],
+        }
     assert client.get("/v1/predictions").json()["results"] == [] and fake_engine.requests == []
 
 
@@ -43,15 +60,27 @@ def test_bad_cancel_after_is_422_naming_the_header_and_queues_nothing(client, fa
 def test_deadline_cancels_queued_and_running_predictions_and_spares_finished_ones(tmp_path, receiver):
     engine = FakeEngine(step_delay_s=0.01)  # 1 s of audio takes 0.5 s, 30 s take 15 s
     with make_client(tmp_path, engine, webhook_backoff_s=0.05) as c:
-        finished = c.post("/v1/predictions", headers={"Prefer": "wait", "Cancel-After": "5s"},
-                          json={"version": V1, "input": {"prompt": "a", "duration": 1}}).json()
+        finished = c.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait", "Cancel-After": "5s"},
+            json={"version": V1, "input": {"prompt": "a", "duration": 1}},
+        ).json()
         assert finished["status"] == "succeeded"
-        running = c.post("/v1/models/meta/musicgen/predictions", headers={"Cancel-After": "6s"},
-                         json={"input": {"prompt": "b", "duration": 30}, "webhook": receiver.url,
-                               "webhook_events_filter": ["completed"]}).json()
+        running = c.post(
+            "/v1/models/meta/musicgen/predictions",
+            headers={"Cancel-After": "6s"},
+            json={
+                "input": {"prompt": "b", "duration": 30},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        ).json()
         # Queued behind `running`, and due first: the wait ends at the deadline, not after 10 s.
-        queued = c.post("/v1/predictions", headers={"Prefer": "wait=10", "Cancel-After": "5"},
-                        json={"version": V1, "input": {"prompt": "c", "duration": 1}})
+        queued = c.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait=10", "Cancel-After": "5"},
+            json={"version": V1, "input": {"prompt": "c", "duration": 1}},
+        )
         assert queued.status_code == 201
         body = queued.json()
         assert (body["status"], body["started_at"], body["output"]) == ("canceled", None, None)

@@ -18,6 +18,10 @@ def test_connections_that_send_no_whole_head_are_closed_and_slow_answers_are_not
         conn.settimeout(15)
         assert conn.recv(1) == b""  # the server closed it
         conn.close()
-    slow = httpx.post(f"{server.url}/v1/predictions", headers={"Prefer": "wait=20"}, timeout=30,
-                      json={"version": V1, "input": {"prompt": "two seconds", "duration": 2}})
+    slow = httpx.post(
+        f"{server.url}/v1/predictions",
+        headers={"Prefer": "wait=20"},
+        timeout=30,
+        json={"version": V1, "input": {"prompt": "two seconds", "duration": 2}},
+    )
     assert slow.status_code == 201 and slow.json()["status"] == "succeeded"

@@ -25,9 +25,12 @@ class Server:
     def __init__(self, weights: Path, data: Path, fault_after: int) -> None:
         self.url = f"http://127.0.0.1:{(port := free_port())}"
         self.log = (data.parent / f"server-{port}.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "faulty_server.py"), str(weights), str(data),
-                                      str(port), str(fault_after)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "faulty_server.py"), str(weights), str(data), str(port), str(fault_after)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -42,8 +45,12 @@ class Server:
         return Path(self.log.name).read_text()
 
     def create(self, prompt: str, duration: int, webhook: str) -> str:
-        body = {"version": V1, "input": {"model_version": "large", "prompt": prompt, "duration": duration},
-                "webhook": webhook, "webhook_events_filter": ["completed"]}
+        body = {
+            "version": V1,
+            "input": {"model_version": "large", "prompt": prompt, "duration": duration},
+            "webhook": webhook,
+            "webhook_events_filter": ["completed"],
+        }
         return httpx.post(f"{self.url}/v1/predictions", json=body, timeout=10).json()["id"]
 
     def get(self, pred_id: str) -> dict:

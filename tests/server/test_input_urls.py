@@ -7,11 +7,14 @@ import pytest
 from server_helpers import V1
 
 
-@pytest.mark.parametrize("ref", ["/etc/passwd", "file:///etc/passwd", "weights/hub", "ftp://example.com/a.wav",
-                                 "~/song.wav"])
+@pytest.mark.parametrize(
+    "ref", ["/etc/passwd", "file:///etc/passwd", "weights/hub", "ftp://example.com/a.wav", "~/song.wav"]
+)
 def test_server_paths_and_other_schemes_are_refused(client, fake_engine, ref):
-    resp = client.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "input_audio": ref,
-                                                                         "model_version": "melody-large"}})
+    resp = client.post(
+        "/v1/predictions",
+        json={"version": V1, "input": {"prompt": "x", "input_audio": ref, "model_version": "melody-large"}},
+    )
     assert resp.status_code == 422
     field = resp.json()["invalid_fields"][0]
     assert field["field"] == "input.input_audio"

@@ -24,16 +24,27 @@ def test_unknown_input_keys_are_neither_stored_nor_echoed(client, tmp_path):
 
 def _upload(client, filename: bytes, content: bytes = b"RIFF....WAVE"):
     """A multipart body written by hand, so the name reaches the server byte for byte (NUL included)."""
-    body = (b'--B\r\nContent-Disposition: form-data; name="content"; filename="' + filename + b'"\r\n'
-            b"Content-Type: audio/wav\r\n\r\n" + content + b"\r\n--B--\r\n")
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="content"; filename="' + filename + b'"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + content + b"\r\n--B--\r\n"
+    )
     return client.post("/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=B"})
 
 
-@pytest.mark.parametrize("filename, stored", [
-    (b"..", "file"), (b".", "file"), (b"../../etc/passwd", "passwd"), (b"a/..", "file"),
-    (b"x\x00y.wav", "xy.wav"), (b"a" * 300, "a" * 255), (b"a" * 300 + b".wav", "a" * 251 + ".wav"),
-    ("é".encode() * 200 + b".wav", "é" * 125 + ".wav"), (b"C:\\music\\take 1.wav", "take 1.wav"),
-])
+@pytest.mark.parametrize(
+    "filename, stored",
+    [
+        (b"..", "file"),
+        (b".", "file"),
+        (b"../../etc/passwd", "passwd"),
+        (b"a/..", "file"),
+        (b"x\x00y.wav", "xy.wav"),
+        (b"a" * 300, "a" * 255),
+        (b"a" * 300 + b".wav", "a" * 251 + ".wav"),
+        ("é".encode() * 200 + b".wav", "é" * 125 + ".wav"),
+        (b"C:\\music\\take 1.wav", "take 1.wav"),
+    ],
+)
 def test_any_upload_name_is_stored_under_a_safe_one(client, filename, stored):
     resp = _upload(client, filename)
     assert resp.status_code == 201, resp.text
@@ -43,8 +54,9 @@ def test_any_upload_name_is_stored_under_a_safe_one(client, filename, stored):
 
 def test_the_queue_is_bounded_with_429_and_retry_after(tmp_path):
     with make_client(tmp_path, FakeEngine(step_delay_s=0.05), settings={"max_queue": 2}) as c:
-        first, second = (c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 60}})
-                         for _ in range(2))
+        first, second = (
+            c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 60}}) for _ in range(2)
+        )
         assert (first.status_code, second.status_code) == (201, 201)
         refused = c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x"}})
         assert refused.status_code == 429 and refused.headers["retry-after"] == "10"
@@ -57,8 +69,9 @@ def test_the_queue_is_bounded_with_429_and_retry_after(tmp_path):
 
 def test_retention_removes_outputs_and_uploads_on_read(tmp_path):
     with make_client(tmp_path, settings={"retention_s": 1.0}) as c:
-        pred = c.post("/v1/predictions", headers={"Prefer": "wait"},
-                      json={"version": V1, "input": {"prompt": "x", "duration": 1}}).json()
+        pred = c.post(
+            "/v1/predictions", headers={"Prefer": "wait"}, json={"version": V1, "input": {"prompt": "x", "duration": 1}}
+        ).json()
         upload = _upload(c, b"a.wav").json()
         assert pred["data_removed"] is False and c.get(pred["output"]).status_code == 200
         assert upload["expires_at"] is not None
@@ -73,8 +86,9 @@ def test_retention_removes_outputs_and_uploads_on_read(tmp_path):
 
 def test_retention_sweep_removes_files_nobody_reads(tmp_path):
     with make_client(tmp_path, settings={"retention_s": 0.5}, retention_sweep_s=0.2) as c:
-        pred = c.post("/v1/predictions", headers={"Prefer": "wait"},
-                      json={"version": V1, "input": {"prompt": "x", "duration": 1}}).json()
+        pred = c.post(
+            "/v1/predictions", headers={"Prefer": "wait"}, json={"version": V1, "input": {"prompt": "x", "duration": 1}}
+        ).json()
         upload = _upload(c, b"a.wav").json()
         paths = [tmp_path / "data" / "predictions" / pred["id"], tmp_path / "data" / "files" / upload["id"]]
         assert all(p.exists() for p in paths)

@@ -15,8 +15,14 @@ DATETIME_ERROR = "Input should be an ISO 8601 date-time such as 2025-01-01T00:00
 
 def _create(client, n: int) -> list[dict]:
     """n finished predictions, oldest first (the client fixture lists 2 per page)."""
-    return [client.post("/v1/predictions", headers={"Prefer": "wait"},
-                        json={"version": V1, "input": {"prompt": str(i), "duration": 1}}).json() for i in range(n)]
+    return [
+        client.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait"},
+            json={"version": V1, "input": {"prompt": str(i), "duration": 1}},
+        ).json()
+        for i in range(n)
+    ]
 
 
 def _listed(client, **params) -> list[str]:
@@ -75,7 +81,9 @@ def test_unparsable_time_is_422_naming_the_query_parameter(client, name, value):
     resp = client.get("/v1/predictions", params={name: value})
     assert resp.status_code == 422
     assert resp.headers["content-type"] == "application/problem+json"
-    assert resp.json() == {"title": "Input validation failed", "status": 422,
-                           "detail": f"- query.{name}: {DATETIME_ERROR}",
-                           "invalid_fields": [{"field": f"query.{name}", "type": "datetime_parsing",
-                                               "description": DATETIME_ERROR}]}
+    assert resp.json() == {
+        "title": "Input validation failed",
+        "status": 422,
+        "detail": f"- query.{name}: {DATETIME_ERROR}",
+        "invalid_fields": [{"field": f"query.{name}", "type": "datetime_parsing", "description": DATETIME_ERROR}],
+    }

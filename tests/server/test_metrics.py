@@ -17,8 +17,11 @@ def scrape(client, **kwargs) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of one scrape."""
     resp = client.get("/metrics", **kwargs)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(resp.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(resp.text)
+        for s in family.samples
+    }
 
 
 def _create(c, **input) -> str:
@@ -32,8 +35,15 @@ def test_counters_equal_what_was_done(tmp_path):
             done = [_create(c, duration=1, model_version="large") for _ in range(3)]
             long = [_create(c, duration=60) for _ in range(2)]
             failed = _create(c, continuation=True)  # no input_audio to continue: a failed prediction
-            hooked = c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 1},
-                                                     "webhook": hook.url, "webhook_events_filter": ["completed"]})
+            hooked = c.post(
+                "/v1/predictions",
+                json={
+                    "version": V1,
+                    "input": {"prompt": "x", "duration": 1},
+                    "webhook": hook.url,
+                    "webhook_events_filter": ["completed"],
+                },
+            )
             for pred_id in long:
                 c.post(f"/v1/predictions/{pred_id}/cancel")
             for pred_id in [*done, *long, failed, hooked.json()["id"]]:

@@ -43,8 +43,14 @@ def test_the_page_is_served_without_a_token_while_v1_still_needs_it(client):
 
 def test_scripts_and_styles_are_served_with_their_types(client):
     found = assets(client)
-    assert {"/playground/app.js", "/playground/playground.css", "/playground/api.js", "/playground/form.js",
-            "/playground/history.js", "/playground/audio-view.js"} <= set(found)
+    assert {
+        "/playground/app.js",
+        "/playground/playground.css",
+        "/playground/api.js",
+        "/playground/form.js",
+        "/playground/history.js",
+        "/playground/audio-view.js",
+    } <= set(found)
     assert client.get("/playground/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/playground/playground.css").headers["content-type"].startswith("text/css")
     assert client.get("/playground/missing.js").status_code == 404
@@ -52,14 +58,16 @@ def test_scripts_and_styles_are_served_with_their_types(client):
 
 def test_nothing_is_loaded_from_another_origin(client):
     texts = {"/": client.get("/").text, **assets(client)}
-    assert {path: re.findall(r"https?://[^\s\"'`)]*", text) for path, text in texts.items()
-            if re.search(r"https?://", text)} == {}
+    assert {
+        path: re.findall(r"https?://[^\s\"'`)]*", text) for path, text in texts.items() if re.search(r"https?://", text)
+    } == {}
     assert not re.search(r'(?:src|href)="//', texts["/"])  # protocol-relative URLs
 
 
 def test_every_element_the_scripts_look_up_is_on_the_page(client):
     page = client.get("/").text
     ids = set(re.findall(r'\sid="([^"]+)"', page))
-    wanted = {name for text in assets(client).values()
-              for name in re.findall(r'(?:\$|getElementById)\("([^"]+)"\)', text)}
+    wanted = {
+        name for text in assets(client).values() for name in re.findall(r'(?:\$|getElementById)\("([^"]+)"\)', text)
+    }
     assert wanted and wanted - ids == set()

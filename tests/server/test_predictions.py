@@ -17,15 +17,34 @@ from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
 
 PROGRESS = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")  # the Node client's parseProgressFromLogs
-KEYS = {"id", "model", "version", "input", "logs", "output", "data_removed", "error", "status", "created_at",
-        "started_at", "completed_at", "source", "metrics", "urls"}
+KEYS = {
+    "id",
+    "model",
+    "version",
+    "input",
+    "logs",
+    "output",
+    "data_removed",
+    "error",
+    "status",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "source",
+    "metrics",
+    "urls",
+}
 
 
 def test_prefer_wait_returns_finished_prediction_with_playable_output(client):
-    resp = client.post("/v1/predictions", headers={"Prefer": "wait"},
-                       json={"version": f"meta/musicgen:{V1}", "input": {"prompt": "lofi", "duration": 2,
-                                                                          "model_version": "stereo-large",
-                                                                          "seed": 7}})
+    resp = client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait"},
+        json={
+            "version": f"meta/musicgen:{V1}",
+            "input": {"prompt": "lofi", "duration": 2, "model_version": "stereo-large", "seed": 7},
+        },
+    )
     assert resp.status_code == 201
     body = resp.json()
     assert set(body) == KEYS
@@ -50,8 +69,11 @@ def test_without_wait_returns_201_starting_then_polls_to_success(client):
 
 def test_wait_timeout_returns_starting_never_processing(tmp_path):
     with make_client(tmp_path, FakeEngine(step_delay_s=0.05)) as c:
-        resp = c.post("/v1/predictions", headers={"Prefer": "wait=1"}, json={"version": V1,
-                                                                             "input": {"prompt": "x", "duration": 3}})
+        resp = c.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait=1"},
+            json={"version": V1, "input": {"prompt": "x", "duration": 3}},
+        )
         body = resp.json()
         assert body["status"] == "starting" and body["output"] is None
         assert c.get(f"/v1/predictions/{body['id']}").json()["status"] == "processing"
@@ -60,28 +82,41 @@ def test_wait_timeout_returns_starting_never_processing(tmp_path):
 
 def test_all_version_forms_are_accepted(client):
     for version in (V1, V2, f"meta/musicgen:{V2}", "meta/musicgen"):
-        body = client.post("/v1/predictions", headers={"Prefer": "wait"},
-                           json={"version": version, "input": {"prompt": "x", "duration": 1}}).json()
+        body = client.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait"},
+            json={"version": version, "input": {"prompt": "x", "duration": 1}},
+        ).json()
         assert body["status"] == "succeeded" and body["version"] == version.split(":")[-1].replace("meta/musicgen", V1)
 
 
 def test_semantic_error_is_a_failed_prediction_with_the_message(client):
-    body = client.post("/v1/predictions", headers={"Prefer": "wait"},
-                       json={"version": V1, "input": {"duration": 1}}).json()
-    assert (body["status"], body["error"], body["output"]) == ("failed", "Must provide either prompt or input_audio",
-                                                               None)
+    body = client.post(
+        "/v1/predictions", headers={"Prefer": "wait"}, json={"version": V1, "input": {"duration": 1}}
+    ).json()
+    assert (body["status"], body["error"], body["output"]) == (
+        "failed",
+        "Must provide either prompt or input_audio",
+        None,
+    )
 
 
 def test_a_prompt_past_the_text_encoders_length_fails_before_it_reaches_the_device(client):
     """Issue 24: a 10 KB prompt took 4.5 GB in T5 and stalled every prediction for 13 s."""
     from musicgen_local.schema import MAX_PROMPT_CHARS
 
-    long = client.post("/v1/predictions", headers={"Prefer": "wait"},
-                       json={"version": V1, "input": {"prompt": "la " * 3400, "duration": 1}}).json()
+    long = client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait"},
+        json={"version": V1, "input": {"prompt": "la " * 3400, "duration": 1}},
+    ).json()
     assert (long["status"], long["started_at"]) == ("failed", None)
     assert long["error"].startswith(f"`prompt` is 10200 characters long; this server reads at most {MAX_PROMPT_CHARS}")
-    just = client.post("/v1/predictions", headers={"Prefer": "wait"},
-                       json={"version": V1, "input": {"prompt": "a" * MAX_PROMPT_CHARS, "duration": 1}}).json()
+    just = client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait"},
+        json={"version": V1, "input": {"prompt": "a" * MAX_PROMPT_CHARS, "duration": 1}},
+    ).json()
     assert just["status"] == "succeeded"
 
 
@@ -101,8 +136,14 @@ def test_cancel_running_prediction_ends_canceled_between_steps(tmp_path):
 
 
 def test_list_is_paginated_newest_first(client):
-    ids = [client.post("/v1/predictions", headers={"Prefer": "wait"},
-                       json={"version": V1, "input": {"prompt": str(i), "duration": 1}}).json()["id"] for i in range(5)]
+    ids = [
+        client.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait"},
+            json={"version": V1, "input": {"prompt": str(i), "duration": 1}},
+        ).json()["id"]
+        for i in range(5)
+    ]
     page = client.get("/v1/predictions").json()
     seen = [p["id"] for p in page["results"]]
     assert page["previous"] is None
@@ -115,15 +156,19 @@ def test_list_is_paginated_newest_first(client):
 
 
 def test_input_audio_from_uploaded_file_reaches_engine_as_local_path(client, fake_engine, tmp_path):
-    up = client.post("/v1/files", files={"content": ("melody.wav", b"RIFF....", "audio/wav")},
-                     data={"metadata": '{"k": 1}'})
+    up = client.post(
+        "/v1/files", files={"content": ("melody.wav", b"RIFF....", "audio/wav")}, data={"metadata": '{"k": 1}'}
+    )
     assert up.status_code == 201
     f = up.json()
     assert (f["name"], f["size"], f["content_type"], f["metadata"]) == ("melody.wav", 8, "audio/wav", {"k": 1})
     assert client.get(f["urls"]["get"]).json()["id"] == f["id"]
     assert client.get(f"/v1/files/{f['id']}/download").content == b"RIFF...."
-    client.post("/v1/predictions", headers={"Prefer": "wait"},
-                json={"version": V1, "input": {"prompt": "x", "duration": 1, "input_audio": f["urls"]["get"]}})
+    client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait"},
+        json={"version": V1, "input": {"prompt": "x", "duration": 1, "input_audio": f["urls"]["get"]}},
+    )
     local = fake_engine.requests[-1].input_audio
     assert local.endswith(f"/files/{f['id']}/melody.wav") and Path(local).read_bytes() == b"RIFF...."
 
@@ -156,8 +201,10 @@ def test_data_uri_output_mode_inlines_the_file(tmp_path):
 def test_an_engine_that_batches_gets_that_many_predictions_at_once_and_the_rest_queue(tmp_path):
     engine = FakeEngine(step_delay_s=0.01, concurrency=2)
     with make_client(tmp_path, engine) as c:
-        ids = [c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": d}}).json()["id"]
-               for d in (20, 20, 1)]
+        ids = [
+            c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": d}}).json()["id"]
+            for d in (20, 20, 1)
+        ]
 
         def statuses() -> list[str]:
             return [c.get(f"/v1/predictions/{i}").json()["status"] for i in ids]

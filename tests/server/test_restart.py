@@ -22,8 +22,10 @@ from musicgen_local.server.prediction import Prediction
 def _store_as_a_crash_left_it(data_dir: Path, *preds: Prediction) -> None:
     db = sqlite3.connect(data_dir / "musicgen.sqlite3")
     for pred in preds:
-        db.execute("INSERT INTO predictions VALUES (?, ?, ?)",
-                   (pred.id, pred.created_at.isoformat(), json.dumps(pred.to_record())))
+        db.execute(
+            "INSERT INTO predictions VALUES (?, ?, ?)",
+            (pred.id, pred.created_at.isoformat(), json.dumps(pred.to_record())),
+        )
     db.commit()
     db.close()
 
@@ -34,8 +36,9 @@ def _request(prompt: str, seed: int) -> dict:
 
 def test_finished_predictions_and_their_files_survive_a_restart(tmp_path):
     with make_client(tmp_path) as c:
-        done = c.post("/v1/predictions", headers={"Prefer": "wait"},
-                      json={"version": V1, "input": {"prompt": "x", "duration": 1}}).json()
+        done = c.post(
+            "/v1/predictions", headers={"Prefer": "wait"}, json={"version": V1, "input": {"prompt": "x", "duration": 1}}
+        ).json()
         audio = c.get(done["output"]).content
     with make_client(tmp_path) as c:
         again = c.get(f"/v1/predictions/{done['id']}").json()
@@ -46,12 +49,37 @@ def test_finished_predictions_and_their_files_survive_a_restart(tmp_path):
 def test_what_a_crash_interrupted_runs_after_the_restart_in_order(tmp_path, receiver):
     with make_client(tmp_path):  # creates the store
         pass
-    running = Prediction(id="r" * 26, version=V1, input={"prompt": "a"}, status="processing", attempts=1,
-                         logs="Using seed 3\n", request=_request("a", 3), webhook=receiver.url)
-    queued = [Prediction(id=c * 26, version=V1, input={"prompt": c}, request=_request(c, 4), webhook=receiver.url,
-                         webhook_events_filter=("completed",)) for c in "bc"]
-    twice = Prediction(id="t" * 26, version=V1, input={"prompt": "t"}, status="processing", attempts=2,
-                       request=_request("t", 5), webhook=receiver.url, webhook_events_filter=("completed",))
+    running = Prediction(
+        id="r" * 26,
+        version=V1,
+        input={"prompt": "a"},
+        status="processing",
+        attempts=1,
+        logs="Using seed 3\n",
+        request=_request("a", 3),
+        webhook=receiver.url,
+    )
+    queued = [
+        Prediction(
+            id=c * 26,
+            version=V1,
+            input={"prompt": c},
+            request=_request(c, 4),
+            webhook=receiver.url,
+            webhook_events_filter=("completed",),
+        )
+        for c in "bc"
+    ]
+    twice = Prediction(
+        id="t" * 26,
+        version=V1,
+        input={"prompt": "t"},
+        status="processing",
+        attempts=2,
+        request=_request("t", 5),
+        webhook=receiver.url,
+        webhook_events_filter=("completed",),
+    )
     _store_as_a_crash_left_it(tmp_path / "data", running, *queued, twice)
 
     with make_client(tmp_path) as c:
@@ -64,8 +92,12 @@ def test_what_a_crash_interrupted_runs_after_the_restart_in_order(tmp_path, rece
     assert "running it again" in finished[0]["logs"] and finished[0]["logs"].count("Using seed 3") == 2
     assert finished[3]["error"] == INTERRUPTED_TWICE
     completed = {e["id"]: e["status"] for e in receiver.events() if e["status"] in ("succeeded", "failed")}
-    assert completed == {running.id: "succeeded", queued[0].id: "succeeded", queued[1].id: "succeeded",
-                         twice.id: "failed"}
+    assert completed == {
+        running.id: "succeeded",
+        queued[0].id: "succeeded",
+        queued[1].id: "succeeded",
+        twice.id: "failed",
+    }
 
 
 def test_kill_9_loses_no_prediction_and_no_completed_webhook(processes):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from server_helpers import V1, make_client, wait_done
 
-FULL = ("Could not store the {what}: the server's disk is full. Nothing was kept; try again later.")
+FULL = "Could not store the {what}: the server's disk is full. Nothing was kept; try again later."
 
 
 @contextmanager
@@ -44,8 +44,10 @@ def test_a_create_the_disk_refuses_is_a_503_and_takes_no_queue_slot(tmp_path):
         with disk_full_past(1024):  # no page of the database, its journal or its WAL fits
             refused = [_create(c) for _ in range(3)]
         assert [(r.status_code, r.headers.get("retry-after")) for r in refused] == [(503, "10")] * 3
-        assert refused[0].json()["detail"] == ("Could not store the prediction: its storage refused the write (disk "
-                                               "I/O error). Nothing was kept; try again later.")
+        assert refused[0].json()["detail"] == (
+            "Could not store the prediction: its storage refused the write (disk "
+            "I/O error). Nothing was kept; try again later."
+        )
         created = _create(c, "after")
         assert created.status_code == 201
         assert wait_done(c, created.json()["id"])["status"] == "succeeded"

@@ -20,8 +20,9 @@ CASES = [
 
 def _post(client, body: dict):
     # json.dumps escapes the surrogate as \ud800, which is what a client's JSON encoder sends
-    return client.post("/v1/predictions", content=json.dumps({"version": V1, **body}),
-                       headers={"content-type": "application/json"})
+    return client.post(
+        "/v1/predictions", content=json.dumps({"version": V1, **body}), headers={"content-type": "application/json"}
+    )
 
 
 @pytest.mark.parametrize("body, field", CASES)
@@ -43,13 +44,32 @@ RAW_SURROGATE = b"\xed\xa0\x80"  # U+D800 encoded as if it were a character: not
 
 def _rows() -> dict[str, bytes | str]:
     """Rows as other versions (or hand edits) left them, keyed by prediction id."""
-    base = {"version": V1, "created_at": "2025-01-01T00:00:00+00:00", "status": "succeeded", "logs": "",
-            "output_file": None, "error": None, "started_at": None, "completed_at": "2025-01-01T00:00:01+00:00",
-            "webhook": None, "webhook_events_filter": ["completed"], "base_url": "http://x/", "seed": 1}
+    base = {
+        "version": V1,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "status": "succeeded",
+        "logs": "",
+        "output_file": None,
+        "error": None,
+        "started_at": None,
+        "completed_at": "2025-01-01T00:00:01+00:00",
+        "webhook": None,
+        "webhook_events_filter": ["completed"],
+        "base_url": "http://x/",
+        "seed": 1,
+    }
     return {
         "a" * 26: json.dumps({**base, "id": "a" * 26, "input": {"prompt": "\ud800", "\udfff": "\ud801x"}}),
-        "b" * 26: json.dumps({"id": "b" * 26, "version": V1, "input": {"prompt": "old"}, "status": "succeeded",
-                              "created_at": "2024-06-01T00:00:00", "a_field_from_the_future": [1]}),
+        "b" * 26: json.dumps(
+            {
+                "id": "b" * 26,
+                "version": V1,
+                "input": {"prompt": "old"},
+                "status": "succeeded",
+                "created_at": "2024-06-01T00:00:00",
+                "a_field_from_the_future": [1],
+            }
+        ),
         "c" * 26: "this is not JSON",
         # a surrogate as raw (invalid) UTF-8 bytes, as another program could write it
         "d" * 26: json.dumps({**base, "id": "d" * 26, "input": {"prompt": "@"}}).encode().replace(b"@", RAW_SURROGATE),
@@ -62,8 +82,9 @@ def test_any_stored_row_renders_in_get_and_list(tmp_path):
         pass  # creates the database
     db = sqlite3.connect(tmp_path / "data" / "musicgen.sqlite3")
     for pred_id, record in _rows().items():
-        db.execute("INSERT INTO predictions VALUES (?, ?, CAST(? AS TEXT))",
-                   (pred_id, "2025-01-01T00:00:00+00:00", record))
+        db.execute(
+            "INSERT INTO predictions VALUES (?, ?, CAST(? AS TEXT))", (pred_id, "2025-01-01T00:00:00+00:00", record)
+        )
     db.commit()
     db.close()
     with make_client(tmp_path, page_size=3) as c:

@@ -88,8 +88,10 @@ def test_canceled_and_failed_predictions_end_their_streams(tmp_path):
         failed = srv.create(prompt=None)  # the engine fails it: neither prompt nor input_audio
         seen = events(srv.http, failed["urls"]["stream"])
         check_shape(seen)
-        assert [(e.event, e.data) for e in seen[-2:]] == [("error", "Must provide either prompt or input_audio"),
-                                                          ("done", '{"reason": "error"}')]
+        assert [(e.event, e.data) for e in seen[-2:]] == [
+            ("error", "Must provide either prompt or input_audio"),
+            ("done", '{"reason": "error"}'),
+        ]
 
 
 def test_a_prediction_canceled_before_it_started_ends_its_stream(tmp_path):
@@ -121,8 +123,10 @@ def test_a_prediction_canceled_while_waiting_for_the_engine_leaves_no_log_in_mem
             time.sleep(0.01)
         assert srv.app.state.streams.stats()["live_logs"] == 0
         seen = events(srv.http, second["urls"]["stream"])
-        assert [(e.event, e.data) for e in seen] == [("logs", "Using seed " + seen[0].data.split()[-1]),
-                                                     ("done", '{"reason": "canceled"}')]
+        assert [(e.event, e.data) for e in seen] == [
+            ("logs", "Using seed " + seen[0].data.split()[-1]),
+            ("done", '{"reason": "canceled"}'),
+        ]
 
 
 def test_unknown_ids_are_404_and_other_media_406(tmp_path):

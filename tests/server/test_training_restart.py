@@ -28,10 +28,20 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data.parent / f"server-{self.port}.log").open("w")
-        env = dict(os.environ, MUSICGEN_WEIGHTS=str(weights), MUSICGEN_DATA=str(data), MUSICGEN_DEVICES="cpu",
-                   MUSICGEN_WARMUP="none")
-        self.proc = subprocess.Popen([sys.executable, "-m", "musicgen_local.cli", "serve", "--port", str(self.port)],
-                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(
+            os.environ,
+            MUSICGEN_WEIGHTS=str(weights),
+            MUSICGEN_DATA=str(data),
+            MUSICGEN_DEVICES="cpu",
+            MUSICGEN_WARMUP="none",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "musicgen_local.cli", "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.until(lambda: httpx.get(f"{self.url}/health-check", timeout=2).json()["status"] == "READY", 120)
 
     def until(self, condition, timeout: float):
@@ -86,6 +96,7 @@ def _at_step(server: Server, training_id: str, step: int):
     def reached():
         logs = server.get(f"/v1/trainings/{training_id}")["logs"]
         return any(line.startswith(f"step {step}/") for line in logs.splitlines())
+
     return reached
 
 
@@ -97,18 +108,25 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint_and_predictions_flow(se
         server = servers()
         training = _train(server, dataset, "resumed", hook.url)
         server.until(_at_step(server, training["id"], 3), 120)
-        pred = server.post("/v1/predictions", {"version": V1, "input": {"prompt": "x", "duration": 1,
-                                                                          "model_version": "large"}}).json()
-        done = server.until(lambda: (p := server.get(f"/v1/predictions/{pred['id']}"))["status"] in
-                            ("succeeded", "failed") and p, 120)
+        pred = server.post(
+            "/v1/predictions", {"version": V1, "input": {"prompt": "x", "duration": 1, "model_version": "large"}}
+        ).json()
+        done = server.until(
+            lambda: (p := server.get(f"/v1/predictions/{pred['id']}"))["status"] in ("succeeded", "failed") and p, 120
+        )
         assert done["status"] == "succeeded"
         assert server.get(f"/v1/trainings/{training['id']}")["status"] == "processing"  # it trained meanwhile
         server.until(_at_step(server, training["id"], 14), 120)  # past the checkpoint at 12
         server.kill()
 
         again = servers()
-        ended = again.until(lambda: (t := again.get(f"/v1/trainings/{training['id']}"))["status"] in
-                            ("succeeded", "failed", "canceled") and t, 300)
+        ended = again.until(
+            lambda: (
+                (t := again.get(f"/v1/trainings/{training['id']}"))["status"] in ("succeeded", "failed", "canceled")
+                and t
+            ),
+            300,
+        )
         assert ended["status"] == "succeeded", ended
         assert "resuming from its last checkpoint" in ended["logs"]
         resumed_at = [line for line in ended["logs"].splitlines() if line.startswith("Resuming from the checkpoint")]
@@ -127,8 +145,12 @@ def test_cancel_ends_a_training_within_a_step(servers, tmp_path):
     server.until(_at_step(server, training["id"], 2), 120)
     server.post(f"/v1/trainings/{training['id']}/cancel")
     started = time.monotonic()
-    ended = server.until(lambda: (t := server.get(f"/v1/trainings/{training['id']}"))["status"] in
-                         ("succeeded", "failed", "canceled") and t, 60)
+    ended = server.until(
+        lambda: (
+            (t := server.get(f"/v1/trainings/{training['id']}"))["status"] in ("succeeded", "failed", "canceled") and t
+        ),
+        60,
+    )
     assert ended["status"] == "canceled" and time.monotonic() - started < 10
     assert ended["output"] is None
     assert server.get("/v1/models/alice/canceled/versions")["results"] == []

@@ -24,8 +24,9 @@ def wait_training(client, training_id: str, timeout: float = 10.0) -> dict:
 
 
 def _model(client, name: str = "my-sound") -> None:
-    r = client.post("/v1/models", json={"owner": "alice", "name": name, "visibility": "private",
-                                        "hardware": "gpu-a40-large"})
+    r = client.post(
+        "/v1/models", json={"owner": "alice", "name": name, "visibility": "private", "hardware": "gpu-a40-large"}
+    )
     assert r.status_code == 201, r.text
 
 
@@ -78,8 +79,9 @@ def test_a_training_makes_a_version_that_predictions_run_with_its_weights(tmp_pa
         wait_done(c, base["id"])
         assert engine.requests[-1].weights is None
 
-        wrong = c.post("/v1/predictions", json={"version": version_id,
-                                                "input": {"prompt": "x", "model_version": "stereo-large"}})
+        wrong = c.post(
+            "/v1/predictions", json={"version": version_id, "input": {"prompt": "x", "model_version": "stereo-large"}}
+        )
         assert wrong.status_code == 422
         assert "fine-tuned from `large`" in wrong.json()["detail"]
 
@@ -91,8 +93,13 @@ def test_bad_trainings_are_refused_with_what_to_do(tmp_path):
         nowhere = c.post(TRAIN, json={"destination": "alice/nothing", "input": INPUT})
         assert nowhere.status_code == 404 and "POST /v1/models" in nowhere.json()["detail"]
         _model(c)
-        assert c.post("/v1/models/meta/musicgen/versions/nope/trainings",
-                      json={"destination": "alice/my-sound", "input": INPUT}).status_code == 404
+        assert (
+            c.post(
+                "/v1/models/meta/musicgen/versions/nope/trainings",
+                json={"destination": "alice/my-sound", "input": INPUT},
+            ).status_code
+            == 404
+        )
         for bad in ({"batch_size": 0}, {"batch_size": 10_000}, {"lr": -1.0}, {"lr": 5.0}):
             r = c.post(TRAIN, json={"destination": "alice/my-sound", "input": {**INPUT, **bad}})
             assert r.status_code == 422, (bad, r.text)
@@ -126,8 +133,15 @@ def test_one_training_per_destination_at_once_and_cancel(tmp_path):
 def test_webhooks_carry_the_training_and_its_new_version(tmp_path, receiver):
     with make_client(tmp_path, FakeEngine()) as c:
         _model(c)
-        body = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT, "webhook": receiver.url,
-                                   "webhook_events_filter": ["start", "completed"]}).json()
+        body = c.post(
+            TRAIN,
+            json={
+                "destination": "alice/my-sound",
+                "input": INPUT,
+                "webhook": receiver.url,
+                "webhook_events_filter": ["start", "completed"],
+            },
+        ).json()
         receiver.wait_for(lambda evs: evs and evs[-1]["status"] == "succeeded")
     events = receiver.events()
     assert [e["status"] for e in events] == ["processing", "succeeded"]
@@ -139,17 +153,36 @@ def test_a_training_interrupted_by_a_restart_resumes_and_versions_survive(tmp_pa
         _model(c)
         done = wait_training(c, c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()["id"])
     version_id = done["output"]["version"].partition(":")[2]
-    running = Training(id="t" * 26, version=V1, model="meta/musicgen", input=INPUT, status="processing",
-                       attempts=1, destination="alice/my-sound",
-                       request={"input": INPUT, "dataset": INPUT["dataset_path"],
-                                "work_dir": str(tmp_path / "data/trainings/tttt/work"),
-                                "weights_out": str(tmp_path / "data/trainings/tttt/weights.tar")})
-    twice = Training(id="u" * 26, version=V1, model="meta/musicgen", input=INPUT, status="processing",
-                     attempts=2, destination="alice/other", request=running.request)
+    running = Training(
+        id="t" * 26,
+        version=V1,
+        model="meta/musicgen",
+        input=INPUT,
+        status="processing",
+        attempts=1,
+        destination="alice/my-sound",
+        request={
+            "input": INPUT,
+            "dataset": INPUT["dataset_path"],
+            "work_dir": str(tmp_path / "data/trainings/tttt/work"),
+            "weights_out": str(tmp_path / "data/trainings/tttt/weights.tar"),
+        },
+    )
+    twice = Training(
+        id="u" * 26,
+        version=V1,
+        model="meta/musicgen",
+        input=INPUT,
+        status="processing",
+        attempts=2,
+        destination="alice/other",
+        request=running.request,
+    )
     db = sqlite3.connect(tmp_path / "data" / "musicgen.sqlite3")
     for t in (running, twice):
-        db.execute("INSERT INTO trainings VALUES (?, ?, ?)",
-                   (t.id, t.created_at.isoformat(), json.dumps(t.to_record())))
+        db.execute(
+            "INSERT INTO trainings VALUES (?, ?, ?)", (t.id, t.created_at.isoformat(), json.dumps(t.to_record()))
+        )
     db.commit()
     db.close()
     with make_client(tmp_path, FakeEngine()) as c:

@@ -20,8 +20,10 @@ from tests.rebinding import NAME, rebinding_dns
 def test_all_events_signed_and_verifiable_with_the_python_client(tmp_path, receiver):
     with make_client(tmp_path, FakeEngine(step_delay_s=0.01)) as c:
         secret = c.get("/v1/webhooks/default/secret").json()["key"]
-        pred = c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", "duration": 2, "seed": 1},
-                                               "webhook": receiver.url}).json()
+        pred = c.post(
+            "/v1/predictions",
+            json={"version": V1, "input": {"prompt": "x", "duration": 2, "seed": 1}, "webhook": receiver.url},
+        ).json()
         receiver.wait_for(lambda evs: evs and evs[-1]["status"] == "succeeded")
     statuses = [e["status"] for e in receiver.events()]
     assert statuses[0] == "processing" and statuses[-1] == "succeeded" and "succeeded" not in statuses[:-1]
@@ -35,14 +37,20 @@ def test_all_events_signed_and_verifiable_with_the_python_client(tmp_path, recei
     with pytest.raises(replicate.webhook.InvalidSignatureError):
         replicate.webhook.Webhooks.validate(headers=headers, body=body.decode().replace("x", "y"), secret=key)
     headers, body = receiver.calls[-1]
-    assert headers["webhook-signature"] == sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]),
-                                                body)
+    assert headers["webhook-signature"] == sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body)
 
 
 def test_completed_only_filter(client, receiver):
-    client.post("/v1/predictions", headers={"Prefer": "wait"},
-                json={"version": V1, "input": {"prompt": "x", "duration": 1}, "webhook": receiver.url,
-                      "webhook_events_filter": ["completed"]})
+    client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait"},
+        json={
+            "version": V1,
+            "input": {"prompt": "x", "duration": 1},
+            "webhook": receiver.url,
+            "webhook_events_filter": ["completed"],
+        },
+    )
     receiver.wait_for(lambda evs: len(evs) >= 1)
     client.app.state.webhooks.drain()
     assert [e["status"] for e in receiver.events()] == ["succeeded"]
@@ -51,9 +59,16 @@ def test_completed_only_filter(client, receiver):
 def test_completed_is_retried_with_the_same_webhook_id(client):
     flaky = Receiver(fail_first=2)
     try:
-        client.post("/v1/predictions", headers={"Prefer": "wait"},
-                    json={"version": V1, "input": {"prompt": "x", "duration": 1}, "webhook": flaky.url,
-                          "webhook_events_filter": ["completed"]})
+        client.post(
+            "/v1/predictions",
+            headers={"Prefer": "wait"},
+            json={
+                "version": V1,
+                "input": {"prompt": "x", "duration": 1},
+                "webhook": flaky.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
         flaky.wait_for(lambda evs: len(evs) == 3)
         assert len({h["webhook-id"] for h, _ in flaky.calls}) == 1
         assert all(json.loads(b)["status"] == "succeeded" for _, b in flaky.calls)
@@ -156,10 +171,16 @@ def test_each_predictions_webhooks_arrive_in_order_at_a_slow_receiver(tmp_path):
         slow.close()
 
 
-@pytest.mark.parametrize("url", [
-    "http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/hook",
-    "http://[fd00:ec2::254]/hook", "http://2852039166/hook", "http://[fe80::1]/hook",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/hook",
+        "http://[fd00:ec2::254]/hook",
+        "http://2852039166/hook",
+        "http://[fe80::1]/hook",
+    ],
+)
 def test_webhook_to_a_link_local_or_metadata_address_is_422(client, fake_engine, monkeypatch, url):
     # Should the check ever break, nothing may be sent there from this machine: deliveries are dropped.
     monkeypatch.setattr(WebhookSender, "notify", lambda self, pred, event: None)

@@ -45,8 +45,15 @@ def make_zip(path: Path, members: dict[str, bytes]) -> Path:
 
 def prepare(source: Path, work: Path, channels: int = 1, limits: DatasetLimits = LIMITS, **options):
     defaults = {"one_same_description": None, "auto_labeling": False, "drop_vocals": False}
-    return prepare_pieces(source, work, channels=channels, limits=limits, canceled=threading.Event(),
-                          log=lambda line: None, **{**defaults, **options})
+    return prepare_pieces(
+        source,
+        work,
+        channels=channels,
+        limits=limits,
+        canceled=threading.Event(),
+        log=lambda line: None,
+        **{**defaults, **options},
+    )
 
 
 def refused(source: Path, work: Path, **options) -> str:
@@ -56,9 +63,16 @@ def refused(source: Path, work: Path, **options) -> str:
 
 
 def test_a_zip_of_songs_with_descriptions(tmp_path):
-    source = make_zip(tmp_path / "songs.zip", {"a/one.wav": wav_bytes(2), "a/one.txt": "warm piano\n",
-                                               "two.wav": wav_bytes(3, 330), "__MACOSX/._two.wav": b"junk",
-                                               "notes.md": b"not audio"})
+    source = make_zip(
+        tmp_path / "songs.zip",
+        {
+            "a/one.wav": wav_bytes(2),
+            "a/one.txt": "warm piano\n",
+            "two.wav": wav_bytes(3, 330),
+            "__MACOSX/._two.wav": b"junk",
+            "notes.md": b"not audio",
+        },
+    )
     pieces = prepare(source, tmp_path / "work")
     assert sorted(p.description for p in pieces) == ["", "warm piano"]
     for piece in pieces:
@@ -98,14 +112,17 @@ def test_a_data_uri_dataset_is_fetched_within_its_limit(tmp_path):
         fetch_dataset(uri, tmp_path / "small", DatasetLimits(max_bytes=100, max_seconds=60), threading.Event())
 
 
-@pytest.mark.parametrize(("members", "message"), [
-    ({}, "holds no audio file"),
-    ({"readme.txt": b"hello"}, "holds no audio file"),
-    ({"short.wav": wav_bytes(0.5)}, "shorter than 1 s"),
-    ({"one.wav": wav_bytes(2), "one.txt": "caf\xe9".encode("latin-1")}, "one.txt is not UTF-8"),
-    ({"../evil.wav": wav_bytes(2)}, "points outside the archive"),
-    ({"/etc/evil.wav": wav_bytes(2)}, "points outside the archive"),
-])
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ({}, "holds no audio file"),
+        ({"readme.txt": b"hello"}, "holds no audio file"),
+        ({"short.wav": wav_bytes(0.5)}, "shorter than 1 s"),
+        ({"one.wav": wav_bytes(2), "one.txt": "caf\xe9".encode("latin-1")}, "one.txt is not UTF-8"),
+        ({"../evil.wav": wav_bytes(2)}, "points outside the archive"),
+        ({"/etc/evil.wav": wav_bytes(2)}, "points outside the archive"),
+    ],
+)
 def test_broken_zips_are_refused_with_a_message(tmp_path, members, message):
     assert message in refused(make_zip(tmp_path / "d.zip", members), tmp_path / "work")
 
@@ -157,6 +174,7 @@ def test_tempo_and_key_labels(tmp_path):
     assert estimate_key(c_major[None]) == "C major"
     assert estimate_key(a_minor[None]) == "A minor"
     assert describe_music(np.zeros((1, rate), dtype="float32")) == ""
-    labelled = prepare(make_zip(tmp_path / "d.zip", {"a.wav": wav_bytes(3), "a.txt": b"tone"}), tmp_path / "w",
-                       auto_labeling=True)
+    labelled = prepare(
+        make_zip(tmp_path / "d.zip", {"a.wav": wav_bytes(3), "a.txt": b"tone"}), tmp_path / "w", auto_labeling=True
+    )
     assert labelled[0].description.startswith("tone, ") and labelled[0].description.endswith(("major", "minor"))

@@ -25,11 +25,26 @@ def test_defaults_are_the_hosted_fine_tuners():
     assert not hasattr(inp, "something_else")
 
 
-@pytest.mark.parametrize("bad", [
-    {"batch_size": 0}, {"batch_size": 65}, {"lr": 0.0}, {"lr": 1.5}, {"cfg_p": -0.1}, {"cfg_p": 1.1},
-    {"epochs": 0}, {"lora_rank": -1}, {"lora_rank": 257}, {"warmup": -1}, {"updates_per_epoch": 0},
-    {"model_version": "huge"}, {"lr_scheduler": "step"}, {"batch_size": "16"}, {"drop_vocals": "yes"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"batch_size": 65},
+        {"lr": 0.0},
+        {"lr": 1.5},
+        {"cfg_p": -0.1},
+        {"cfg_p": 1.1},
+        {"epochs": 0},
+        {"lora_rank": -1},
+        {"lora_rank": 257},
+        {"warmup": -1},
+        {"updates_per_epoch": 0},
+        {"model_version": "huge"},
+        {"lr_scheduler": "step"},
+        {"batch_size": "16"},
+        {"drop_vocals": "yes"},
+    ],
+)
 def test_out_of_range_or_mistyped_inputs_are_refused_naming_the_input(bad):
     with pytest.raises(ValidationError) as caught:
         parse_training_input({**GOOD, **bad})
@@ -62,7 +77,11 @@ def test_openapi_components_in_cogs_layout():
 
 def test_cog_input_arguments():
     assert cog_train_input_kwargs("batch_size") == {
-        "description": cog_train_input_kwargs("batch_size")["description"], "default": 16, "ge": 1, "le": 64}
+        "description": cog_train_input_kwargs("batch_size")["description"],
+        "default": 16,
+        "ge": 1,
+        "le": 64,
+    }
     assert "default" not in cog_train_input_kwargs("dataset_path")  # required
     assert cog_train_input_kwargs("model_version")["choices"] == list(LM_VERSIONS)
 

@@ -44,9 +44,21 @@ def _clip(path, channels: int = 1):
 
 
 def _params(**changes):
-    base = {"dataset_path": "unused", "model_version": "large", "epochs": 1, "updates_per_epoch": 150,
-            "batch_size": 2, "lr": 1e-2, "lr_scheduler": "constant", "warmup": 0, "cfg_p": 0.0, "lora_rank": 8,
-            "seed": 1, "drop_vocals": False, "auto_labeling": False}
+    base = {
+        "dataset_path": "unused",
+        "model_version": "large",
+        "epochs": 1,
+        "updates_per_epoch": 150,
+        "batch_size": 2,
+        "lr": 1e-2,
+        "lr_scheduler": "constant",
+        "warmup": 0,
+        "cfg_p": 0.0,
+        "lora_rank": 8,
+        "seed": 1,
+        "drop_vocals": False,
+        "auto_labeling": False,
+    }
     return parse_training_input({**base, **changes})
 
 
@@ -138,5 +150,6 @@ def test_the_trainers_loss_is_cross_entropy_of_audiocrafts_compute_predictions(s
     conditions = lm.condition_provider(lm.condition_provider.tokenize(attributes))
     with torch.no_grad():
         out = lm.compute_predictions(codes, [], conditions)
-        assert torch.allclose(delayed_cross_entropy(lm, codes, conditions), cross_entropy(out.logits, codes, out.mask),
-                              rtol=0, atol=1e-6)
+        assert torch.allclose(
+            delayed_cross_entropy(lm, codes, conditions), cross_entropy(out.logits, codes, out.mask), rtol=0, atol=1e-6
+        )

@@ -25,13 +25,20 @@ class RowAdapters:
     def active(self) -> bool:
         return any(key is not None for key in self.of_row)
 
-    def load(self, key: str, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float,
-             device: torch.device, dtype: torch.dtype) -> None:
+    def load(
+        self,
+        key: str,
+        tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        scale: float,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         """An adapter's tensors on the device (once; kept while any row may use it)."""
         if key not in self.loaded:
-            self.loaded[key] = {name: (a.to(device=device, dtype=dtype),
-                                       (b.float() * scale).to(device=device, dtype=dtype))
-                                for name, (a, b) in tensors.items()}
+            self.loaded[key] = {
+                name: (a.to(device=device, dtype=dtype), (b.float() * scale).to(device=device, dtype=dtype))
+                for name, (a, b) in tensors.items()
+            }
 
     def assign(self, rows: slice, key: str | None) -> None:
         for row in range(rows.start, rows.stop):
@@ -43,8 +50,9 @@ class RowAdapters:
             del self.loaded[key]
 
     def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for pairs in self.loaded.values() for pair in pairs.values()
-                   for t in pair)
+        return sum(
+            t.numel() * t.element_size() for pairs in self.loaded.values() for pair in pairs.values() for t in pair
+        )
 
     def add(self, y: torch.Tensor, x: torch.Tensor, name: str, first: int, part: slice | None = None) -> None:
         """y += each adapter row's delta for weight `name`, in place; row j of x and y is cache row first + j.

@@ -117,8 +117,10 @@ class CudaGraphs:
             torch.cuda.current_stream().wait_stream(self._stream)
             graph = torch.cuda.CUDAGraph()  # replays on the current stream of the device it was captured on
             self._pool = self._pool or torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"), \
-                    _autocast_without_cache():
+            with (
+                torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"),
+                _autocast_without_cache(),
+            ):
                 step()
         return graph
 
@@ -153,8 +155,16 @@ class SlotBatch:
     """`capture`: how the bucketed modes capture the step (see `Capture`); None for the default: CUDA
     graphs on CUDA, and on CPU the compiled step called as it is."""
 
-    def __init__(self, lm, slots: int, max_frames: int, prefix: int = 0, mode: str = "auto",
-                 products: str = "rows", capture: Capture | None = None):
+    def __init__(
+        self,
+        lm,
+        slots: int,
+        max_frames: int,
+        prefix: int = 0,
+        mode: str = "auto",
+        products: str = "rows",
+        capture: Capture | None = None,
+    ):
         self.lm = lm
         self.delays = list(lm.pattern_provider.delays)
         self.max_delay = max(self.delays)
@@ -162,8 +172,9 @@ class SlotBatch:
         max_steps = 1 + max_frames + self.max_delay
         self.static = StaticLM(lm, 2 * slots, prefix + max_steps, products=products)
         logits_dtype = self.static.dtype
-        self.state = SlotState(slots, self.K, self.card, max_steps, self.delays, lm.special_token_id,
-                               logits_dtype, self.static.device)
+        self.state = SlotState(
+            slots, self.K, self.card, max_steps, self.delays, lm.special_token_id, logits_dtype, self.static.device
+        )
         self.slots: list[_Slot | None] = [None] * slots
         self.mode = resolve_mode(mode, self.static.device, capture)
         if capture is None and self.mode != "eager":
@@ -197,8 +208,9 @@ class SlotBatch:
         self._make_room(prefix + sequence.shape[-1], 0 if cross is None else cross.shape[1])
         rows = slice(2 * slot, 2 * slot + 2)
         if window.lora is not None:
-            self.static.adapters.load(window.lora.key, window.lora.tensors, window.lora.scale, self.static.device,
-                                      self.static.dtype)
+            self.static.adapters.load(
+                window.lora.key, window.lora.tensors, window.lora.scale, self.static.device, self.static.dtype
+            )
         self.static.adapters.assign(rows, None if window.lora is None else window.lora.key)
         logits = self.static.prefill(rows, x, cross)  # [2, K, card]
         self.state.load(slot, sequence, start, window.frames, prefix, window.params)
@@ -206,8 +218,9 @@ class SlotBatch:
         one = slice(slot, slot + 1)
         tokens = sample(guide(logits, self.state.cfg[one]), _view(self.state, one), 1, {window.params.mode})
         write(_view(self.state, one), tokens, 1)
-        self.slots[slot] = _Slot(window, start + 1, sequence.shape[-1], start, prefix,
-                                 0 if cross is None else cross.shape[1])
+        self.slots[slot] = _Slot(
+            window, start + 1, sequence.shape[-1], start, prefix, 0 if cross is None else cross.shape[1]
+        )
         return slot
 
     def release(self, slot: int) -> None:
@@ -314,8 +327,9 @@ class SlotBatch:
         at step t + 1 + delay_k, the prompt's codes known, the rest UNKNOWN, empty places special."""
         codes = torch.full((self.K, frames), UNKNOWN, dtype=torch.long, device=self.static.device)
         codes[:, : prompt.shape[-1]] = prompt
-        sequence = torch.full((self.K, 1 + frames + self.max_delay), self.lm.special_token_id, dtype=torch.long,
-                              device=self.static.device)
+        sequence = torch.full(
+            (self.K, 1 + frames + self.max_delay), self.lm.special_token_id, dtype=torch.long, device=self.static.device
+        )
         index = torch.arange(frames, device=self.static.device)[None] + 1 + self.state.delays[:, None]
         return sequence.scatter_(1, index, codes)
 
@@ -339,8 +353,9 @@ class SlotBatch:
             grown = True
         if grown:
             self._graphs.clear()
-            log.info("decode caches grown to %d positions, %d cross positions", self.static.max_len,
-                     self.static.cross_len)
+            log.info(
+                "decode caches grown to %d positions, %d cross positions", self.static.max_len, self.static.cross_len
+            )
 
     def _draw_noise(self, slot: int, window: Window) -> None:
         """The Exp(1) noise `torch.multinomial` would draw for this slot's step, from its generator."""

@@ -59,10 +59,15 @@ def build(directory: Path | None = None, verbose: bool = False) -> Path:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    library = cpp_extension.load(name=name(), sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
-                                 extra_include_paths=[str(HERE)],
-                                 build_directory=None if directory is None else str(directory),
-                                 is_python_module=False, verbose=verbose)
+    library = cpp_extension.load(
+        name=name(),
+        sources=[str(s) for s in SOURCES],
+        extra_cflags=CFLAGS,
+        extra_include_paths=[str(HERE)],
+        build_directory=None if directory is None else str(directory),
+        is_python_module=False,
+        verbose=verbose,
+    )
     return Path(library)
 
 

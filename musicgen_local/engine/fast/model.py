@@ -55,10 +55,16 @@ def lay_out_for_cpu(lm) -> None:
         return
     for module in [*lm.transformer.modules(), *lm.linears]:
         for name, param in list(module.named_parameters(recurse=False)):
-            if param.dim() == 2 and (name == "in_proj_weight" or isinstance(module, torch.nn.Linear)) \
-                    and param.stride(0) != 1:
-                setattr(module, name, torch.nn.Parameter(param.detach().t().contiguous().t(),
-                                                         requires_grad=param.requires_grad))
+            if (
+                param.dim() == 2
+                and (name == "in_proj_weight" or isinstance(module, torch.nn.Linear))
+                and param.stride(0) != 1
+            ):
+                setattr(
+                    module,
+                    name,
+                    torch.nn.Parameter(param.detach().t().contiguous().t(), requires_grad=param.requires_grad),
+                )
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -136,8 +142,9 @@ class StaticLM:
 
     def _positions_for(self, max_len: int) -> None:
         self.positions = torch.arange(max_len, device=self.device)
-        self.pos_emb = create_sin_embedding(self.positions.view(1, -1, 1), self.lm.dim,
-                                            max_period=self.lm.transformer.max_period, dtype=self.dtype)[0]  # [T, C]
+        self.pos_emb = create_sin_embedding(
+            self.positions.view(1, -1, 1), self.lm.dim, max_period=self.lm.transformer.max_period, dtype=self.dtype
+        )[0]  # [T, C]
 
     def grow(self, max_len: int) -> None:
         """Room for `max_len` positions per row (a window longer than any before); keeps what is cached."""
@@ -197,8 +204,9 @@ class StaticLM:
 
     # -------------------------------------------------------------------------------- decode
 
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor, length: int, cross_length: int,
-             masked: bool = True) -> torch.Tensor:
+    def step(
+        self, tokens: torch.Tensor, pos: torch.Tensor, length: int, cross_length: int, masked: bool = True
+    ) -> torch.Tensor:
         """tokens [R, K] of rows 0..R-1 at positions pos [R] -> logits [R, K, card].
 
         Attention reads cache positions [0, length) and cross positions [0, cross_length). `masked`
@@ -244,13 +252,15 @@ class StaticLM:
         return y
 
     def _out(self, i: int, which: str, attn, attended: torch.Tensor, first: int) -> torch.Tensor:
-        return self._lin(attended, attn.out_proj.weight, attn.out_proj.bias, self.names[i][f"{which}.out_proj.weight"],
-                         first)
+        return self._lin(
+            attended, attn.out_proj.weight, attn.out_proj.bias, self.names[i][f"{which}.out_proj.weight"], first
+        )
 
     def _qkv(self, i: int, layer, x, first: int):
         attn = layer.self_attn
-        projected = self._lin(x, attn.in_proj_weight, attn.in_proj_bias, self.names[i]["self_attn.in_proj_weight"],
-                              first)  # [B, T, 3C]
+        projected = self._lin(
+            x, attn.in_proj_weight, attn.in_proj_bias, self.names[i]["self_attn.in_proj_weight"], first
+        )  # [B, T, 3C]
         b, t, _ = projected.shape
         packed = projected.view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         return packed[0], packed[1], packed[2]
@@ -261,9 +271,17 @@ class StaticLM:
             attn = layer.cross_attention
             dim = attn.in_proj_weight.shape[0] // 3
             bias = None if attn.in_proj_bias is None else attn.in_proj_bias[:dim]
-            q = _split_heads(self._lin(layer.norm_cross(x), attn.in_proj_weight[:dim], bias,
-                                       self.names[i]["cross_attention.in_proj_weight"], rows.start, slice(0, dim)),
-                             self.heads)
+            q = _split_heads(
+                self._lin(
+                    layer.norm_cross(x),
+                    attn.in_proj_weight[:dim],
+                    bias,
+                    self.names[i]["cross_attention.in_proj_weight"],
+                    rows.start,
+                    slice(0, dim),
+                ),
+                self.heads,
+            )
             count = rows.stop - rows.start
             keys = self.cross_k[i, rows, :, :cross_length]
             values = self.cross_v[i, rows, :, :cross_length]
@@ -276,14 +294,17 @@ class StaticLM:
     def _feed_forward(self, i: int, layer, x: torch.Tensor, first: int) -> torch.Tensor:
         """The layer's `_ff_block` (its dropouts are the identity in eval) through `self.linear`."""
         names = self.names[i]
-        hidden = layer.activation(self._lin(x, layer.linear1.weight, layer.linear1.bias, names["linear1.weight"],
-                                            first))
+        hidden = layer.activation(
+            self._lin(x, layer.linear1.weight, layer.linear1.bias, names["linear1.weight"], first)
+        )
         return self._lin(hidden, layer.linear2.weight, layer.linear2.bias, names["linear2.weight"], first)
 
     def _logits(self, x: torch.Tensor, first: int) -> torch.Tensor:
         if self.lm.out_norm is not None:
             x = self.lm.out_norm(x)
         last = x[:, -1]
-        heads = [self._lin(last, head.weight, head.bias, f"linears.{k}.weight", first)
-                 for k, head in enumerate(self.lm.linears)]
+        heads = [
+            self._lin(last, head.weight, head.bias, f"linears.{k}.weight", first)
+            for k, head in enumerate(self.lm.linears)
+        ]
         return torch.stack(heads, dim=1)  # [R, K, card]

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
-
 class _Loaded:
     """What this process loaded, once."""
+
     lock = threading.Lock()
     tried = False
     library: Path | None = None
@@ -55,8 +55,12 @@ def _load() -> Path | None:
     try:
         built = build.build()
     except Exception as e:  # noqa: BLE001 - a build fails in many ways (no compiler, no ninja, a compile error)
-        log.warning("CPU rows kernel unavailable: %s, and building it here failed (%s): the fast decoder uses "
-                    "torch's matrix products", why, str(e).strip()[-500:])
+        log.warning(
+            "CPU rows kernel unavailable: %s, and building it here failed (%s): the fast decoder uses "
+            "torch's matrix products",
+            why,
+            str(e).strip()[-500:],
+        )
         return None
     log.info("CPU rows kernel built into torch's extension cache, %s (%s)", built, why)
     return built
@@ -73,8 +77,10 @@ def library() -> Path | None:
                     if _Loaded.widths:
                         _Loaded.library, _Loaded.op = loaded, torch.ops.musicgen_rows.linear.default
                     else:
-                        log.warning("this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
-                                    "matrix products")
+                        log.warning(
+                            "this CPU has neither AVX-512 nor AVX2 with FMA: the fast decoder uses torch's "
+                            "matrix products"
+                        )
             finally:
                 _Loaded.tried = True  # last: `linear` reads `op` without the lock once this is set
         return _Loaded.library
@@ -101,8 +107,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     `width`: 0 for the widest vectors this CPU runs, or 16 / 8 to force the AVX-512 / AVX2 path."""
     op = _Loaded.op if _Loaded.tried else (library() and _Loaded.op)  # no lock once loaded: called per product
     w = weight.t()  # [in, out]
-    if (op is None or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32
-            or w.stride(1) != 1 or (bias is not None and (bias.dtype != torch.float32 or bias.stride(0) != 1))):
+    if (
+        op is None
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or w.dtype != torch.float32
+        or w.stride(1) != 1
+        or (bias is not None and (bias.dtype != torch.float32 or bias.stride(0) != 1))
+    ):
         return F.linear(x, weight, bias)
     k, n = w.shape
     rows = x.reshape(-1, k)

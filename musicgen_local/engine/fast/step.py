@@ -42,8 +42,17 @@ class SlotState:
 
     SHARED = ("special", "delays")  # the same for every slot; every other attribute has one row per slot
 
-    def __init__(self, slots: int, num_codebooks: int, card: int, max_steps: int, delays: list[int],
-                 special: int, logits_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        slots: int,
+        num_codebooks: int,
+        card: int,
+        max_steps: int,
+        delays: list[int],
+        special: int,
+        logits_dtype: torch.dtype,
+        device: torch.device,
+    ):
         def zeros(dtype=torch.long):
             return torch.zeros(slots, dtype=dtype, device=device)
 
@@ -57,14 +66,23 @@ class SlotState:
         self.cfg = zeros(logits_dtype)
         self.noise = torch.ones((slots, num_codebooks, card), dtype=torch.float32, device=device)
 
-    def load(self, slot: int, sequence: torch.Tensor, offset: int, frames: int, prefix: int,
-             params: SamplingParams) -> None:
+    def load(
+        self, slot: int, sequence: torch.Tensor, offset: int, frames: int, prefix: int, params: SamplingParams
+    ) -> None:
         """A slot's window: its pattern sequence [K, S] and where decoding starts."""
         self.seq[slot].fill_(self.special)
         self.seq[slot, :, : sequence.shape[-1]] = sequence
-        for name, value in (("offset", offset), ("frames", frames), ("prefix", prefix), ("live", 1),
-                            ("mode", params.mode), ("top_k", params.top_k), ("temp", params.temp),
-                            ("top_p", params.top_p), ("cfg", params.cfg_coef)):
+        for name, value in (
+            ("offset", offset),
+            ("frames", frames),
+            ("prefix", prefix),
+            ("live", 1),
+            ("mode", params.mode),
+            ("top_k", params.top_k),
+            ("temp", params.temp),
+            ("top_p", params.top_p),
+            ("cfg", params.cfg_coef),
+        ):
             getattr(self, name)[slot] = value
 
     def clear(self, slot: int) -> None:
@@ -125,8 +143,9 @@ def write(state: SlotState, tokens: torch.Tensor, n: int) -> None:
     offset.add_(state.live[:n])
 
 
-def decode_step(lm, state: SlotState, n: int, length: int, cross_length: int, masked: bool,
-                modes: frozenset[int]) -> None:
+def decode_step(
+    lm, state: SlotState, n: int, length: int, cross_length: int, masked: bool, modes: frozenset[int]
+) -> None:
     """One step for slots 0..n-1 (2n LM rows), reading cache positions [0, length)."""
     offset = state.offset[:n]
     previous = (offset - 1).view(n, 1, 1).expand(n, state.seq.shape[1], 1)

@@ -20,8 +20,8 @@ from typing import Any
 import ray
 from ray import serve
 
-from ..settings import Settings
-from .api import Failed, Log, Request, TrainingRequest
+from ...settings import Settings
+from ..api import Failed, Log, Request, TrainingRequest
 
 APP = "musicgen"  # the Serve application's name on the cluster
 GRACE_S = 30  # a replica being stopped lets its runs finish this long
@@ -32,15 +32,17 @@ LOCAL_PATH = "`input_audio` reached an engine replica as a local path; the API s
 @serve.deployment(name="MusicgenEngine", max_queued_requests=-1, graceful_shutdown_timeout_s=GRACE_S)
 class EngineReplica:
     def __init__(self, settings: Settings) -> None:
-        from .local import LocalEngine  # torch: here, in the replica, never in the process that deploys
+        from ..local import LocalEngine  # torch: here, in the replica, never in the process that deploys
 
         self.scratch = Path(tempfile.mkdtemp(prefix="musicgen-replica-"))  # inputs being read, on this node
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to this replica's share
         self.engine = LocalEngine(settings.with_(devices=device, data_dir=self.scratch))
         self.engine.wait_ready()  # Serve routes nothing here before the models are warm
         context = serve.get_replica_context()
-        self.name = (f"{context.replica_id.unique_id} ({self.engine.health()['devices'][0]['device']}, "
-                     f"pid {os.getpid()} on {socket.gethostname()})")
+        self.name = (
+            f"{context.replica_id.unique_id} ({self.engine.health()['devices'][0]['device']}, "
+            f"pid {os.getpid()} on {socket.gethostname()})"
+        )
 
     def check_health(self) -> None:
         """Serve's periodic probe: a replica whose device failed for good is replaced (its runs have ended)."""
@@ -113,10 +115,16 @@ def application(settings: Settings, p: Plan) -> Any:
     """The bound Serve application, ready for `serve.run`."""
     scaling: dict[str, Any] = {"num_replicas": p.min_replicas}
     if p.max_replicas > p.min_replicas:  # Serve scales on requests running or queued per replica
-        scaling = {"autoscaling_config": {"min_replicas": p.min_replicas, "max_replicas": p.max_replicas,
-                                          "target_ongoing_requests": max(1, p.per_replica // 2)}}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": p.min_replicas,
+                "max_replicas": p.max_replicas,
+                "target_ongoing_requests": max(1, p.per_replica // 2),
+            }
+        }
     replica_settings = settings.with_(api_token="")  # the replicas need no secret of the API's
-    return EngineReplica.options(max_ongoing_requests=p.per_replica,
-                                 ray_actor_options={"num_gpus": p.num_gpus, "num_cpus": p.num_cpus},
-                                 **scaling).bind(replica_settings)
-
+    return EngineReplica.options(
+        max_ongoing_requests=p.per_replica,
+        ray_actor_options={"num_gpus": p.num_gpus, "num_cpus": p.num_cpus},
+        **scaling,
+    ).bind(replica_settings)

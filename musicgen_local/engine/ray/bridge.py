@@ -4,7 +4,7 @@ engine replicas and relays requests and their events over a pipe.
 Why a separate process: Ray ends a driver process that loses its cluster for a minute, and the
 API must keep answering when the cluster goes away. So the API process never imports ray; this
 process does, and when the cluster is gone it says so and exits (`RayEngine` starts a new one).
-Run as `python -m musicgen_local.engine.ray_bridge FD` by `RayEngine`.
+Run as `python -m musicgen_local.engine.ray.bridge FD` by `RayEngine`.
 
 Messages to the API: ("connected", info), ("health", dict), ("event", run_id, Event),
 ("lost", reason). From the API: ("submit", run_id, Request, stream), ("train", run_id, TrainingRequest),
@@ -31,21 +31,27 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import RequestCancelledError
 
-from ..errors import UserError
-from ..settings import Settings
-from . import ray_serve
-from .api import TERMINAL, Audio, Canceled, Event, Failed, Log, Request, Started
+from ...errors import UserError
+from ...settings import Settings
+from ..api import TERMINAL, Audio, Canceled, Event, Failed, Log, Request, Started
+from . import deployment
 
 log = logging.getLogger(__name__)
 PROBE_S = 1.0  # how often the cluster is checked
 LOST_AFTER = 3  # failed checks in a row before the cluster counts as gone
 RETRY_START_S = 300.0  # a re-run must reach a replica within this (a replacement replica warms up first)
-REPLICA_DIED = ("The engine replica running this prediction stopped ({reason}); running it again from the start "
-                "on another replica (same seed, same audio).")
-DIED_TWICE = ("The engine replica running this prediction stopped ({reason}), and so did the one that ran it "
-              "again: it was not run a third time. Check the replicas' logs (`ray logs`), then create it again.")
-NO_REPLICA = ("The engine replica running this prediction stopped ({reason}), and no other replica took it up "
-              "within {timeout:.0f} s. Check `serve status` on the Ray cluster, then create it again.")
+REPLICA_DIED = (
+    "The engine replica running this prediction stopped ({reason}); running it again from the start "
+    "on another replica (same seed, same audio)."
+)
+DIED_TWICE = (
+    "The engine replica running this prediction stopped ({reason}), and so did the one that ran it "
+    "again: it was not run a third time. Check the replicas' logs (`ray logs`), then create it again."
+)
+NO_REPLICA = (
+    "The engine replica running this prediction stopped ({reason}), and no other replica took it up "
+    "within {timeout:.0f} s. Check `serve status` on the Ray cluster, then create it again."
+)
 
 
 @dataclass(eq=False)
@@ -88,9 +94,9 @@ class Bridge:
         if command != ("lost",):
             await asyncio.to_thread(self._shut_down)
 
-    def _connect(self) -> ray_serve.Plan:
+    def _connect(self) -> deployment.Plan:
         address = self.settings.ray_address
-        package = str(Path(__file__).resolve().parents[1])  # the replicas run this very code, on every node
+        package = str(Path(__file__).resolve().parents[2])  # the replicas run this very code, on every node
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"py_modules": [package]}}
         if address == "local":
             # Ray's gRPC servers listen on every interface; with a token (Ray 2.59 and later make one for a
@@ -100,12 +106,12 @@ class Bridge:
         else:
             ray.init(address=address, **kwargs)
         self.gcs = ray.get_runtime_context().gcs_address
-        return ray_serve.plan(self.settings, ray.cluster_resources())
+        return deployment.plan(self.settings, ray.cluster_resources())
 
-    async def _deploy(self, plan: ray_serve.Plan) -> None:
+    async def _deploy(self, plan: deployment.Plan) -> None:
         def deploy():
             serve.start(proxy_location="Disabled")  # no HTTP proxy: the API server is the only front door
-            return serve.run(ray_serve.application(self.settings, plan), name=ray_serve.APP, route_prefix=None)
+            return serve.run(deployment.application(self.settings, plan), name=deployment.APP, route_prefix=None)
 
         try:
             self.handle = await asyncio.to_thread(deploy)
@@ -117,9 +123,9 @@ class Bridge:
 
     def _shut_down(self) -> None:
         try:
-            serve.delete(ray_serve.APP)  # stopping the server frees the replicas (and their GPUs)
+            serve.delete(deployment.APP)  # stopping the server frees the replicas (and their GPUs)
         except Exception:  # noqa: BLE001 - shutting down anyway
-            log.warning("could not delete the Serve application %r", ray_serve.APP, exc_info=True)
+            log.warning("could not delete the Serve application %r", deployment.APP, exc_info=True)
         ray.shutdown()  # `local`: stops the cluster this process started
 
     # ---------------------------------------------------------------------------------- pipe
@@ -168,8 +174,13 @@ class Bridge:
             self._send("event", run_id, Failed(str(exc)))
         except Exception as exc:  # noqa: BLE001 - a bug or Ray's: this run fails with what happened
             log.exception("run %d failed", run_id)
-            self._send("event", run_id, Failed(f"The Ray cluster could not run this prediction "
-                                              f"({type(exc).__name__}: {exc}).", kind="internal"))
+            self._send(
+                "event",
+                run_id,
+                Failed(
+                    f"The Ray cluster could not run this prediction ({type(exc).__name__}: {exc}).", kind="internal"
+                ),
+            )
         finally:
             self.flights.pop(run_id, None)
 
@@ -187,8 +198,14 @@ class Bridge:
             self._send("event", run_id, Canceled())
         except Exception as exc:  # noqa: BLE001 - the replica died, or Ray failed: this training fails
             log.exception("training %d failed", run_id)
-            self._send("event", run_id, Failed(f"The Ray replica running this training stopped ({_why(exc)}). "
-                                               "Create the training again.", kind="internal"))
+            self._send(
+                "event",
+                run_id,
+                Failed(
+                    f"The Ray replica running this training stopped ({_why(exc)}). Create the training again.",
+                    kind="internal",
+                ),
+            )
         finally:
             self.flights.pop(run_id, None)
 
@@ -261,20 +278,27 @@ class Bridge:
             await asyncio.sleep(PROBE_S)
         reason = f"the Ray cluster at {self.settings.ray_address} ({self.gcs}) stopped answering"
         for run_id in list(self.flights):
-            self._send("event", run_id, Failed(f"{_capital(reason)} while this prediction was running; create it "
-                                               "again once /health-check says READY.", kind="internal"))
+            self._send(
+                "event",
+                run_id,
+                Failed(
+                    f"{_capital(reason)} while this prediction was running; create it "
+                    "again once /health-check says READY.",
+                    kind="internal",
+                ),
+            )
         self._send("lost", reason)
         self.commands.put_nowait(("lost",))
 
     def _status(self) -> dict[str, Any]:
         if self.deploy_error:
             return {"status": "UNHEALTHY", "error": self.deploy_error}
-        app = serve.status().applications.get(ray_serve.APP)
+        app = serve.status().applications.get(deployment.APP)
         if app is None or not self.deployed.is_set():
             return {"status": "STARTING", "replicas": {}}
         replicas: dict[str, int] = {}
-        for deployment in app.deployments.values():
-            for state, count in deployment.replica_states.items():
+        for serve_deployment in app.deployments.values():
+            for state, count in serve_deployment.replica_states.items():
                 replicas[_name(state)] = replicas.get(_name(state), 0) + count
         if replicas.get("RUNNING"):  # some serve, maybe while others are replaced or added
             status = "READY"
@@ -287,7 +311,7 @@ def inline_input(request: Request) -> Request:
     """A local `input_audio` (a file uploaded to the API server) as a data: URI: the replica that
     reads it may be on another machine."""
     ref = request.input_audio
-    if not ref or ref.startswith(ray_serve.REMOTE_INPUTS):
+    if not ref or ref.startswith(deployment.REMOTE_INPUTS):
         return request
     path = Path(ref.removeprefix("file://")).expanduser()
     if not path.is_file():

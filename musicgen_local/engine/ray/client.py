@@ -1,7 +1,7 @@
 """`RayEngine`: the engine on a Ray Serve cluster, seen from the API process (MUSICGEN_RAY_ADDRESS).
 
 The same `EngineClient` as the in-process engine: submit a Request, iterate its Run, cancel it.
-This process imports neither torch nor ray: a child process (`ray_bridge`) is the Ray driver, and
+This process imports neither torch nor ray: a child process (`bridge.py`) is the Ray driver, and
 the two exchange requests and the engine's plain events over a pipe. If that process ends (the
 cluster went away), the runs in flight fail with a message that says so, new ones fail at once,
 health says UNHEALTHY, and a new bridge is started every RECONNECT_S until the cluster answers.
@@ -19,17 +19,19 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..errors import EngineError
-from ..settings import Settings
-from .api import TERMINAL, Failed, Request, TrainingRequest
-from .run import LocalRun
+from ...errors import EngineError
+from ...settings import Settings
+from ..api import TERMINAL, Failed, Request, TrainingRequest
+from ..run import LocalRun
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 180.0  # joining (or starting) the cluster
 RECONNECT_S = 10.0
 CLOSE_TIMEOUT_S = 60.0  # the replicas' own graceful stop, and a margin
-UNREACHABLE = ("The Ray cluster that runs the engine ({address}) cannot be reached: {reason}. The prediction was "
-               "not run; create it again once /health-check says READY.")
+UNREACHABLE = (
+    "The Ray cluster that runs the engine ({address}) cannot be reached: {reason}. The prediction was "
+    "not run; create it again once /health-check says READY."
+)
 
 
 class RayEngine:
@@ -89,8 +91,11 @@ class RayEngine:
         ours, theirs = socket.socketpair()
         # A fresh interpreter (not multiprocessing, which would import the caller's __main__ again), in a
         # session of its own: a Ctrl-C at the terminal is the server's to handle (it drains, then closes us).
-        self._bridge = subprocess.Popen([sys.executable, "-m", "musicgen_local.engine.ray_bridge",
-                                         str(theirs.fileno())], pass_fds=[theirs.fileno()], start_new_session=True)
+        self._bridge = subprocess.Popen(
+            [sys.executable, "-m", "musicgen_local.engine.ray.bridge", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            start_new_session=True,
+        )
         theirs.close()
         conn = Connection(ours.detach())
         conn.send(self.settings)
@@ -167,8 +172,14 @@ class RayEngine:
         self._health = {"status": "UNHEALTHY", "error": f"{reason}; trying again every {RECONNECT_S:.0f} s"}
         self._lost_because = reason
         for run_id in list(self._runs):
-            self._end(run_id, Failed(f"The engine stopped while this prediction was running: {reason}. Create it "
-                                     "again once /health-check says READY.", kind="internal"))
+            self._end(
+                run_id,
+                Failed(
+                    f"The engine stopped while this prediction was running: {reason}. Create it "
+                    "again once /health-check says READY.",
+                    kind="internal",
+                ),
+            )
 
     def _deliver(self, run_id: int, event) -> None:
         run = self._runs.get(run_id)
@@ -193,8 +204,9 @@ class RayEngine:
                 return False
 
     def _unreachable(self) -> str:
-        return UNREACHABLE.format(address=self.settings.ray_address,
-                                  reason=self._lost_because or "the Ray driver process is not running")
+        return UNREACHABLE.format(
+            address=self.settings.ray_address, reason=self._lost_because or "the Ray driver process is not running"
+        )
 
 
 def _listening(address: str) -> bool:
