@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import logs
 from .errors import MusicgenError
+from .registry import LM_VERSIONS, MODEL_VERSIONS, PRESETS
 from .settings import ENV_VARS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +210,47 @@ def cmd_weights_tiny(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_weights_list(args, settings: Settings) -> int:
+    from . import weights as W
+
+    rows = W.listing(settings.weights_dir)
+    print(f"weights in {settings.weights_dir}")
+    for group in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == group]
+        absent = sum(size is None for _, _, size in mine)
+        total = sum(size or 0 for _, _, size in mine)
+        print(f"{group:<20} {'complete' if not absent else f'{absent} missing':<10} {W.size_text(total):>9}")
+        for _, file, size in mine:
+            print(f"  {'present' if size is not None else 'missing':<8} {W.size_text(size) if size else '':>9}  {file}")
+    return 0
+
+
+def cmd_weights_fetch(args, settings: Settings) -> int:
+    import logging
+
+    from . import weights as W
+
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HEAD/GET drowns the progress
+    say = logging.getLogger("musicgen_local.weights").info
+    unknown = [v for v in args.model_versions if v not in MODEL_VERSIONS]
+    if unknown:
+        print(
+            f"error: unknown model_version {', '.join(unknown)}; choose from {', '.join(MODEL_VERSIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    versions = list(args.model_versions)
+    versions += list(LM_VERSIONS) if args.all else []
+    versions += [v for v in LM_VERSIONS if PRESETS[v].melody] if args.melody else []
+    versions = list(dict.fromkeys(versions or ["stereo-melody-large"]))  # the schema's default model_version
+    summary = W.fetch(settings.weights_dir, W.files_for(versions, args.mbd, settings.checkpoints), log=say)
+    say(
+        f"{len(summary.downloaded)} file(s) downloaded ({W.size_text(summary.bytes_downloaded)}), "
+        f"{len(summary.verified)} already present and verified, in {settings.weights_dir}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     env_help = "\n".join(
         f"  {name:24} {meaning} (default: {default!r})" for name, (default, meaning) in ENV_VARS.items()
@@ -296,12 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = weights.add_parser("tiny", help="write tiny random checkpoints in the real layout (for tests)")
     p.add_argument("dir")
     p.set_defaults(func=cmd_weights_tiny)
-    try:
-        from .fetch import register_cli
-    except ImportError:
-        pass
-    else:
-        register_cli(weights)
+    p = weights.add_parser("fetch", help="download weights from the Hugging Face hub (HF_TOKEN, HF_ENDPOINT)")
+    p.add_argument(
+        "model_versions",
+        nargs="*",
+        metavar="MODEL_VERSION",
+        help=f"any of {', '.join(MODEL_VERSIONS)} (default: stereo-melody-large)",
+    )
+    p.add_argument("--all", action="store_true", help="every MusicGen model_version")
+    p.add_argument("--melody", action="store_true", help="the two melody model_versions (and htdemucs)")
+    p.add_argument("--mbd", action="store_true", help="also multi-band diffusion (multi_band_diffusion=true)")
+    p.set_defaults(func=cmd_weights_fetch)
+    p = weights.add_parser("list", help="show which weights are present, missing, and their sizes")
+    p.set_defaults(func=cmd_weights_list)
     return parser
 
 

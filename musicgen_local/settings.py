@@ -100,7 +100,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
             "on queued requests; unset: one per GPU of the cluster (one on CPU)"
         ),
     ),
-    # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.fetch).
+    # Read by huggingface_hub itself when `weights fetch` / auto-fetch download (musicgen_local.weights).
     "HF_ENDPOINT": ("https://huggingface.co", "weights fetch: the hub (or a mirror) to download from"),
     "HF_TOKEN": ("", "weights fetch: a token for private or gated checkpoint repos"),
 }

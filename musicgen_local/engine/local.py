@@ -291,17 +291,14 @@ def _unpack_folder(settings: Settings, weights: str) -> Path:
 def _htdemucs_there(settings: Settings, say) -> None:
     """drop_vocals separates with htdemucs: its files must be in MUSICGEN_WEIGHTS (fetched when allowed)."""
     from .. import weights as W
-    from ..errors import WeightsMissingError
 
     W.configure_environment(settings.weights_dir)
-    absent = W.missing(settings.weights_dir, W.HTDEMUCS_FILES)
-    if absent and settings.auto_fetch:
-        from ..fetch import fetch
-
-        fetch(settings.weights_dir, absent, log=say)
-    elif absent:
-        raise WeightsMissingError(
-            f"`drop_vocals` separates the vocals with htdemucs, which is not in "
-            f"{settings.weights_dir}: missing {', '.join(map(str, absent))}. Fetch it with "
-            "`musicgen-local weights fetch melody-large`, or train with drop_vocals=false."
-        )
+    W.ensure_files(
+        settings.weights_dir,
+        W.HTDEMUCS_FILES,
+        "htdemucs (`drop_vocals` separates the vocals with it) is",
+        W.fetch_advice("melody-large") + " Or train with drop_vocals=false.",
+        say,
+        settings.auto_fetch,
+        label="htdemucs",
+    )

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import weights as W
-from ..errors import WeightsMissingError
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +77,8 @@ def load_mbd(weights_dir: Path, device: str = "cpu") -> MultiBandDiffusion:
 
     absent = W.missing(weights_dir, W.MBD_FILES)
     if absent:
-        raise WeightsMissingError(
-            f"MultiBand Diffusion weights are not in {weights_dir}: missing {', '.join(map(str, absent))}. "
-            "Fetch them with `musicgen-local weights fetch <model_version> --mbd` "
-            "(or set MUSICGEN_WEIGHTS to where they are)."
+        raise W.missing_error(
+            "MultiBand Diffusion weights are", weights_dir, absent, W.fetch_advice("<model_version>", mbd=True)
         )
     codec_path, mbd_path = W.cached_path(weights_dir, CODEC_FILE), W.cached_path(weights_dir, MBD_FILE)
     with safe_mbd_unpickling():

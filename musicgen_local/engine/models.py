@@ -198,10 +198,8 @@ def checkpoint_source(settings: Settings, model_version: str) -> str:
 
 
 def _missing_weights(model_version: str, exc: Exception) -> WeightsMissingError:
-    return WeightsMissingError(
-        f"Weights for `{model_version}` are incomplete: {exc}. Fetch them with "
-        f"`musicgen-local weights fetch {model_version}` (or set MUSICGEN_WEIGHTS to where they are)."
-    )
+    """The loaders found a file missing that the check did not (a partial copy): the same advice."""
+    return WeightsMissingError(f"Weights for `{model_version}` are incomplete: {exc}. {W.fetch_advice(model_version)}")
 
 
 def load_musicgen(settings: Settings, model_version: str, device: str):
@@ -239,11 +237,6 @@ def load_codec(settings: Settings, device: str):
 
 def weights_check(settings: Settings, model_version: str, mbd: bool, on_log: Callable[[str], None]) -> None:
     """Before loading: fetch what is missing when allowed, else fail fast naming the files."""
-    from ..fetch import ensure_available, required_files, with_pointed_codecs
-
-    checkpoint = settings.checkpoints.get(model_version)
-    if settings.auto_fetch:
-        ensure_available(settings.weights_dir, model_version, mbd, on_log, checkpoint=checkpoint)
-        return
-    needed = with_pointed_codecs(settings.weights_dir, required_files(model_version, mbd, checkpoint))
-    W.require(settings.weights_dir, model_version, mbd, tuple(needed))
+    W.ensure(
+        settings.weights_dir, model_version, mbd, on_log, settings.checkpoints.get(model_version), settings.auto_fetch
+    )

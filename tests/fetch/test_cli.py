@@ -1,20 +1,23 @@
-"""`musicgen-local weights fetch|list`, as the CLI wires them through `register_cli`."""
+"""`musicgen-local weights fetch|list`, through the CLI's own parser."""
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 from musicgen_local import weights as W
-from musicgen_local.fetch import register_cli
+from musicgen_local.cli import build_parser
+from musicgen_local.errors import MusicgenError
 from musicgen_local.settings import Settings
 
 
 def run(argv: list[str], settings: Settings) -> int:
-    parser = argparse.ArgumentParser(prog="musicgen-local")
-    weights = parser.add_subparsers(dest="command").add_parser("weights").add_subparsers(dest="weights_command")
-    register_cli(weights)
-    args = parser.parse_args(["weights", *argv])
-    return args.func(args, settings)
+    """As `main` runs a command: a MusicgenError is one line on stderr and status 1."""
+    args = build_parser().parse_args(["weights", *argv])
+    try:
+        return args.func(args, settings)
+    except MusicgenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def test_fetch_melody_and_mbd_then_list(hub, weights_dir, capsys):
@@ -55,10 +58,10 @@ def test_fetch_default_is_replicates_default_model_version(hub, weights_dir):
     assert W.missing(weights_dir, W.required_files("large")) != []
 
 
-def test_fetch_rejects_an_unknown_model_version_and_reports_a_missing_repo(hub, weights_dir, caplog):
+def test_fetch_rejects_an_unknown_model_version_and_reports_a_missing_repo(hub, weights_dir, capsys):
     assert run(["fetch", "small"], Settings(weights_dir=weights_dir)) == 2
-    assert "Unknown model_version small; choose from stereo-melody-large" in caplog.text
+    assert "error: unknown model_version small; choose from stereo-melody-large" in capsys.readouterr().err
     settings = Settings(weights_dir=weights_dir, checkpoints={"large": "me/does-not-exist"})
     assert run(["fetch", "large"], settings) == 1
-    assert "Repository `me/does-not-exist` was not found on" in caplog.text
+    assert "error: Repository `me/does-not-exist` was not found on" in capsys.readouterr().err
     assert hub.gets() == []

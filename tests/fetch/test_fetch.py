@@ -1,4 +1,4 @@
-"""`musicgen_local.fetch` against a hub on 127.0.0.1 that answers as huggingface.co does."""
+"""`musicgen_local.weights`' fetching against a hub on 127.0.0.1 that answers as huggingface.co does."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from musicgen_local import weights as W
-from musicgen_local.fetch import FetchError, fetch, files_for
 from musicgen_local.registry import LM_VERSIONS
+from musicgen_local.weights import FetchError, fetch, files_for
 
 ENCODEC_WEIGHTS = W.HubFile(W.ENCODEC, "model.safetensors")
 

@@ -8,8 +8,8 @@ from musicgen_local import weights as W
 from musicgen_local.engine import Request, load_engine, result_of
 from musicgen_local.engine.api import Log
 from musicgen_local.errors import WeightsMissingError
-from musicgen_local.fetch import fetch, files_for
 from musicgen_local.settings import Settings
+from musicgen_local.weights import fetch, files_for
 
 ONE_SECOND = 32000  # tiny codec: 50 frames/s, 640 samples/frame
 
