@@ -45,7 +45,7 @@ from .fast import Lora
 from .loop import DeviceLoop, Job
 from .mbd import LazyMbd
 from .models import build_model, read_checkpoint, resolve_devices, weights_check
-from .run import LocalRun
+from .run import EventQueue
 from .training_job import TrainJob
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,9 @@ class LocalEngine:
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
 
-    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
+    def submit(self, request: Request, *, stream: bool = False) -> EventQueue:
         request = request.with_seed()
-        run = LocalRun()
+        run = EventQueue()
         try:
             check_semantics(request, self.settings.max_duration)
         except UserError as exc:
@@ -171,12 +171,12 @@ class LocalEngine:
             self._fine_tune(job)
         self._weights_there(job.request, job)
 
-    def train(self, request: TrainingRequest) -> LocalRun:
-        run = LocalRun()
+    def train(self, request: TrainingRequest) -> EventQueue:
+        run = EventQueue()
         self.training_pool.submit(self._prepare_training, request, run)
         return run
 
-    def _prepare_training(self, request: TrainingRequest, run: LocalRun) -> None:
+    def _prepare_training(self, request: TrainingRequest, run: EventQueue) -> None:
         """The dataset into pieces (resumed trainings find them already cut), then onto a device loop."""
         from ..training import dataset
         from ..training.params import parse_training_input

@@ -40,7 +40,7 @@ from .api import Canceled, Done, Failed, Log, Progress, Request, Result, Started
 from .fast import Lora, SamplingParams, SlotBatch, Window, unsupported_reason
 from .models import base_of
 from .plan import Plan, plan_request
-from .run import LocalRun
+from .run import EventQueue
 
 log = logging.getLogger(__name__)
 CODEC_KEY = registry.ENCODE_DECODE
@@ -52,7 +52,7 @@ class Job:
     """One request inside the engine, from its preparation to its file."""
 
     request: Request  # its seed is fixed (Request.with_seed)
-    run: LocalRun
+    run: EventQueue
     stream: bool = False
     clip: torch.Tensor | None = None  # the cropped input [C, T] at 32 kHz (prepare pool)
     # device loop state

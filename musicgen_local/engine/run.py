@@ -1,4 +1,5 @@
-"""`LocalRun`: the events of one request, handed from the engine's threads to its one consumer.
+"""`EventQueue`: the Run every engine hands out (in-process, Ray, fake): one request's events, handed from the
+engine's threads to its one consumer.
 
 The engine side never blocks on the consumer: `emit` appends and returns. A consumer that falls
 behind sees fewer `Progress` events (a newer one replaces an unread one), never fewer of the others.
@@ -14,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from .api import TERMINAL, Event, Progress
 
 
-class LocalRun:
-    def __init__(self, on_cancel: Callable[[LocalRun], None] = lambda run: None) -> None:
+class EventQueue:
+    def __init__(self, on_cancel: Callable[[EventQueue], None] = lambda run: None) -> None:
         self._events: deque[Event] = deque()
         self._ready = threading.Condition()
         self._ended = False  # a terminal event was emitted

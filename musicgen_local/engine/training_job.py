@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .api import Canceled, Log, Progress, Trained, TrainingRequest
-from .run import LocalRun
+from .run import EventQueue
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class TrainJob:
     request: TrainingRequest
-    run: LocalRun
+    run: EventQueue
     params: Any  # training.params.TrainingInput
     pieces: list  # training.dataset.Piece
     reading: bool = False  # the loader pool reads the base checkpoint

@@ -18,7 +18,7 @@ from ..registry import MUSICGEN
 from .surrogates import scrub
 
 MODEL = MUSICGEN
-TERMINAL = ("succeeded", "failed", "canceled")
+FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 MIME_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg"}
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -73,7 +73,7 @@ class Prediction:
 
     @property
     def done(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in FINISHED_STATUSES
 
     def metrics(self) -> dict[str, float]:
         if not self.completed_at:

@@ -29,7 +29,7 @@ from ..engine.api import (
     Trained,
     TrainingRequest,
 )
-from ..engine.run import LocalRun
+from ..engine.run import EventQueue
 from ..errors import UserError
 from ..registry import PRESETS
 from ..schema import check_semantics
@@ -64,19 +64,19 @@ class FakeEngine:
             self.ready.set()
         self._slots = threading.Semaphore(concurrency)
 
-    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
+    def submit(self, request: Request, *, stream: bool = False) -> EventQueue:
         self.requests.append(request)
-        run = LocalRun()
+        run = EventQueue()
         threading.Thread(target=self._generate, args=(request, run, stream), daemon=True).start()
         return run
 
-    def train(self, request: TrainingRequest) -> LocalRun:
+    def train(self, request: TrainingRequest) -> EventQueue:
         self.trainings.append(request)
-        run = LocalRun()
+        run = EventQueue()
         threading.Thread(target=self._train, args=(request, run), daemon=True).start()
         return run
 
-    def _train(self, request: TrainingRequest, run: LocalRun) -> None:
+    def _train(self, request: TrainingRequest, run: EventQueue) -> None:
         from pathlib import Path
 
         from .. import tuned
@@ -106,7 +106,7 @@ class FakeEngine:
     def close(self) -> None:
         pass
 
-    def _generate(self, request: Request, run: LocalRun, stream: bool) -> None:
+    def _generate(self, request: Request, run: EventQueue, stream: bool) -> None:
         try:
             check_semantics(request, self.max_duration)
         except UserError as exc:
@@ -137,7 +137,7 @@ class FakeEngine:
         )
         run.emit(Done(result))
 
-    def _steps(self, request: Request, run: LocalRun, stream: bool) -> None:
+    def _steps(self, request: Request, run: EventQueue, stream: bool) -> None:
         channels = PRESETS[request.model_version].channels or 1
         steps = request.duration * FRAME_RATE
         for step in range(1, steps + 1):

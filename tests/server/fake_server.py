@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from musicgen_local import logs
-from musicgen_local.engine.run import LocalRun
+from musicgen_local.engine.run import EventQueue
 from musicgen_local.server import serve
 from musicgen_local.settings import Settings
 from musicgen_local.testing.fake_engine import FakeEngine
@@ -25,7 +25,7 @@ class EngineAnInputKills(FakeEngine):
         if request.prompt != DIE_WHILE_STARTING:
             return super().submit(request, stream=stream)
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
-        return LocalRun()  # never Started: the process dies first
+        return EventQueue()  # never Started: the process dies first
 
 
 if __name__ == "__main__":

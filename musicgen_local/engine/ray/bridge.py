@@ -94,7 +94,7 @@ class Bridge:
         if command != ("lost",):
             await asyncio.to_thread(self._shut_down)
 
-    def _connect(self) -> deployment.Plan:
+    def _connect(self) -> deployment.ReplicaPlan:
         address = self.settings.ray_address
         package = str(Path(__file__).resolve().parents[2])  # the replicas run this very code, on every node
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"py_modules": [package]}}
@@ -108,7 +108,7 @@ class Bridge:
         self.gcs = ray.get_runtime_context().gcs_address
         return deployment.plan(self.settings, ray.cluster_resources())
 
-    async def _deploy(self, plan: deployment.Plan) -> None:
+    async def _deploy(self, plan: deployment.ReplicaPlan) -> None:
         def deploy():
             serve.start(proxy_location="Disabled")  # no HTTP proxy: the API server is the only front door
             return serve.run(deployment.application(self.settings, plan), name=deployment.APP, route_prefix=None)

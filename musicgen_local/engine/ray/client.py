@@ -22,7 +22,7 @@ from typing import Any
 from ...errors import EngineError
 from ...settings import Settings
 from ..api import TERMINAL, Failed, Request, TrainingRequest
-from ..run import LocalRun
+from ..run import EventQueue
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 180.0  # joining (or starting) the cluster
@@ -37,7 +37,7 @@ UNREACHABLE = (
 class RayEngine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._runs: dict[int, LocalRun] = {}
+        self._runs: dict[int, EventQueue] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._closing = threading.Event()
@@ -54,18 +54,18 @@ class RayEngine:
 
     # ---------------------------------------------------------------------------------- EngineClient
 
-    def submit(self, request: Request, *, stream: bool = False) -> LocalRun:
+    def submit(self, request: Request, *, stream: bool = False) -> EventQueue:
         request = request.with_seed()  # fixed here, so that a re-run on another replica gives the same audio
         run_id = next(self._ids)
-        run = LocalRun(on_cancel=lambda run: self._send(("cancel", run_id)))
+        run = EventQueue(on_cancel=lambda run: self._send(("cancel", run_id)))
         self._runs[run_id] = run
         if not self._send(("submit", run_id, request, stream)):
             self._end(run_id, Failed(self._unreachable(), kind="internal"))
         return run
 
-    def train(self, request: TrainingRequest) -> LocalRun:
+    def train(self, request: TrainingRequest) -> EventQueue:
         run_id = next(self._ids)
-        run = LocalRun(on_cancel=lambda run: self._send(("cancel", run_id)))
+        run = EventQueue(on_cancel=lambda run: self._send(("cancel", run_id)))
         self._runs[run_id] = run
         if not self._send(("train", run_id, request)):
             self._end(run_id, Failed(self._unreachable(), kind="internal"))

@@ -86,7 +86,7 @@ class EngineReplica:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ReplicaPlan:
     """How many replicas, and what each one takes from the cluster."""
 
     min_replicas: int
@@ -100,18 +100,18 @@ class Plan:
         return self.max_replicas * self.per_replica
 
 
-def plan(settings: Settings, cluster: dict[str, float]) -> Plan:
+def plan(settings: Settings, cluster: dict[str, float]) -> ReplicaPlan:
     """One replica per GPU of the cluster (one on CPU) unless MUSICGEN_RAY_REPLICAS says otherwise.
     More replicas than GPUs share them (two replicas on one GPU take half of it each)."""
     gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 1.0)
     low, high = settings.ray_replicas or (max(1, int(gpus)),) * 2
     per_replica = 2 * (settings.max_batch if settings.decoder == "fast" else 1)
     if gpus:
-        return Plan(low, high, min(1.0, gpus / high), 1.0, per_replica)
-    return Plan(low, high, 0.0, min(1.0, cpus / high), per_replica)
+        return ReplicaPlan(low, high, min(1.0, gpus / high), 1.0, per_replica)
+    return ReplicaPlan(low, high, 0.0, min(1.0, cpus / high), per_replica)
 
 
-def application(settings: Settings, p: Plan) -> Any:
+def application(settings: Settings, p: ReplicaPlan) -> Any:
     """The bound Serve application, ready for `serve.run`."""
     scaling: dict[str, Any] = {"num_replicas": p.min_replicas}
     if p.max_replicas > p.min_replicas:  # Serve scales on requests running or queued per replica
