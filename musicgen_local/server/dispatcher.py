@@ -2,8 +2,9 @@
 
 Queued predictions wait here, oldest first, until the engine has room (`engine.capacity` runs in
 flight); each run in flight has a thread that turns its events into the prediction's status, logs,
-webhooks and output file. Listeners (the SSE streams) see every event too. Nothing here touches a
-tensor or waits on the GPU: a slow consumer only delays its own prediction's bookkeeping.
+webhooks and output file. Listeners (the SSE streams) see every event too, each line of `logs` as a
+Log event (progress lines included). Nothing here touches a tensor or waits on the GPU: a slow
+consumer only delays its own prediction's bookkeeping.
 
 After a crash the store still holds what was queued or running: `start` queues it again in order; a
 prediction that was running is run once more from the start (its seed was fixed at creation, so it
@@ -76,9 +77,10 @@ class Dispatcher:
             if pred.attempts >= 2:
                 self._finish(pred, "failed", self.INTERRUPTED_TWICE)
                 continue
-            if pred.status == "processing":
-                pred.logs += self.RESTARTED + "\n"
+            restarted = pred.status == "processing"
             pred.status, pred.started_at = "starting", None
+            if restarted:
+                self._log(pred, self.RESTARTED)
             self.store.save(pred)
             self._queue.append(pred.id)
         self._feeder.start()
@@ -165,8 +167,8 @@ class Dispatcher:
                 if pred.done:  # canceled before it started: the engine's last words do not matter
                     continue
                 self._handle(pred, event, on_progress)
-                for listener in self._listeners:
-                    listener(pred, event)
+                if not isinstance(event, Log | Progress):  # lines reach the listeners from _log, as they are logged
+                    self._tell(pred, event)
         except Exception:  # a bug of ours: fail this prediction, keep serving the others
             log.exception("%s %s: unexpected error", self.NOUN, pred.id)
             self._finish(pred, "failed", "Internal error while generating; see the server log.")
@@ -226,8 +228,15 @@ class Dispatcher:
             self._queue.appendleft(pred.id)
             self._changed.notify_all()
 
+    def _tell(self, pred: Prediction, event: Event) -> None:
+        for listener in self._listeners:
+            listener(pred, event)
+
     def _log(self, pred: Prediction, line: str) -> None:
+        """A line into the prediction's `logs`, and to the listeners as a Log event (told first: a stream that
+        starts meanwhile takes the `logs` so far and then this line, never the line twice)."""
         log.info("%s %s: %s", self.NOUN, pred.id, line)
+        self._tell(pred, Log(line.rstrip("\n")))
         pred.logs += line.rstrip("\n") + "\n"
         if pred.status == "processing":  # as on Replicate, `start` is the first webhook; it carries earlier logs
             self.webhooks.notify(pred, "logs")

@@ -3,7 +3,8 @@
 A prediction's `EventLog` is a list of entries, numbered from 1 (the SSE `id`), of Replicate's four
 event names only: `output` (an audio segment, as the name of its file), `logs` (one line), `error`
 (a message) and `done` (`{}`, or the reason it ended otherwise). The dispatcher's listener
-(`StreamHub.on_event`, on each prediction's consumer thread) appends to it; any number of followers
+(`StreamHub.on_event`, on each prediction's consumer thread) appends to it: a `Log` event for each
+line the prediction logs, `Audio` for each segment, and its end; any number of followers
 (coroutines on the server's event loop) read it from wherever they are, so a client that reconnects
 with `Last-Event-ID` gets exactly what it missed. When the prediction ends, its log is written to
 its data directory and dropped from memory: a stream opened later replays that file. A follower
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..engine.api import TERMINAL, Audio, Event
+from ..engine.api import TERMINAL, Audio, Event, Log
 from .prediction import Prediction
 from .store import Store
 
@@ -50,7 +51,6 @@ class EventLog:
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self.closed = closed
-        self.logs_sent = 0  # characters of the prediction's `logs` already streamed as `logs` entries
 
     @property
     def waiting(self) -> int:
@@ -60,28 +60,16 @@ class EventLog:
         with self._lock:
             self._add(event, data)
 
-    def sync_logs(self, pred: Prediction) -> None:
-        """New lines of the prediction's logs (the dispatcher writes them) as `logs` entries."""
-        with self._lock:
-            self._sync_logs(pred)
-
     def close(self, pred: Prediction) -> bool:
         """End the log as the prediction ended; False when it was closed already."""
         with self._lock:
             if self.closed:
                 return False
-            self._sync_logs(pred)
             if pred.status == "failed":
                 self._add("error", pred.error or "The prediction failed.")
             self._add("done", json.dumps(ENDINGS[pred.status]))
             self.closed = True
             return True
-
-    def _sync_logs(self, pred: Prediction) -> None:  # holding the lock
-        new = pred.logs[self.logs_sent :]
-        self.logs_sent = len(pred.logs)
-        for line in new.splitlines():
-            self._add("logs", line)
 
     def _add(self, event: str, data: str) -> None:  # holding the lock
         if self.closed:
@@ -124,9 +112,18 @@ class EventLog:
     def replay(cls, pred: Prediction) -> EventLog:
         """The log of a prediction that ended with no log kept (canceled before it started, or ended
         before streams existed): its logs, then its ending."""
-        replayed = cls()
+        replayed = cls.seeded(pred)
         replayed.close(pred)
         return replayed
+
+    @classmethod
+    def seeded(cls, pred: Prediction) -> EventLog:
+        """A new log that starts with the lines the prediction has logged so far (the dispatcher tells
+        every later one as a Log event)."""
+        log_ = cls()
+        for line in pred.logs.splitlines():
+            log_.append("logs", line)
+        return log_
 
 
 class StreamHub:
@@ -160,7 +157,7 @@ class StreamHub:
                 return EventLog.load(path)
             if pred.done:
                 return EventLog.replay(pred)
-            self._live[pred.id], self._preds[pred.id] = EventLog(), pred
+            self._live[pred.id], self._preds[pred.id] = EventLog.seeded(pred), pred
             return self._live[pred.id]
 
     # ---------------------------------------------------------------------------------- writers
@@ -169,8 +166,10 @@ class StreamHub:
         """The dispatcher's listener: never raises, so that streaming can never fail a prediction."""
         try:
             log_ = self.log_for(pred)
-            log_.sync_logs(pred)
-            if isinstance(event, Audio):
+            if isinstance(event, Log):
+                for line in event.line.splitlines():
+                    log_.append("logs", line)
+            elif isinstance(event, Audio):
                 name = segment_name(event.index)
                 path = self.segment_path(pred.id, name)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,18 @@ def test_a_prediction_streams_its_segments_logs_and_done(tmp_path):
         assert final["urls"]["stream"] == pred["urls"]["stream"]
 
 
+def test_a_stream_opened_mid_run_carries_each_line_of_logs_once(tmp_path):
+    """Every line of the prediction's `logs` (engine lines, progress lines), once each and in order, whether it was
+    logged before the stream was opened or after (fails when a line reaches the stream twice)."""
+    with live(tmp_path, FakeEngine(step_delay_s=0.01)) as srv:
+        pred = srv.create(duration=3)
+        while "%" not in srv.http.get(pred["urls"]["get"]).json()["logs"]:
+            time.sleep(0.01)
+        seen = events(srv.http, pred["urls"]["stream"])
+        final = srv.wait(pred["id"])
+    assert [e.data for e in seen if e.event == "logs"] == final["logs"].splitlines()
+
+
 def test_a_finished_prediction_replays_whole_and_resumes_after_last_event_id(tmp_path):
     with live(tmp_path, FakeEngine(step_delay_s=0.005)) as srv:
         pred = srv.create(duration=3)
