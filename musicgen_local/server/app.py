@@ -194,6 +194,7 @@ def create_app(
         engine, store, webhooks, capacity=getattr(engine, "capacity", 1), observer=metrics.predictions
     )
     dispatcher.subscribe(streams.on_event)
+    dispatcher.on_finished(streams.finished)
 
     def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
         pred = store.get(pred_id)

@@ -19,6 +19,7 @@ replaced replica), else kept in the store for the restart that follows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -67,6 +68,8 @@ class Dispatcher:
         self._feeding = True
         self.accepting = True  # False while draining: creates are refused (503)
         self._listeners: list[Listener] = []
+        self._on_finished: list[Callable[[Prediction], None]] = []
+        self._finish_waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._feeder = threading.Thread(target=self._feed, name="dispatcher", daemon=True)
 
     # ---------------------------------------------------------------------------------- lifecycle
@@ -109,6 +112,30 @@ class Dispatcher:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def on_finished(self, hook: Callable[[Prediction], None]) -> None:
+        """`hook(pred)` once a prediction has ended, however it ended: the one place that is learned."""
+        self._on_finished.append(hook)
+
+    async def wait_finished(self, pred: Prediction, timeout: float) -> None:
+        """Until `pred` has ended or `timeout` seconds passed, woken by its end (no polling)."""
+        loop, ended = asyncio.get_running_loop(), asyncio.Event()
+        with self._changed:
+            if pred.done:
+                return
+            waiter = (loop, ended)
+            self._finish_waiters.setdefault(pred.id, []).append(waiter)
+        try:
+            await asyncio.wait_for(ended.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._changed:
+                waiters = self._finish_waiters.get(pred.id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._finish_waiters.pop(pred.id, None)
 
     # ---------------------------------------------------------------------------------- predictions
 
@@ -247,6 +274,12 @@ class Dispatcher:
         log.info("%s %s: %s%s", self.NOUN, pred.id, status, f" ({error})" if error else "")
         self.observer.on_ended(pred)
         self.webhooks.notify(pred, "completed")
+        for hook in self._on_finished:
+            hook(pred)
+        with self._changed:
+            waiters = self._finish_waiters.pop(pred.id, [])
+        for loop, ended in waiters:
+            loop.call_soon_threadsafe(ended.set)
 
 
 class _Unobserved:

@@ -6,10 +6,8 @@ Each handler parses, calls the store/worker, and renders; errors map to HTTP in 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, Any
@@ -201,9 +199,7 @@ def submit_run(run: Prediction, body: Any, cancel_after: float | None, dispatche
 async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[str, Any]:
     """Hold the request up to the `Prefer: wait` time. On timeout the object says `starting`, never
     `processing`: both clients treat any other status after a blocking create as finished."""
-    deadline = time.monotonic() + wait_seconds(prefer)
-    while not pred.done and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await request.app.state.dispatcher.wait_finished(pred, wait_seconds(prefer))
     out = request.app.state.render(pred, str(request.base_url))
     if not pred.done:
         out["status"] = "starting"

@@ -129,9 +129,8 @@ class EventLog:
 class StreamHub:
     """The event logs of the predictions not ended yet, and the followers reading them."""
 
-    def __init__(self, store: Store, poll_s: float = 0.5, ping_s: float = 10.0) -> None:
+    def __init__(self, store: Store, ping_s: float = 10.0) -> None:
         self.store = store
-        self.poll_s = poll_s  # how often a waiting follower checks whether its prediction ended unseen
         self.ping_s = ping_s  # an SSE comment after this long without an event keeps proxies and clients reading
         self._live: dict[str, EventLog] = {}
         self._preds: dict[str, Prediction] = {}  # the (live) prediction each live log follows
@@ -163,7 +162,10 @@ class StreamHub:
     # ---------------------------------------------------------------------------------- writers
 
     def on_event(self, pred: Prediction, event: Event) -> None:
-        """The dispatcher's listener: never raises, so that streaming can never fail a prediction."""
+        """The dispatcher's listener: never raises, so that streaming can never fail a prediction. A run's end
+        comes through `finished`, not its last event (a prediction canceled before it started has none)."""
+        if isinstance(event, TERMINAL):
+            return
         try:
             log_ = self.log_for(pred)
             if isinstance(event, Log):
@@ -175,19 +177,18 @@ class StreamHub:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(event.wav)
                 log_.append("output", name)
-            elif isinstance(event, TERMINAL) and pred.done:  # not a drain's hold: that one runs again
-                self.end(pred, log_)
-            self._sweep()
         except Exception:  # noqa: BLE001 - a stream's trouble is logged; the prediction goes on
             log.exception("prediction %s: streaming %s failed", pred.id, type(event).__name__)
 
-    def _sweep(self) -> None:
-        """End the logs of predictions that ended with no last event to us: the dispatcher drops a
-        run's events once its prediction is over (canceled before it started, an internal error)."""
+    def finished(self, pred: Prediction) -> None:
+        """The dispatcher's hook when a prediction has ended, however it ended (a drain's hold has not)."""
         with self._lock:
-            ended = [(self._preds[pid], log_) for pid, log_ in self._live.items() if self._preds[pid].done]
-        for pred, log_ in ended:
-            self.end(pred, log_)
+            log_ = self._live.get(pred.id)
+        if log_ is not None:
+            try:
+                self.end(pred, log_)
+            except Exception:  # noqa: BLE001 - as in on_event
+                log.exception("prediction %s: ending its stream failed", pred.id)
 
     def end(self, pred: Prediction, log_: EventLog) -> None:
         """Close the log, keep it as a file, and drop it from memory (whoever gets here first)."""
@@ -220,11 +221,7 @@ class StreamHub:
                     continue
                 if closed:
                     return
-                current = self.store.get(pred.id) or pred
-                if current.done:  # ended without a last event here (e.g. canceled before it started)
-                    self.end(current, log_)
-                    continue
-                await log_.wait(after, self.poll_s)
+                await log_.wait(after, self.ping_s)  # woken by the next entry; `done` comes at the end
                 if time.monotonic() - last_sent >= self.ping_s:
                     last_sent = time.monotonic()
                     yield None

@@ -59,7 +59,7 @@ def live(tmp_path, engine: FakeEngine | None = None, ping_s: float = 10.0, **set
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = create_app(Settings(data_dir=tmp_path / "data", **settings), engine or FakeEngine())
-    app.state.streams.ping_s, app.state.streams.poll_s = ping_s, min(0.5, ping_s)
+    app.state.streams.ping_s = ping_s
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
