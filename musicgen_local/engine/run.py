@@ -8,6 +8,7 @@ behind sees fewer `Progress` events (a newer one replaces an unread one), never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,7 @@ class EventQueue:
         self._ready = threading.Condition()
         self._ended = False  # a terminal event was emitted
         self._on_cancel = on_cancel
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # `async for` consumers
         self.canceled = threading.Event()  # read by the engine's stages
 
     # ---------------------------------------------------------------------------------- engine side
@@ -36,7 +38,11 @@ class EventQueue:
                 self._events.append(event)
             self._ended = isinstance(event, TERMINAL)
             self._ready.notify_all()
-            return True
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, woken in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: that consumer is gone
+                loop.call_soon_threadsafe(woken.set)
+        return True
 
     @property
     def ended(self) -> bool:
@@ -59,12 +65,17 @@ class EventQueue:
                 return
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        """The events on an event loop: woken by `emit` (no thread, no polling)."""
+        loop = asyncio.get_running_loop()
         while True:
-            event = self.next_event(0)
-            if event is None:
-                event = await asyncio.to_thread(self.next_event, 0.5)
+            with self._ready:
+                event = self._events.popleft() if self._events else None
                 if event is None:
-                    continue
+                    woken = asyncio.Event()
+                    self._async_waiters.append((loop, woken))
+            if event is None:
+                await woken.wait()
+                continue
             yield event
             if isinstance(event, TERMINAL):
                 return
