@@ -9,8 +9,8 @@ Two kinds of series:
   batch rows in use and allocated, model loads and evictions, the memory plan). The engine knows
   nothing of Prometheus; it keeps plain numbers and this module names them.
 
-With `MUSICGEN_RAY_ADDRESS`, the engine's health holds the replicas' states, which are exported; the
-per-device series of remote replicas are not collected yet.
+Per-device series carry a `replica` label: "local" for the in-process engine; with `MUSICGEN_RAY_ADDRESS`,
+each replica's id, from the health the replicas post to the bridge (ray/deployment.py's HealthBoard, every 5 s).
 """
 
 from __future__ import annotations
@@ -122,83 +122,90 @@ class _Snapshot:
         yield from _engine(state["engine"])
 
 
+def _devices(health: dict[str, Any]) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+    """((replica, device), the device's health) for each device: the in-process engine's (replica "local"),
+    or, with Ray, those each replica last posted."""
+    if "replica_health" in health:
+        return [
+            ((replica, d["device"]), d)
+            for replica, h in sorted(health["replica_health"].items())
+            for d in h.get("devices") or []
+        ]
+    return [(("local", d["device"]), d) for d in health.get("devices") or []]
+
+
 def _engine(health: dict[str, Any]) -> Iterator[Metric]:
-    devices = health.get("devices") or []
     yield _gauge(
         "musicgen_engine_ready", "1 when the engine says READY.", [((), 1 if health.get("status") == "READY" else 0)]
     )
-    by_device = [(d["device"], d) for d in devices]
+    by_device = _devices(health)
     yield _counter(
         "musicgen_engine_model_loads",
         "Models read and placed on a device.",
-        [((name,), d.get("model_loads", 0)) for name, d in by_device],
-        ["device"],
+        [(name, d.get("model_loads", 0)) for name, d in by_device],
+        ["replica", "device"],
     )
     yield _counter(
         "musicgen_engine_evictions",
         "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
-        [((name,), d.get("evictions", 0)) for name, d in by_device],
-        ["device"],
+        [(name, d.get("evictions", 0)) for name, d in by_device],
+        ["replica", "device"],
     )
     yield _counter(
         "musicgen_engine_out_of_memory_errors",
         "Out-of-memory errors the device survived.",
-        [((name,), d.get("out_of_memory_errors", 0)) for name, d in by_device],
-        ["device"],
+        [(name, d.get("out_of_memory_errors", 0)) for name, d in by_device],
+        ["replica", "device"],
     )
     yield _gauge(
         "musicgen_engine_jobs",
         "Requests routed to a device and not ended.",
-        [((name,), d.get("jobs", 0)) for name, d in by_device],
-        ["device"],
+        [(name, d.get("jobs", 0)) for name, d in by_device],
+        ["replica", "device"],
     )
     yield _counter(
         "musicgen_engine_decode_steps",
         "Fast decoder steps, each for every row of a model's batch.",
-        [((name, version), c["steps"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
-        ["device", "model_version"],
+        [((*name, version), c["steps"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
+        ["replica", "device", "model_version"],
     )
     yield _counter(
         "musicgen_engine_frames",
         "Frames decoded (rows x steps; a frame is one token per codebook, 50 a second of audio).",
-        [((name, version), c["frames"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
-        ["device", "model_version"],
+        [((*name, version), c["frames"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
+        ["replica", "device", "model_version"],
     )
-    batches = [((name, version), b) for name, d in by_device for version, b in (d.get("batches") or {}).items()]
+    batches = [((*name, version), b) for name, d in by_device for version, b in (d.get("batches") or {}).items()]
     yield _gauge(
         "musicgen_engine_batch_rows_in_use",
         "Rows of a model's batch decoding now.",
         [(labels, b["rows_in_use"]) for labels, b in batches],
-        ["device", "model_version"],
+        ["replica", "device", "model_version"],
     )
     yield _gauge(
         "musicgen_engine_batch_rows_allocated",
         "Rows (slots) of a model's batch, allocated on the device.",
         [(labels, b["rows_allocated"]) for labels, b in batches],
-        ["device", "model_version"],
+        ["replica", "device", "model_version"],
     )
     memory = [(name, d.get("memory") or {}) for name, d in by_device]
     yield _gauge(
         "musicgen_engine_memory_budget_bytes",
         "Bytes the device's memory plan may use.",
-        [((name,), m.get("budget_bytes", 0)) for name, m in memory],
-        ["device"],
+        [(name, m.get("budget_bytes", 0)) for name, m in memory],
+        ["replica", "device"],
     )
     yield _gauge(
         "musicgen_engine_memory_planned_bytes",
         "Bytes the memory plan has given to models and caches.",
-        [((name,), m.get("used_bytes", 0)) for name, m in memory],
-        ["device"],
+        [(name, m.get("used_bytes", 0)) for name, m in memory],
+        ["replica", "device"],
     )
     yield _gauge(
         "musicgen_engine_memory_used_bytes",
         "Bytes the device's allocator holds (CUDA; absent on CPU).",
-        [
-            ((name,), d["memory_allocated_bytes"])
-            for name, d in by_device
-            if d.get("memory_allocated_bytes") is not None
-        ],
-        ["device"],
+        [(name, d["memory_allocated_bytes"]) for name, d in by_device if d.get("memory_allocated_bytes") is not None],
+        ["replica", "device"],
     )
     replicas = health.get("replicas") or {}
     yield _gauge(

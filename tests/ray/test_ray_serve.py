@@ -41,6 +41,30 @@ def test_predictions_spread_over_the_two_replicas(ray_engine):
     assert len({replicas_of(e)[0] for e in events}) == 2
 
 
+def test_metrics_carry_each_replicas_engine_series(ray_engine, ray_settings):
+    """After the predictions spread over both replicas (test above), /metrics shows each replica's decode steps,
+    labelled by replica, from the health they post every 5 s."""
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from musicgen_local.server import create_app
+
+    def steps_by_replica(client) -> dict[str, float]:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {ray_settings.api_token}"}).text
+        return {
+            s.labels["replica"]: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "musicgen_engine_decode_steps_total" and s.labels["model_version"] == "large"
+        }
+
+    with TestClient(create_app(ray_settings, ray_engine)) as client:
+        deadline = time.monotonic() + 30
+        while len(steps := steps_by_replica(client)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert len(steps) == 2 and all(n > 0 for n in steps.values()) and "local" not in steps
+
+
 def test_a_replica_that_holds_a_model_gets_its_next_requests(ray_engine):
     first = list(ray_engine.submit(Request(model_version="stereo-large", prompt="a", duration=1, seed=1)))
     holder = replicas_of(first)

@@ -106,6 +106,10 @@ class Bridge:
         else:
             ray.init(address=address, **kwargs)
         self.gcs = ray.get_runtime_context().gcs_address
+        # Lives as long as this driver; a new driver makes a new one (get_if_exists: one at a time).
+        self.board = deployment.HealthBoard.options(
+            name=deployment.BOARD, namespace=deployment.BOARD_NAMESPACE, get_if_exists=True
+        ).remote()
         return deployment.plan(self.settings, ray.cluster_resources())
 
     async def _deploy(self, plan: deployment.ReplicaPlan) -> None:
@@ -304,7 +308,20 @@ class Bridge:
             status = "READY"
         else:
             status = "STARTING" if _name(app.status) in ("NOT_STARTED", "DEPLOYING") else "UNHEALTHY"
-        return {"status": status, "application": _name(app.status), "replicas": replicas}
+        return {
+            "status": status,
+            "application": _name(app.status),
+            "replicas": replicas,
+            "replica_health": self._replica_health(),
+        }
+
+    def _replica_health(self) -> dict[str, Any]:
+        """Each replica's engine health as it last posted it (see deployment.HealthBoard); {} when unknown."""
+        try:
+            return ray.get(self.board.read.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - metrics are not worth failing the health probe for
+            log.warning("could not read the replicas' health board", exc_info=True)
+            return {}
 
 
 def inline_input(request: Request) -> Request:

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,37 @@ from ...settings import Settings
 from ..api import Failed, Log, Request, TrainingRequest
 
 APP = "musicgen"  # the Serve application's name on the cluster
+BOARD, BOARD_NAMESPACE = "musicgen-health-board", "musicgen_local"  # where replicas post their engine's health
+HEALTH_PERIOD_S = 5.0  # Serve's probe (check_health) every this long; each probe also posts to the board
+HEALTH_STALE_S = 30.0  # a replica not heard from this long is gone from the board
 GRACE_S = 30  # a replica being stopped lets its runs finish this long
 REMOTE_INPUTS = ("http://", "https://", "data:")  # what `input_audio` may be once it reaches a replica
 LOCAL_PATH = "`input_audio` reached an engine replica as a local path; the API sends files inline (data: URIs)."
 
 
-@serve.deployment(name="MusicgenEngine", max_queued_requests=-1, graceful_shutdown_timeout_s=GRACE_S)
+@ray.remote(num_cpus=0)
+class HealthBoard:
+    """Each replica's latest engine health (devices, models, counters), for the API's /metrics: Serve routes a
+    call to one replica, so the replicas post here and the bridge reads all of them at once."""
+
+    def __init__(self) -> None:
+        self.posted: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def post(self, replica: str, health: dict[str, Any]) -> None:
+        self.posted[replica] = (time.time(), health)
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        self.posted = {r: (t, h) for r, (t, h) in self.posted.items() if now - t < HEALTH_STALE_S}
+        return {r: h for r, (_, h) in self.posted.items()}
+
+
+@serve.deployment(
+    name="MusicgenEngine",
+    max_queued_requests=-1,
+    graceful_shutdown_timeout_s=GRACE_S,
+    health_check_period_s=HEALTH_PERIOD_S,
+)
 class EngineReplica:
     def __init__(self, settings: Settings) -> None:
         from ..local import LocalEngine  # torch: here, in the replica, never in the process that deploys
@@ -39,14 +65,20 @@ class EngineReplica:
         self.engine = LocalEngine(settings.with_(devices=device, data_dir=self.scratch))
         self.engine.wait_ready()  # Serve routes nothing here before the models are warm
         context = serve.get_replica_context()
+        self.replica_id = context.replica_id.unique_id
         self.name = (
-            f"{context.replica_id.unique_id} ({self.engine.health()['devices'][0]['device']}, "
+            f"{self.replica_id} ({self.engine.health()['devices'][0]['device']}, "
             f"pid {os.getpid()} on {socket.gethostname()})"
         )
 
     def check_health(self) -> None:
-        """Serve's periodic probe: a replica whose device failed for good is replaced (its runs have ended)."""
+        """Serve's periodic probe: a replica whose device failed for good is replaced (its runs have ended).
+        It also posts the engine's health to the board (fire and forget: a board that is gone changes nothing)."""
         health = self.engine.health()
+        try:
+            ray.get_actor(BOARD, namespace=BOARD_NAMESPACE).post.remote(self.replica_id, health)
+        except ValueError:  # no board (an older bridge, or it is being replaced)
+            pass
         if health.get("status") == "UNHEALTHY":
             raise RuntimeError(health.get("error", "the device failed"))
 
