@@ -40,6 +40,7 @@ def _engine_series(c) -> dict[str, dict[tuple, float]]:
     for family in text_string_to_metric_families(c.get("/metrics").text):
         for s in family.samples:
             if s.name.startswith("musicgen_engine_"):
+                assert s.labels.get("replica", "local") == "local"  # the engine in this process
                 out.setdefault(s.name, {})[tuple(s.labels[k] for k in ("device", "model_version") if k in s.labels)] = (
                     s.value
                 )
