@@ -8,7 +8,6 @@ behind sees fewer `Progress` events (a newer one replaces an unread one), never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +21,6 @@ class EventQueue:
         self._ready = threading.Condition()
         self._ended = False  # a terminal event was emitted
         self._on_cancel = on_cancel
-        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # `async for` consumers
         self.canceled = threading.Event()  # read by the engine's stages
 
     # ---------------------------------------------------------------------------------- engine side
@@ -38,11 +36,7 @@ class EventQueue:
                 self._events.append(event)
             self._ended = isinstance(event, TERMINAL)
             self._ready.notify_all()
-            waiters, self._async_waiters = self._async_waiters, []
-        for loop, woken in waiters:
-            with contextlib.suppress(RuntimeError):  # its loop has closed: that consumer is gone
-                loop.call_soon_threadsafe(woken.set)
-        return True
+            return True
 
     @property
     def ended(self) -> bool:
@@ -65,17 +59,12 @@ class EventQueue:
                 return
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        """The events on an event loop: woken by `emit` (no thread, no polling)."""
-        loop = asyncio.get_running_loop()
         while True:
-            with self._ready:
-                event = self._events.popleft() if self._events else None
-                if event is None:
-                    woken = asyncio.Event()
-                    self._async_waiters.append((loop, woken))
+            event = self.next_event(0)
             if event is None:
-                await woken.wait()
-                continue
+                event = await asyncio.to_thread(self.next_event, 0.5)
+                if event is None:
+                    continue
             yield event
             if isinstance(event, TERMINAL):
                 return
