@@ -172,16 +172,21 @@ class Store:
                 self._live.pop(pred.id, None)
 
     def _write(self, pred: Prediction) -> None:
+        self._commit(
+            f"the {self.kind[:-1]}",
+            f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
+            (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())),
+        )
+
+    def _commit(self, what: str, sql: str, args: tuple) -> None:
+        """One write, committed; on a refusal nothing of it stays, and StorageFailed names `what` (hold the lock)."""
         try:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO {self.kind} VALUES (?, ?, ?)",
-                (pred.id, _stamp(pred.created_at), json.dumps(pred.to_record())),
-            )
+            self._db.execute(sql, args)
             self._db.commit()
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 self._db.rollback()
-            raise StorageFailed(f"the {self.kind[:-1]}", exc) from exc
+            raise StorageFailed(what, exc) from exc
 
     def get(self, pred_id: str) -> Prediction | None:
         with self._lock:
@@ -290,18 +295,16 @@ class Store:
                 "created_at": iso(created),
                 "expires_at": iso(created + self.retention) if self.retention else None,
             }
-            with self._lock:
-                try:
-                    self._db.execute("INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
-                    self._db.commit()
-                except sqlite3.Error:
-                    with suppress(sqlite3.Error):
-                        self._db.rollback()
-                    raise
-                self.uploaded_bytes += size
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             shutil.rmtree(path.parent, ignore_errors=True)  # a partial upload would only fill the disk further
             raise StorageFailed("the upload", exc) from exc
+        try:
+            with self._lock:
+                self._commit("the upload", "INSERT INTO files VALUES (?, ?)", (file_id, json.dumps(record)))
+                self.uploaded_bytes += size
+        except StorageFailed:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise
         return record
 
     def get_file(self, file_id: str) -> tuple[dict[str, Any], Path] | None:
@@ -359,16 +362,11 @@ class Store:
     # -- completed webhooks not yet delivered (a restart sends them) ---------------------------------------
     def keep_webhook(self, msg_id: str, run_id: str, url: str, body: bytes, event: str) -> None:
         with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
-                    (msg_id, self.kind, run_id, url, body, event),
-                )
-                self._db.commit()
-            except sqlite3.Error as exc:
-                with suppress(sqlite3.Error):
-                    self._db.rollback()
-                raise StorageFailed("the webhook", exc) from exc
+            self._commit(
+                "the webhook",
+                "INSERT OR REPLACE INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
+                (msg_id, self.kind, run_id, url, body, event),
+            )
 
     def webhook_done(self, msg_id: str) -> None:
         with self._lock, suppress(sqlite3.Error):  # worst case it is sent again after a restart, same id
