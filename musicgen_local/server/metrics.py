@@ -216,18 +216,19 @@ def _engine(health: dict[str, Any]) -> Iterator[Metric]:
     )
 
 
-def _gauge(name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=labels or [])
+def _family(kind, name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:
+    family = kind(name, doc, labels=labels or [])
     for values, value in samples:
         family.add_metric(list(values), value)
     return family
 
 
-def _counter(name: str, doc: str, samples: list[tuple[tuple, float]], labels: list[str] | None = None) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=labels or [])
-    for values, value in samples:
-        family.add_metric(list(values), value)
-    return family
+def _gauge(*args, **kwargs) -> Metric:
+    return _family(GaugeMetricFamily, *args, **kwargs)
+
+
+def _counter(*args, **kwargs) -> Metric:
+    return _family(CounterMetricFamily, *args, **kwargs)
 
 
 class Metrics:
