@@ -82,7 +82,11 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.listen(Handler)
+
+    def listen(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        """Serve `handler` on a free port of 127.0.0.1 at `self.url`, until close()."""
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -141,10 +141,7 @@ class TricklingReceiver(Receiver):
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.listen(Handler)
 
 
 def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(tmp_path):
