@@ -36,6 +36,8 @@ MELODY_MARGIN_S = 30  # a melody is never read past max(duration, 30 s) + this: 
 # ffmpeg's demuxers for audio files (wav, mp3, flac, ogg/opus, aac/m4a/mp4, aiff, webm/mkv, wma, caf): not hls,
 # concat or other formats that reference further files or URLs.
 AUDIO_DEMUXERS = ("wav", "w64", "mp3", "flac", "ogg", "aac", "mov", "aiff", "matroska", "asf", "caf")
+# ffmpeg/ffprobe options that open a local file only as one of those, and nothing it names
+PLAIN_AUDIO_ONLY = ("-format_whitelist", ",".join(AUDIO_DEMUXERS), "-protocol_whitelist", "file")
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,7 @@ def probe(path: Path) -> Probed:
         "ffprobe",
         "-v",
         "error",
-        "-format_whitelist",
-        ",".join(AUDIO_DEMUXERS),
-        "-protocol_whitelist",
-        "file",
+        *PLAIN_AUDIO_ONLY,
         "-select_streams",
         "a:0",
         "-show_entries",
