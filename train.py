@@ -11,8 +11,8 @@ import tempfile
 from cog import BaseModel, Input, Path
 
 from musicgen_local.engine.api import Log, Progress
+from musicgen_local.engine.train_here import train_here
 from musicgen_local.settings import Settings
-from musicgen_local.training.here import train_here
 from musicgen_local.training.params import cog_train_input_kwargs as spec
 
 

@@ -119,7 +119,7 @@ def cmd_train(args, settings: Settings) -> int:
     from tqdm import tqdm
 
     from .engine.api import Log, Progress
-    from .training.here import train_here
+    from .engine.train_here import train_here
     from .training.params import parse_training_cli_pairs
 
     out = Path(args.output).resolve()

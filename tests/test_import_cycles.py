@@ -89,3 +89,29 @@ def test_the_check_sees_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]
     graph = import_graph()
     assert "musicgen_local.server.auth" in graph["musicgen_local.server.stream_routes"]  # relative imports resolved
+
+
+# The layers point one way (DESIGN.md): server -> engine -> (models, fast decoder, training library) -> the
+# package's own modules (registry, settings, schema, inputs, tuned, ...). No folder imports one above it.
+ABOVE = {
+    "musicgen_local.training": ("musicgen_local.engine", "musicgen_local.server"),
+    "musicgen_local.engine": ("musicgen_local.server",),
+}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(graph.items()):
+        for folder, above in ABOVE.items():
+            if module == folder or module.startswith(folder + "."):
+                found += [f"{module} -> {t}" for t in sorted(targets) if t.startswith(above)]
+    return found
+
+
+def test_the_layers_point_one_way():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"musicgen_local.training.trainer": {"musicgen_local.engine.inputs", "musicgen_local.tuned"}}
+    assert upward_imports(graph) == ["musicgen_local.training.trainer -> musicgen_local.engine.inputs"]

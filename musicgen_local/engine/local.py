@@ -35,11 +35,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .. import registry, tuned
+from .. import inputs, registry, tuned
 from ..errors import Cancelled, MusicgenError, UserError
 from ..schema import check_semantics
 from ..settings import Settings
-from . import inputs
 from .api import Failed, Log, Request, Started, TrainingRequest, failure
 from .fast import Lora
 from .loop import DeviceLoop, Job

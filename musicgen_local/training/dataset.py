@@ -57,7 +57,7 @@ class DatasetLimits:
 
 
 def limits_from(settings) -> DatasetLimits:
-    from ..engine.inputs import input_url_check
+    from ..inputs import input_url_check
 
     return DatasetLimits(
         settings.max_dataset_bytes,
@@ -106,7 +106,7 @@ def prepare_once(
 def fetch_dataset(ref: str, work_dir: Path, limits: DatasetLimits, canceled: threading.Event) -> Path:
     """A local file holding `dataset_path`'s bytes (an http(s) URL, a data: URI, or a local path the front door
     vouched for), downloaded within MUSICGEN_MAX_DATASET_BYTES."""
-    from ..engine import inputs
+    from .. import inputs
 
     download = inputs.Limits(
         timeout_s=limits.timeout_s,
@@ -304,7 +304,7 @@ def _count(n: int) -> None:
 
 
 def _probe(path: Path) -> float:
-    from ..engine import inputs
+    from .. import inputs
 
     try:
         return inputs.probe(path).seconds
@@ -321,7 +321,7 @@ def _probe_is_audio(path: Path) -> bool:
 
 def _decode(path: Path, channels: int) -> np.ndarray:
     """[C, T] float32 at 32 kHz."""
-    from ..engine import inputs
+    from .. import inputs
 
     cmd = [
         "ffmpeg",

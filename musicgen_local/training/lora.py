@@ -22,18 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-# Per transformer layer: attention's packed q/k/v and output projections (self and cross), and the
-# feed-forward pair; then each codebook's output head (without them a small model's LoRA cannot make
-# one token stand out from the other 2047: its final norm bounds what the layers can say). The names
-# are the LM's own parameter names (lm.named_parameters()).
-TARGETS = (
-    "self_attn.in_proj_weight",
-    "self_attn.out_proj.weight",
-    "cross_attention.in_proj_weight",
-    "cross_attention.out_proj.weight",
-    "linear1.weight",
-    "linear2.weight",
-)
+from ..tuned import TARGETS
 
 
 class LowRank(nn.Module):

@@ -15,7 +15,7 @@ from audiocraft.modules import transformer as ac_transformer
 from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import create_sin_embedding
 
-from ...training.lora import TARGETS as LORA_TARGETS
+from ...tuned import TARGETS as LORA_TARGETS
 from . import rows_kernel
 from .adapters import RowAdapters
 

@@ -19,9 +19,9 @@ def train_here(
 ) -> Path:
     """Train with `inputs` (the training schema's; `dataset_path` a local file, URL or data: URI) and write the
     fine-tune's tar at `out`. A `work_dir` kept between calls resumes an interrupted training."""
-    from ..engine import load_engine
-    from ..engine.api import Failed, Trained, TrainingRequest, terminal_error
-    from .params import parse_training_input
+    from ..training.params import parse_training_input
+    from . import load_engine
+    from .api import Failed, Trained, TrainingRequest, terminal_error
 
     params = parse_training_input(inputs)  # pydantic.ValidationError for a schema violation
     dataset = params.dataset_path

@@ -22,14 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import Cancelled, UserError
-from ..netpolicy import pin
-from ..registry import ENCODE_DECODE
-from .api import Request
+from .errors import Cancelled, UserError
+from .netpolicy import pin
+from .registry import ENCODE_DECODE
+
+if TYPE_CHECKING:
+    from .engine.api import Request
 
 SAMPLE_RATE = 32000
 MELODY_MARGIN_S = 30  # a melody is never read past max(duration, 30 s) + this: no window reaches it
