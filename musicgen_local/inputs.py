@@ -169,21 +169,28 @@ def fetch(ref: str, work_dir: Path, limits: Limits, canceled: threading.Event) -
 
 
 def _decode_data_uri(ref: str, work_dir: Path, limits: Limits) -> Path:
+    mime, data = decode_data_uri(ref, limits.name, limits.max_bytes, limits.size_setting)
+    path = work_dir / f"input{mimetypes.guess_extension(mime) or '.bin'}"
+    path.write_bytes(data)
+    return path
+
+
+def decode_data_uri(ref: str, name: str, max_bytes: int, size_setting: str) -> tuple[str, bytes]:
+    """A `data:` URI's media type and bytes; UserError (naming the input `name`) when it is malformed or larger than
+    `max_bytes` (the setting `size_setting`)."""
     header, sep, payload = ref.partition(",")
     if not sep:
-        raise UserError(f"`{limits.name}` is a malformed data URI (no comma before the data).")
-    if len(payload) * 3 // 4 > limits.max_bytes:
-        raise UserError(f"`{limits.name}` is larger than {limits.max_bytes} bytes ({limits.size_setting}).")
+        raise UserError(f"`{name}` is a malformed data URI (no comma before the data).")
+    if len(payload) * 3 // 4 > max_bytes:
+        raise UserError(f"`{name}` is larger than {max_bytes} bytes ({size_setting}).")
     mime = header[5:].split(";")[0] or "application/octet-stream"
     try:
         data = (
             base64.b64decode(payload, validate=False) if ";base64" in header else urllib.parse.unquote_to_bytes(payload)
         )
     except (binascii.Error, ValueError) as exc:
-        raise UserError(f"`{limits.name}` data URI is not valid base64: {exc}") from None
-    path = work_dir / f"input{mimetypes.guess_extension(mime) or '.bin'}"
-    path.write_bytes(data)
-    return path
+        raise UserError(f"`{name}` data URI is not valid base64: {exc}") from None
+    return mime, data
 
 
 async def _download_or_cancel(url: str, path: Path, limits: Limits, canceled: threading.Event) -> None:

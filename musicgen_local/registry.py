@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
+from .database import Database, StorageFailed
 from .errors import UserError
 
 
@@ -139,24 +138,22 @@ def check_name(part: str, what: str) -> str:
 
 
 class Registry:
-    """The published models plus those in `db` (a SQLite file; None: in memory, for the CLI and Cog)."""
+    """The published models plus those kept in `db` (the data folder's database; None: in memory, for the CLI and
+    Cog)."""
 
-    def __init__(self, db: Path | None = None) -> None:
-        self._db = sqlite3.connect(str(db) if db else ":memory:", check_same_thread=False, timeout=30)
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database | None = None) -> None:
+        self._db = db or Database()
+        self._db.create(_SCHEMA)
 
     # -- models ------------------------------------------------------------------------------------
     def models(self) -> list[Model]:
-        with self._lock:
-            rows = self._db.execute("SELECT record FROM models ORDER BY name").fetchall()
+        rows = self._db.read("SELECT record FROM models ORDER BY name")
         return [MUSICGEN_MODEL, *(Model(**json.loads(r[0])) for r in rows)]
 
     def model(self, full_name: str) -> Model | None:
         if full_name == MUSICGEN:
             return MUSICGEN_MODEL
-        with self._lock:
-            row = self._db.execute("SELECT record FROM models WHERE name = ?", (full_name,)).fetchone()
+        row = self._db.read_one("SELECT record FROM models WHERE name = ?", (full_name,))
         return Model(**json.loads(row[0])) if row else None
 
     def create_model(
@@ -167,18 +164,21 @@ class Registry:
         visibility: str = "private",
         hardware: str = "local",
     ) -> Model:
-        """Raises UserError for a bad name or visibility, FileExistsError when it exists."""
+        """Raises UserError for a bad name or visibility, FileExistsError when it exists (nothing is written),
+        StorageFailed when the database refuses the write."""
         check_name(owner, "owner")
         check_name(name, "name")
         if visibility not in VISIBILITIES:
             raise UserError(f"`visibility` must be one of {', '.join(VISIBILITIES)}, got {visibility!r}.")
         model = Model(owner, name, description, visibility, hardware, _now())
-        with self._lock:
-            try:
-                self._db.execute("INSERT INTO models VALUES (?, ?)", (model.full_name, json.dumps(asdict(model))))
-                self._db.commit()
-            except sqlite3.IntegrityError:
+        try:
+            self._db.write(
+                "the model", ("INSERT INTO models VALUES (?, ?)", (model.full_name, json.dumps(asdict(model))))
+            )
+        except StorageFailed as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise FileExistsError(model.full_name) from None
+            raise
         return model
 
     # -- versions ----------------------------------------------------------------------------------
@@ -186,27 +186,19 @@ class Registry:
         """Newest first."""
         if full_name == MUSICGEN:
             return list(PUBLISHED_VERSIONS)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id", (full_name,)
-            ).fetchall()
+        rows = self._db.read("SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id", (full_name,))
         return [Version(**json.loads(r[0])) for r in rows]
 
     def version(self, version_id: str) -> Version | None:
         found = next((v for v in PUBLISHED_VERSIONS if v.id == version_id), None)
         if found is not None:
             return found
-        with self._lock:
-            row = self._db.execute("SELECT record FROM versions WHERE id = ?", (version_id,)).fetchone()
+        row = self._db.read_one("SELECT record FROM versions WHERE id = ?", (version_id,))
         return Version(**json.loads(row[0])) if row else None
 
     def add_version(self, version: Version) -> Version:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO versions VALUES (?, ?, ?, ?)",
-                (version.id, version.model, version.created_at, json.dumps(asdict(version))),
-            )
-            self._db.commit()
+        record = (version.id, version.model, version.created_at, json.dumps(asdict(version)))
+        self._db.write("the version", ("INSERT INTO versions VALUES (?, ?, ?, ?)", record))
         return version
 
     def latest(self, full_name: str) -> Version | None:
@@ -243,8 +235,7 @@ class Registry:
 
     def describe(self) -> list[str]:
         """Every version, `owner/name:id`, for messages."""
-        with self._lock:
-            rows = self._db.execute("SELECT model, id FROM versions ORDER BY created_at").fetchall()
+        rows = self._db.read("SELECT model, id FROM versions ORDER BY created_at")
         return [f"{MUSICGEN}:{v}" for v in PUBLISHED] + [f"{m}:{v}" for m, v in rows]
 
     def close(self) -> None:

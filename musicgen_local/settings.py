@@ -67,6 +67,13 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         ("training: largest dataset, downloaded and unpacked, in bytes (an archive that unpacks past it is refused)"),
     ),
     "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
+    "MUSICGEN_TRAINING_SHARE": (
+        "0.1",
+        (
+            "training: the most of a device's time a training takes while predictions decode there "
+            "(it runs at full speed when none do)"
+        ),
+    ),
     "MUSICGEN_STREAM_SECONDS": ("1.0", "length of the audio segments streamed while generating, in seconds"),
     "MUSICGEN_DATA": ("./data", "server: SQLite database, output files, and scratch space for inputs"),
     "MUSICGEN_LOG_FORMAT": ("text", "logs: `text` (readable) or `json` (one object per line, with the prediction id)"),
@@ -206,6 +213,7 @@ class Settings:
     max_input_samples: int = 64_000_000
     max_dataset_bytes: int = 8 * 1024**3
     max_dataset_seconds: float = 4 * 3600.0
+    training_share: float = 0.1
     stream_seconds: float = 1.0
     data_dir: Path = Path("./data")
     api_token: str = ""
@@ -245,6 +253,7 @@ class Settings:
             max_input_samples=_number(int, "MUSICGEN_MAX_INPUT_SAMPLES", get("MUSICGEN_MAX_INPUT_SAMPLES")),
             max_dataset_bytes=_number(int, "MUSICGEN_MAX_DATASET_BYTES", get("MUSICGEN_MAX_DATASET_BYTES")),
             max_dataset_seconds=_number(float, "MUSICGEN_MAX_DATASET_SECONDS", get("MUSICGEN_MAX_DATASET_SECONDS")),
+            training_share=_number(float, "MUSICGEN_TRAINING_SHARE", get("MUSICGEN_TRAINING_SHARE")),
             stream_seconds=_number(float, "MUSICGEN_STREAM_SECONDS", get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),

@@ -12,9 +12,12 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Cancelled, EngineError, UserError, WeightsMissingError
+
+if TYPE_CHECKING:
+    from ..training.params import TrainingInput
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,27 @@ class Canceled:
 
 @dataclass(frozen=True)
 class TrainingRequest:
-    """A training: its schema-validated inputs (training.params), where the dataset is, where to work
-    and where to write the fine-tune's tar. The same `work_dir` after a restart resumes the training."""
+    """A training: its inputs (parsed once, at the front door), where the dataset is, where to work and where to
+    write the fine-tune's tar. The same `work_dir` after a restart resumes the training."""
 
-    input: dict[str, Any]
+    params: TrainingInput
     dataset: str  # dataset_path resolved: an http(s) URL, a data: URI, or a local path vouched for by the front door
     work_dir: str
     weights_out: str
+
+    def as_record(self) -> dict[str, Any]:
+        """Plain values, to be kept (a server stores them with the training, for its restarts)."""
+        return {**asdict(self), "params": self.params.model_dump()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainingRequest:
+        """From `as_record`'s values. They were validated when the training was created, so they are not parsed
+        again (`input` is the name records of earlier versions keep them under)."""
+        from ..training.params import TrainingInput
+
+        record = dict(record)
+        params = TrainingInput.model_construct(**record.pop("params", None) or record.pop("input"))
+        return cls(params, **record)
 
 
 @dataclass(frozen=True)

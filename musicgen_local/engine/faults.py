@@ -12,7 +12,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+from ..errors import EngineError
+
+log = logging.getLogger(__name__)
 
 REQUEST, OUT_OF_MEMORY, FATAL = "request", "out of memory", "fatal"
 
@@ -72,3 +78,32 @@ class DeviceLost(Exception):
     def __init__(self, device: str, cause: BaseException, job=None) -> None:
         self.device, self.cause, self.job = device, cause, job  # job: the one whose stage raised, if any
         super().__init__(f"{device} failed: {type(cause).__name__}: {str(cause).strip().splitlines()[0][:300]}")
+
+
+class Containment:
+    """One device's answer to a failure in any of its stages: a fatal error raises `DeviceLost` (everything on
+    the device ends), out-of-memory frees the allocator's cache and becomes a readable `EngineError` (counted;
+    the device goes on), anything else is returned as it is, for the one job or model it happened to."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.out_of_memory = 0  # out-of-memory errors survived
+
+    def contain(self, exc: Exception, doing: str, job=None) -> Exception:
+        """`doing`: what failed, for the message ("loading large"); `job`: the job whose stage raised, if any."""
+        reach = classify(exc, self.device)
+        if reach == FATAL:
+            raise DeviceLost(self.device, exc, job) from exc
+        if reach == OUT_OF_MEMORY:
+            return self._out_of_memory(exc, doing)
+        return exc
+
+    def _out_of_memory(self, exc: Exception, doing: str) -> EngineError:
+        self.out_of_memory += 1
+        free_cached(self.device)
+        log.warning("out of memory on %s while %s: %s", self.device, doing, str(exc).splitlines()[0][:300])
+        return EngineError(
+            f"Out of memory on {self.device} while {doing}. The server goes on serving; try a "
+            "shorter `duration`, fewer requests at once (MUSICGEN_MAX_BATCH), or fewer models on this "
+            "device (MUSICGEN_DEVICE_MEMORY)."
+        )

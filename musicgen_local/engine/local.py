@@ -41,9 +41,11 @@ from ..schema import check_semantics
 from ..settings import Settings
 from .api import Failed, Log, Request, Started, TrainingRequest, failure
 from .fast import Lora
-from .loop import DeviceLoop, Job
+from .job import Job
+from .loop import DeviceLoop
 from .mbd import LazyMbd
 from .models import build_model, read_checkpoint, resolve_devices, weights_check
+from .residency import ModelKey
 from .run import EventQueue
 from .training_job import TrainJob
 
@@ -55,7 +57,6 @@ DOWNLOAD_WORKERS = 32
 DECODE_WORKERS = 2  # inputs decoded at once: CPU, and up to MUSICGEN_MAX_INPUT_SAMPLES floats each
 LOADER_WORKERS = 1  # checkpoints read at once: one disk, and each is gigabytes of host memory
 ENCODE_WORKERS = 2  # ffmpeg processes at once
-TRAINING_WORKERS = 1  # datasets prepared at once (each device trains one at a time anyway)
 
 
 class LocalEngine:
@@ -79,8 +80,10 @@ class LocalEngine:
         self.decode_pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
+        devices = resolve_devices(settings.devices)
+        self.training_capacity = len(devices)  # trainings worth having at once: one per device
         # Datasets are fetched, decoded and cut here: minutes of work that must not hold the prepare pool.
-        self.training_pool = ThreadPoolExecutor(TRAINING_WORKERS, thread_name_prefix="training")
+        self.training_pool = ThreadPoolExecutor(self.training_capacity, thread_name_prefix="training")
         self.lost = threading.Event()  # a device failed for good: the process should exit (see `faults`)
         if load is None:
             read, build = partial(read_checkpoint, settings), partial(build_model, settings)
@@ -97,7 +100,7 @@ class LocalEngine:
                 LazyMbd(settings.weights_dir, device),
                 self._device_lost,
             )
-            for device in resolve_devices(settings.devices)
+            for device in devices
         ]
         self._weights_found: set[tuple[str, bool]] = set()
         self._tuned: dict[str, tuple[tuned.Tuned, dict | None]] = {}  # Request.weights -> (fine-tune, LoRA tensors)
@@ -178,12 +181,11 @@ class LocalEngine:
     def _prepare_training(self, request: TrainingRequest, run: EventQueue) -> None:
         """The dataset into pieces (resumed trainings find them already cut), then onto a device loop."""
         from ..training import dataset
-        from ..training.params import parse_training_input
 
         try:
             if run.canceled.is_set():
                 raise Cancelled()
-            params = parse_training_input(request.input)
+            params = request.params
             run.emit(Started())
             say = lambda line: run.emit(Log(line))  # noqa: E731
             weights_check(self.settings, params.model_version, False, say)
@@ -199,8 +201,7 @@ class LocalEngine:
                 run.canceled,
                 say,
             )
-            job = TrainJob(request, run, params, pieces)
-            min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put(job)
+            min(self.loops, key=lambda loop: (len(loop.trainings), loop.jobs)).put(TrainJob(request, run, pieces))
         except Exception as exc:  # noqa: BLE001 - every failure becomes the run's terminal event
             if not isinstance(exc, UserError | Cancelled):
                 log.warning("preparing a training failed: %s", exc, exc_info=exc)
@@ -237,9 +238,9 @@ class LocalEngine:
             weights_check(settings, request.model_version, request.multi_band_diffusion, job.log)
             self._weights_found.add(key)
 
-    def _route(self, key: str) -> DeviceLoop:
+    def _route(self, key: ModelKey) -> DeviceLoop:
         """The least loaded device among those that already hold the model, else among all."""
-        holding = [loop for loop in self.loops if key in loop.models]
+        holding = [loop for loop in self.loops if loop.holds(key)]
         return min(holding or self.loops, key=lambda loop: loop.jobs)
 
     def health(self) -> dict[str, Any]:
@@ -273,9 +274,9 @@ class LocalEngine:
         self.encode_pool.shutdown(wait=True)
 
 
-def _as_is(model_version: str) -> str:
+def _as_is(key: ModelKey) -> str:
     """The loader stage of a `load(model_version, device)` given to the engine: nothing to read first."""
-    return model_version
+    return key.model_version
 
 
 def _unpack_folder(settings: Settings, weights: str) -> Path:

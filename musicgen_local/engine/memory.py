@@ -139,7 +139,7 @@ class DevicePlan:
     budget: int  # free bytes when the loop started, or the setting
     margin: int
     source: str  # where the budget came from, for messages
-    models: dict[str, Resident] = field(default_factory=dict)
+    models: dict = field(default_factory=dict)  # model (residency.ModelKey) -> what it holds
     shared: dict[str, int] = field(default_factory=dict)  # MBD, once loaded
 
     @property
@@ -179,7 +179,7 @@ class DevicePlan:
             "free_bytes": self.free,
             "source": self.source,
             "models": {
-                name: {
+                str(name): {
                     "slots": r.slots,
                     "weights_bytes": r.footprint.weights,
                     "slot_bytes": r.footprint.slot(),

@@ -20,6 +20,7 @@ from .. import registry
 from .. import weights as W
 from ..errors import EngineError, WeightsMissingError
 from ..settings import Settings
+from .residency import ModelKey
 
 log = logging.getLogger(__name__)
 FRAME_RATE = 50  # EnCodec 32 kHz, the codec of every MusicGen
@@ -38,14 +39,9 @@ def resolve_devices(spec: str) -> list[str]:
     return [d.strip() for d in spec.split(",") if d.strip()]
 
 
-def base_of(key: str) -> str:
-    """The model_version of a device loop's model key (`large`, or `large@<folder>` for a full fine-tune)."""
-    return key.partition("@")[0]
-
-
 def load_model(settings: Settings, model_version: str, device: str):
     """What the device loop serves a model_version with: a MusicGen, or EnCodec for encode-decode."""
-    return build_model(settings, read_checkpoint(settings, model_version), device)
+    return build_model(settings, read_checkpoint(settings, ModelKey(model_version)), device)
 
 
 @dataclass
@@ -90,14 +86,14 @@ class HostCopy:
 _preloaded = threading.local()  # the device loop's packages while it builds (audiocraft's loader reads them)
 
 
-def read_checkpoint(settings: Settings, key: str) -> HostCopy:
-    """The loader stage: read what building the model will read, so the device loop does not wait on disk.
-    `key`: a model_version, or `model_version@folder` for a full fine-tune in that folder."""
+def read_checkpoint(settings: Settings, key: ModelKey) -> HostCopy:
+    """The loader stage: read what building the model will read, so the device loop does not wait on disk
+    (a full fine-tune's LM from its own folder)."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    model_version, _, folder = key.partition("@")
+    model_version = key.model_version
     W.configure_environment(settings.weights_dir)  # transformers and demucs find their files through it
-    host = HostCopy(model_version, checkpoint=folder or None)
+    host = HostCopy(model_version, checkpoint=key.full_tune)
     settings = _with_checkpoint(settings, host)
     for file in W.required_files(model_version):
         path = W.cached_path(settings.weights_dir, file)

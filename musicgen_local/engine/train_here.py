@@ -31,7 +31,7 @@ def train_here(
         work = work_dir or Path(scratch) / "work"
         engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # loads only what it trains
         try:
-            run = engine.train(TrainingRequest(params.model_dump(), dataset, str(work), str(out)))
+            run = engine.train(TrainingRequest(params, dataset, str(work), str(out)))
             for event in run:
                 on_event(event)
                 if isinstance(event, Trained):

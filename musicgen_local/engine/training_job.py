@@ -1,30 +1,33 @@
-"""A training on a device loop: the loop that owns the GPU runs it one unit at a time between decode steps.
+"""Trainings on a device loop: the loop that owns the GPU runs them one unit at a time, in the gaps of decoding.
 
-Why interleave rather than give training a device of its own: on the one-GPU box most users have,
-a training that took the device would stop every prediction for an hour; one unit of training (a
-micro-batch, or encoding one piece) between decode steps keeps predictions flowing at a cost the
-user chose by training. With several devices the engine puts a training on the least loaded one,
-and the others serve as before.
+Why on the loop rather than a device of their own: on the one-GPU box most users have, a training that took the
+device would stop every prediction for an hour. Predictions come first: while any decodes or waits on this device,
+the training gets a unit only while its time stays under MUSICGEN_TRAINING_SHARE of the loop's (so a prediction
+keeps its speed, and a training under steady traffic still moves); when nothing else runs, it runs unit after unit.
+With several devices the engine puts a training on the least loaded one, and the others serve as before.
 
-The stages: the dataset is fetched and cut into pieces in the training pool (never on the loop,
-never in the prepare pool predictions need); the base checkpoint is read by the loader pool; the
-loop builds the trainer's own copy of the model (a full fine-tune changes its weights, and
-training wants float32 weights where serving keeps float16), then calls `Trainer.work` once per
-turn. One training runs on a device at a time; others wait their turn in order.
+The stages: the dataset is fetched and cut into pieces in the training pool (never on the loop); the base
+checkpoint is read by the loader pool; the loop builds the trainer's own copy of the model (a full fine-tune changes
+its weights, and training wants float32 weights where serving keeps float16), then calls `Trainer.work` once per
+unit. One training runs on a device at a time; others wait their turn in order.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .api import Canceled, Log, Progress, Trained, TrainingRequest
+from .api import Canceled, Event, Log, Progress, Trained, TrainingRequest
+from .faults import free_cached
+from .residency import ModelKey, Residency
 from .run import EventQueue
 
 log = logging.getLogger(__name__)
@@ -34,12 +37,14 @@ log = logging.getLogger(__name__)
 class TrainJob:
     request: TrainingRequest
     run: EventQueue
-    params: Any  # training.params.TrainingInput
     pieces: list  # training.dataset.Piece
     reading: bool = False  # the loader pool reads the base checkpoint
     trainer: Any = None
     work: Iterator | None = None
-    last_logged: float = 0.0
+
+    @property
+    def params(self):  # training.params.TrainingInput, parsed once at the front door
+        return self.request.params
 
     def log(self, line: str) -> None:
         self.run.emit(Log(line))
@@ -52,6 +57,115 @@ class TrainRead:
     job: TrainJob
     host: Any = None
     error: Exception | None = None
+
+
+class Trainings:
+    """The trainings a device loop holds, in order; the first one trains."""
+
+    def __init__(
+        self,
+        device: str,
+        share: float,
+        residency: Residency,
+        read: Callable[[ModelKey], Any],
+        build: Callable[[Any, str], Any],
+        loader_pool: Executor,
+        deliver: Callable[[TrainRead], None],
+        end: Callable[[TrainJob, Event], None],
+    ) -> None:
+        """end(job, terminal event): how the loop ends a job (its event emitted, the device's count of jobs)."""
+        self.device, self.share, self.residency = device, share, residency
+        self._read, self._build, self._loader_pool, self._deliver, self._end = read, build, loader_pool, deliver, end
+        self.queue: deque[TrainJob] = deque()
+        self._busy_since: float | None = None  # when predictions began to need the loop (this stretch)
+        self._spent = 0.0  # seconds of training units since then
+
+    def add(self, job: TrainJob) -> None:
+        self.queue.append(job)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    @property
+    def ready(self) -> bool:
+        """The first training has a unit to run, or its model to ask for (the loop is not idle)."""
+        return bool(self.queue) and (self.queue[0].work is not None or not self.queue[0].reading)
+
+    def take_all(self) -> list[TrainJob]:
+        """Every training here, forgotten (for a device that failed)."""
+        jobs = list(self.queue)
+        self.queue.clear()
+        return jobs
+
+    def turn(self, predictions_busy: bool) -> None:
+        """The training's share of one turn of the loop: start reading its model, or one unit if it is due."""
+        if not self.queue:
+            return
+        job = self.queue[0]
+        if job.work is None:
+            self._start_reading(job)
+        elif self._due(predictions_busy):
+            started = time.monotonic()
+            try:
+                self._unit(job)
+            finally:
+                self._spent += time.monotonic() - started
+
+    def _due(self, predictions_busy: bool) -> bool:
+        if not predictions_busy:
+            self._busy_since, self._spent = None, 0.0
+            return True
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        return self._spent <= self.share * (now - self._busy_since)
+
+    def _start_reading(self, job: TrainJob) -> None:
+        if job.run.canceled.is_set():
+            self._ended(job, Canceled())
+        elif not job.reading:
+            job.reading = True
+            job.log(f"Loading {job.params.model_version} for training...")
+            self._loader_pool.submit(self._read_in_pool, job)
+
+    def _read_in_pool(self, job: TrainJob) -> None:
+        try:
+            self._deliver(TrainRead(job, host=self._read(ModelKey(job.params.model_version))))
+        except Exception as exc:  # noqa: BLE001 - reported to the training
+            self._deliver(TrainRead(job, error=exc))
+
+    def read_done(self, read: TrainRead) -> None:
+        """Build the trainer's own copy of the model (outside inference mode: it is trained)."""
+        job = read.job
+        if job not in self.queue:  # canceled while its checkpoint was read
+            return
+        try:
+            if read.error is not None:
+                raise read.error
+            if torch.device(self.device).type == "cuda":  # room for it: idle models go first
+                self.residency.evict_idle("(room for a training)")
+            with torch.inference_mode(False):
+                model = self._build(read.host, self.device)
+                start_trainer(job, model, self.device, read.host)
+        except Exception as exc:  # noqa: BLE001 - the training fails alone
+            self._ended(job, self.residency.faults.contain(exc, f"loading {job.params.model_version} for training"))
+
+    def _unit(self, job: TrainJob) -> None:
+        try:
+            event = advance(job)
+        except Exception as exc:  # noqa: BLE001 - the training fails alone; predictions go on
+            p = job.params
+            event = self.residency.faults.contain(exc, f"training {p.model_version} at batch {p.batch_size}")
+        if event is not None:
+            self._ended(job, event)
+
+    def _ended(self, job: TrainJob, event: Event | Exception) -> None:
+        """`event`: the terminal event, or the exception that ended the training."""
+        if job in self.queue:
+            self.queue.remove(job)
+        job.trainer = job.work = None
+        free_cached(self.device)
+        self._end(job, event)
 
 
 def start_trainer(job: TrainJob, model, device: str, host) -> None:
@@ -76,11 +190,10 @@ def start_trainer(job: TrainJob, model, device: str, host) -> None:
     )
 
 
-def advance(job: TrainJob) -> bool:
-    """One unit of the job's training; True when it has ended (Trained or Canceled emitted)."""
+def advance(job: TrainJob) -> Event | None:
+    """One unit of the job's training; its terminal event (Trained or Canceled) once it has ended."""
     if job.run.canceled.is_set():
-        job.run.emit(Canceled())
-        return True
+        return Canceled()
     try:
         with torch.inference_mode(False):
             progress = next(job.work)
@@ -89,7 +202,7 @@ def advance(job: TrainJob) -> bool:
     if progress is not None:
         job.run.emit(Progress(progress.step, progress.total, progress.loss))
         job.log(describe(progress))
-    return False
+    return None
 
 
 def describe(p) -> str:
@@ -107,7 +220,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def finish(job: TrainJob) -> bool:
+def finish(job: TrainJob) -> Trained:
     from .. import tuned
 
     start = time.monotonic()
@@ -120,5 +233,4 @@ def finish(job: TrainJob) -> bool:
     metrics = {
         k: float(v) for k, v in written.training.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    job.run.emit(Trained(str(dest), written.kind, written.base, metrics))
-    return True
+    return Trained(str(dest), written.kind, written.base, metrics)

@@ -39,13 +39,17 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            if self.should_exit or not app.state.dispatcher.accepting:
+            if self.should_exit or not app.state.runs.accepting:
                 return super().handle_exit(sig, frame)
-            log.info("Draining: no new predictions; running ones get %.0f s to finish.", settings.shutdown_grace)
+            log.info(
+                "Draining: no new predictions or trainings; running predictions get %.0f s to finish, "
+                "trainings stop at their last checkpoint.",
+                settings.shutdown_grace,
+            )
             threading.Thread(target=self._drain_then_exit, daemon=True).start()
 
         def _drain_then_exit(self) -> None:
-            app.state.dispatcher.drain(settings.shutdown_grace)
+            app.state.runs.drain()
             self.should_exit = True
 
     from .connections import head_deadline_protocol, raise_open_files_limit
@@ -71,8 +75,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
                 engine.health().get("error", ""),
                 EXIT_DEVICE_LOST,
             )
-            app.state.dispatcher.drain(settings.shutdown_grace)
-            app.state.webhooks.drain(timeout=10)
+            app.state.runs.drain()
+            app.state.runs.drain_webhooks(timeout=10)
             server.should_exit = True
 
         threading.Thread(target=exit_when_lost, name="device-lost", daemon=True).start()

@@ -20,22 +20,19 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..database import Database, StorageFailed
 from ..engine.api import EngineClient
 from ..registry import Registry
 from ..settings import Settings
 from . import bodies, model_routes, playground, resources, routes, stream_routes, training_routes
 from .auth import require_token
 from .bodylimit import BodyLimit, BodyTooLarge
-from .deadlines import Deadlines
-from .dispatcher import Dispatcher
+from .files import FileStore
 from .metrics import Metrics
-from .prediction import Prediction
-from .routes import FieldsInvalid, QueueFull
-from .store import StorageFailed, Store
+from .run_routes import FieldsInvalid, QueueFull
+from .runs import RunStacks, WebhookTiming
 from .streams import StreamHub
-from .training import Training
-from .training_dispatcher import TrainingDispatcher
-from .webhooks import WebhookSender
+from .webhooks import signing_secret
 
 log = logging.getLogger(__name__)
 _FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
@@ -111,20 +108,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         return problem(500, "Internal server error", "Unexpected server error; see the server log.")
 
 
-async def _remove_expired_forever(store: Store, every_s: float) -> None:
-    """MUSICGEN_RETENTION: reclaim the disk of what has expired, whether or not anyone reads it."""
+async def _keep_tidy_forever(runs: RunStacks, files: FileStore, retention_every_s: float, every_s: float = 5) -> None:
+    """Write what a full disk left owed (finished runs' last states), and, with MUSICGEN_RETENTION, reclaim the disk
+    of what has expired, whether or not anyone reads it."""
+    since_retention = 0.0
     while True:
         await asyncio.sleep(every_s)
+        since_retention += every_s
         try:
-            removed = await run_in_threadpool(store.remove_expired)
+            for stack in runs:
+                await run_in_threadpool(stack.store.flush)
+            if since_retention >= retention_every_s:
+                since_retention = 0.0
+                removed = sum([await run_in_threadpool(s.store.remove_expired) for s in runs])
+                removed += await run_in_threadpool(files.remove_expired)
+                if removed:
+                    log.info("retention: removed the data of %d runs and uploads", removed)
         except Exception:  # a bug of ours: log it, try again next time
-            log.exception("removing expired outputs failed")
-        else:
-            if removed:
-                log.info("retention: removed the data of %d predictions and uploads", removed)
+            log.exception("keeping the data folder tidy failed")
 
 
-def input_resolver(store: Store):
+def input_resolver(files: FileStore):
     """A file input over HTTP (`input_audio`, a training's `dataset_path`): our own /v1/files URLs become
     the uploaded file's path; other http(s) URLs and data: URIs stay as they are; anything else (a
     server path, file://) is refused, so that no request can read this server's files."""
@@ -132,7 +136,7 @@ def input_resolver(store: Store):
     def resolve(url: str, name: str = "input_audio") -> str:
         match = _FILE_URL.search(url.split("?")[0])
         if match:
-            found = store.get_file(match.group(1))
+            found = files.get(match.group(1))
             if found is None:
                 raise _file_input_error(name, f"no file {match.group(1)!r} was uploaded to this server")
             return str(found[1])
@@ -157,114 +161,49 @@ def create_app(
     webhook_timeout_s: float = 5.0,
     retention_sweep_s: float = 60.0,
 ) -> FastAPI:
-    store = Store(Path(settings.data_dir), settings.retention_s)
-    registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")
-
-    def render(pred: Prediction, base_url: str | None = None, listing: bool = False) -> dict[str, Any]:
-        """`listing`: for a list page, whose outputs are always URLs (inlined, a page of long outputs is
-        gigabytes)."""
-        inline = store.prediction_dir(pred.id) if settings.output == "data-uri" and not listing else None
-        out = pred.to_json(base_url, inline)
-        out["urls"]["stream"] = stream_routes.stream_url(settings, base_url or pred.base_url, pred.id)
-        return out
-
-    webhooks = WebhookSender(
-        store.secret(),
-        throttle_s=webhook_throttle_s,
-        backoff_s=webhook_backoff_s,
-        timeout_s=webhook_timeout_s,
-        block_private_urls=settings.block_private_urls,
-        render=render,
-        journal=store,
-    )
-    streams = StreamHub(store)
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    database = Database(data / "musicgen.sqlite3")
+    registry, files = Registry(database), FileStore(database, data, settings.retention_s)
 
     def scrape() -> dict[str, Any]:
         return {
-            "queued": dispatcher.queued(),
-            "unfinished": store.unfinished_count(),
+            "queued": runs["prediction"].dispatcher.queued(),
+            "unfinished": runs["prediction"].store.unfinished_count(),
             "followers": streams.stats()["followers"],
-            "uploaded": store.uploaded_bytes,
-            "webhooks": {"prediction": dict(webhooks.counts), "training": dict(training_webhooks.counts)},
+            "uploaded": files.uploaded_bytes,
+            "webhooks": {stack.kind.noun: dict(stack.webhooks.counts) for stack in runs},
             "engine": engine.health(),
         }
 
     metrics = Metrics(scrape)
-    dispatcher = Dispatcher(
-        engine, store, webhooks, capacity=getattr(engine, "capacity", 1), observer=metrics.predictions
-    )
-    dispatcher.subscribe(streams.on_event)
-    dispatcher.on_finished(streams.finished)
-
-    def cancel_late(pred_id: str) -> None:  # a Cancel-After deadline passed: what POST .../cancel does
-        pred = store.get(pred_id)
-        if pred is not None:
-            dispatcher.cancel(pred)
-
-    deadlines = Deadlines(cancel_late)
-
-    # No retention for trainings: the versions they made serve their weights.
-    training_store = Store(Path(settings.data_dir), kind="trainings", record=Training)
-    training_webhooks = WebhookSender(
-        store.secret(),
-        throttle_s=webhook_throttle_s,
-        backoff_s=webhook_backoff_s,
-        timeout_s=webhook_timeout_s,
-        block_private_urls=settings.block_private_urls,
-        render=Training.to_json,
-        journal=training_store,
-    )
-    trainings = TrainingDispatcher(engine, training_store, training_webhooks, registry, observer=metrics.trainings)
-
-    def cancel_training_late(training_id: str) -> None:
-        training = training_store.get(training_id)
-        if training is not None:
-            trainings.cancel(training)
-
-    training_deadlines = Deadlines(cancel_training_late)
+    timing = WebhookTiming(webhook_throttle_s, webhook_backoff_s, webhook_timeout_s)
+    runs = RunStacks(settings, engine, database, registry, metrics, signing_secret(data), timing)
+    predictions = runs["prediction"]
+    streams = StreamHub(predictions.store)
+    predictions.dispatcher.subscribe(streams.on_event)
+    predictions.dispatcher.on_finished(streams.finished)
+    predictions.add_urls(lambda pred, base: {"stream": stream_routes.stream_url(settings, base, pred.id)})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        webhooks.resume()  # before the dispatcher starts, whose own `completed` webhooks are kept anew
-        training_webhooks.resume()
-        dispatcher.start()
-        deadlines.restore(store.unfinished_runs())
-        deadlines.start()
-        trainings.start()
-        training_deadlines.restore(training_store.unfinished_runs())
-        training_deadlines.start()
-        sweeper = asyncio.create_task(_remove_expired_forever(store, retention_sweep_s)) if store.retention else None
+        runs.start()
+        tidy = asyncio.create_task(_keep_tidy_forever(runs, files, retention_sweep_s))
         yield
-        if sweeper:
-            sweeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await sweeper
-        deadlines.stop()
-        training_deadlines.stop()
-        # A training is not waited for (it may have hours left): it stops, and resumes at the next start.
-        await asyncio.gather(
-            asyncio.to_thread(dispatcher.drain, settings.shutdown_grace), asyncio.to_thread(trainings.drain, 0)
-        )
-        webhooks.close()
-        training_webhooks.close()
+        tidy.cancel()
+        with suppress(asyncio.CancelledError):
+            await tidy
+        await asyncio.to_thread(runs.stop)
 
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
-    app.state.settings, app.state.store, app.state.dispatcher, app.state.render = settings, store, dispatcher, render
-    app.state.webhooks, app.state.engine, app.state.page_size = webhooks, engine, page_size
-    app.state.deadlines, app.state.resolve_input = deadlines, input_resolver(store)
-    app.state.streams, app.state.registry, app.state.metrics = streams, registry, metrics
-    app.state.training_store, app.state.trainings, app.state.training_deadlines = (
-        training_store,
-        trainings,
-        training_deadlines,
-    )
+    app.state.settings, app.state.engine, app.state.runs, app.state.files = settings, engine, runs, files
+    app.state.registry, app.state.streams, app.state.metrics = registry, streams, metrics
+    app.state.page_size, app.state.resolve_input = page_size, input_resolver(files)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
-    app.include_router(routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
-    app.include_router(resources.v1, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
-    app.include_router(model_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
-    app.include_router(training_routes.router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    for router in (routes.router, resources.v1, model_routes.router, training_routes.router):
+        app.include_router(router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(training_routes.public)
     app.include_router(resources.operator, dependencies=auth)
     app.include_router(resources.public)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .. import logs
 from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
+from ..registry import Registry
 from .metrics import Observer
 from .metrics import model_of as _model
 from .prediction import Prediction, now
@@ -56,9 +57,11 @@ class Dispatcher:
         webhooks: WebhookSender,
         capacity: int = 1,
         observer: Observer | None = None,
+        registry: Registry | None = None,
     ) -> None:
-        """`observer`: told when a run is created, starts, streams its first audio and ends (metrics)."""
-        self.engine, self.store, self.webhooks = engine, store, webhooks
+        """`observer`: told when a run is created, starts, streams its first audio and ends (metrics); `registry`:
+        the models and versions, for a kind whose runs make versions."""
+        self.engine, self.store, self.webhooks, self.registry = engine, store, webhooks, registry
         self.observer = observer or _Unobserved()
         self.capacity = max(1, capacity)
         self._queue: deque[str] = deque()  # prediction ids not handed to the engine yet, oldest first

@@ -236,9 +236,14 @@ class Metrics:
         """read() -> the scrape-time numbers: queued, unfinished, followers, uploaded, webhooks
         ({kind: {outcome: n}}), engine (its health)."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.predictions = Observer(self.registry, "prediction")
-        self.trainings = Observer(self.registry, "training")
+        self._observers: dict[str, Observer] = {}
         self.registry.register(_Snapshot(read))
+
+    def observer(self, noun: str) -> Observer:
+        """The series of one kind of run (`musicgen_predictions_created_total`, ...), made at its first use."""
+        if noun not in self._observers:
+            self._observers[noun] = Observer(self.registry, noun)
+        return self._observers[noun]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..registry import MUSICGEN
 from .surrogates import scrub
@@ -52,6 +52,10 @@ def stored_time(value: Any) -> datetime | None:
 
 @dataclass
 class Prediction:
+    PATH: ClassVar[str] = "predictions"  # its routes: /v1/predictions/<id>
+    INLINE_OUTPUT: ClassVar[bool] = True  # MUSICGEN_OUTPUT=data-uri inlines its output file
+    KEPT_AFTER_RETENTION: ClassVar[tuple[str, ...]] = ()  # files of its folder MUSICGEN_RETENTION leaves
+
     id: str
     version: str
     input: dict[str, Any]
@@ -84,20 +88,17 @@ class Prediction:
         return out
 
     def to_json(self, base_url: str | None = None, inline_dir: Path | None = None) -> dict[str, Any]:
-        """`inline_dir`: render the output as a data URI of the file there instead of a URL."""
+        """The object as the API returns it. `inline_dir`: render the output as a data URI of the file there
+        instead of a URL."""
         base = (base_url or self.base_url).rstrip("/")
-        output = f"{base}/delivery/{self.id}/{self.output_file}" if self.output_file else None
-        if self.output_file and inline_dir is not None:
-            path = inline_dir / self.output_file
-            output = data_uri(path) if path.is_file() else None
-        urls = {"get": f"{base}/v1/predictions/{self.id}", "cancel": f"{base}/v1/predictions/{self.id}/cancel"}
         return {
             "id": self.id,
             "model": self.model,
             "version": self.version,
+            **self._fields(),
             "input": self.input,
             "logs": self.logs,
-            "output": output,
+            "output": self._output(base, inline_dir),
             "data_removed": self.data_removed,
             "error": self.error,
             "status": self.status,
@@ -106,8 +107,24 @@ class Prediction:
             "completed_at": iso(self.completed_at),
             "source": "api",
             "metrics": self.metrics(),
-            "urls": urls,
+            "urls": {"get": f"{base}/v1/{self.PATH}/{self.id}", "cancel": f"{base}/v1/{self.PATH}/{self.id}/cancel"},
         }
+
+    def _fields(self) -> dict[str, Any]:
+        """The fields of this kind of run alone."""
+        return {}
+
+    def _output(self, base: str, inline_dir: Path | None) -> Any:
+        if not self.output_file:
+            return None
+        if inline_dir is not None:
+            path = inline_dir / self.output_file
+            return data_uri(path) if path.is_file() else None
+        return f"{base}/delivery/{self.id}/{self.output_file}"
+
+    def expire(self) -> None:
+        """MUSICGEN_RETENTION passed: what the record says of its removed files."""
+        self.output_file, self.input, self.data_removed = None, {}, True
 
     # Persistence: a plain dict of JSON-able values (datetimes as ISO strings).
     def to_record(self) -> dict[str, Any]:

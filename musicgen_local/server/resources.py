@@ -55,7 +55,7 @@ async def create_file(request: Request) -> dict[str, Any]:
                 raise HTTPException(422, "- content: a file part named `content` is required.")
             metadata = await _metadata(form.get("metadata"))
             record = await run_in_threadpool(
-                request.app.state.store.add_file,
+                request.app.state.files.add,
                 content.filename or "file",
                 content.content_type,
                 content.file,
@@ -67,7 +67,7 @@ async def create_file(request: Request) -> dict[str, Any]:
 
 
 def _stored_file(request: Request, file_id: str):
-    found = request.app.state.store.get_file(file_id)
+    found = request.app.state.files.get(file_id)
     if not found:
         raise HTTPException(404, f"No file with id {file_id!r}.")
     return found
@@ -86,7 +86,7 @@ async def download_file(request: Request, file_id: str) -> FileResponse:
 
 @v1.get("/webhooks/default/secret")
 async def webhook_secret(request: Request) -> dict[str, str]:
-    return {"key": request.app.state.store.secret()}
+    return {"key": request.app.state.runs.secret}
 
 
 @operator.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
@@ -100,15 +100,16 @@ async def metrics(request: Request) -> Response:
 async def health(request: Request) -> dict[str, Any]:
     """Cog's statuses: STARTING until the engine has warmed up, then READY; DRAINING while shutting down."""
     engine = request.app.state.engine.health()
-    status = engine.get("status", "READY") if request.app.state.dispatcher.accepting else "DRAINING"
+    status = engine.get("status", "READY") if request.app.state.runs.accepting else "DRAINING"
     return {"status": status, "engine": engine, "time": iso(now())}
 
 
 @public.get("/delivery/{pred_id}/{name}", response_class=FileResponse, responses={**AUDIO, **problems(404)})
 async def deliver_output(request: Request, pred_id: str, name: str) -> FileResponse:
     """Outputs, like replicate.delivery: no token, the unguessable prediction id is the capability."""
-    pred = request.app.state.store.get(pred_id)
+    store = request.app.state.runs["prediction"].store
+    pred = store.get(pred_id)
     if pred is None or pred.output_file != name:
         raise HTTPException(404, f"No output {name!r} for prediction {pred_id!r}.")
     media = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
-    return FileResponse(request.app.state.store.prediction_dir(pred_id) / name, media_type=media)
+    return FileResponse(store.prediction_dir(pred_id) / name, media_type=media)

@@ -115,7 +115,7 @@ async def stream_prediction(
     request: Request, pred_id: str, last_event_id: Annotated[str | None, Header()] = None
 ) -> Response:
     _authorize(request, pred_id)
-    pred = request.app.state.store.get(pred_id)
+    pred = request.app.state.runs["prediction"].store.get(pred_id)
     if pred is None:
         raise HTTPException(404, f"No prediction with id {pred_id!r}.")
     accept = request.headers.get("accept", "*/*")
@@ -132,6 +132,10 @@ async def stream_prediction(
 async def deliver_segment(request: Request, pred_id: str, name: str) -> FileResponse:
     """A streamed segment: a WAV (32-bit float, not normalised) of a part of the audio."""
     path = request.app.state.streams.segment_path(pred_id, name)
-    if not _SEGMENT.fullmatch(name) or request.app.state.store.get(pred_id) is None or not path.is_file():
+    if (
+        not _SEGMENT.fullmatch(name)
+        or request.app.state.runs["prediction"].store.get(pred_id) is None
+        or not path.is_file()
+    ):
         raise HTTPException(404, f"No segment {name!r} for prediction {pred_id!r}.")
     return FileResponse(path, media_type="audio/wav", headers=CORS)

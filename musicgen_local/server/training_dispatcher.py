@@ -13,12 +13,10 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..engine.api import EngineClient, Event, Run, Trained, TrainingRequest
-from ..registry import Registry, Version
+from ..engine.api import Event, Run, Trained, TrainingRequest
+from ..registry import Version
 from .dispatcher import Dispatcher
-from .store import Store
 from .training import Training
-from .webhooks import WebhookSender
 
 
 class TrainingDispatcher(Dispatcher):
@@ -29,19 +27,12 @@ class TrainingDispatcher(Dispatcher):
     )
     RESTARTED = "The server restarted while this training was running: resuming from its last checkpoint."
 
-    def __init__(
-        self, engine: EngineClient, store: Store, webhooks: WebhookSender, registry: Registry, observer=None
-    ) -> None:
-        # the engine trains one at a time per device anyway
-        super().__init__(engine, store, webhooks, capacity=1, observer=observer)
-        self.registry = registry
-
     def running_into(self, destination: str) -> str | None:
         """The id of an unfinished training into `destination`, if there is one."""
         return next((t.id for t in self.store.unfinished_runs() if t.destination == destination), None)
 
     def _submit_to_engine(self, pred: Training) -> Run:  # type: ignore[override]
-        return self.engine.train(TrainingRequest(**pred.request))
+        return self.engine.train(TrainingRequest.from_record(pred.request))
 
     def _runs_again_after_device_loss(self, pred: Training) -> bool:  # type: ignore[override]
         return True  # its checkpoint is on disk: the restart resumes it

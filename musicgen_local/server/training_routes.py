@@ -4,7 +4,6 @@ created with POST /v1/models), list, get, cancel; and the public delivery of a t
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import pydantic
 from fastapi import APIRouter, Request
@@ -13,15 +12,17 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import TrainingRequest
 from ..registry import MUSICGEN
+from . import run_routes as runs
 from .bodies import EVENTS, json_body, problems
 from .model_routes import found_model
-from .params import CancelAfter
+from .params import CancelAfter, CreatedAfter, CreatedBefore
 from .prediction import new_id
-from .routes import FieldsInvalid, checked_webhook, read_json_object, submit_run
+from .run_routes import FieldsInvalid
 from .training import WEIGHTS_FILE, Training
 
 router = APIRouter()
 public = APIRouter()
+NOUN = "training"
 
 
 class TrainingBody(pydantic.BaseModel):
@@ -60,7 +61,7 @@ def _destination(request: Request, body: TrainingBody) -> str:
         raise HTTPException(
             404, f"The destination model {body.destination!r} does not exist. Create it first with POST /v1/models."
         )
-    running = request.app.state.trainings.running_into(body.destination)
+    running = runs.stack(request, NOUN).dispatcher.running_into(body.destination)
     if running:
         raise HTTPException(
             409,
@@ -70,7 +71,7 @@ def _destination(request: Request, body: TrainingBody) -> str:
     return body.destination
 
 
-def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[str, Any], str]:
+def _checked_training_input(request: Request, body: TrainingBody) -> tuple[pydantic.BaseModel, str]:
     """The validated input (as the engine takes it) and the dataset's resolved location."""
     from ..training.params import parse_training_input  # torch-free, but not needed by servers that never train
 
@@ -79,7 +80,7 @@ def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[
     except pydantic.ValidationError as exc:
         raise FieldsInvalid(exc.errors(), ("input",)) from None
     dataset = request.app.state.resolve_input(parsed.dataset_path, "dataset_path")
-    return parsed.model_dump(), dataset
+    return parsed, dataset
 
 
 @router.post(
@@ -91,7 +92,7 @@ def _checked_training_input(request: Request, body: TrainingBody) -> tuple[dict[
 async def create_training(
     request: Request, owner: str, name: str, version_id: str, cancel_after: CancelAfter = None
 ) -> Response:
-    body = TrainingBody.model_validate(await read_json_object(request))
+    body = TrainingBody.model_validate(await runs.read_json_object(request))
     model = found_model(request, owner, name)
     version = request.app.state.registry.version(version_id)
     if version is None or version.model != model.full_name:
@@ -104,9 +105,8 @@ async def create_training(
         )
     sent = body.input
     engine_input, dataset = _checked_training_input(request, body)
-    webhook = await checked_webhook(request, body)
-    if not request.app.state.trainings.accepting:
-        raise HTTPException(503, "The server is shutting down; create the training again in a moment.")
+    webhook = await runs.checked_webhook(request, body)
+    runs.refuse_while_draining(request, NOUN)
     destination = _destination(request, body)  # no await from here to submit: one training per destination
     training = Training(
         id=new_id(),
@@ -117,53 +117,42 @@ async def create_training(
         webhook=webhook,
         destination=destination,
     )
-    folder = request.app.state.training_store.prediction_dir(training.id)
-    training.request = vars(TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE)))
-    submit_run(training, body, cancel_after, request.app.state.trainings, request.app.state.training_deadlines)
-    return JSONResponse(training.to_json(str(request.base_url)), status_code=201)
-
-
-def _found(request: Request, training_id: str) -> Training:
-    training = request.app.state.training_store.get(training_id)
-    if training is None:
-        raise HTTPException(404, f"No training with id {training_id!r}.")
-    return training
+    folder = runs.stack(request, NOUN).store.prediction_dir(training.id)
+    engine_request = TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE))
+    training.request = engine_request.as_record()
+    runs.submit(request, NOUN, training, body, cancel_after)
+    return JSONResponse(runs.render(request, NOUN, training), status_code=201)
 
 
 @router.get("/trainings/{training_id}", responses=problems(404))
 async def get_training(request: Request, training_id: str) -> dict[str, Any]:
-    return _found(request, training_id).to_json(str(request.base_url))
+    return runs.render(request, NOUN, runs.found(request, NOUN, training_id))
 
 
 @router.post("/trainings/{training_id}/cancel", responses=problems(404))
 async def cancel_training(request: Request, training_id: str) -> dict[str, Any]:
-    training = _found(request, training_id)
-    request.app.state.trainings.cancel(training)
-    return training.to_json(str(request.base_url))
+    return runs.cancel(request, NOUN, training_id)
 
 
-@router.get("/trainings", responses=problems(400))
-async def list_trainings(request: Request, cursor: str | None = None) -> dict[str, Any]:
-    try:
-        found, next_cursor, prev_cursor = request.app.state.training_store.page(request.app.state.page_size, cursor)
-    except ValueError:
-        raise HTTPException(400, "Invalid cursor; use the `next` or `previous` URL of a previous page.") from None
-    base = str(request.base_url)
-
-    def link(c: str | None) -> str | None:
-        return f"{base}v1/trainings?{urlencode({'cursor': c})}" if c else None
-
-    return {"next": link(next_cursor), "previous": link(prev_cursor), "results": [t.to_json(base) for t in found]}
+@router.get("/trainings", responses=problems(400, 422))
+async def list_trainings(
+    request: Request,
+    cursor: str | None = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+) -> dict[str, Any]:
+    return runs.listing(request, NOUN, cursor, created_after, created_before)
 
 
 @public.get("/delivery/trainings/{training_id}/{name}", response_class=FileResponse, responses=problems(404))
 async def deliver_weights(request: Request, training_id: str, name: str) -> FileResponse:
     """A training's weights, like its outputs: the unguessable training id is the capability."""
-    training = request.app.state.training_store.get(training_id)
+    store = runs.stack(request, NOUN).store
+    training = store.get(training_id)
     if training is None or training.weights_file != name:
         raise HTTPException(404, f"No weights {name!r} for training {training_id!r}.")
     return FileResponse(
-        request.app.state.training_store.prediction_dir(training_id) / name,
+        store.prediction_dir(training_id) / name,
         media_type="application/x-tar",
         filename=name,
     )

@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -36,18 +37,29 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from .. import netpolicy
+from ..database import StorageFailed
 from .prediction import Prediction
-from .store import StorageFailed, Store
+from .store import Store
 
 log = logging.getLogger(__name__)
 THROTTLED = ("logs", "output")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+def signing_secret(data_dir: Path) -> str:
+    """The webhook signing secret, made once and kept in the data directory (readable by its owner only)."""
+    path = Path(data_dir) / "webhook_secret"
+    if not path.exists():
+        path.write_text("whsec_" + base64.b64encode(os.urandom(32)).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -88,7 +88,7 @@ class FakeEngine:
                 return
             run.emit(Progress(step, self.train_steps))
             run.emit(Log(f"step {step}/{self.train_steps} (epoch 1/1): loss {1.0 / step:.4f}"))
-        base = request.input.get("model_version", "large")
+        base = request.params.model_version
         dest = tuned.write(
             Path(request.weights_out),
             "lora",

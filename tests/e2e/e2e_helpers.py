@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from musicgen_local import tuned
+from musicgen_local.database import Database
 from musicgen_local.registry import Registry, Version
 from musicgen_local.server import create_app
 from musicgen_local.testing import live
@@ -107,7 +108,7 @@ def add_lora_version(settings, model: str, *, base: str = "large", seed: int = 0
     weights = tuned.write_lora(
         Path(settings.data_dir) / "e2e-loras" / f"{version_id}.tar", base, adapters, alpha=float(rank)
     )
-    registry = Registry(Path(settings.data_dir) / "musicgen.sqlite3")  # the file the server opens (server/app.py)
+    registry = Registry(Database(Path(settings.data_dir) / "musicgen.sqlite3"))  # the file the server opens
     try:
         created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         registry.add_version(Version(version_id, model, created, base=base, weights=str(weights), kind="lora"))

@@ -15,6 +15,7 @@ from musicgen_local.engine import Request, load_engine, result_of
 from musicgen_local.engine.api import Failed
 from musicgen_local.engine.models import load_model
 from musicgen_local.training.lora import target_names
+from tests.engine.conftest import write_full_tune
 from tests.engine.test_batching import Follower
 
 MODEL = "large"
@@ -84,23 +85,7 @@ def test_audiocrafts_loop_applies_an_adapter_to_its_request_only(settings, adapt
 
 
 def test_a_full_fine_tune_is_a_model_of_its_own(lora_engine, settings, tmp_path):
-    from musicgen_local import weights as W
-
-    snapshot = W.cached_path(settings.weights_dir, W.HubFile(W.lm_repo(MODEL), "state_dict.bin")).parent
-    package = torch.load(snapshot / "state_dict.bin", map_location="cpu", weights_only=False)
-    g = torch.Generator().manual_seed(0)
-    package["best_state"] = {
-        k: v + 0.5 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-        for k, v in package["best_state"].items()
-    }
-    path = tmp_path / "state_dict.bin"
-    torch.save(package, path)
-    full = tuned.write(
-        tmp_path / "full.tar",
-        "full",
-        MODEL,
-        {"state_dict.bin": path, "compression_state_dict.bin": snapshot / "compression_state_dict.bin"},
-    )
+    full = write_full_tune(settings, MODEL, tmp_path)
     base = Request(model_version=MODEL, prompt="piano", duration=1, seed=4)
     assert _alone(lora_engine, Request(**{**base.as_dict(), "weights": str(full)})) != _alone(lora_engine, base)
     resident = lora_engine.health()["devices"][0]["resident_models"]

@@ -14,11 +14,11 @@ def test_a_running_batch_keeps_stepping_while_a_second_model_is_read(settings, m
     reading, release = threading.Event(), threading.Event()
     real_read = local.read_checkpoint
 
-    def slow_read(settings, model_version):
-        if model_version == "stereo-large":
+    def slow_read(settings, key):
+        if key.model_version == "stereo-large":
             reading.set()
             assert release.wait(120), "the test never released the read"
-        return real_read(settings, model_version)
+        return real_read(settings, key)
 
     monkeypatch.setattr(local, "read_checkpoint", slow_read)
     engine = local.LocalEngine(settings.with_(warmup="large"))

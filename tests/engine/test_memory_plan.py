@@ -111,3 +111,23 @@ def test_two_models_waiting_for_the_same_room_both_get_it_in_turn(settings, foot
         assert isinstance(list(busy)[-1], Done)
     finally:
         engine.close()
+
+
+def test_a_full_fine_tune_between_its_windows_is_not_evicted_for_a_waiting_model(settings, footprints, tmp_path):
+    """A full fine-tune is a model of its own (`large@<folder>`). Between two windows of its request it decodes
+    nothing, but its request waits for it: a model waiting for room must not evict it then (it did: the job found
+    its model gone, and every job on the device failed)."""
+    from tests.engine.conftest import write_full_tune
+
+    full = str(write_full_tune(settings, MONO, tmp_path))
+    total = {v: m["total_bytes"] for v, m in footprints.items()}
+    engine = LocalEngine(settings.with_(warmup="none", device_memory=budget_for(max(total.values()) + 1)))
+    try:
+        long = iter(engine.submit(Request(model_version=MONO, prompt="piano", duration=35, seed=1, weights=full)))
+        assert any(isinstance(e, Started) for e in long)  # the fine-tune decodes its first window
+        waiting = list(engine.submit(request(STEREO, seed=2)))  # read, then waits for the fine-tune's room
+        first = list(long)
+        assert isinstance(first[-1], Done), first[-1]
+        assert isinstance(waiting[-1], Done), waiting[-1]
+    finally:
+        engine.close()

@@ -137,7 +137,7 @@ class ServerProcess:
         ready: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.port = live.free_port()
+        self.port, self.data_dir = live.free_port(), data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data_dir.parent / f"server-{self.port}.log").open("w")
         self.proc = subprocess.Popen(
@@ -169,12 +169,21 @@ class ServerProcess:
             body |= {"webhook": webhook, "webhook_events_filter": ["completed"]}
         return httpx.post(f"{self.url}/v1/predictions", json=body, timeout=10)
 
-    def get(self, pred_id: str) -> dict:
-        return httpx.get(f"{self.url}/v1/predictions/{pred_id}", timeout=10).json()
+    def train(self, destination: str, webhook: str | None = None) -> httpx.Response:
+        """A training into `destination` (the model is created first, if it is not there yet)."""
+        owner, _, name = destination.partition("/")
+        httpx.post(f"{self.url}/v1/models", json={"owner": owner, "name": name}, timeout=10)
+        body = {"destination": destination, "input": {"dataset_path": "https://example.com/songs.zip"}}
+        if webhook:
+            body |= {"webhook": webhook, "webhook_events_filter": ["completed"]}
+        return httpx.post(f"{self.url}/v1/models/meta/musicgen/versions/{V1}/trainings", json=body, timeout=10)
 
-    def wait_for(self, pred_id: str, statuses: tuple[str, ...], timeout: float = 60) -> dict:
+    def get(self, pred_id: str, kind: str = "predictions") -> dict:
+        return httpx.get(f"{self.url}/v1/{kind}/{pred_id}", timeout=10).json()
+
+    def wait_for(self, pred_id: str, statuses: tuple[str, ...], timeout: float = 60, kind: str = "predictions") -> dict:
         deadline = time.monotonic() + timeout
-        while (body := self.get(pred_id))["status"] not in statuses:
+        while (body := self.get(pred_id, kind))["status"] not in statuses:
             assert time.monotonic() < deadline, body
             time.sleep(0.05)
         return body

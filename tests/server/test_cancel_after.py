@@ -90,7 +90,7 @@ def test_deadline_cancels_queued_and_running_predictions_and_spares_finished_one
         assert (body["status"], body["output"], body["error"]) == ("canceled", None, None)
         assert body["started_at"] is not None and 6 <= body["metrics"]["total_time"] < 9
         receiver.wait_for(lambda evs: len(evs) >= 1)
-        c.app.state.webhooks.drain()
+        c.app.state.runs["prediction"].webhooks.drain()
         assert [(e["id"], e["status"]) for e in receiver.events()] == [(running["id"], "canceled")]
 
         assert c.get(f"/v1/predictions/{finished['id']}").json()["status"] == "succeeded"  # its deadline passed too

@@ -50,7 +50,7 @@ def test_counters_equal_what_was_done(tmp_path):
                 wait_done(c, pred_id)
             hook.wait_for(lambda evs: len(evs) == 1)
             c.post("/v1/files", files={"content": ("a.wav", b"\0" * 1000, "audio/wav")})
-            c.app.state.webhooks.drain()
+            c.app.state.runs["prediction"].webhooks.drain()
             got = scrape(c)
     finally:
         hook.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fake_server import DIE_WHILE_STARTING
+from fake_server import DIE_WHILE_STARTING, LOSE_THE_DEVICE
 from server_helpers import V1, Receiver, make_client, wait_done
 
 from musicgen_local.server.dispatcher import INTERRUPTED_TWICE
@@ -134,6 +134,47 @@ def test_sigterm_drains_then_the_next_start_runs_what_was_left(processes):
     again = processes(step_delay_s=0.0)
     assert again.get(running)["status"] == "succeeded" and again.get(running)["output"]
     assert again.wait_for(queued, ("succeeded",))["status"] == "succeeded"  # left queued, run now
+
+
+def test_sigterm_refuses_training_creates_too_and_the_next_start_resumes_the_training(processes):
+    """Every kind of run drains alike: a training create during a drain is refused as a prediction create is, and a
+    training that was running is kept for the next start (it resumes there from its checkpoint)."""
+    server = processes(grace_s=20, step_delay_s=0.5)
+    running = server.create("running", 2).json()["id"]  # holds the drain open for a few seconds
+    training = server.train("alice/first").json()["id"]
+    server.wait_for(running, ("processing",))
+    server.wait_for(training, ("processing",), kind="trainings")
+    server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (refused := server.train("alice/second")).status_code != 503:
+        assert time.monotonic() < deadline, refused.text
+    assert "create the training again" in refused.json()["detail"]
+    assert server.create("late", 1).status_code == 503
+    assert server.proc.wait(timeout=60) == 0
+
+    again = processes(step_delay_s=0.0)
+    assert again.wait_for(training, ("succeeded",), kind="trainings")["output"]["version"].startswith("alice/first:")
+
+
+def test_a_lost_device_drains_training_webhooks_before_the_exit(processes):
+    """A lost device ends the process (status 3), after the webhooks of every kind were given their chance: the
+    `completed` of a training that had just finished, still waiting for its slow receiver's answer, is delivered by
+    the exiting process, not left owed to the next start (which would send it a second time)."""
+    from musicgen_local.server import EXIT_DEVICE_LOST
+
+    hook = Receiver(delay_s=2.0)
+    try:
+        server = processes(step_delay_s=0.0)
+        training = server.train("alice/sound", hook.url).json()["id"]
+        server.wait_for(training, ("succeeded",), kind="trainings")
+        server.create(LOSE_THE_DEVICE, 1)
+        assert server.proc.wait(timeout=60) == EXIT_DEVICE_LOST
+        assert [e["id"] for e in hook.events()] == [training]
+        db = sqlite3.connect(server.data_dir / "musicgen.sqlite3")
+        assert db.execute("SELECT run_id FROM webhooks").fetchall() == []  # nothing owed to a restart
+        db.close()
+    finally:
+        hook.close()
 
 
 def test_a_prediction_that_kills_the_server_while_starting_fails_at_the_second_restart(processes):

@@ -52,7 +52,7 @@ def test_completed_only_filter(client, receiver):
         },
     )
     receiver.wait_for(lambda evs: len(evs) >= 1)
-    client.app.state.webhooks.drain()
+    client.app.state.runs["prediction"].webhooks.drain()
     assert [e["status"] for e in receiver.events()] == ["succeeded"]
 
 

@@ -98,10 +98,7 @@ class Bridge:
         address = self.settings.ray_address
         package = str(Path(__file__).resolve().parents[2])  # the replicas run this very code, on every node
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "runtime_env": {"py_modules": [package]}}
-        if address == "local":
-            # Ray's gRPC servers listen on every interface; with a token (Ray 2.59 and later make one for a
-            # local cluster by default) no one else can submit work to it. RAY_AUTH_MODE=disabled still wins.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if address == "local":  # token authentication set up by the API process (client.bridge_environment)
             ray.init(include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import secrets
 import socket
 import subprocess
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from ...errors import EngineError
@@ -44,6 +47,7 @@ class RayEngine:
         self._health: dict[str, Any] = {"status": "STARTING"}
         self._lost_because = ""
         self._bridge: subprocess.Popen | None = None
+        self._bridge_env = bridge_environment(settings.ray_address, os.environ)
         self._conn, info = self._launch()
         if self._conn is None:
             raise EngineError(f"Could not use the Ray cluster at MUSICGEN_RAY_ADDRESS={settings.ray_address}: {info}")
@@ -95,6 +99,7 @@ class RayEngine:
             [sys.executable, "-m", "musicgen_local.engine.ray.bridge", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             start_new_session=True,
+            env=self._bridge_env,
         )
         theirs.close()
         conn = Connection(ours.detach())
@@ -216,3 +221,17 @@ def _listening(address: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def bridge_environment(address: str, environ) -> dict[str, str]:
+    """The Ray driver's environment. For a cluster it starts itself (`local`): token authentication (Ray's gRPC
+    servers listen on every interface; with a token no one else can submit work to it; RAY_AUTH_MODE=disabled
+    still wins), with a token of its own where Ray would find none (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
+    names, ~/.ray/auth_token): on a machine where Ray never ran, its GCS server would otherwise die for want of
+    one. Set before the driver imports Ray, which reads them then."""
+    env = dict(environ)
+    if address == "local":
+        env.setdefault("RAY_AUTH_MODE", "token")
+        if not (env.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file()):
+            env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    return env

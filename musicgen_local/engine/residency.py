@@ -1,0 +1,377 @@
+"""Model residency on one device: which models it holds, which are being read or wait for room, and which may go.
+
+The device loop asks and applies what this answers; this never reaches back into the loop:
+- `want(key, waiter)`: the resident model (now the most recently used), or None: the waiter waits, and a later
+  outcome (`Placed` or `Refused`) hands it back. The checkpoint is read once, by the loader pool, whose answer
+  comes back through the loop's inbox to `read_done`.
+- A model read while the models holding the room are still needed waits; `retry()` places it once that changed.
+- Who needs a model is counted with `hold` and `release` (a job from its arrival on this device to its end; a
+  deployment's pin for as long as it exists): a held model is never evicted. Otherwise models go least recently
+  used first, when another needs their memory (the plan, `memory.py`) or MUSICGEN_MAX_MODELS caps the count.
+
+Placing a model builds it on the device from what was read, sizes its batch by the plan, captures its step
+graphs and checks its fast decoder against audiocraft's (`selfcheck.py`) before anyone decodes with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import registry
+from ..errors import Cancelled, EngineError
+from ..settings import Settings
+from . import faults, memory, selfcheck
+from .fast import SlotBatch, unsupported_reason
+
+log = logging.getLogger(__name__)
+MELODY_PREFIX = 300  # cache positions kept for a melody model's prepended chroma (235) and prompt tokens
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """A model a device can hold: a published model_version, or a full fine-tune of one (weights of its own).
+    A LoRA fine-tune is not a model: it decodes in its base model's batch."""
+
+    model_version: str
+    full_tune: str | None = None  # the full fine-tune's unpacked folder
+
+    def __str__(self) -> str:
+        return self.model_version if self.full_tune is None else f"{self.model_version}@{self.full_tune}"
+
+
+@dataclass
+class Resident:
+    model: Any  # audiocraft MusicGen, or the EnCodec of encode-decode
+    batch: SlotBatch | None  # the fast decoder's slots for this LM (None: audiocraft's loop decodes it)
+
+
+@dataclass
+class ModelRead:
+    """The loader pool's answer: a model's checkpoint in host memory, or why it could not be read."""
+
+    key: ModelKey
+    host: Any = None
+    error: Exception | None = None
+
+
+@dataclass
+class Placed:
+    """`key` is resident now: its waiters can start. `notes`: what placing it said (load time, graphs)."""
+
+    key: ModelKey
+    resident: Resident
+    waiters: list
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Refused:
+    """`key` will not be placed for these waiters: they end with `error`."""
+
+    key: ModelKey
+    error: Exception
+    waiters: list
+
+
+Outcome = Placed | Refused
+
+
+class Residency:
+    def __init__(
+        self,
+        device: str,
+        settings: Settings,
+        read: Callable[[ModelKey], Any],
+        build: Callable[[Any, str], Any],
+        loader_pool: Executor,
+        deliver: Callable[[ModelRead], None],
+        contain: faults.Containment,
+        still_wanted: Callable[[Any], bool] = lambda waiter: True,
+    ) -> None:
+        """read(key) -> host copy (in the loader pool); build(host copy, device) -> model (on the loop);
+        deliver(ModelRead): hands the loader's answer to the loop; still_wanted(waiter): False once it was canceled."""
+        self.device, self.settings = device, settings
+        self._read_checkpoint, self._build, self._loader_pool, self._deliver = read, build, loader_pool, deliver
+        self.faults, self._still_wanted = contain, still_wanted
+        self.models: OrderedDict[ModelKey, Resident] = OrderedDict()
+        self.plan = memory.new_plan(device, settings.device_memory)
+        self.dtype_bytes = 4 if torch.device(device).type == "cpu" else 2  # the LM's compute dtype: float16 off CPU
+        self.model_loads = 0
+        self.evictions = 0
+        self.fast_decoder: dict[ModelKey, str] = {}  # "enabled (...)" or "disabled (why)"
+        self._holds: Counter[ModelKey] = Counter()
+        self._waiters: dict[ModelKey, list] = {}  # waiting for their model to be read, or placed
+        self._read: dict[ModelKey, Any] = {}  # read, waiting for room on the device
+        self._held_before: frozenset[ModelKey] = frozenset()
+
+    # ---------------------------------------------------------------------------------- who needs what
+
+    def hold(self, key: ModelKey) -> None:
+        self._holds[key] += 1
+
+    def release(self, key: ModelKey) -> None:
+        self._holds[key] -= 1
+        if self._holds[key] <= 0:
+            del self._holds[key]
+
+    def _idle(self, but: ModelKey | None = None) -> list[ModelKey]:
+        """Resident models nobody holds, least recently used first."""
+        return [k for k in self.models if k not in self._holds and k != but]
+
+    # ---------------------------------------------------------------------------------- asking for a model
+
+    def want(self, key: ModelKey, waiter) -> Resident | None:
+        if key in self.models:
+            self.models.move_to_end(key)
+            return self.models[key]
+        waiters = self._waiters.setdefault(key, [])
+        waiters.append(waiter)
+        if len(waiters) == 1 and key not in self._read:
+            self._loader_pool.submit(self._read_in_pool, key)
+        return None
+
+    def _read_in_pool(self, key: ModelKey) -> None:
+        try:
+            self._deliver(ModelRead(key, host=self._read_checkpoint(key)))
+        except Exception as exc:  # noqa: BLE001 - reported to the waiters
+            self._deliver(ModelRead(key, error=exc))
+
+    def read_done(self, read: ModelRead) -> list[Outcome]:
+        if read.error is not None:
+            return [Refused(read.key, read.error, self._waiters.pop(read.key, []))]
+        self._read[read.key] = read.host
+        return self._place(read.key)
+
+    def placeable(self) -> bool:
+        """A read model might fit now that could not before: the models held changed since the last try."""
+        return bool(self._read) and frozenset(self._holds) != self._held_before
+
+    def retry(self) -> list[Outcome]:
+        """Models read but not placed wait for held ones to be let go: try them again when that changed."""
+        outcomes: list[Outcome] = []
+        if self.placeable():
+            for key in list(self._read):
+                outcomes += self._place(key)
+        self._held_before = frozenset(self._holds)
+        return outcomes
+
+    def waiters(self) -> list:
+        """Everything waiting for a model (for a device that is lost); they are forgotten."""
+        out = [w for waiters in self._waiters.values() for w in waiters]
+        self._waiters.clear()
+        self._read.clear()
+        return out
+
+    def _place(self, key: ModelKey) -> list[Outcome]:
+        """Build a read model if the plan has room for it (evicting idle models); else it waits for held ones to
+        be let go, or, when nothing else holds the device, its waiters are refused with what it needs."""
+        waiters = self._waiters.get(key, [])
+        gone = [w for w in waiters if not self._still_wanted(w)]
+        outcomes: list[Outcome] = [Refused(key, Cancelled(), gone)] if gone else []
+        self._waiters[key] = waiters = [w for w in waiters if w not in gone]
+        if not waiters:
+            self._read.pop(key, None)
+            self._waiters.pop(key, None)
+            return outcomes
+        notes: list[str] = []
+        try:
+            placed = self._activate(key, self._read[key], notes.append)
+        except faults.DeviceLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model could not be built: its waiters fail, the device goes on
+            placed = self.faults.contain(exc, f"loading {key}")
+        if placed is False:
+            return outcomes
+        self._read.pop(key, None)
+        waiters = self._waiters.pop(key, [])
+        if isinstance(placed, Exception):
+            return [*outcomes, Refused(key, placed, waiters)]
+        return [*outcomes, Placed(key, self.models[key], waiters, notes)]
+
+    def warm_up(self, keys: list[ModelKey]) -> None:
+        """Place these models before the device says ready (nothing else runs yet, so they are read here)."""
+        for key in keys:
+            try:
+                placed = self._activate(key, self._read_checkpoint(key), log.info)
+            except faults.DeviceLost:
+                raise
+            except Exception as exc:
+                raise self.faults.contain(exc, f"warming up {key}") from exc
+            if placed is not True:
+                log.error("warm-up: %s", placed if isinstance(placed, Exception) else f"{key} does not fit")
+
+    # ---------------------------------------------------------------------------------- placing
+
+    def _activate(self, key: ModelKey, host, say: Callable[[str], None]) -> bool | Exception:
+        """Build, size, warm and check one model. False: not now (held models hold the room it needs)."""
+        preset = registry.PRESETS[key.model_version]
+        estimate = _estimate(host, self.dtype_bytes, MELODY_PREFIX if preset.melody else 0)
+        if estimate is not None and not self._room_for(key, estimate.total(1 if preset.lm else 0)):
+            return self._cannot_place(key, estimate)
+        start, before = time.monotonic(), _allocated(self.device)
+        model = self._build(host, self.device)
+        self.model_loads += 1
+        fp = self._footprint(model, preset.lm, _allocated(self.device) - before)
+        slots = self._slots_for(key, fp) if preset.lm else 0
+        if preset.lm and slots == 0:
+            del model
+            faults.free_cached(self.device)
+            return self._cannot_place(key, fp)
+        say(f"Model {key} loaded in {time.monotonic() - start:.1f}s.")
+        if preset.lm and slots < self.settings.max_batch and self.settings.decoder == "fast":
+            say(
+                f"{key} decodes at most {slots} requests at once on {self.device}: that is what fits in "
+                f"its memory plan (MUSICGEN_MAX_BATCH={self.settings.max_batch})."
+            )
+        batch = self._new_batch(key, model, slots) if preset.lm else None
+        if batch is not None:
+            with autocast(self.device):
+                graphs = batch.warm_up()  # every (slots, cache length) bucket, before any slot is live
+            if graphs:
+                say(f"Captured {graphs} decode-step graphs for {key}.")
+            batch = self._check(key, model, batch)
+        self.models[key] = Resident(model, batch)
+        self.plan.models[key] = memory.Resident(fp, slots)
+        self._evict_beyond_count()
+        return True
+
+    def _footprint(self, model, lm: bool, allocated: int) -> memory.Footprint:
+        """What the built model holds: measured on CUDA, counted elsewhere."""
+        if self.device.startswith("cuda"):
+            weights = allocated
+        elif lm:
+            weights = memory.module_bytes(model.lm) + memory.module_bytes(model.compression_model)
+        else:
+            weights = memory.module_bytes(model)
+        if lm:
+            return memory.footprint_of(model, weights, self.dtype_bytes, _prefix(model))
+        return memory.Footprint(weights, 0, 0, 1, 0, 0, 0, self.dtype_bytes, streams=2, cross=False)
+
+    def _check(self, key: ModelKey, model, batch: SlotBatch) -> SlotBatch | None:
+        """The fast decoder against audiocraft's on this device and dtype; None (audiocraft's loop serves the
+        model) when they disagree."""
+        start = time.monotonic()
+        with autocast(self.device):
+            verdict = selfcheck.compare(model, batch)
+        took = time.monotonic() - start
+        if verdict.ok:
+            self.fast_decoder[key] = f"enabled ({verdict.summary}; checked in {took:.2f} s)"
+            log.info("%s on %s: fast decoder agrees with audiocraft's: %s", key, self.device, verdict.summary)
+            return batch
+        self.fast_decoder[key] = f"disabled ({verdict.summary})"
+        log.error(
+            "!!! %s on %s: the fast decoder DISAGREES with audiocraft's reference (%s). This model is served "
+            "by audiocraft's own loop instead (one request at a time). Please report it with this line.",
+            key,
+            self.device,
+            verdict.summary,
+        )
+        return None
+
+    def _new_batch(self, key: ModelKey, model, slots: int) -> SlotBatch | None:
+        reason = unsupported_reason(model.lm)
+        if self.settings.decoder == "reference" or reason:
+            if reason:
+                log.info("%s decodes with audiocraft's loop: %s", key, reason)
+                self.fast_decoder[key] = f"disabled ({reason})"
+            return None
+        return SlotBatch(
+            model.lm,
+            slots,
+            int(model.max_duration * model.frame_rate),
+            _prefix(model),
+            self.settings.step_mode,
+            self.settings.cpu_products,
+        )
+
+    # ---------------------------------------------------------------------------------- room
+
+    def _cannot_place(self, key: ModelKey, fp: memory.Footprint) -> bool | Exception:
+        """Wait (False) while a resident model is held: its room comes back when it is let go. Models still
+        loading hold no room, so they do not count."""
+        if set(self._holds) & set(self.models) - {key}:
+            return False
+        return EngineError(self.plan.too_big(str(key), fp))
+
+    def _room_for(self, key: ModelKey, needed: int) -> bool:
+        """Evict idle models, least recently used first, until `needed` bytes are free."""
+        while self.plan.free < needed:
+            idle = self._idle(but=key)
+            if not idle:
+                return False
+            self._unload(idle[0], "to make room")
+        return True
+
+    def _slots_for(self, key: ModelKey, fp: memory.Footprint) -> int:
+        """MUSICGEN_MAX_BATCH slots when they fit (evicting idle models for them), else as many as fit."""
+        want = self.settings.max_batch if self.settings.decoder == "fast" else 1
+        self._room_for(key, fp.total(want) - fp.weights)
+        return fp.slots_within(self.plan.free + fp.weights, want)  # its weights are loaded, not yet in the plan
+
+    def _evict_beyond_count(self) -> None:
+        """MUSICGEN_MAX_MODELS, when set, caps the count too (least recently used idle models go)."""
+        cap = self.settings.max_models
+        while cap and len(self.models) > cap and (idle := self._idle()):
+            self._unload(idle[0], f"(MUSICGEN_MAX_MODELS={cap})")
+
+    def room_to_decode(self, key: ModelKey, seconds: float, streams: int) -> None:
+        """The codec decodes a whole clip at once: past the one window every model keeps room for, make room by
+        evicting idle models (if it still does not fit, out of memory fails that request alone)."""
+        beyond = memory.codec_bytes(seconds, streams, self.dtype_bytes) - memory.codec_bytes(
+            memory.WINDOW_S, streams, self.dtype_bytes
+        )
+        if beyond > 0:
+            self._room_for(key, beyond)
+
+    def evict_idle(self, why: str) -> None:
+        for key in self._idle():
+            self._unload(key, why)
+
+    def _unload(self, key: ModelKey, why: str) -> None:
+        del self.models[key]
+        self.evictions += 1
+        self.plan.models.pop(key, None)
+        self.fast_decoder.pop(key, None)
+        log.info("evicted %s from %s %s", key, self.device, why)
+        faults.free_cached(self.device)
+
+    # ---------------------------------------------------------------------------------- health
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "resident_models": [str(k) for k in self.models],
+            "model_loads": self.model_loads,
+            "loading": sorted(str(k) for k in self._waiters),
+            "fast_decoder": {str(k): v for k, v in list(self.fast_decoder.items())},
+            "memory": self.plan.as_dict(),
+            "evictions": self.evictions,
+        }
+
+
+def _estimate(host, dtype_bytes: int, prefix: int) -> memory.Footprint | None:
+    """The footprint a read checkpoint will have on the device, before building it (None: unknown)."""
+    estimate = getattr(host, "footprint", None)
+    return estimate(dtype_bytes, prefix) if callable(estimate) else None
+
+
+def _allocated(device: str) -> int:
+    return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
+
+
+def _prefix(model) -> int:
+    return MELODY_PREFIX if "self_wav" in model.lm.condition_provider.conditioners else 0
+
+
+def autocast(device: str):
+    """What `MusicGen.autocast` does (float16 autocast off the CPU), as a fresh context."""
+    if torch.device(device).type == "cpu":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast(torch.device(device).type, dtype=torch.float16)
