@@ -31,7 +31,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "top_p",
         float,
-        "Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), top_k sampling is used.",
+        "Reduces sampling to tokens with cumulative probability of p. "
+        "When set to `0` (default), top_k sampling is used.",
         0,
     ),
     Field(
