@@ -22,6 +22,7 @@ from .plan import BEATS_PER_BAR
 HOP = 128
 N_FFT = 1024
 CHROMA_FFT = 4096  # 8 Hz bins: enough to tell bass notes apart
+CHROMA_HOP = 4 * HOP  # harmony changes per beat, not per 4 ms: a quarter of the frames is plenty
 ONSET_LAG_SAMPLES = N_FFT // 4
 BASS_MELS = 12  # of librosa's 128 mel bands at 32 kHz: up to about 240 Hz
 
@@ -80,8 +81,9 @@ def _accents(y: np.ndarray, sr: int, frames: np.ndarray, full: np.ndarray, bass:
 
     if len(frames) == 0:
         return np.zeros(0)
-    chroma = librosa.feature.chroma_stft(y=y, sr=sr, n_fft=CHROMA_FFT, hop_length=HOP)
-    per_beat = librosa.util.sync(chroma, frames, aggregate=np.median)  # columns: before beat 0, beat 0, beat 1 ...
+    chroma = librosa.feature.chroma_stft(y=y, sr=sr, n_fft=CHROMA_FFT, hop_length=CHROMA_HOP)
+    # Columns: the span before beat 0, then beat 0's, beat 1's ...
+    per_beat = librosa.util.sync(chroma, frames * HOP // CHROMA_HOP, aggregate=np.median)
     per_beat /= np.linalg.norm(per_beat, axis=0, keepdims=True) + 1e-9
     change = 1.0 - np.sum(per_beat[:, 1:] * per_beat[:, :-1], axis=0)  # entering each beat's span
     cues = [_peak_near(full, frames), _peak_near(bass, frames), change[: len(frames)]]

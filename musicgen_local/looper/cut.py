@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .beats import Beats
 from .plan import BEATS_PER_BAR, FOLD_BEATS, TEMPO_TOLERANCE, LoopPlan
 
@@ -78,7 +76,3 @@ def stretch_job(cut: Cut, plan: LoopPlan, n_samples: int) -> StretchJob:
     keys[-1] = (cut.end - first, loop_start + plan.samples)  # the end lands exactly one loop later
     out_len = keys[-1][1] + round((last - cut.end) * ratio)
     return StretchJob(first, last, tuple(keys), out_len, loop_start)
-
-
-def describe_tempo(found: float) -> str:
-    return f"{found:.1f} bpm" if np.isfinite(found) and found > 0 else "no steady beat"

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import UserError
 from . import beats as B
-from .cut import Cut, describe_tempo, find_cut, stretch_job
-from .plan import LoopPlan, plan_loop
+from .cut import Cut, find_cut, stretch_job
+from .plan import TEMPO_TOLERANCE, LoopPlan, plan_loop
 from .prompt import bpm_text, with_tempo
 from .schema import MAX_VARIATIONS, output_key
 from .seam import fold
@@ -130,16 +130,22 @@ class LoopSession:
         return Reroll(self.rows) if again else self._finish()
 
     def _make(self, row: Row, audio: np.ndarray) -> tuple[np.ndarray | None, str]:
-        """The finished loop [C, N] and what was measured, or None and the reason it failed."""
+        """The finished loop [C, N] and what was measured, or None and why it failed."""
         plan, label = self.plan, f"Variation {row.variation + 1} (seed {row.seed})"
         self._say(f"{label}: tracking beats")
         found = B.at_octave(B.track(audio, plan.sample_rate, plan.bpm), plan.bpm)
+        if len(found) < 2:
+            self._say(f"{label}: no steady beat")
+            return None, "no steady beat"
+        if abs(found.bpm / plan.bpm - 1) > TEMPO_TOLERANCE:  # before the cut: a slow take may not fit the loop
+            self._say(f"{label}: measured {found.bpm:.1f} bpm, {_off(found.bpm, plan)} {bpm_text(plan.bpm)} bpm")
+            return None, f"{found.bpm:.1f} bpm"
         cut = find_cut(found, plan, audio.shape[-1])
         if isinstance(cut, str):
-            self._say(f"{label}: {cut}")
-            return None, f"{describe_tempo(found.bpm)}, {cut}"
+            self._say(f"{label}: measured {found.bpm:.1f} bpm, but {cut}")
+            return None, f"{found.bpm:.1f} bpm, {cut}"
         if not cut.in_tempo(plan):
-            self._say(f"{label}: measured {cut.bpm:.1f} bpm, {cut.off_by(plan):.0%} off {bpm_text(plan.bpm)} bpm")
+            self._say(f"{label}: {cut.bpm:.1f} bpm over the loop, {_off(cut.bpm, plan)} {bpm_text(plan.bpm)} bpm")
             return None, f"{cut.bpm:.1f} bpm"
         self._say(f"{label}: measured {cut.bpm:.1f} bpm; stretching to {bpm_text(plan.bpm)} bpm and folding the seam")
         return self._loop(audio, cut), f"{cut.bpm:.1f} bpm"
@@ -166,13 +172,15 @@ class LoopSession:
             for i, v in enumerate(self._variations)
         )
         return (
-            f"Failed to generate a loop in the requested {bpm_text(self.plan.bpm)} bpm: no generation came out "
-            f"within {TOLERANCE_TEXT} of it. Tried {tried}. The prompt sent was {self.prompt!r}; if it implies "
-            "another tempo, ask for a bpm near the tempos measured or describe the music differently."
+            f"Failed to generate a loop in the requested {bpm_text(self.plan.bpm)} bpm (a generation is used when "
+            f"its tempo is within {TEMPO_TOLERANCE:.1%} of it, octave errors allowed). Tried {tried}. The prompt "
+            f"sent was {self.prompt!r}; if the music it describes has another tempo, ask for a bpm near the tempos "
+            "measured, or describe the music differently."
         )
 
 
-TOLERANCE_TEXT = "7.5%"
+def _off(found: float, plan: LoopPlan) -> str:
+    return f"{abs(found / plan.bpm - 1):.0%} {'faster than' if found > plan.bpm else 'slower than'}"
 
 
 def encode(loop: np.ndarray, sr: int, output_format: str) -> bytes:

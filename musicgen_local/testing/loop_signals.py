@@ -131,3 +131,20 @@ def original_loop(audio: np.ndarray, start: int, end: int, blend: int = ORIGINAL
         fade_in = np.linspace(0.0, 1.0, blend)
         loop[-blend:] = loop[-blend:] * (1 - fade_in) + audio[start - blend : start] * fade_in
     return loop.astype(np.float32)
+
+
+def original_stretch(loop: np.ndarray, rate: float) -> np.ndarray:
+    """musicgen-looper's stretch: the loop alone through `rubberband --tempo rate` with the CLI's default
+    (R2) engine, as pyrubberband 0.3 runs it, its length whatever Rubber Band returns."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import soundfile
+
+    with tempfile.TemporaryDirectory(prefix="original-stretch-") as tmp:
+        src, dst = Path(tmp, "in.wav"), Path(tmp, "out.wav")
+        soundfile.write(src, loop, SR, subtype="FLOAT")
+        subprocess.run(["rubberband", "-q", "--tempo", repr(rate), str(src), str(dst)], check=True, capture_output=True)
+        out, _ = soundfile.read(dst, dtype="float32")
+    return out
