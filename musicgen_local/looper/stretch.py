@@ -50,7 +50,7 @@ def stretch(audio: np.ndarray, sr: int, keys: Sequence[tuple[int, int]], out_len
         keymap.write_text("".join(f"{s} {d}\n" for s, d in keys))
         ratio = out_len / len(frames)
         # Float in and out, peak-normalised afterwards: clipping cannot happen, so no restart at lower gain.
-        options = ["--quiet", "--fine", "--ignore-clipping", "--timemap", str(keymap), "--time", repr(ratio)]
+        options = ["--quiet", "--fine", "--ignore-clipping", "--timemap", str(keymap), "--time", f"{float(ratio):.12g}"]
         done = subprocess.run([RUBBERBAND, *options, str(src), str(dst)], check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise EngineError(f"rubberband failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")

@@ -145,6 +145,8 @@ def original_stretch(loop: np.ndarray, rate: float) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="original-stretch-") as tmp:
         src, dst = Path(tmp, "in.wav"), Path(tmp, "out.wav")
         soundfile.write(src, loop, SR, subtype="FLOAT")
-        subprocess.run(["rubberband", "-q", "--tempo", repr(rate), str(src), str(dst)], check=True, capture_output=True)
+        # f"{float(...)}", not repr(): numpy 2 writes np.float64(1.02), which the CLI reads as no ratio at all.
+        cmd = ["rubberband", "-q", "--tempo", f"{float(rate):.12g}", str(src), str(dst)]
+        subprocess.run(cmd, check=True, capture_output=True)
         out, _ = soundfile.read(dst, dtype="float32")
     return out
