@@ -8,11 +8,11 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
+.PHONY: install ffmpeg rubberband chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
-install: $(STAMP) $(ROWS_KERNEL) ffmpeg chromium $(NODE_E2E)
+install: $(STAMP) $(ROWS_KERNEL) ffmpeg rubberband chromium $(NODE_E2E)
 
 $(NODE_E2E): tests/e2e/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix tests/e2e --no-audit --no-fund; \
@@ -37,6 +37,10 @@ $(ROWS_KERNEL): $(STAMP) $(ROWS_SOURCES)
 
 ffmpeg:
 	@bash scripts/ensure-ffmpeg.sh
+
+# Debian's rubberband-cli: the looper's time stretch (GPL, run as a separate program).
+rubberband:
+	@bash scripts/ensure-rubberband.sh
 
 # Debian chromium + chromedriver for the playground's browser tests (skipped where they cannot be installed).
 chromium:

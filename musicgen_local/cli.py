@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import logs
 from .errors import MusicgenError
-from .registry import LM_VERSIONS, MODEL_VERSIONS, PRESETS
+from .registry import FETCHABLE_VERSIONS, LM_VERSIONS, PRESETS
 from .settings import ENV_VARS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,15 +232,15 @@ def cmd_weights_fetch(args, settings: Settings) -> int:
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per HEAD/GET drowns the progress
     say = logging.getLogger("musicgen_local.weights").info
-    unknown = [v for v in args.model_versions if v not in MODEL_VERSIONS]
+    unknown = [v for v in args.model_versions if v not in FETCHABLE_VERSIONS]
     if unknown:
         print(
-            f"error: unknown model_version {', '.join(unknown)}; choose from {', '.join(MODEL_VERSIONS)}",
+            f"error: unknown model_version {', '.join(unknown)}; choose from {', '.join(FETCHABLE_VERSIONS)}",
             file=sys.stderr,
         )
         return 2
     versions = list(args.model_versions)
-    versions += list(LM_VERSIONS) if args.all else []
+    versions += [v for v in FETCHABLE_VERSIONS if PRESETS[v].lm] if args.all else []
     versions += [v for v in LM_VERSIONS if PRESETS[v].melody] if args.melody else []
     versions = list(dict.fromkeys(versions or ["stereo-melody-large"]))  # the schema's default model_version
     summary = W.fetch(settings.weights_dir, W.files_for(versions, args.mbd, settings.checkpoints), log=say)
@@ -343,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model_versions",
         nargs="*",
         metavar="MODEL_VERSION",
-        help=f"any of {', '.join(MODEL_VERSIONS)} (default: stereo-melody-large)",
+        help=f"any of {', '.join(FETCHABLE_VERSIONS)} (default: stereo-melody-large; `medium` is the looper's)",
     )
-    p.add_argument("--all", action="store_true", help="every MusicGen model_version")
+    p.add_argument("--all", action="store_true", help="every MusicGen model_version (the looper's `medium` too)")
     p.add_argument("--melody", action="store_true", help="the two melody model_versions (and htdemucs)")
     p.add_argument("--mbd", action="store_true", help="also multi-band diffusion (multi_band_diffusion=true)")
     p.set_defaults(func=cmd_weights_fetch)

@@ -29,6 +29,10 @@ class Preset:
     channels: int  # audio channels out (0: as many as the input, for encode-decode)
     melody: bool = False  # conditions on a melody (needs htdemucs)
     lm: bool = True  # generates with a language model (encode-decode only runs the codec)
+    # The LM's scale (audiocraft's model_scale configs): `large` is 2048 wide, 48 layers, 32 heads.
+    dim: int = 2048
+    layers: int = 48
+    heads: int = 32
 
 
 ENCODE_DECODE = "encode-decode"
@@ -38,9 +42,16 @@ PRESETS: dict[str, Preset] = {
     "melody-large": Preset(1, melody=True),
     "large": Preset(1),
     ENCODE_DECODE: Preset(0, lm=False),
+    # facebook/musicgen-medium (1.5 B, mono): the looper's default model, never one of meta/musicgen's choices.
+    "medium": Preset(1, dim=1536, layers=48, heads=24),
 }
-MODEL_VERSIONS = tuple(PRESETS)
-LM_VERSIONS = tuple(v for v, p in PRESETS.items() if p.lm)
+# meta/musicgen's `model_version` choices: its published schema lists exactly these five, in this order.
+MODEL_VERSIONS = ("stereo-melody-large", "stereo-large", "melody-large", "large", ENCODE_DECODE)
+LM_VERSIONS = tuple(v for v in MODEL_VERSIONS if PRESETS[v].lm)
+# andreasjansson/musicgen-looper's `model_version` choices, as published.
+LOOPER_VERSIONS = ("medium", "large")
+# Every preset the weights can be fetched and laid out for (meta/musicgen's and the looper's).
+FETCHABLE_VERSIONS = tuple(PRESETS)
 
 MUSICGEN = "meta/musicgen"
 # Replicate's two published version ids of meta/musicgen: b05b1dff has encode-decode, 671ac645 does not.

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WeightsMissingError
-from .registry import MODEL_VERSIONS, PRESETS
+from .registry import FETCHABLE_VERSIONS, PRESETS
 
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
@@ -371,7 +371,7 @@ def log_progress_bar(log: Log, every_s: float = 5.0):
 def listing(weights_dir: Path) -> list[tuple[str, HubFile, int | None]]:
     """(model_version or "mbd", file, size on disk or None when missing) for everything fetchable."""
     rows = []
-    for group, files in [(v, required_files(v)) for v in MODEL_VERSIONS] + [("mbd", MBD_FILES)]:
+    for group, files in [(v, required_files(v)) for v in FETCHABLE_VERSIONS] + [("mbd", MBD_FILES)]:
         for file in with_pointed_codecs(weights_dir, files):
             local = cached_path(weights_dir, file)
             rows.append((group, file, local.stat().st_size if local is not None else None))

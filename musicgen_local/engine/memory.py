@@ -230,7 +230,7 @@ def gib(n: int) -> str:
 
 # ------------------------------------------------------------------------------------------ cards
 
-# The published checkpoints (audiocraft's `large` scale: dim 2048, 48 layers, 32 heads; 4 codebooks
+# The published checkpoints (each preset's scale, e.g. `large`: dim 2048, 48 layers, 32 heads; 4 codebooks
 # mono, 8 stereo; 2048 codes) and what loads with them. Counts, not guesses: parameters from the
 # architecture, files at their published sizes.
 T5_BASE_ENCODER = 109_628_544 * 4  # t5-base's encoder, float32
@@ -242,7 +242,7 @@ def published(model_version: str, dtype_bytes: int = 2) -> Footprint:
     from .. import registry
 
     preset = registry.PRESETS[model_version]
-    dim, layers, heads, card = 2048, 48, 32, 2048
+    dim, layers, heads, card = preset.dim, preset.layers, preset.heads, 2048
     codebooks = 8 if preset.channels == 2 else 4
     lm_params = layers * 16 * dim * dim + 2 * codebooks * (card + 1) * dim + 768 * dim
     weights = lm_params * dtype_bytes + T5_BASE_ENCODER + ENCODEC_32KHZ + (HTDEMUCS if preset.melody else 0)

@@ -5,8 +5,8 @@ audiocraft's loaders read `facebook/musicgen-<v>/{state_dict,compression_state_d
 hub cache, transformers reads `t5-base` and `facebook/encodec_32khz`, demucs reads
 `adefossez/HTDemucs`. Only the sizes are tiny; file formats, keys and config structure are real.
 
-Two compression formats exist in the wild and both are written: `large` and `melody-large`
-carry a full EnCodec state (`xp.cfg` + `best_state`), the stereo models carry the
+Two compression formats exist in the wild and both are written: `large`, `melody-large` and
+`medium` (the looper's model) carry a full EnCodec state (`xp.cfg` + `best_state`), the stereo models carry the
 `{'pretrained': 'facebook/encodec_32khz'}` pointer that makes audiocraft load transformers' EnCodec.
 """
 
@@ -176,7 +176,7 @@ def write_encodec_pointer(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- LMs
 
 
-def lm_cfg(stereo: bool, melody: bool, segment_duration: int = 30):
+def lm_cfg(stereo: bool, melody: bool, segment_duration: int = 30, dim: int = 32, num_heads: int = 2):
     """A LM config with the structure of the released MusicGen configs, at tiny sizes."""
     from omegaconf import OmegaConf
 
@@ -204,8 +204,8 @@ def lm_cfg(stereo: bool, melody: bool, segment_duration: int = 30):
         "dtype": "float32",
         "codebooks_pattern": {"modeling": "delay", "delay": {"delays": delays, "flatten_first": 0, "empty_initial": 0}},
         "transformer_lm": {
-            "dim": 32,
-            "num_heads": 2,
+            "dim": dim,
+            "num_heads": num_heads,
             "num_layers": 2,
             "hidden_scale": 2,
             "n_q": n_q,
@@ -242,6 +242,9 @@ def lm_cfg(stereo: bool, melody: bool, segment_duration: int = 30):
     return OmegaConf.create(cfg)
 
 
+TINY_SCALE = {"medium": {"dim": 48, "num_heads": 3}}
+
+
 def write_lm(weights_dir: Path, model_version: str, repo: str | None = None, seed: int = 3) -> None:
     """One MusicGen repo: state_dict.bin (LM) and compression_state_dict.bin (codec)."""
     import torch
@@ -250,7 +253,9 @@ def write_lm(weights_dir: Path, model_version: str, repo: str | None = None, see
     repo = repo or W.lm_repo(model_version)
     stereo, melody = model_version.startswith("stereo"), "melody" in model_version
     torch.manual_seed(seed)
-    cfg = lm_cfg(stereo, melody)
+    # medium is narrower than large in the real models (1536 vs 2048 wide, 64 per head in both); the tiny
+    # medium is wider than the tiny large instead, so a loader that read the wrong one would fail on shapes.
+    cfg = lm_cfg(stereo, melody, **TINY_SCALE.get(model_version, {}))
     lm = builders.get_lm_model(cfg)
     _export(hub_path(weights_dir, repo, "state_dict.bin"), cfg, lm.state_dict())
     compression = hub_path(weights_dir, repo, "compression_state_dict.bin")
@@ -294,7 +299,10 @@ PARTS: dict[str, Callable[[Path], None]] = {
     "t5": write_t5,
     "encodec": write_hf_encodec,
     "htdemucs": write_htdemucs,
-    **{v: (lambda d, v=v: write_lm(d, v)) for v in ("large", "stereo-large", "melody-large", "stereo-melody-large")},
+    **{
+        v: (lambda d, v=v: write_lm(d, v))
+        for v in ("large", "stereo-large", "melody-large", "stereo-melody-large", "medium")
+    },
 }
 
 

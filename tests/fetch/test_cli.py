@@ -45,6 +45,7 @@ def test_fetch_melody_and_mbd_then_list(hub, weights_dir, capsys):
         "melody-large": "complete",
         "large": "2",
         "encode-decode": "complete",
+        "medium": "2",  # the looper's model: listed with the others, not fetched by --melody
         "mbd": "complete",
     }
     size = W.cached_path(weights_dir, W.HubFile(W.HTDEMUCS, "955717e8.safetensors")).stat().st_size
