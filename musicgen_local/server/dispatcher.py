@@ -1,7 +1,9 @@
 """Predictions into the engine and its events back into predictions.
 
 Queued predictions wait here, oldest first, until the engine has room (`engine.capacity` runs in
-flight); each run in flight has a thread that turns its events into the prediction's status, logs,
+flight). Runs with a file input to fetch (a URL that may take a minute to answer, or never) queue in a lane of
+their own with the same capacity, so that no number of slow inputs holds a slot a run without one needs. Each
+run in flight has a thread that turns its events into the prediction's status, logs,
 webhooks and output file. Listeners (the SSE streams) see every event too, each line of `logs` as a
 Log event (progress lines included). Nothing here touches a tensor or waits on the GPU: a slow
 consumer only delays its own prediction's bookkeeping.
@@ -64,8 +66,10 @@ class Dispatcher:
         self.engine, self.store, self.webhooks, self.registry = engine, store, webhooks, registry
         self.observer = observer or _Unobserved()
         self.capacity = max(1, capacity)
-        self._queue: deque[str] = deque()  # prediction ids not handed to the engine yet, oldest first
+        # prediction ids not handed to the engine yet, oldest first, by lane (with a file input to fetch, or not)
+        self._queues: dict[bool, deque[str]] = {False: deque(), True: deque()}
         self._runs: dict[str, Run] = {}  # handed to the engine and not finished
+        self._in_flight: dict[bool, set[str]] = {False: set(), True: set()}  # of _runs, by lane
         self._held: set[str] = set()  # draining: runs canceled only to stay queued for the next start
         self._changed = threading.Condition()
         self._feeding = True
@@ -88,7 +92,7 @@ class Dispatcher:
             if restarted:
                 self._log(pred, self.RESTARTED)
             self.store.save(pred)
-            self._queue.append(pred.id)
+            self._queue_of(pred).append(pred.id)
         self._feeder.start()
 
     def drain(self, grace_s: float) -> None:
@@ -146,13 +150,21 @@ class Dispatcher:
         self.store.add(pred)
         self.observer.on_created(pred)
         with self._changed:
-            self._queue.append(pred.id)
+            self._queue_of(pred).append(pred.id)
             self._changed.notify_all()
 
     def queued(self) -> int:
         """Runs created and not yet handed to the engine."""
         with self._changed:
-            return len(self._queue)
+            return sum(len(queue) for queue in self._queues.values())
+
+    @staticmethod
+    def _lane(pred: Prediction) -> bool:
+        """True for a run with a file input to fetch before it can run (a prediction's input_audio URL)."""
+        return str((pred.request or {}).get("input_audio") or "").startswith(("http://", "https://"))
+
+    def _queue_of(self, pred: Prediction) -> deque[str]:
+        return self._queues[self._lane(pred)]
 
     def cancel(self, pred: Prediction) -> None:
         """A prediction that has not started ends now; one generating as soon as the engine stops it."""
@@ -160,8 +172,8 @@ class Dispatcher:
             if pred.done:
                 return
             run = self._runs.get(pred.id)
-            if run is None and pred.id in self._queue:
-                self._queue.remove(pred.id)
+            if run is None and pred.id in self._queue_of(pred):
+                self._queue_of(pred).remove(pred.id)
         if run is not None:
             run.cancel()
         if pred.status == "starting":  # whatever the engine says later about it is ignored
@@ -169,18 +181,27 @@ class Dispatcher:
 
     # ---------------------------------------------------------------------------------- feeding
 
+    def _ready_lane(self) -> bool | None:
+        """A lane with a run queued and room in flight (the lane without inputs first), or None."""
+        return next((lane for lane in (False, True) if self._queues[lane] and self._room(lane)), None)
+
+    def _room(self, lane: bool) -> bool:
+        return len(self._in_flight[lane]) < self.capacity
+
     def _feed(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: not self._feeding or (self._queue and len(self._runs) < self.capacity))
+                self._changed.wait_for(lambda: not self._feeding or self._ready_lane() is not None)
                 if not self._feeding:
                     return
-                pred = self.store.get(self._queue.popleft())
+                lane = self._ready_lane()
+                pred = self.store.get(self._queues[lane].popleft())
                 if pred is None or pred.done:
                     continue
                 pred.attempts += 1
                 self.store.save(pred)
                 run = self._runs[pred.id] = self._submit_to_engine(pred)
+                self._in_flight[lane].add(pred.id)
             threading.Thread(target=self._consume, args=(pred, run), name=f"run-{pred.id[:8]}", daemon=True).start()
 
     def _submit_to_engine(self, pred: Prediction) -> Run:
@@ -205,6 +226,8 @@ class Dispatcher:
         finally:
             with self._changed:
                 self._runs.pop(pred.id, None)
+                for in_flight in self._in_flight.values():
+                    in_flight.discard(pred.id)
                 self._changed.notify_all()
 
     def _handle(self, pred: Prediction, event: Event, on_progress: Callable[[Progress], None]) -> None:
@@ -255,7 +278,7 @@ class Dispatcher:
             log.warning("prediction %s: kept queued for the restart (%s)", pred.id, message)
             return
         with self._changed:
-            self._queue.appendleft(pred.id)
+            self._queue_of(pred).appendleft(pred.id)
             self._changed.notify_all()
 
     def _tell(self, pred: Prediction, event: Event) -> None:
