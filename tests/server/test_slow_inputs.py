@@ -32,9 +32,8 @@ def test_silent_input_urls_hold_up_no_text_only_prediction(settings, tmp_path, s
         with make_client(tmp_path, engine, settings=config) as c:
             melody = {"model_version": "melody-large", "prompt": "x", "duration": 1, "input_audio": silent_url}
             stalled = [c.post("/v1/predictions", json={"version": V1, "input": melody}).json()["id"] for _ in range(8)]
-            text = c.post(
-                "/v1/predictions", json={"version": V1, "input": {"model_version": "large", "prompt": "y", "duration": 1}}
-            ).json()["id"]
+            plain = {"model_version": "large", "prompt": "y", "duration": 1}
+            text = c.post("/v1/predictions", json={"version": V1, "input": plain}).json()["id"]
             done = wait_done(c, text, timeout=120)
             assert done["status"] == "succeeded", done
             # the silent downloads are still waiting for their 20 s deadline: none has ended yet
