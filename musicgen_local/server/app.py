@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from .streams import StreamHub
 from .webhooks import signing_secret
 
 log = logging.getLogger(__name__)
-_FILE_URL = re.compile(r"/v1/files/([a-z0-9]+)(?:/download)?$")
 
 
 def problem(status: int, title: str, detail: Any, **extra: Any) -> JSONResponse:
@@ -128,29 +126,6 @@ async def _keep_tidy_forever(runs: RunStacks, files: FileStore, retention_every_
             log.exception("keeping the data folder tidy failed")
 
 
-def input_resolver(files: FileStore):
-    """A file input over HTTP (`input_audio`, a training's `dataset_path`): our own /v1/files URLs become
-    the uploaded file's path; other http(s) URLs and data: URIs stay as they are; anything else (a
-    server path, file://) is refused, so that no request can read this server's files."""
-
-    def resolve(url: str, name: str = "input_audio") -> str:
-        match = _FILE_URL.search(url.split("?")[0])
-        if match:
-            found = files.get(match.group(1))
-            if found is None:
-                raise _file_input_error(name, f"no file {match.group(1)!r} was uploaded to this server")
-            return str(found[1])
-        if url.startswith(("http://", "https://", "data:")):
-            return url
-        raise _file_input_error(name, "must be an http(s) URL, a data: URI, or a file uploaded with POST /v1/files")
-
-    return resolve
-
-
-def _file_input_error(name: str, message: str) -> FieldsInvalid:
-    return FieldsInvalid([{"loc": (name,), "type": "url_scheme", "msg": message}], ("input",))
-
-
 def create_app(
     settings: Settings,
     engine: EngineClient,
@@ -198,7 +173,7 @@ def create_app(
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
     app.state.settings, app.state.engine, app.state.runs, app.state.files = settings, engine, runs, files
     app.state.registry, app.state.streams, app.state.metrics = registry, streams, metrics
-    app.state.page_size, app.state.resolve_input = page_size, input_resolver(files)
+    app.state.page_size = page_size
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]

@@ -98,13 +98,16 @@ class FileStore:
         extension = (mimetypes.guess_extension(mime) or ".bin").lstrip(".")
         return self.add(f"{name}.{extension}", mime, io.BytesIO(data), {"from": "data: URI"})
 
+    def path_of(self, record: dict[str, Any]) -> Path:
+        return self.root / record["id"] / record["name"]
+
     def get(self, file_id: str) -> tuple[dict[str, Any], Path] | None:
         row = self._db.read_one("SELECT record FROM files WHERE id = ?", (file_id,))
         if not row:
             return None
         try:
             record = scrub(json.loads(row[0]))
-            created, path = stored_time(record["created_at"]), self.root / file_id / record["name"]
+            created, path = stored_time(record["created_at"]), self.path_of({**record, "id": file_id})
         except (ValueError, TypeError, KeyError, RecursionError) as exc:  # unreadable: as if it were not there
             log.warning("file %s: unreadable stored record (%s)", file_id, exc)
             return None

@@ -20,8 +20,8 @@ from ..engine.api import Request as EngineRequest
 from ..errors import UserError
 from ..registry import ENCODE_DECODE, LATEST, Version
 from ..schema import FIELDS_BY_NAME, parse_input
+from . import file_inputs, stream_routes
 from . import run_routes as runs
-from . import stream_routes
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
 from .params import CancelAfter, CreatedAfter, CreatedBefore
@@ -73,13 +73,16 @@ def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseMod
     return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
-def _engine_request(request: Request, parsed: pydantic.BaseModel, version: Version) -> dict[str, Any]:
-    """The engine's Request, built once at creation (seed fixed, our own upload URLs made local, a
-    trained version's weights named)."""
+async def _engine_request(
+    request: Request, parsed: pydantic.BaseModel, version: Version, sent: dict[str, Any]
+) -> dict[str, Any]:
+    """The engine's Request, built once at creation (seed fixed, a trained version's weights named, the file input
+    taken: see file_inputs.py; `sent` keeps what the prediction shows of it)."""
     engine_request = replace(EngineRequest.from_input(parsed), weights=version.weights).with_seed()
     if engine_request.input_audio:
-        local = request.app.state.resolve_input(engine_request.input_audio)
-        engine_request = replace(engine_request, input_audio=local)
+        taken = await file_inputs.take(request, engine_request.input_audio)
+        engine_request = replace(engine_request, input_audio=taken.local)
+        sent["input_audio"] = taken.kept
     return engine_request.as_dict()
 
 
@@ -89,11 +92,11 @@ async def _create(
     body = CreateBody.model_validate(await runs.read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
-    engine_request, webhook = _engine_request(request, parsed, version), await runs.checked_webhook(request, body)
+    webhook = await runs.checked_webhook(request, body)
     runs.refuse_while_draining(request, NOUN)
-    max_queue, store = request.app.state.settings.max_queue, runs.stack(request, NOUN).store
-    if max_queue and store.unfinished_count() >= max_queue:  # no await from here to submit
-        raise QueueFull(max_queue)
+    _refuse_when_full(request)
+    engine_request = await _engine_request(request, parsed, version, sent)
+    _refuse_when_full(request)  # again: no await from here to submit
     pred = Prediction(
         id=new_id(),
         version=version.id,
@@ -108,6 +111,12 @@ async def _create(
         location = runs.render(request, NOUN, pred)["urls"]["get"]
         return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
     return JSONResponse(await _wait(request, pred, prefer), status_code=201)
+
+
+def _refuse_when_full(request: Request) -> None:
+    max_queue = request.app.state.settings.max_queue
+    if max_queue and runs.stack(request, NOUN).store.unfinished_count() >= max_queue:
+        raise QueueFull(max_queue)
 
 
 async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[str, Any]:

@@ -12,8 +12,10 @@ from starlette.exceptions import HTTPException
 
 from ..engine.api import TrainingRequest
 from ..registry import MUSICGEN
+from . import file_inputs
 from . import run_routes as runs
 from .bodies import EVENTS, json_body, problems
+from .file_inputs import FileInput
 from .model_routes import found_model
 from .params import CancelAfter, CreatedAfter, CreatedBefore
 from .prediction import new_id
@@ -71,16 +73,16 @@ def _destination(request: Request, body: TrainingBody) -> str:
     return body.destination
 
 
-def _checked_training_input(request: Request, body: TrainingBody) -> tuple[pydantic.BaseModel, str]:
-    """The validated input (as the engine takes it) and the dataset's resolved location."""
+async def _checked_training_input(request: Request, body: TrainingBody) -> tuple[pydantic.BaseModel, FileInput]:
+    """The validated input (as the engine takes it) and the dataset (file_inputs.py)."""
     from ..training.params import parse_training_input  # torch-free, but not needed by servers that never train
 
     try:
         parsed = parse_training_input(body.input)
     except pydantic.ValidationError as exc:
         raise FieldsInvalid(exc.errors(), ("input",)) from None
-    dataset = request.app.state.resolve_input(parsed.dataset_path, "dataset_path")
-    return parsed, dataset
+    dataset = await file_inputs.take(request, parsed.dataset_path, "dataset_path")
+    return parsed.model_copy(update={"dataset_path": dataset.kept}), dataset
 
 
 @router.post(
@@ -103,8 +105,8 @@ async def create_training(
             f"{model.full_name}:{version_id} is itself a fine-tune; train from a version of "
             f"{MUSICGEN} (its base is `{version.base}`).",
         )
-    sent = body.input
-    engine_input, dataset = _checked_training_input(request, body)
+    engine_input, dataset = await _checked_training_input(request, body)
+    sent = {**body.input, "dataset_path": dataset.kept}
     webhook = await runs.checked_webhook(request, body)
     runs.refuse_while_draining(request, NOUN)
     destination = _destination(request, body)  # no await from here to submit: one training per destination
@@ -118,7 +120,7 @@ async def create_training(
         destination=destination,
     )
     folder = runs.stack(request, NOUN).store.prediction_dir(training.id)
-    engine_request = TrainingRequest(engine_input, dataset, str(folder / "work"), str(folder / WEIGHTS_FILE))
+    engine_request = TrainingRequest(engine_input, dataset.local, str(folder / "work"), str(folder / WEIGHTS_FILE))
     training.request = engine_request.as_record()
     runs.submit(request, NOUN, training, body, cancel_after)
     return JSONResponse(runs.render(request, NOUN, training), status_code=201)
