@@ -31,6 +31,7 @@ from collections.abc import Callable
 from tqdm import tqdm
 
 from .. import logs
+from ..database import StorageFailed
 from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
 from ..registry import Registry
 from .metrics import Observer
@@ -241,12 +242,7 @@ class Dispatcher:
         elif isinstance(event, Progress):
             on_progress(event)
         elif isinstance(event, Done):
-            path = self.store.prediction_dir(pred.id) / event.result.filename
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(event.result.audio)
-            pred.output_file = path.name
-            self.webhooks.notify(pred, "output")
-            self._finish(pred, "succeeded")
+            self._done(pred, event)
         elif isinstance(event, Failed):
             if event.kind == "device" and self._runs_again_after_device_loss(pred):
                 self._requeue_after_device_loss(pred, event.message)
@@ -264,6 +260,19 @@ class Dispatcher:
             self.observer.on_audio(pred)
         else:
             self._other(pred, event)
+
+    def _done(self, pred: Prediction, event: Done) -> None:
+        path = self.store.prediction_dir(pred.id) / event.result.filename
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(event.result.audio)
+        except OSError as exc:  # a full disk: the prediction fails saying so, and ends like any other
+            path.unlink(missing_ok=True)
+            log.error("%s %s: its output could not be written: %s", self.NOUN, pred.id, exc)
+            return self._finish(pred, "failed", str(StorageFailed("the output", exc)))
+        pred.output_file = path.name
+        self.webhooks.notify(pred, "output")
+        self._finish(pred, "succeeded")
 
     def _other(self, pred: Prediction, event: Event) -> None:
         log.warning("%s %s: unknown event %r", self.NOUN, pred.id, event)

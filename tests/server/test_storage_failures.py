@@ -52,3 +52,28 @@ def test_a_create_the_disk_refuses_is_a_503_and_takes_no_queue_slot(tmp_path):
         assert created.status_code == 201
         assert wait_done(c, created.json()["id"])["status"] == "succeeded"
         assert [p["id"] for p in c.get("/v1/predictions").json()["results"]] == [created.json()["id"]]
+
+
+def test_a_disk_that_fills_during_generation_ends_the_prediction_once_and_frees_its_slot(tmp_path, receiver):
+    """Before, the prediction failed but could not be written as failed: it stayed unfinished (its queue slot taken,
+    every later create a 429), no `completed` webhook went out, and after a restart it ran again and succeeded."""
+    from musicgen_local.testing.fake_engine import FakeEngine
+
+    body = {"version": V1, "input": {"prompt": "x", "duration": 1}, "webhook": receiver.url}
+    with make_client(tmp_path, FakeEngine(step_delay_s=0.02), settings={"max_queue": 1}) as c:
+        pred = c.post("/v1/predictions", json={**body, "webhook_events_filter": ["completed"]}).json()
+        while c.get(f"/v1/predictions/{pred['id']}").json()["status"] != "processing":
+            pass
+        with disk_full_past(1024):  # neither the output file nor the database's next page fits
+            ended = wait_done(c, pred["id"])
+            assert ended["status"] == "failed" and ended["error"] == FULL.format(what="output")
+            receiver.wait_for(lambda events: len(events) == 1)
+        assert [(e["id"], e["status"]) for e in receiver.events()] == [(pred["id"], "failed")]
+        again = _create(c, "after")  # the slot is free (MUSICGEN_MAX_QUEUE 1)
+        assert again.status_code == 201 and wait_done(c, again.json()["id"])["status"] == "succeeded"
+        for _ in range(200):  # the failed state, owed to the database, is written once there is room
+            if not c.app.state.runs["prediction"].store.flush():
+                break
+    with make_client(tmp_path) as c:  # a restart: it ended failed, and stays so (it is not run again)
+        assert c.get(f"/v1/predictions/{pred['id']}").json()["status"] == "failed"
+    assert len(receiver.events()) == 1
