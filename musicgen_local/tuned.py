@@ -151,16 +151,16 @@ def read(path: str | Path, unpack_to: Path | None = None) -> Tuned:
     if path.is_dir():
         return _from_folder(path)
     if not path.is_file():
-        raise UserError(f"Fine-tuned weights {str(path)!r} do not exist.")
+        raise UserError(f"The fine-tune's weights file `{path.name}` does not exist (any more) on this server.")
     if not tarfile.is_tarfile(path):
-        raise UserError(f"Fine-tuned weights {str(path)!r} are not a tar (a training's output is one).")
+        raise UserError(f"The fine-tune's weights file `{path.name}` is not a tar (a training's output is one).")
     root = unpack_to or Path(tempfile.gettempdir()) / "musicgen-local-tuned" / _digest(path)
     if not (root / MANIFEST).is_file():
         staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=_parent(root)))
         with tarfile.open(path) as tar:
             tar.extractall(staging, filter="data")  # "data": no absolute paths, links or devices
         if not (staging / MANIFEST).is_file():
-            raise UserError(f"{str(path)!r} is not a musicgen-local fine-tune: it has no {MANIFEST}.")
+            raise UserError(f"`{path.name}` is not a musicgen-local fine-tune: it has no {MANIFEST}.")
         try:
             staging.rename(root)
         except OSError:  # another reader unpacked it first
@@ -186,14 +186,14 @@ def _digest(path: Path) -> str:
 def _from_folder(root: Path) -> Tuned:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise UserError(f"{str(root)!r} is not a musicgen-local fine-tune: it has no {MANIFEST}.")
+        raise UserError(f"`{root.name}` is not a musicgen-local fine-tune: it has no {MANIFEST}.")
     m = json.loads(manifest_path.read_text())
     if m.get("format") != FORMAT or m.get("kind") not in KINDS:
-        raise UserError(f"{str(root)!r}: unknown fine-tune format {m.get('format')!r} / kind {m.get('kind')!r}.")
+        raise UserError(f"`{root.name}`: unknown fine-tune format {m.get('format')!r} / kind {m.get('kind')!r}.")
     needed = (ADAPTER,) if m["kind"] == "lora" else FULL_FILES
     absent = [name for name in needed if not (root / name).is_file()]
     if absent:
-        raise UserError(f"{str(root)!r}: a {m['kind']} fine-tune without {', '.join(absent)}.")
+        raise UserError(f"`{root.name}`: a {m['kind']} fine-tune without {', '.join(absent)}.")
     return Tuned(
         m["kind"],
         m["base"],

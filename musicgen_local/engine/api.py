@@ -199,9 +199,8 @@ def failure(exc: Exception) -> Failed | Canceled:
         return Failed(str(exc), kind="weights")
     if isinstance(exc, EngineError):
         return Failed(str(exc), kind="internal")
-    return Failed(
-        f"Internal error while generating ({type(exc).__name__}: {exc}); see the server log.", kind="internal"
-    )
+    # Not the exception's text: it may name this server's files (a path in an OSError); the log has it all.
+    return Failed(f"Internal error while generating ({type(exc).__name__}); see the server log.", kind="internal")
 
 
 def terminal_error(event: Failed | Canceled) -> Exception:

@@ -103,3 +103,13 @@ def test_an_unrecoverable_error_while_a_model_loads_loses_the_device_too(setting
         assert engine.lost.wait(5) and engine.health()["status"] == "UNHEALTHY"
     finally:
         engine.close()
+
+
+def test_an_internal_error_names_its_kind_but_not_its_text():
+    """An exception's text may name this server's files (an OSError's path); the message says what kind it was and
+    where to look, the server's log keeps the rest."""
+    from musicgen_local.engine.api import failure
+
+    event = failure(FileExistsError(17, "File exists", "/srv/musicgen/data/trainings/abc/work/dataset/a"))
+    assert event.kind == "internal" and "/srv/musicgen" not in event.message
+    assert event.message == "Internal error while generating (FileExistsError); see the server log."

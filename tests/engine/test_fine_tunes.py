@@ -96,8 +96,8 @@ def test_bad_weights_fail_with_a_message(lora_engine, adapters, tmp_path):
     not_a_tar = tmp_path / "notes.txt"
     not_a_tar.write_text("hello")
     cases = [
-        (str(tmp_path / "missing.tar"), "do not exist"),
-        (str(not_a_tar), "are not a tar"),
+        (str(tmp_path / "missing.tar"), "`missing.tar` does not exist"),
+        (str(not_a_tar), "`notes.txt` is not a tar"),
         (str(adapters[0]), "fine-tune of `large`; they cannot decode `stereo-large`"),
     ]
     for weights, message in cases:
@@ -105,3 +105,4 @@ def test_bad_weights_fail_with_a_message(lora_engine, adapters, tmp_path):
         events = list(lora_engine.submit(Request(model_version=model, prompt="x", duration=1, weights=weights)))
         assert isinstance(events[-1], Failed) and events[-1].kind == "user", events[-1]
         assert message in events[-1].message
+        assert str(tmp_path) not in events[-1].message  # this server's paths are its own business
