@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import tuned
+from . import registry, tuned
 from .settings import Settings
 from .tuned import Tuned
 
@@ -34,12 +34,7 @@ def model_version_of(state_dict: Path) -> str:
     cfg = yaml.safe_load(torch.load(state_dict, map_location="cpu", mmap=True, weights_only=True)["xp.cfg"])
     stereo = bool((cfg.get("interleave_stereo_codebooks") or {}).get("use"))
     melody = "self_wav" in (cfg.get("conditioners") or {})
-    return {
-        (True, True): "stereo-melody-large",
-        (True, False): "stereo-large",
-        (False, True): "melody-large",
-        (False, False): "large",
-    }[(stereo, melody)]
+    return registry.model_version_of(2 if stereo else 1, melody, int(cfg["transformer_lm"]["dim"]))
 
 
 def _download_tar(url: str) -> Path:

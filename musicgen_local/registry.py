@@ -73,6 +73,17 @@ def has_lm(model_version: str) -> bool:
     return PRESETS[model_version].lm
 
 
+def model_version_of(channels: int, melody: bool, dim: int) -> str:
+    """The model_version whose architecture a checkpoint has (a Cog weights tar names none): by channels and
+    melody, and by width among those (`medium` and `large` differ only there); meta/musicgen's first otherwise."""
+    found = [v for v, p in PRESETS.items() if p.lm and (p.channels, p.melody) == (channels, melody)]
+    if not found:
+        raise UserError(f"No model_version has {channels} channel(s) and melody {melody}.")
+    return next(
+        (v for v in found if PRESETS[v].dim == dim), next(v for v in MODEL_VERSIONS + tuple(found) if v in found)
+    )
+
+
 @dataclass(frozen=True)
 class Version:
     id: str

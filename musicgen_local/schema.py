@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, cr
 from pydantic import Field as PydanticField
 
 from .errors import UserError
-from .registry import ENCODE_DECODE, MODEL_VERSIONS
+from .registry import ENCODE_DECODE, MODEL_VERSIONS, PRESETS
 
 _REQUIRED = object()
 CODEBOOK_SIZE = 2048  # tokens each MusicGen codebook has: top_k past it has nothing more to keep
@@ -205,7 +205,7 @@ def openapi_schema() -> dict[str, Any]:
 
 
 def reference_json() -> dict[str, Any]:
-    """The schema in the flat layout of shared/reference/meta-musicgen-input.json, for comparisons."""
+    """The schema in the flat layout of tests/data/meta-musicgen-input.json (Replicate's own), for comparisons."""
     out = []
     for f in FIELDS:
         item: dict[str, Any] = {"name": f.name, "type": f.json_type}
@@ -292,7 +292,7 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
         raise UserError("Must provide `input_audio` if continuation is `True`.")
     if v == ENCODE_DECODE and not inp.input_audio:
         raise UserError("`encode-decode` needs `input_audio`: it encodes that audio with EnCodec and decodes it back.")
-    if v in ("stereo-large", "large") and inp.input_audio and not inp.continuation:
+    if PRESETS[v].lm and not PRESETS[v].melody and inp.input_audio and not inp.continuation:
         raise UserError(
             "`stereo-large` and `large` model does not support melody input. Set "
             "`model_version='stereo-melody-large'` or `model_version='melody-large'` to condition on audio input."

@@ -13,7 +13,7 @@ LEFT_CONTEXT = 50  # frames decoded before a segment: the codec's LSTM and convo
 RIGHT_CONTEXT = 8  # frames after it: the non-causal convolutions look this far ahead
 
 
-def decode(model, mbd, tokens: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def to_wav(model, mbd, tokens: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Tokens [1, K, T] -> waveform [1, C, T * 640], by EnCodec, or by MBD when `mbd` is given."""
     if mbd is None:
         return model.compression_model.decode(tokens, None)

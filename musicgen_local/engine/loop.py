@@ -341,12 +341,12 @@ class DeviceLoop:
                 raise Cancelled()
 
         if job.lora is None:
-            tokens = reference.decode(plan, job.request, on_step)
+            tokens = reference.generate_tokens(plan, job.request, on_step)
         else:
             from ..training.lora import applied
 
             with applied(model.lm, job.lora.tensors, job.lora.scale):
-                tokens = reference.decode(plan, job.request, on_step)
+                tokens = reference.generate_tokens(plan, job.request, on_step)
         if job.stream:
             job.segments = codec.SegmentStream(model.compression_model, tokens.shape[-1], self.settings.stream_seconds)
         self._finish(job, model, tokens, None)  # MBD's noise continues the global stream, as audiocraft's does
@@ -364,13 +364,13 @@ class DeviceLoop:
             job.run.emit(job.segments.decode_next(tokens, tokens.shape[-1]))
         self.residency.room_to_decode(job.key, tokens.shape[-1] / model.frame_rate, model.audio_channels)
         with autocast(self.device):
-            wav = codec.decode(model, job.mbd, tokens, generator)  # [1, C, T]
+            wav = codec.to_wav(model, job.mbd, tokens, generator)  # [1, C, T]
         self._encode_later(job, wav[0], model.sample_rate)
 
     def _mbd(self, job: Job) -> None:
         if job.request.multi_band_diffusion:
             job.mbd = self.mbd.get()
-            self.residency.plan.shared.setdefault("mbd", self.mbd.bytes())
+            self.residency.memory.shared.setdefault("mbd", self.mbd.bytes())
 
     def _encode_later(self, job: Job, wav: torch.Tensor, sample_rate: int) -> None:
         self._let_go(job)  # the device is done with it

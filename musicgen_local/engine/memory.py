@@ -121,7 +121,9 @@ def module_bytes(module) -> int:
 
 
 @dataclass
-class Resident:
+class Holding:
+    """What one resident model holds of its device's plan."""
+
     footprint: Footprint
     slots: int
 
@@ -272,11 +274,11 @@ def card_table(
         slots = plan.slots_alone(fp, 256)
         resident = 0
         while plan.free >= fp.total(max_batch):
-            plan.models[f"m{resident}"] = Resident(fp, max_batch)
+            plan.models[f"m{resident}"] = Holding(fp, max_batch)
             resident += 1
         alone = replace(plan, models={})
         if slots:
-            alone.models["one"] = Resident(fp, min(slots, max_batch))
+            alone.models["one"] = Holding(fp, min(slots, max_batch))
         rows.append(
             {
                 "card_gb": gb,

@@ -1,8 +1,8 @@
 """Loading MusicGen checkpoints through audiocraft's own loaders, and checking that they are there.
 
-Loading has two stages. `read_checkpoint` (the loader pool, never the device loop) reads the
-checkpoint files into host memory and warms the OS cache with the files built from them (T5,
-htdemucs, the codec); `build_model` (the device loop) builds the model on its device from what was
+Loading has two stages. `read_checkpoint` (the loader pool; at start-up, the device loop's warm-up, before
+anything else runs there) reads the checkpoint files into host memory and warms the OS cache with the files built
+from them (T5, htdemucs, the codec); `build_model` (the device loop) builds the model on its device from what was
 read, through audiocraft's own `load_lm_model` and `load_compression_model`.
 """
 

@@ -34,7 +34,7 @@ def sampling_params(request: Request) -> dict:
     }
 
 
-def decode(plan: Plan, request: Request, on_step: Callable[[int, int], None]) -> torch.Tensor:
+def generate_tokens(plan: Plan, request: Request, on_step: Callable[[int, int], None]) -> torch.Tensor:
     """Tokens [1, K, T] for the whole request (prompt included): each window re-prompted with the last
     (window - stride) frames of the one before. on_step(done, total) runs after every step; raising
     there (cancellation) stops the decode."""

@@ -102,14 +102,14 @@ class Residency:
         self._read_checkpoint, self._build, self._loader_pool, self._deliver = read, build, loader_pool, deliver
         self.faults, self._still_wanted = contain, still_wanted
         self.models: OrderedDict[ModelKey, Resident] = OrderedDict()
-        self.plan = memory.new_plan(device, settings.device_memory)
+        self.memory = memory.new_plan(device, settings.device_memory)
         self.dtype_bytes = 4 if torch.device(device).type == "cpu" else 2  # the LM's compute dtype: float16 off CPU
         self.model_loads = 0
         self.evictions = 0
         self.fast_decoder: dict[ModelKey, str] = {}  # "enabled (...)" or "disabled (why)"
         self._holds: Counter[ModelKey] = Counter()
         self._waiters: dict[ModelKey, list] = {}  # waiting for their model to be read, or placed
-        self._read: dict[ModelKey, Any] = {}  # read, waiting for room on the device
+        self._unplaced: dict[ModelKey, Any] = {}  # read, waiting for room on the device
         self._held_before: frozenset[ModelKey] = frozenset()
 
     # ---------------------------------------------------------------------------------- who needs what
@@ -134,7 +134,7 @@ class Residency:
             return self.models[key]
         waiters = self._waiters.setdefault(key, [])
         waiters.append(waiter)
-        if len(waiters) == 1 and key not in self._read:
+        if len(waiters) == 1 and key not in self._unplaced:
             self._loader_pool.submit(self._read_in_pool, key)
         return None
 
@@ -147,18 +147,18 @@ class Residency:
     def read_done(self, read: ModelRead) -> list[Outcome]:
         if read.error is not None:
             return [Refused(read.key, read.error, self._waiters.pop(read.key, []))]
-        self._read[read.key] = read.host
+        self._unplaced[read.key] = read.host
         return self._place(read.key)
 
     def placeable(self) -> bool:
         """A read model might fit now that could not before: the models held changed since the last try."""
-        return bool(self._read) and frozenset(self._holds) != self._held_before
+        return bool(self._unplaced) and frozenset(self._holds) != self._held_before
 
     def retry(self) -> list[Outcome]:
         """Models read but not placed wait for held ones to be let go: try them again when that changed."""
         outcomes: list[Outcome] = []
         if self.placeable():
-            for key in list(self._read):
+            for key in list(self._unplaced):
                 outcomes += self._place(key)
         self._held_before = frozenset(self._holds)
         return outcomes
@@ -167,7 +167,7 @@ class Residency:
         """Everything waiting for a model (for a device that is lost); they are forgotten."""
         out = [w for waiters in self._waiters.values() for w in waiters]
         self._waiters.clear()
-        self._read.clear()
+        self._unplaced.clear()
         return out
 
     def _place(self, key: ModelKey) -> list[Outcome]:
@@ -178,19 +178,19 @@ class Residency:
         outcomes: list[Outcome] = [Refused(key, Cancelled(), gone)] if gone else []
         self._waiters[key] = waiters = [w for w in waiters if w not in gone]
         if not waiters:
-            self._read.pop(key, None)
+            self._unplaced.pop(key, None)
             self._waiters.pop(key, None)
             return outcomes
         notes: list[str] = []
         try:
-            placed = self._activate(key, self._read[key], notes.append)
+            placed = self._activate(key, self._unplaced[key], notes.append)
         except faults.DeviceLost:
             raise
         except Exception as exc:  # noqa: BLE001 - the model could not be built: its waiters fail, the device goes on
             placed = self.faults.contain(exc, f"loading {key}")
         if placed is False:
             return outcomes
-        self._read.pop(key, None)
+        self._unplaced.pop(key, None)
         waiters = self._waiters.pop(key, [])
         if isinstance(placed, Exception):
             return [*outcomes, Refused(key, placed, waiters)]
@@ -239,7 +239,7 @@ class Residency:
                 say(f"Captured {graphs} decode-step graphs for {key}.")
             batch = self._check(key, model, batch)
         self.models[key] = Resident(model, batch)
-        self.plan.models[key] = memory.Resident(fp, slots)
+        self.memory.models[key] = memory.Holding(fp, slots)
         self._evict_beyond_count()
         return True
 
@@ -299,11 +299,11 @@ class Residency:
         loading hold no room, so they do not count."""
         if set(self._holds) & set(self.models) - {key}:
             return False
-        return EngineError(self.plan.too_big(str(key), fp))
+        return EngineError(self.memory.too_big(str(key), fp))
 
     def _room_for(self, key: ModelKey, needed: int) -> bool:
         """Evict idle models, least recently used first, until `needed` bytes are free."""
-        while self.plan.free < needed:
+        while self.memory.free < needed:
             idle = self._idle(but=key)
             if not idle:
                 return False
@@ -314,7 +314,7 @@ class Residency:
         """MUSICGEN_MAX_BATCH slots when they fit (evicting idle models for them), else as many as fit."""
         want = self.settings.max_batch if self.settings.decoder == "fast" else 1
         self._room_for(key, fp.total(want) - fp.weights)
-        return fp.slots_within(self.plan.free + fp.weights, want)  # its weights are loaded, not yet in the plan
+        return fp.slots_within(self.memory.free + fp.weights, want)  # its weights are loaded, not yet in the plan
 
     def _evict_beyond_count(self) -> None:
         """MUSICGEN_MAX_MODELS, when set, caps the count too (least recently used idle models go)."""
@@ -338,7 +338,7 @@ class Residency:
     def _unload(self, key: ModelKey, why: str) -> None:
         del self.models[key]
         self.evictions += 1
-        self.plan.models.pop(key, None)
+        self.memory.models.pop(key, None)
         self.fast_decoder.pop(key, None)
         log.info("evicted %s from %s %s", key, self.device, why)
         faults.free_cached(self.device)
@@ -351,7 +351,7 @@ class Residency:
             "model_loads": self.model_loads,
             "loading": sorted(str(k) for k in self._waiters),
             "fast_decoder": {str(k): v for k, v in list(self.fast_decoder.items())},
-            "memory": self.plan.as_dict(),
+            "memory": self.memory.as_dict(),
             "evictions": self.evictions,
         }
 

@@ -98,7 +98,7 @@ class WebhookSender:
         self.secret, self.render, self.journal = secret, render, journal
         self.throttle_s, self.retries, self.backoff_s = throttle_s, retries, backoff_s
         self.block_private_urls, self.timeout_s = block_private_urls, timeout_s
-        self._lock = threading.Lock()  # notify() runs on worker, deadline and request threads
+        self._lock = threading.Lock()  # notify() runs on the dispatcher's consumer threads, deadlines' and requests'
         self._last_sent: dict[str, float] = {}
         # The rest belongs to the loop's thread.
         self._lanes: dict[str, deque[Delivery]] = {}  # prediction id -> its webhooks not yet attempted

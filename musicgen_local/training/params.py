@@ -1,7 +1,7 @@
 """The training inputs, defined once (as schema.py defines the prediction inputs).
 
 Names and meanings are those of the hosted fine-tuner users know (sakemin/cog-musicgen-fine-tuner,
-see shared/reference/trainings.md) where they make sense here. Where ours differ, the description
+the fine-tuner Replicate hosts) where they make sense here. Where ours differ, the description
 says so: the optimizer is AdamW, so `lr` is AdamW's learning rate (the hosted one's D-Adaptation
 takes `lr = 1`); `lora_rank` is ours (LoRA by default, 0 = a full fine-tune); all four LM
 variants, `large` and stereo included, can be trained. Everything else is derived from `FIELDS`: the

@@ -32,7 +32,7 @@ def test_windowed_tokens_equal_audiocraft_past_30s(large):
     with torch.no_grad():
         reference.seed_everything(11)
         plan = plan_request(large, request, None, random.Random(11))
-        ours = reference.decode(plan, request, lambda d, t: seen.append((d, t)))
+        ours = reference.generate_tokens(plan, request, lambda d, t: seen.append((d, t)))
 
         reference.seed_everything(11)
         large.set_generation_params(duration=31, top_k=50, top_p=0.0, temperature=1.0, cfg_coef=3, extend_stride=18)
