@@ -306,6 +306,11 @@ def check_semantics(inp: BaseModel, max_duration: int) -> None:
             f"`duration` must be at most {max_duration} seconds, got {inp.duration}. "
             "The server's limit is set by MUSICGEN_MAX_DURATION."
         )
+    check_sampling(inp)
+
+
+def check_sampling(inp: BaseModel) -> None:
+    """The sampling inputs every MusicGen schema has (meta/musicgen's and the looper's)."""
     if not 0 <= inp.top_k <= CODEBOOK_SIZE:
         raise UserError(
             f"`top_k` must be from 0 to {CODEBOOK_SIZE} (the size of MusicGen's codebooks), got {inp.top_k}."

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from ..errors import UserError
 from ..registry import LOOPER_VERSIONS
-from ..schema import CODEBOOK_SIZE, MAX_PROMPT_CHARS, Field, input_model, openapi_input_properties
+from ..schema import MAX_PROMPT_CHARS, Field, check_sampling, input_model, openapi_input_properties
 
 MAX_VARIATIONS = 20
 MIN_BPM, MAX_BPM = 40, 300
@@ -101,11 +101,4 @@ def check_semantics(inp: BaseModel) -> None:
             f"`prompt` is {len(inp.prompt)} characters long; this server reads at most {MAX_PROMPT_CHARS}. "
             "Shorten the description."
         )
-    if not 0 <= inp.top_k <= CODEBOOK_SIZE:
-        raise UserError(
-            f"`top_k` must be from 0 to {CODEBOOK_SIZE} (the size of MusicGen's codebooks), got {inp.top_k}."
-        )
-    if not 0.0 <= inp.top_p <= 1.0:
-        raise UserError(f"`top_p` must be between 0 and 1, got {inp.top_p}.")
-    if inp.temperature <= 0:
-        raise UserError(f"`temperature` must be greater than 0, got {inp.temperature}.")
+    check_sampling(inp)

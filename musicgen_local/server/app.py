@@ -29,7 +29,7 @@ from .bodylimit import BodyLimit, BodyTooLarge
 from .files import FileStore
 from .metrics import Metrics
 from .run_routes import FieldsInvalid, QueueFull
-from .runs import RunStacks, WebhookTiming
+from .runs import RunStacks, WebhookTiming, Wiring
 from .streams import StreamHub
 from .webhooks import signing_secret
 
@@ -153,7 +153,7 @@ def create_app(
 
     metrics = Metrics(scrape)
     timing = WebhookTiming(webhook_throttle_s, webhook_backoff_s, webhook_timeout_s)
-    runs = RunStacks(settings, engine, database, registry, metrics, signing_secret(data), timing)
+    runs = RunStacks(Wiring(settings, engine, database, registry, metrics, signing_secret(data), timing))
     predictions = runs["prediction"]
     streams = StreamHub(predictions.store)
     predictions.dispatcher.subscribe(streams.on_event)

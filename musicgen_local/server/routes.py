@@ -25,7 +25,7 @@ from . import run_routes as runs
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
 from .params import CancelAfter, CreatedAfter, CreatedBefore
-from .prediction import Prediction, new_id
+from .prediction import Prediction
 from .run_routes import FieldsInvalid, QueueFull
 
 router = APIRouter()
@@ -97,14 +97,8 @@ async def _create(
     _refuse_when_full(request)
     engine_request = await _engine_request(request, parsed, version, sent)
     _refuse_when_full(request)  # again: no await from here to submit
-    pred = Prediction(
-        id=new_id(),
-        version=version.id,
-        model=version.model,
-        input=sent,
-        base_url=str(request.base_url),
-        webhook=webhook,
-        request=engine_request,
+    pred = runs.new_run(
+        request, NOUN, version=version.id, model=version.model, input=sent, webhook=webhook, request=engine_request
     )
     runs.submit(request, NOUN, pred, body, cancel_after)
     if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from .. import netpolicy
 from . import surrogates
-from .prediction import Prediction, iso
+from .prediction import Prediction, iso, new_id
 from .runs import RunStack
 
 MAX_JSON_DEPTH = 64  # a create body nests 4 levels; walking a deeper one is what hostile bodies are for
@@ -102,6 +102,11 @@ def stack(request: Request, noun: str) -> RunStack:
 def refuse_while_draining(request: Request, noun: str) -> None:
     if not request.app.state.runs.accepting:
         raise HTTPException(503, f"The server is shutting down; create the {noun} again in a moment.")
+
+
+def new_run(http: Request, noun: str, **fields: Any) -> Prediction:
+    """A new run of the kind, with its id and its creator's base URL (for its webhooks' URLs)."""
+    return stack(http, noun).kind.record(id=new_id(), base_url=str(http.base_url), **fields)
 
 
 def submit(request: Request, noun: str, run: Prediction, body: Any, cancel_after: float | None) -> None:

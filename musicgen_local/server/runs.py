@@ -75,25 +75,29 @@ class WebhookTiming:
     timeout_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """What every kind's stack is built with."""
+
+    settings: Settings
+    engine: EngineClient
+    database: Database
+    registry: Registry
+    metrics: Metrics
+    secret: str  # the webhook signing secret
+    timing: WebhookTiming = WebhookTiming()
+
+
 class RunStack:
     """One kind's store, webhooks, dispatcher and deadlines."""
 
-    def __init__(
-        self,
-        kind: Kind,
-        settings: Settings,
-        engine: EngineClient,
-        database: Database,
-        registry: Registry,
-        metrics: Metrics,
-        secret: str,
-        timing: WebhookTiming,
-    ) -> None:
+    def __init__(self, kind: Kind, wiring: Wiring) -> None:
+        settings, engine, timing = wiring.settings, wiring.engine, wiring.timing
         self.kind, self.settings = kind, settings
         retention = settings.retention_s if kind.retention else None
-        self.store = Store(database, Path(settings.data_dir), retention, kind=kind.plural, record=kind.record)
+        self.store = Store(wiring.database, Path(settings.data_dir), retention, kind=kind.plural, record=kind.record)
         self.webhooks = WebhookSender(
-            secret,
+            wiring.secret,
             throttle_s=timing.throttle_s,
             backoff_s=timing.backoff_s,
             timeout_s=timing.timeout_s,
@@ -101,8 +105,9 @@ class RunStack:
             render=self.render,
             journal=self.store,
         )
+        observer = wiring.metrics.observer(kind.noun)
         self.dispatcher = kind.dispatcher(
-            engine, self.store, self.webhooks, kind.capacity(engine), metrics.observer(kind.noun), registry
+            engine, self.store, self.webhooks, kind.capacity(engine), observer, wiring.registry
         )
         self.deadlines = Deadlines(self._cancel_late)
         self._extras: list[Callable[[Prediction, str], dict[str, Any]]] = []
@@ -138,21 +143,9 @@ class RunStack:
 class RunStacks:
     """Every kind's stack, built from `KINDS`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        engine: EngineClient,
-        database: Database,
-        registry: Registry,
-        metrics: Metrics,
-        secret: str,
-        timing: WebhookTiming = WebhookTiming(),
-        kinds: tuple[Kind, ...] = KINDS,
-    ) -> None:
-        self.settings, self.secret = settings, secret
-        self._stacks = {
-            kind.noun: RunStack(kind, settings, engine, database, registry, metrics, secret, timing) for kind in kinds
-        }
+    def __init__(self, wiring: Wiring, kinds: tuple[Kind, ...] = KINDS) -> None:
+        self.settings, self.secret = wiring.settings, wiring.secret
+        self._stacks = {kind.noun: RunStack(kind, wiring) for kind in kinds}
 
     def __getitem__(self, noun: str) -> RunStack:
         return self._stacks[noun]

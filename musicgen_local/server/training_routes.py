@@ -18,9 +18,8 @@ from .bodies import EVENTS, json_body, problems
 from .file_inputs import FileInput
 from .model_routes import found_model
 from .params import CancelAfter, CreatedAfter, CreatedBefore
-from .prediction import new_id
 from .run_routes import FieldsInvalid
-from .training import WEIGHTS_FILE, Training
+from .training import WEIGHTS_FILE
 
 router = APIRouter()
 public = APIRouter()
@@ -110,14 +109,8 @@ async def create_training(
     webhook = await runs.checked_webhook(request, body)
     runs.refuse_while_draining(request, NOUN)
     destination = _destination(request, body)  # no await from here to submit: one training per destination
-    training = Training(
-        id=new_id(),
-        version=version.id,
-        model=model.full_name,
-        input=sent,
-        base_url=str(request.base_url),
-        webhook=webhook,
-        destination=destination,
+    training = runs.new_run(
+        request, NOUN, version=version.id, model=model.full_name, input=sent, webhook=webhook, destination=destination
     )
     folder = runs.stack(request, NOUN).store.prediction_dir(training.id)
     engine_request = TrainingRequest(engine_input, dataset.local, str(folder / "work"), str(folder / WEIGHTS_FILE))
