@@ -54,12 +54,20 @@ LOOPER_VERSIONS = ("medium", "large")
 FETCHABLE_VERSIONS = tuple(PRESETS)
 
 MUSICGEN = "meta/musicgen"
+LOOPER = "andreasjansson/musicgen-looper"
 # Replicate's two published version ids of meta/musicgen: b05b1dff has encode-decode, 671ac645 does not.
 PUBLISHED = (
     "b05b1dff1d8c6dc63d14b0cdb42135378dcb87f6373b0d3d341ede46e59e2b38",
     "671ac645ce5e552cc63a54a2bbff63fcf798043055d2dac5fc9e36a837eedcfb",
 )
 LATEST = PUBLISHED[0]
+# andreasjansson/musicgen-looper's versions whose output is the `variation_01`... object (f8140d04 and fd5be669 on
+# their version pages; ad041aeb is the one TypeScript clients pin and read the same way).
+LOOPER_PUBLISHED = (
+    "f8140d0457c2b39ad8728a80736fea9a67a0ec0cd37b35f40b68cce507db2366",
+    "fd5be66946bb89875b829c5011ea76db4b7540da85160dd001f8c459aa22312c",
+    "ad041aebc8406f8883e7f28313614c4a11c6e623dd934a54f2bf30127b4bc7a8",
+)
 PUBLISHED_AT = "2024-03-14T16:54:56.000000Z"  # fixed: a published version never changes
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")  # Replicate's owner and model names
 VISIBILITIES = ("public", "private")
@@ -101,6 +109,11 @@ class Version:
     def allows_encode_decode(self) -> bool:
         return self.id == LATEST
 
+    @property
+    def loops(self) -> bool:
+        """A version of the looper: its input is looper/schema.py's, its output an object of loops."""
+        return self.model == LOOPER
+
     def model_version_for(self, asked: str | None) -> str:
         """The model_version a request for this version runs: a trained version runs its base, and
         refuses to run another (its weights fit that architecture only)."""
@@ -136,7 +149,19 @@ MUSICGEN_MODEL = Model(
     "local",
     PUBLISHED_AT,
 )
-PUBLISHED_VERSIONS = tuple(Version(v, MUSICGEN, PUBLISHED_AT) for v in PUBLISHED)
+LOOPER_MODEL = Model(
+    "andreasjansson",
+    "musicgen-looper",
+    "Fixed-bpm loops: variations of a loop that repeats seamlessly at exactly the tempo asked for "
+    "(served locally by musicgen-local)",
+    "public",
+    "local",
+    PUBLISHED_AT,
+)
+PUBLISHED_MODELS = (MUSICGEN_MODEL, LOOPER_MODEL)
+PUBLISHED_VERSIONS = tuple(Version(v, MUSICGEN, PUBLISHED_AT) for v in PUBLISHED) + tuple(
+    Version(v, LOOPER, PUBLISHED_AT) for v in LOOPER_PUBLISHED
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, record TEXT NOT NULL);
@@ -170,11 +195,12 @@ class Registry:
     # -- models ------------------------------------------------------------------------------------
     def models(self) -> list[Model]:
         rows = self._db.read("SELECT record FROM models ORDER BY name")
-        return [MUSICGEN_MODEL, *(Model(**json.loads(r[0])) for r in rows)]
+        return [*PUBLISHED_MODELS, *(Model(**json.loads(r[0])) for r in rows)]
 
     def model(self, full_name: str) -> Model | None:
-        if full_name == MUSICGEN:
-            return MUSICGEN_MODEL
+        published = next((m for m in PUBLISHED_MODELS if m.full_name == full_name), None)
+        if published is not None:
+            return published
         row = self._db.read_one("SELECT record FROM models WHERE name = ?", (full_name,))
         return Model(**json.loads(row[0])) if row else None
 
@@ -190,6 +216,8 @@ class Registry:
         StorageFailed when the database refuses the write."""
         check_name(owner, "owner")
         check_name(name, "name")
+        if any(m.full_name == f"{owner}/{name}" for m in PUBLISHED_MODELS):
+            raise FileExistsError(f"{owner}/{name}")
         if visibility not in VISIBILITIES:
             raise UserError(f"`visibility` must be one of {', '.join(VISIBILITIES)}, got {visibility!r}.")
         model = Model(owner, name, description, visibility, hardware, _now())
@@ -206,8 +234,8 @@ class Registry:
     # -- versions ----------------------------------------------------------------------------------
     def versions(self, full_name: str) -> list[Version]:
         """Newest first."""
-        if full_name == MUSICGEN:
-            return list(PUBLISHED_VERSIONS)
+        if any(m.full_name == full_name for m in PUBLISHED_MODELS):
+            return [v for v in PUBLISHED_VERSIONS if v.model == full_name]
         rows = self._db.read("SELECT record FROM versions WHERE model = ? ORDER BY created_at DESC, id", (full_name,))
         return [Version(**json.loads(r[0])) for r in rows]
 
@@ -258,7 +286,7 @@ class Registry:
     def describe(self) -> list[str]:
         """Every version, `owner/name:id`, for messages."""
         rows = self._db.read("SELECT model, id FROM versions ORDER BY created_at")
-        return [f"{MUSICGEN}:{v}" for v in PUBLISHED] + [f"{m}:{v}" for m, v in rows]
+        return [f"{v.model}:{v.id}" for v in PUBLISHED_VERSIONS] + [f"{m}:{v}" for m, v in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Cancelled, EngineError, UserError, WeightsMissingError
@@ -42,6 +42,9 @@ class Request:
     # Not a schema input: the fine-tune to decode with (a `musicgen_local.tuned` tar or folder, whose base is
     # `model_version`), set by the front door from the version asked for; None: the published weights.
     weights: str | None = None
+    # Not a schema input: the waveform as it was decoded (float32 samples, neither normalised nor encoded), for the
+    # engine's own use (the looper's generations).
+    raw: bool = False
 
     @classmethod
     def from_input(cls, inp: Any) -> Request:
@@ -61,17 +64,63 @@ class Request:
 
 
 @dataclass(frozen=True)
+class LoopRequest:
+    """A schema-validated input of andreasjansson/musicgen-looper (see looper/schema.py for meanings)."""
+
+    prompt: str
+    bpm: float = 140
+    variations: int = 4
+    max_duration: int = 8
+    model_version: str = "medium"
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    classifier_free_guidance: int = 3
+    output_format: str = "wav"
+    seed: int | None = None
+    KIND = "loop"  # how a stored request says it is one (request_from_record)
+
+    @classmethod
+    def from_input(cls, inp: Any) -> LoopRequest:
+        return cls(**(inp.model_dump() if hasattr(inp, "model_dump") else dict(inp)))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "kind": self.KIND}
+
+    def with_seed(self) -> LoopRequest:
+        """A concrete seed (the looper's -1 and None mean "draw one"; 0 is a seed)."""
+        if self.seed not in (None, -1):
+            return self
+        return replace(self, seed=random.SystemRandom().randrange(0, 2**32 - 1))
+
+
+def request_from_record(record: dict[str, Any]) -> Request | LoopRequest:
+    """The engine request a front door kept (`as_dict`) for a run."""
+    record = dict(record)
+    if record.pop("kind", None) == LoopRequest.KIND:
+        return LoopRequest(**record)
+    return Request(**record)
+
+
+@dataclass(frozen=True)
 class Result:
-    audio: bytes  # the encoded file: wav (PCM 16-bit) or mp3, normalised
-    format: str  # "wav" or "mp3"
+    audio: bytes  # the encoded file: wav (PCM 16-bit) or mp3, normalised (a `raw` request's: float32 samples)
+    format: str  # "wav" or "mp3" ("f32" for a raw request)
     seed: int  # the seed actually used (random seeds are drawn and reported)
     sample_rate: int
     channels: int
     num_samples: int
+    outputs: dict[str, bytes] = field(default_factory=dict)  # named files, for a model whose output is an object
 
     @property
     def filename(self) -> str:
         return f"out.{self.format}"
+
+    def files(self) -> dict[str | None, tuple[str, bytes]]:
+        """Output name (None: the one output) -> (file name, bytes)."""
+        if self.outputs:
+            return {name: (f"{name}.{self.format}", data) for name, data in self.outputs.items()}
+        return {None: (self.filename, self.audio)}
 
 
 # ------------------------------------------------------------------------------------------ events
@@ -174,8 +223,9 @@ class Run(Protocol):
 
 
 class EngineClient(Protocol):
-    def submit(self, request: Request, *, stream: bool = False) -> Run:
-        """Start a request. With `stream`, `Audio` segments come as soon as their tokens are final."""
+    def submit(self, request: Request | LoopRequest, *, stream: bool = False) -> Run:
+        """Start a request (a loop's: its variations, each a file of `Result.outputs`). With `stream`, `Audio`
+        segments come as soon as their tokens are final."""
         ...
 
     def train(self, request: TrainingRequest) -> Run:

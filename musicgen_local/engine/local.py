@@ -39,10 +39,11 @@ from .. import inputs, registry, tuned
 from ..errors import Cancelled, MusicgenError, UserError
 from ..schema import check_semantics
 from ..settings import Settings
-from .api import Failed, Log, Request, Started, TrainingRequest, failure
+from .api import Failed, Log, LoopRequest, Request, Started, TrainingRequest, failure
 from .fast import Lora
 from .job import Job
 from .loop import DeviceLoop
+from .looping import AudioOf, LoopDriver
 from .mbd import LazyMbd
 from .models import build_model, read_checkpoint, resolve_devices, weights_check
 from .residency import ModelKey
@@ -60,10 +61,12 @@ ENCODE_WORKERS = 2  # ffmpeg processes at once
 
 
 class LocalEngine:
-    def __init__(self, settings: Settings, load: Callable[[str, str], Any] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, load: Callable[[str, str], Any] | None = None, loop_audio: AudioOf | None = None
+    ) -> None:
         """load(model_version, device) -> model: how the device loops load models (default: read from
         MUSICGEN_WEIGHTS by the loader pool, built by the loop; the GPU check builds random full-size
-        ones, all of it on the loop)."""
+        ones, all of it on the loop). loop_audio: the looper's test seam (see looping.py)."""
         self.settings = settings
         self.scratch = Path(settings.data_dir) / "scratch"  # downloads in progress: a crash leaves them here
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -107,10 +110,16 @@ class LocalEngine:
         self._own_loader = load is not None
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
+        # Each loop request waits here for its variations, then cuts them (seconds of CPU): never on a device loop.
+        self.looper_pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="looper")
+        self._loops = LoopDriver(self.submit, loop_audio)
 
-    def submit(self, request: Request, *, stream: bool = False) -> EventQueue:
+    def submit(self, request: Request | LoopRequest, *, stream: bool = False) -> EventQueue:
         request = request.with_seed()
         run = EventQueue()
+        if isinstance(request, LoopRequest):
+            self.looper_pool.submit(self._loops.drive, request, run)
+            return run
         try:
             check_semantics(request, self.settings.max_duration)
         except UserError as exc:
@@ -267,7 +276,7 @@ class LocalEngine:
     def close(self) -> None:
         for loop in self.loops:
             loop.stop()
-        for pool in (self.prepare_pool, self.download_pool, self.decode_pool):
+        for pool in (self.prepare_pool, self.download_pool, self.decode_pool, self.looper_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         self.training_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)

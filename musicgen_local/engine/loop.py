@@ -382,9 +382,13 @@ class DeviceLoop:
         try:
             if job.run.canceled.is_set():
                 raise Cancelled()
-            with torch.inference_mode():
-                data = audio.encode(wav, sample_rate, request.output_format, request.normalization_strategy)
-            event = Done(Result(data, request.output_format, request.seed, sample_rate, wav.shape[0], wav.shape[-1]))
+            if request.raw:  # the samples as decoded, for the engine's own use
+                data, fmt = wav.numpy().astype("float32").tobytes(), "f32"
+            else:
+                with torch.inference_mode():
+                    data = audio.encode(wav, sample_rate, request.output_format, request.normalization_strategy)
+                fmt = request.output_format
+            event = Done(Result(data, fmt, request.seed, sample_rate, wav.shape[0], wav.shape[-1]))
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's terminal event
             event = exc
         self._end(job, event)

@@ -45,7 +45,7 @@ class Prediction(pydantic.BaseModel):
     version: str
     input: dict[str, Any]
     logs: str
-    output: str | None
+    output: str | dict[str, str] | None  # an output object (the looper's variations) maps names to URLs
     data_removed: bool
     error: str | None
     status: Literal["starting", "processing", "succeeded", "failed", "canceled"]

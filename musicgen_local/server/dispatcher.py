@@ -32,7 +32,21 @@ from tqdm import tqdm
 
 from .. import logs
 from ..database import StorageFailed
-from ..engine.api import Audio, Canceled, Done, EngineClient, Event, Failed, Log, Progress, Request, Run, Started
+from ..engine.api import (
+    Audio,
+    Canceled,
+    Done,
+    EngineClient,
+    Event,
+    Failed,
+    Log,
+    LoopRequest,
+    Progress,
+    Request,
+    Run,
+    Started,
+    request_from_record,
+)
 from ..registry import Registry
 from .metrics import Observer
 from .metrics import model_of as _model
@@ -262,15 +276,20 @@ class Dispatcher:
             self._other(pred, event)
 
     def _done(self, pred: Prediction, event: Done) -> None:
-        path = self.store.prediction_dir(pred.id) / event.result.filename
+        folder, files = self.store.prediction_dir(pred.id), event.result.files()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(event.result.audio)
+            folder.mkdir(parents=True, exist_ok=True)
+            for filename, data in files.values():
+                (folder / filename).write_bytes(data)
         except OSError as exc:  # a full disk: the prediction fails saying so, and ends like any other
-            path.unlink(missing_ok=True)
+            for filename, _ in files.values():
+                (folder / filename).unlink(missing_ok=True)
             log.error("%s %s: its output could not be written: %s", self.NOUN, pred.id, exc)
             return self._finish(pred, "failed", str(StorageFailed("the output", exc)))
-        pred.output_file = path.name
+        if None in files:
+            pred.output_file = files[None][0]
+        else:  # an output object: name -> its file
+            pred.output_files = {name: filename for name, (filename, _) in files.items()}
         self.webhooks.notify(pred, "output")
         self._finish(pred, "succeeded")
 
@@ -324,9 +343,9 @@ class _Unobserved:
     def on_ended(self, run: Prediction) -> None: ...
 
 
-def _engine_request(pred: Prediction) -> Request:
-    """The engine's Request, as the front door built it at creation (seed fixed, input resolved)."""
-    return Request(**pred.request)
+def _engine_request(pred: Prediction) -> Request | LoopRequest:
+    """The engine's request, as the front door built it at creation (seed fixed, input resolved)."""
+    return request_from_record(pred.request)
 
 
 def _progress_lines(log_line: Callable[[str], None]) -> Callable[[Progress], None]:

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import UserError
-from ..registry import MUSICGEN, Model, Registry, Version
+from ..looper import schema as looper_schema
+from ..registry import LOOPER, MUSICGEN, Model, Registry, Version
 from ..schema import openapi_schema
 from . import surrogates
 from .bodies import problems
@@ -19,9 +20,16 @@ from .bodies import problems
 router = APIRouter()
 COG_VERSION = "0.23.1"
 META = {
-    "github_url": "https://github.com/facebookresearch/audiocraft",
-    "paper_url": "https://arxiv.org/abs/2306.05284",
-    "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights",
+    MUSICGEN: {
+        "github_url": "https://github.com/facebookresearch/audiocraft",
+        "paper_url": "https://arxiv.org/abs/2306.05284",
+        "license_url": "https://github.com/facebookresearch/audiocraft/blob/main/LICENSE_weights",
+    },
+    LOOPER: {
+        "github_url": "https://github.com/andreasjansson/cog-musicgen-looper",
+        "paper_url": None,
+        "license_url": "https://github.com/andreasjansson/cog-musicgen-looper/blob/main/LICENSE",
+    },
 }
 
 
@@ -41,7 +49,7 @@ def version_json(version: Version) -> dict[str, Any]:
         "id": version.id,
         "created_at": version.created_at,
         "cog_version": COG_VERSION,
-        "openapi_schema": openapi_schema(),
+        "openapi_schema": looper_schema.openapi_schema() if version.loops else openapi_schema(),
     }
     if version.trained:  # ours: what it was tuned from (Replicate shows nothing of the kind)
         out["base_model_version"], out["weights_kind"], out["training"] = version.base, version.kind, version.training
@@ -50,7 +58,7 @@ def version_json(version: Version) -> dict[str, Any]:
 
 def model_json(request: Request, model: Model, registry: Registry) -> dict[str, Any]:
     latest = registry.latest(model.full_name)
-    extra = META if model.full_name == MUSICGEN else {"github_url": None, "paper_url": None, "license_url": None}
+    extra = META.get(model.full_name, {"github_url": None, "paper_url": None, "license_url": None})
     return {
         "url": f"{request.base_url}v1/models/{model.full_name}",
         "owner": model.owner,

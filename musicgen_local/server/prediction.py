@@ -64,6 +64,7 @@ class Prediction:
     status: str = "starting"
     logs: str = ""
     output_file: str | None = None  # file name inside this prediction's data directory
+    output_files: dict[str, str] = field(default_factory=dict)  # an output object's: name -> file name
     error: str | None = None
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -115,16 +116,25 @@ class Prediction:
         return {}
 
     def _output(self, base: str, inline_dir: Path | None) -> Any:
+        if self.output_files:
+            return {name: self._file_output(base, inline_dir, file) for name, file in self.output_files.items()}
         if not self.output_file:
             return None
+        return self._file_output(base, inline_dir, self.output_file)
+
+    def _file_output(self, base: str, inline_dir: Path | None, name: str) -> str | None:
         if inline_dir is not None:
-            path = inline_dir / self.output_file
+            path = inline_dir / name
             return data_uri(path) if path.is_file() else None
-        return f"{base}/delivery/{self.id}/{self.output_file}"
+        return f"{base}/delivery/{self.id}/{name}"
+
+    def output_names(self) -> set[str]:
+        """The files this prediction's output is made of (what /delivery serves)."""
+        return {self.output_file} - {None} | set(self.output_files.values())
 
     def expire(self) -> None:
         """MUSICGEN_RETENTION passed: what the record says of its removed files."""
-        self.output_file, self.input, self.data_removed = None, {}, True
+        self.output_file, self.output_files, self.input, self.data_removed = None, {}, {}, True
 
     # Persistence: a plain dict of JSON-able values (datetimes as ISO strings).
     def to_record(self) -> dict[str, Any]:

@@ -109,7 +109,7 @@ async def deliver_output(request: Request, pred_id: str, name: str) -> FileRespo
     """Outputs, like replicate.delivery: no token, the unguessable prediction id is the capability."""
     store = request.app.state.runs["prediction"].store
     pred = store.get(pred_id)
-    if pred is None or pred.output_file != name:
+    if pred is None or name not in pred.output_names():
         raise HTTPException(404, f"No output {name!r} for prediction {pred_id!r}.")
     media = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
     return FileResponse(store.prediction_dir(pred_id) / name, media_type=media)

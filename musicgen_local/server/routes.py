@@ -16,8 +16,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..engine.api import LoopRequest
 from ..engine.api import Request as EngineRequest
 from ..errors import UserError
+from ..looper import schema as looper_schema
 from ..registry import ENCODE_DECODE, LATEST, Version
 from ..schema import FIELDS_BY_NAME, parse_input
 from . import file_inputs, stream_routes
@@ -52,8 +54,13 @@ def wait_seconds(prefer: str | None) -> float:
 
 def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseModel, dict[str, Any]]:
     """The validated input, and the input as the client sent it less unknown keys (dropped, as Cog does:
-    never stored or echoed). A trained version runs the model_version it was tuned from."""
+    never stored or echoed). A trained version runs the model_version it was tuned from; a looper's version takes
+    the looper's input."""
     raw = body.input
+    if version.loops:
+        return _checked(looper_schema.parse_input, raw), {
+            k: v for k, v in raw.items() if k in looper_schema.FIELDS_BY_NAME
+        }
     if version.trained:
         try:
             raw = {**raw, "model_version": version.model_version_for(raw.get("model_version"))}
@@ -61,10 +68,7 @@ def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseMod
             raise FieldsInvalid(
                 [{"loc": ("model_version",), "type": "version_mismatch", "msg": str(exc)}], ("input",)
             ) from None
-    try:
-        parsed = parse_input(raw)
-    except pydantic.ValidationError as exc:
-        raise FieldsInvalid(exc.errors(), ("input",)) from None
+    parsed = _checked(parse_input, raw)
     if not version.allows_encode_decode() and parsed.model_version == ENCODE_DECODE:
         raise HTTPException(
             422,
@@ -73,11 +77,20 @@ def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseMod
     return parsed, {key: value for key, value in body.input.items() if key in FIELDS_BY_NAME}
 
 
+def _checked(parse, raw: dict[str, Any]) -> pydantic.BaseModel:
+    try:
+        return parse(raw)
+    except pydantic.ValidationError as exc:
+        raise FieldsInvalid(exc.errors(), ("input",)) from None
+
+
 async def _engine_request(
     request: Request, parsed: pydantic.BaseModel, version: Version, sent: dict[str, Any]
 ) -> dict[str, Any]:
     """The engine's Request, built once at creation (seed fixed, a trained version's weights named, the file input
     taken: see file_inputs.py; `sent` keeps what the prediction shows of it)."""
+    if version.loops:
+        return LoopRequest.from_input(parsed).with_seed().as_dict()
     engine_request = replace(EngineRequest.from_input(parsed), weights=version.weights).with_seed()
     if engine_request.input_audio:
         taken = await file_inputs.take(request, engine_request.input_audio)

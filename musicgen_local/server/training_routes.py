@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..engine.api import TrainingRequest
-from ..registry import MUSICGEN
+from ..registry import MUSICGEN, PUBLISHED_MODELS
 from . import file_inputs
 from . import run_routes as runs
 from .bodies import EVENTS, json_body, problems
@@ -47,7 +47,7 @@ def _destination(request: Request, body: TrainingBody) -> str:
             ]
         )
     owner, slash, name = body.destination.partition("/")
-    if not slash or body.destination == MUSICGEN:
+    if not slash or body.destination in {m.full_name for m in PUBLISHED_MODELS}:
         raise FieldsInvalid(
             [
                 {

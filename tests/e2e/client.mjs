@@ -103,5 +103,11 @@ async function train() {
   return { training, output: String(output) };
 }
 
-const actions = { run, webhook, badToken, stream, train };
+async function loop() {
+  // andreasjansson/musicgen-looper, as its clients call it: an object of variation_NN files.
+  const output = await replicate.run(`andreasjansson/musicgen-looper:${args.version}`, { input: args.input });
+  return { output: Object.fromEntries(Object.entries(output).map(([name, file]) => [name, String(file)])) };
+}
+
+const actions = { run, webhook, badToken, stream, train, loop };
 console.log(JSON.stringify(await actions[action]()));

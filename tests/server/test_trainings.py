@@ -36,7 +36,8 @@ def test_models_are_created_listed_and_refused_twice(tmp_path):
         assert c.post("/v1/models", json={"owner": "alice", "name": "my-sound"}).status_code == 409
         assert c.post("/v1/models", json={"owner": "Alice!", "name": "x"}).status_code == 422
         names = [f"{m['owner']}/{m['name']}" for m in c.get("/v1/models").json()["results"]]
-        assert names == ["meta/musicgen", "alice/my-sound"]
+        assert names == ["meta/musicgen", "andreasjansson/musicgen-looper", "alice/my-sound"]
+        assert c.post("/v1/models", json={"owner": "meta", "name": "musicgen"}).status_code == 409
         model = c.get("/v1/models/alice/my-sound").json()
         assert model["visibility"] == "private" and model["latest_version"] is None
         assert c.get("/v1/models/alice/my-sound/versions").json()["results"] == []
