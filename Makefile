@@ -46,7 +46,7 @@ rubberband:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
-RUFF_PATHS := musicgen_local tests predict.py train.py bench
+RUFF_PATHS := musicgen_local tests predict.py predict_looper.py train.py bench
 
 test: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)

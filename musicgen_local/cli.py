@@ -171,16 +171,17 @@ def cmd_mcp(args, settings: Settings) -> int:
 def cmd_cog_serve(args, settings: Settings) -> int:
     """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
     validates inputs (cog build would write .cog/openapi_schema.json; here we write it)."""
+    from .looper import schema as looper_schema
     from .schema import openapi_schema
     from .training.params import training_openapi_schema
 
-    schema = openapi_schema()
+    schema = looper_schema.openapi_schema() if args.looper else openapi_schema()
     schema["components"]["schemas"].update(training_openapi_schema())  # as `cog build` writes it with `train:`
     (ROOT / ".cog").mkdir(exist_ok=True)
     (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=1))
     env = dict(
         os.environ,
-        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        COG_PREDICT_TYPE_STUB="predict_looper.py:Predictor" if args.looper else "predict.py:Predictor",
         COG_TRAIN_TYPE_STUB="train.py:train",
         PORT=str(args.port),
         # coglet's prediction slots: as many as the engine batches (predict.py's @concurrent max)
@@ -313,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=5000)
         if name == "cog-serve":
             p.add_argument("--train", action="store_true", help="serve Cog's /trainings on train.py instead")
+            p.add_argument(
+                "--looper", action="store_true", help="andreasjansson/musicgen-looper's predictor (predict_looper.py)"
+            )
         p.set_defaults(func=func)
 
     p = sub.add_parser("mcp", help="an MCP server for agents (Claude Desktop, IDEs), a client of a v1 API")
