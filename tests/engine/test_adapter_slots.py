@@ -8,11 +8,14 @@ slots cannot hold are refused with a message naming the setting.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from musicgen_local.engine.fast import Lora, SamplingParams, SlotBatch, Window, decode
 from musicgen_local.engine.fast.adapters import target_names
+from musicgen_local.engine.memory import Footprint
 from musicgen_local.errors import UserError
 from musicgen_local.testing.capture import RecordingCapture
 from tests.engine.test_fast_decoder import conditions
@@ -223,6 +226,19 @@ def test_adapters_the_slots_cannot_hold_are_refused_with_the_setting_named(lm, l
     with pytest.raises(UserError, match="MUSICGEN_MAX_LORAS=0"):
         SlotBatch(lm, 2, max_frames=FRAMES, loras=0).admit(window(lm, 0, loras[0]))
     assert batch.refusal(loras[0]) is None
+
+
+def test_the_memory_plan_counts_the_adapter_slots(lm):
+    """`Footprint.adapters()` (slots x rank x (in + out) of every weight an adapter may adapt x dtype bytes),
+    from the architecture alone, is what a batch allocates for its slots; and `total` counts it."""
+    layer = lm.transformer.layers[0]
+    batch = SlotBatch(lm, 2, max_frames=FRAMES, loras=3, lora_rank=5)
+    fp = Footprint(
+        0, lm.dim, len(lm.transformer.layers), layer.self_attn.num_heads, lm.num_codebooks, lm.card, 100, 4,
+        hidden=layer.linear1.out_features, lora_slots=3, lora_rank=5,
+    )  # fmt: skip
+    assert fp.adapters() == batch.static.adapters.bytes() > 0
+    assert fp.total(2) - replace(fp, lora_slots=0).total(2) == fp.adapters()
 
 
 @pytest.mark.slow

@@ -39,12 +39,6 @@ def target_names(lm) -> list[str]:
     return [name for name in layers + heads if name in params]
 
 
-def table_features(lm) -> int:
-    """in + out summed over the weights an adapter slot holds: one slot is this x rank x dtype bytes."""
-    params = dict(lm.named_parameters())
-    return sum(sum(params[name].shape) for name in target_names(lm))
-
-
 class AdapterSlots:
     """The adapter slots of one StaticLM with `rows` cache rows. `kernel`: the CPU kernel's in-place add
     (`rows_kernel.lora_add` or its compiled-step operator), None for torch's gathered products."""
