@@ -347,7 +347,15 @@ def bench(args) -> tuple[list[Row], list, float]:
                     rows.append(row)
         if args.adapters and "fast" in args.decoders:
             adapter_rows += decoder_adapters.run(
-                lm, name, args.adapters, args.adapter_rank, args.adapter_batch, args.durations[0], device, args.mode
+                lm,
+                name,
+                args.adapters,
+                args.adapter_rank,
+                args.adapter_batch,
+                args.durations[0],
+                device,
+                args.mode,
+                args.adapter_repeats,
             )
         del lm
         _FAST_LM.clear()
@@ -411,6 +419,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("--adapter-rank", type=int, default=16)
     p.add_argument("--adapter-batch", type=int, default=8)
+    p.add_argument("--adapter-repeats", type=int, default=3, help="rounds of the adapter counts; each row's best")
     p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | graph | compile")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument(

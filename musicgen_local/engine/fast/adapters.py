@@ -11,9 +11,10 @@ S-LoRA's BGMV kernels serve many adapters over one copy of the base): no loop ov
 
 Why a request's audio is the same alone or batched, in any slot: a row's delta depends on its x and on its
 slot's contents only. On CPU the kernel (`lora_maths.h`) fixes the order of every operation and leaves rows
-without an adapter untouched; elsewhere each row's A and B are gathered and multiplied by batched products,
-whose batch elements do not depend on one another, and a row without an adapter adds an exact zero. (A
-masked sum over every slot would not do: where the adapter's terms fall in the sum would change its bits.)
+without an adapter untouched; elsewhere each request's A and B are gathered (once for its two rows) and
+multiplied by batched products, whose batch elements do not depend on one another, and a row without an
+adapter adds an exact zero. (A masked sum over every slot would not do: where the adapter's terms fall in
+the sum would change its bits.)
 
 The slots are a cache: an adapter stays in its slot after its last request ends; when another adapter
 needs a slot, the least recently used one that no live row uses is replaced; while every slot is used by
@@ -146,7 +147,9 @@ class AdapterSlots:
         self.keys[slot] = lora.key
 
     def assign(self, rows: slice, slot: int | None) -> None:
-        """Cache `rows` decode with the adapter in `slot` (None: with none) from now on."""
+        """Cache `rows` decode with the adapter in `slot` (None: with none) from now on: whole pairs of rows (a
+        request's conditional and unconditional rows), which torch's path gathers for together."""
+        assert rows.start % 2 == 0 and rows.stop % 2 == 0, "adapters are assigned to whole pairs of rows"
         self._clock += 1
         for row in range(rows.start, rows.stop):
             old = self.of_row[row]
@@ -172,8 +175,10 @@ class AdapterSlots:
             rows = self.row_slot[first : first + m]
             self.kernel(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), self.a[name], b, rows, self.rank)
             return y
-        index, on = self.row_gather[first : first + m], self.row_on[first : first + m]
-        xs = x.reshape(m, -1, x.shape[-1])  # [m, T, in]
-        low = torch.bmm(xs.to(self.a[name].dtype), self.a[name].index_select(0, index)) * on.view(m, 1, 1)  # [m, T, r]
-        delta = torch.bmm(low, b.index_select(0, index))  # [m, T, out]
+        # A request's two rows share its slot (see `assign`): one gather of the slot's pair for both.
+        pairs = m // 2
+        index, on = self.row_gather[first : first + m : 2], self.row_on[first : first + m : 2]
+        xs = x.reshape(pairs, -1, x.shape[-1]).to(self.a[name].dtype)  # [pairs, 2T, in]
+        low = torch.bmm(xs, self.a[name].index_select(0, index)) * on.view(pairs, 1, 1)  # [pairs, 2T, r]
+        delta = torch.bmm(low, b.index_select(0, index))  # [pairs, 2T, out]
         return y + delta.view(y.shape).to(y.dtype)

@@ -1,7 +1,7 @@
 // The rows kernel as a torch operator: torch.ops.musicgen_rows.linear(x, w_t, bias, width), and the adapters'
-// low-rank products beside it: torch.ops.musicgen_rows.lora_add_(y, x, a, b, slot, rank, group) (lora_maths.h). (Its own
-// namespace: musicgen_local::rows_linear is the Python custom op engine/fast/batch.py wraps around it for
-// torch.compile.)
+// low-rank products beside it: torch.ops.musicgen_rows.lora_add_(y, x, a, b, slot, rank, group) (lora_maths.h).
+// (Its own namespace: musicgen_local::rows_linear and musicgen_local::rows_lora_add are the Python custom ops
+// engine/fast/batch.py wraps around them for torch.compile.)
 //
 // The maths are rows_maths.h, compiled here twice, each copy for one instruction set through
 // `#pragma GCC target` (no -march flag), so one build runs on any x86-64 and picks the widest vectors
@@ -160,8 +160,8 @@ at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &w, const c10::opti
 // (b may be a column slice of a wider table: unit column stride, any row and slot stride), the first rank[slot]
 // rows of b (the rest are zero padding); a negative slot leaves the row as it is. The widest path this CPU runs
 // (every path computes the same bits).
-void lora_add(const at::Tensor &y, const at::Tensor &x, const at::Tensor &a, const at::Tensor &b, const at::Tensor &slot,
-              const at::Tensor &rank, int64_t group) {
+void lora_add(const at::Tensor &y, const at::Tensor &x, const at::Tensor &a, const at::Tensor &b,
+              const at::Tensor &slot, const at::Tensor &rank, int64_t group) {
     const auto &all = supported();
     TORCH_CHECK(!all.empty(), "lora_add: this CPU has neither AVX-512 nor AVX2 with FMA");
     for (const at::Tensor *t : std::initializer_list<const at::Tensor *>{&y, &x, &a, &b})
