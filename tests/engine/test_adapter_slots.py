@@ -201,6 +201,22 @@ def test_a_request_whose_adapter_cannot_get_a_slot_waits(lm, loras):
     assert [c.tolist() for c in codes] == [alone(lm, i, lora, loras=1)[0].tolist() for i, lora in enumerate(which)]
 
 
+def test_a_failed_admission_leaves_its_adapter_slot_free(lm, loras):
+    batch = SlotBatch(lm, 2, max_frames=FRAMES, loras=1)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("no room for the prefill")
+
+    prefill, batch.static.prefill = batch.static.prefill, out_of_memory
+    with pytest.raises(torch.OutOfMemoryError):
+        batch.admit(window(lm, 0, loras[0]))
+    batch.static.prefill = prefill
+    assert batch.live == [] and batch.has_room(loras[1])  # its adapter stays resident, in a slot nobody uses
+    codes = decode(batch, [window(lm, 1, loras[1])])[0]
+    assert batch.resident_adapters() == [loras[1].key]
+    assert torch.equal(codes, alone(lm, 1, loras[1], loras=1)[0])
+
+
 def test_adapters_the_slots_cannot_hold_are_refused_with_the_setting_named(lm, loras):
     batch = SlotBatch(lm, 2, max_frames=FRAMES, loras=2, lora_rank=8)
     linear1 = dict(lm.named_parameters())["transformer.layers.0.linear1.weight"]

@@ -235,7 +235,11 @@ class SlotBatch:
         self._make_room(prefix + sequence.shape[-1], 0 if cross is None else cross.shape[1])
         rows = slice(2 * slot, 2 * slot + 2)
         self.static.adapters.assign(rows, adapter)
-        logits = self.static.prefill(rows, x, cross)  # [2, K, card]
+        try:
+            logits = self.static.prefill(rows, x, cross)  # [2, K, card]
+        except BaseException:
+            self.static.adapters.assign(rows, None)  # e.g. out of memory: no free slot's rows keep the adapter
+            raise
         self.state.load(slot, sequence, start, window.frames, prefix, window.params)
         self._draw_noise(slot, window)
         one = slice(slot, slot + 1)
