@@ -2,7 +2,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-ROWS_SOURCES := $(addprefix musicgen_local/engine/fast/,rows_linear.cpp rows_maths.h build.py)
+ROWS_SOURCES := $(addprefix musicgen_local/engine/fast/,rows_linear.cpp rows_maths.h lora_maths.h build.py)
 ROWS_KERNEL  := musicgen_local/engine/fast/_build/.built
 HOST    ?= 127.0.0.1
 PORT    ?= 5000

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench import results
+from bench import decoder_adapters, results
 
 log = logging.getLogger("bench")
 FRAME_RATE = 50
@@ -312,7 +312,7 @@ def _hf_generate(lm, batch: int, steps: int) -> None:
         )
 
 
-def bench(args) -> tuple[list[Row], float]:
+def bench(args) -> tuple[list[Row], list, float]:
     device = args.device
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     from musicgen_local.engine.fast import resolve_mode
@@ -320,7 +320,7 @@ def bench(args) -> tuple[list[Row], float]:
     label = f"fast/{resolve_mode(args.mode, torch.device(device))}"
     bandwidth = copy_bandwidth(device)
     log.info("copy bandwidth %.1f GB/s", bandwidth / 1e9)
-    rows = []
+    rows, adapter_rows = [], []
     for name in args.models:
         lm = build_lm(name, device, dtype)
         floor_ms = 1000 * step_bytes(lm) / bandwidth
@@ -345,10 +345,22 @@ def bench(args) -> tuple[list[Row], float]:
                     )
                     log.info(" | ".join(row.cells()))
                     rows.append(row)
+        if args.adapters and "fast" in args.decoders:
+            adapter_rows += decoder_adapters.run(
+                lm,
+                name,
+                args.adapters,
+                args.adapter_rank,
+                args.adapter_batch,
+                args.durations[0],
+                device,
+                args.mode,
+                args.adapter_repeats,
+            )
         del lm
         _FAST_LM.clear()
         _BATCHES.clear()
-    return rows, bandwidth
+    return rows, adapter_rows, bandwidth
 
 
 def device_name(device: str) -> str:
@@ -398,6 +410,16 @@ def main(argv=None) -> None:
         default=["audiocraft", "transformers", "fast"],
         choices=["audiocraft", "transformers", "fast"],
     )
+    p.add_argument(
+        "--adapters",
+        nargs="*",
+        type=int,
+        default=[0, 1, 4],
+        help="fast decoder: also decode one batch with each of these numbers of LoRA adapters (none: skip)",
+    )
+    p.add_argument("--adapter-rank", type=int, default=16)
+    p.add_argument("--adapter-batch", type=int, default=8)
+    p.add_argument("--adapter-repeats", type=int, default=3, help="rounds of the adapter counts; each row's best")
     p.add_argument("--mode", default="auto", help="fast decoder step: auto | eager | graph | compile")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument(
@@ -412,13 +434,18 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     prepare_conditioning(args.weights)
-    rows, bandwidth = bench(args)
+    rows, adapter_rows, bandwidth = bench(args)
     report = (
         f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {device_name(args.device)}, {args.dtype}, "
         f"mode {args.mode}\n\nCopy bandwidth {bandwidth / 1e9:.1f} GB/s. 'of floor' = (weight bytes per step "
         f"/ copy bandwidth) / measured ms per step.\n\n{table(rows)}\n\nSpeed of the fast decoder per step, as "
         f"a ratio to each peer in the same run:\n{speedups(rows)}\n"
     )
+    if adapter_rows:
+        report += (
+            "\nLoRA adapters in the batch (with k adapters every request uses one, round-robin over k):\n\n"
+            f"{decoder_adapters.table(adapter_rows)}\n\n{decoder_adapters.ratios(adapter_rows)}\n"
+        )
     print(report)
     if not args.no_append:
         results.append("# Part 1", report)

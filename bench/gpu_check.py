@@ -15,7 +15,8 @@ memory is freed between sections):
    a device-side assert, in a process of its own);
 2. the captured-graph step (eager on CPU), ms/step;
 3. ms/step for `large`, 8 s and 30 s, batch 1, 8 and 64, beside audiocraft's eager loop and
-   transformers' MusicGen (batch 1, 8 s), with the peak memory of each row;
+   transformers' MusicGen (batch 1, 8 s), with the peak memory of each row; then fine-tuning's speed, and
+   a batch of 8 decoding with 0, 1 and 4 LoRA adapters, eager against captured steps (`bench/gpu_adapters.py`);
 4. the peer to beat, fast-musicgen 0.1.0 (CUDA graphs, batch 1) at the same size;
 5. request -> file for an 8 s clip through the engine (full-size random `large` and EnCodec),
    time to the first streamed segment and the stream's speed against real time;
@@ -46,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from bench import gpu_engine, gpu_training, results
+from bench import gpu_adapters, gpu_engine, gpu_training, results
 from bench.decoder import autocast, timed
 
 log = logging.getLogger("gpu-check")
@@ -568,6 +569,13 @@ def main(argv=None) -> int:
         args.device,
         [1, 2] if args.quick else [4, 8],
         50 if args.quick else 500,
+    )
+    report.section(
+        "LoRA adapters in the batch (large, random weights): 0, 1 and 4 adapters, eager against captured steps",
+        gpu_adapters.adapter_speed,
+        scale,
+        args.device,
+        frames,
     )
     report.section("fast-musicgen 0.1.0, batch 1", fast_musicgen_peer, scale, args.device, frames)
     report.section(

@@ -45,6 +45,17 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         ),
     ),
     "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
+    "MUSICGEN_MAX_LORAS": (
+        "4",
+        (
+            "fast decoder: LoRA adapter slots per model on each device (distinct fine-tunes decoding in its "
+            "batch at once; resident ones are kept, least recently used replaced); 0 = none"
+        ),
+    ),
+    "MUSICGEN_MAX_LORA_RANK": (
+        "16",
+        "fast decoder: largest LoRA rank its adapter slots hold (larger ones are refused)",
+    ),
     "MUSICGEN_WARMUP": (
         "default",
         (
@@ -123,6 +134,13 @@ def _number(kind: type, name: str, value: str):
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise SettingError(f"{name}={value!r}: give {what} (default: {ENV_VARS[name][0]}).") from None
+
+
+def _at_least(low: int, name: str, value: str) -> int:
+    number = _number(int, name, value)
+    if number < low:
+        raise SettingError(f"{name}={value!r}: give a whole number of {low} or more (default: {ENV_VARS[name][0]}).")
+    return number
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -206,6 +224,8 @@ class Settings:
     step_mode: str = "auto"
     cpu_products: str = "rows"
     max_batch: int = 8
+    max_loras: int = 4
+    max_lora_rank: int = 16
     warmup: str = "default"
     auto_fetch: bool = False
     input_timeout: float = 60.0
@@ -246,6 +266,8 @@ class Settings:
             step_mode=get("MUSICGEN_STEP_MODE"),
             cpu_products=_one_of("MUSICGEN_CPU_PRODUCTS", get("MUSICGEN_CPU_PRODUCTS"), ("rows", "torch")),
             max_batch=_number(int, "MUSICGEN_MAX_BATCH", get("MUSICGEN_MAX_BATCH")),
+            max_loras=_at_least(0, "MUSICGEN_MAX_LORAS", get("MUSICGEN_MAX_LORAS")),
+            max_lora_rank=_at_least(1, "MUSICGEN_MAX_LORA_RANK", get("MUSICGEN_MAX_LORA_RANK")),
             warmup=get("MUSICGEN_WARMUP"),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),
             input_timeout=_number(float, "MUSICGEN_INPUT_TIMEOUT", get("MUSICGEN_INPUT_TIMEOUT")),

@@ -25,6 +25,12 @@ def test_limits_default_and_read_from_the_environment():
     assert (s.max_body_bytes, s.max_queue, s.retention_s, s.block_private_urls) == (1048576, 0, 129600.0, True)
 
 
+def test_adapter_slots_default_and_read_from_the_environment():
+    assert (Settings.from_env({}).max_loras, Settings.from_env({}).max_lora_rank) == (4, 16)
+    s = Settings.from_env({"MUSICGEN_MAX_LORAS": "0", "MUSICGEN_MAX_LORA_RANK": "64"})
+    assert (s.max_loras, s.max_lora_rank) == (0, 64)
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("90", 90.0), ("30m", 1800.0), ("1h30m", 5400.0), ("7d", 604800.0), ("0.5s", 0.5), ("", None)]
 )
@@ -63,6 +69,8 @@ def test_a_bad_device_memory_says_how_to_write_one():
         ("MUSICGEN_MAX_BATCH", "abc", "MUSICGEN_MAX_BATCH='abc': give a whole number (default: 8)."),
         ("MUSICGEN_INPUT_TIMEOUT", "soon", "MUSICGEN_INPUT_TIMEOUT='soon': give a number (default: 60)."),
         ("MUSICGEN_CPU_PRODUCTS", "fast", "MUSICGEN_CPU_PRODUCTS='fast': give one of rows, torch."),
+        ("MUSICGEN_MAX_LORAS", "-1", "MUSICGEN_MAX_LORAS='-1': give a whole number of 0 or more (default: 4)."),
+        ("MUSICGEN_MAX_LORA_RANK", "0", "MUSICGEN_MAX_LORA_RANK='0': give a whole number of 1 or more (default: 16)."),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(name, value, message, capsys, monkeypatch):

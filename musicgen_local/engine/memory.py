@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from ..settings import Settings
+
 GIB = 2**30
 CROSS_POSITIONS = 64  # cross-attention positions a slot starts with (StaticLM's default)
 STEP_LENGTH = 256  # the smallest cache-length bucket a step runs at
@@ -42,6 +44,9 @@ class Footprint:
     dtype_bytes: int  # the LM's compute dtype: 2 (float16) on CUDA, 4 on CPU
     streams: int = 1  # codebook streams the codec decodes (2 for stereo)
     cross: bool = True
+    hidden: int = 0  # the feed-forward's width (0: 4 x dim, as every MusicGen)
+    lora_slots: int = 0  # adapter slots the fast decoder keeps (MUSICGEN_MAX_LORAS)
+    lora_rank: int = 0  # and their rank (MUSICGEN_MAX_LORA_RANK)
 
     def slot(self) -> int:
         """One slot: its conditional and unconditional rows of self- and cross-attention cache, its
@@ -52,6 +57,14 @@ class Footprint:
         state = self.codebooks * (self.max_len * 8 + self.card * 4 * 3)
         return per_position * self.max_len + cross + state
 
+    def adapters(self) -> int:
+        """The adapter slots (`fast/adapters.py`): for each weight a LoRA may adapt, slots x rank x (in + out)
+        numbers, whatever the number of batch slots."""
+        d, hidden = self.dim, self.hidden or 4 * self.dim
+        per_layer = 4 * d + 2 * d + (6 * d if self.cross else 0) + 2 * (d + hidden)  # attention(s), feed-forward
+        features = self.layers * per_layer + self.codebooks * (d + self.card)  # and the output heads
+        return self.lora_slots * self.lora_rank * features * self.dtype_bytes
+
     def workspace(self, slots: int) -> int:
         """Transient memory around the caches: a prefill of the longest window (activations of both
         rows, attention scores of one layer), the step at the widest bucket, and the codec decode of
@@ -61,7 +74,7 @@ class Footprint:
         return prefill + step + codec_bytes(WINDOW_S, self.streams, self.dtype_bytes)
 
     def total(self, slots: int) -> int:
-        return self.weights + slots * self.slot() + self.workspace(slots)
+        return self.weights + slots * self.slot() + self.adapters() + self.workspace(slots)
 
     def slots_within(self, room: int, max_slots: int) -> int:
         """The most slots (at most `max_slots`) whose total fits in `room` bytes; 0 when not even one does."""
@@ -73,8 +86,16 @@ def codec_bytes(seconds: float, streams: int = 1, dtype_bytes: int = 4) -> int:
     return int(CODEC_BYTES_FIXED + streams * seconds * CODEC_BYTES_PER_SECOND * dtype_bytes / 4)
 
 
-def footprint_of(model, weights: int, dtype_bytes: int, prefix: int) -> Footprint:
-    """The footprint of a loaded audiocraft MusicGen (weights counted or measured by the caller)."""
+def footprint_of(
+    model,
+    weights: int,
+    dtype_bytes: int,
+    prefix: int,
+    loras: int = Settings.max_loras,
+    lora_rank: int = Settings.max_lora_rank,
+) -> Footprint:
+    """The footprint of a loaded audiocraft MusicGen (weights counted or measured by the caller), with
+    `loras` adapter slots of rank `lora_rank`."""
     lm = model.lm
     layer = lm.transformer.layers[0]
     frames = int(model.max_duration * model.frame_rate)
@@ -90,6 +111,9 @@ def footprint_of(model, weights: int, dtype_bytes: int, prefix: int) -> Footprin
         dtype_bytes,
         streams=max(1, model.audio_channels),
         cross=layer.cross_attention is not None,
+        hidden=layer.linear1.out_features,
+        lora_slots=loras,
+        lora_rank=lora_rank,
     )
 
 
@@ -185,6 +209,7 @@ class DevicePlan:
                     "slots": r.slots,
                     "weights_bytes": r.footprint.weights,
                     "slot_bytes": r.footprint.slot(),
+                    "adapter_bytes": r.footprint.adapters(),
                     "total_bytes": r.bytes,
                 }
                 for name, r in self.models.items()
@@ -240,7 +265,12 @@ ENCODEC_32KHZ = 59_000_000 * 4  # facebook/encodec_32khz, float32
 HTDEMUCS = 42_000_000 * 4  # adefossez/HTDemucs, float32
 
 
-def published(model_version: str, dtype_bytes: int = 2) -> Footprint:
+def published(
+    model_version: str,
+    dtype_bytes: int = 2,
+    loras: int = Settings.max_loras,
+    lora_rank: int = Settings.max_lora_rank,
+) -> Footprint:
     from .. import registry
 
     preset = registry.PRESETS[model_version]
@@ -259,6 +289,8 @@ def published(model_version: str, dtype_bytes: int = 2) -> Footprint:
         prefix + 1 + 1500 + codebooks - 1,
         dtype_bytes,
         streams=preset.channels,
+        lora_slots=loras,
+        lora_rank=lora_rank,
     )
 
 

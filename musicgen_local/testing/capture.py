@@ -9,7 +9,7 @@ that matters (they also happen while slots are live, after the caches grew) is t
     capture = RecordingCapture()
     batch = SlotBatch(lm, slots, max_frames, mode="graph", capture=capture)
     batch.warm_up(); ...
-    capture.captured  # [(rows, length), ...]
+    capture.captured  # [(rows, length), (rows, length, "adapters"), ...]
 """
 
 from __future__ import annotations
@@ -20,18 +20,21 @@ from collections.abc import Callable
 class RecordingCapture:
     def __init__(self, warm_up_runs: int = 2) -> None:
         self.warm_up_runs = warm_up_runs
-        self.captured: list[tuple[int, int]] = []  # (rows, cache length) of each capture, in order
-        self.replayed: list[tuple[int, int]] = []  # and of each replay
+        # (rows, cache length) of each capture, in order; (rows, cache length, "adapters") for the step with
+        # the adapters' products
+        self.captured: list[tuple] = []
+        self.replayed: list[tuple] = []  # and of each replay
 
-    def capture(self, rows: int, length: int, step: Callable[[], None]) -> _Replay:
+    def capture(self, rows: int, length: int, step: Callable[[], None], adapters: bool = False) -> _Replay:
         for _ in range(self.warm_up_runs):
             step()
-        self.captured.append((rows, length))
-        return _Replay(self, (rows, length), step)
+        bucket = (rows, length, "adapters") if adapters else (rows, length)
+        self.captured.append(bucket)
+        return _Replay(self, bucket, step)
 
 
 class _Replay:
-    def __init__(self, owner: RecordingCapture, bucket: tuple[int, int], step: Callable[[], None]) -> None:
+    def __init__(self, owner: RecordingCapture, bucket: tuple, step: Callable[[], None]) -> None:
         self.owner, self.bucket, self.step = owner, bucket, step
 
     def replay(self) -> None:

@@ -127,14 +127,17 @@ def test_graph_mode_needs_cuda_or_a_capture(lms):
     assert batch.mode == "eager" and batch.warm_up() == 0
 
 
-@pytest.mark.parametrize("slots", [3, 8])
-def test_warm_up_captures_every_bucket_once(lms, slots):
+@pytest.mark.parametrize(("slots", "loras"), [(3, 4), (8, 4), (3, 0)])
+def test_warm_up_captures_every_bucket_once(lms, slots, loras):
+    """Each bucket twice where there are adapter slots: the base alone, and with the adapters' products."""
     capture = RecordingCapture()
-    batch = SlotBatch(lms["mono"], slots, max_frames=300, prefix=300, mode="graph", capture=capture)
+    batch = SlotBatch(lms["mono"], slots, max_frames=300, prefix=300, mode="graph", capture=capture, loras=loras)
     assert batch.static.max_len == 604
     seq, offset = batch.state.seq.clone(), batch.state.offset.clone()
-    expected = [(rows, length) for rows in _buckets(slots, 1) for length in _buckets(604, 256)]
-    assert expected[-1] == (slots, 604) and len(expected) == {3: 9, 8: 12}[slots]
+    buckets = [(rows, length) for rows in _buckets(slots, 1) for length in _buckets(604, 256)]
+    assert buckets[-1] == (slots, 604) and len(buckets) == {3: 9, 8: 12}[slots]
+    variants = [()] + ([("adapters",)] if loras else [])
+    expected = [(*bucket, *variant) for bucket in buckets for variant in variants]
     assert batch.warm_up() == len(expected)
     assert capture.captured == expected and capture.replayed == []
     assert torch.equal(batch.state.seq, seq) and torch.equal(batch.state.offset, offset)  # wrote nothing
@@ -187,7 +190,7 @@ def test_a_longer_prefix_grows_the_cache_and_steps_are_captured_again(lms):
             (100, window(lm, "melody", 3, 10, "lofi")),
         ]
 
-    batch = SlotBatch(lm, 2, max_frames=40, prefix=240, mode="graph", capture=capture)  # 284 positions
+    batch = SlotBatch(lm, 2, max_frames=40, prefix=240, mode="graph", capture=capture, loras=0)  # 284 positions
     warm = [(1, 256), (1, 284), (2, 256), (2, 284)]
     assert batch.warm_up() == 4 and capture.captured == warm
     eager = SlotBatch(lm, 2, max_frames=40, prefix=240, mode="eager")
@@ -207,7 +210,7 @@ def test_a_longer_text_grows_the_cross_attention_and_steps_are_captured_again(lm
             (3, window(lm, "mono", 2, 20, LONG_TEXT)),
         ]
 
-    batch = SlotBatch(lm, 2, max_frames=40, mode="graph", capture=capture)  # 44 positions, 64 cross
+    batch = SlotBatch(lm, 2, max_frames=40, mode="graph", capture=capture, loras=0)  # 44 positions, 64 cross
     assert batch.warm_up() == 2 and batch.static.cross_len == 64
     eager = SlotBatch(lm, 2, max_frames=40, mode="eager")
     assert_same_as_eager(lockstep(batch, eager, arrivals(), arrivals()))

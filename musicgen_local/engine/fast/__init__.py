@@ -18,7 +18,7 @@ def decode(batch: SlotBatch, windows: list[Window]) -> list:
     running: dict[int, int] = {}  # slot -> index in windows
     out: list = [None] * len(windows)
     while waiting or running:
-        while waiting and batch.has_room():
+        while waiting and batch.has_room(waiting[0][1].lora):
             index, window = waiting.pop(0)
             running[batch.admit(window)] = index
         for slot in [s for s in running if batch.done(s)]:

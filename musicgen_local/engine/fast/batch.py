@@ -14,6 +14,11 @@ captures every bucket while no slot is live; a window too long for the caches (`
 them and drops every captured step, and each bucket is captured again at its first step after that,
 live slots and all. A `Capture` of one's own (`musicgen_local.testing.capture.RecordingCapture`)
 runs the bucketed path on CPU, which is how the CUDA path is tested without a GPU.
+
+LoRA fine-tunes of the model decode in the same batch (`adapters.py`): a request's adapter takes one of
+the model's adapter slots at admission (`has_room(lora)` says whether one is free), and each bucket has
+two captured steps, chosen on the host at every step: the base alone while no live row has an adapter,
+and the base with the adapters' products while some does. A base-only batch so pays nothing for them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Protocol
 
 import torch
 
+from ...settings import Settings
 from . import rows_kernel
 from .model import StaticLM
 from .step import PLAIN, TOP_K, TOP_P, UNKNOWN, SamplingParams, SlotState, decode_step, guide, sample, write
@@ -90,7 +96,7 @@ class Capture(Protocol):
     preallocated tensors; `capture` is called with no slot marked live, so each run of `step` it makes
     writes nothing that matters."""
 
-    def capture(self, rows: int, length: int, step: Callable[[], None]) -> Replayable: ...
+    def capture(self, rows: int, length: int, step: Callable[[], None], adapters: bool = False) -> Replayable: ...
 
 
 class CudaGraphs:
@@ -107,7 +113,7 @@ class CudaGraphs:
         self._pool = None
         self._stream: torch.cuda.Stream | None = None
 
-    def capture(self, rows: int, length: int, step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    def capture(self, rows: int, length: int, step: Callable[[], None], adapters: bool = False) -> torch.cuda.CUDAGraph:
         with torch.cuda.device(self.device):
             self._stream = self._stream or torch.cuda.Stream()
             self._stream.wait_stream(torch.cuda.current_stream())
@@ -138,7 +144,7 @@ class Call:
 class Direct:
     """No capture: each replay calls the step (the compiled step, compiling at capture time, off CUDA)."""
 
-    def capture(self, rows: int, length: int, step: Callable[[], None]) -> Call:
+    def capture(self, rows: int, length: int, step: Callable[[], None], adapters: bool = False) -> Call:
         step()
         return Call(step)
 
@@ -153,7 +159,8 @@ def _buckets(limit: int, first: int) -> list[int]:
 
 class SlotBatch:
     """`capture`: how the bucketed modes capture the step (see `Capture`); None for the default: CUDA
-    graphs on CUDA, and on CPU the compiled step called as it is."""
+    graphs on CUDA, and on CPU the compiled step called as it is. `loras`, `lora_rank`: the adapter
+    slots (MUSICGEN_MAX_LORAS, MUSICGEN_MAX_LORA_RANK)."""
 
     def __init__(
         self,
@@ -164,13 +171,15 @@ class SlotBatch:
         mode: str = "auto",
         products: str = "rows",
         capture: Capture | None = None,
+        loras: int = Settings.max_loras,
+        lora_rank: int = Settings.max_lora_rank,
     ):
         self.lm = lm
         self.delays = list(lm.pattern_provider.delays)
         self.max_delay = max(self.delays)
         self.K, self.card = lm.num_codebooks, lm.card
         max_steps = 1 + max_frames + self.max_delay
-        self.static = StaticLM(lm, 2 * slots, prefix + max_steps, products=products)
+        self.static = StaticLM(lm, 2 * slots, prefix + max_steps, products=products, loras=loras, lora_rank=lora_rank)
         logits_dtype = self.static.dtype
         self.state = SlotState(
             slots, self.K, self.card, max_steps, self.delays, lm.special_token_id, logits_dtype, self.static.device
@@ -182,7 +191,8 @@ class SlotBatch:
         self.capture = capture
         if self.mode == "compile" and self.static.linear is rows_kernel.linear:
             self.static.linear = _rows_linear  # dynamo cannot trace a ctypes call: one opaque op instead
-        self._graphs: dict[tuple[int, int], Replayable] = {}  # (slots, cache length) -> captured step
+            self.static.adapters.kernel = _rows_lora_add
+        self._graphs: dict[tuple[int, int, bool], Replayable] = {}  # (slots, cache length, adapters) -> step
         self._compiled = None
 
     # -------------------------------------------------------------------------------- slots
@@ -191,13 +201,30 @@ class SlotBatch:
     def live(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s is not None]
 
-    def has_room(self) -> bool:
-        return None in self.slots
+    def has_room(self, lora: Lora | None = None) -> bool:
+        """Whether `admit` can take a window now: a slot is free and, for a fine-tune, its adapter is
+        resident or an adapter slot is free of live rows (else it waits). Also True for an adapter the slots
+        can never hold (see `refusal`): `admit` then fails it at once with the reason."""
+        if None not in self.slots:
+            return False
+        adapters = self.static.adapters
+        return lora is None or adapters.refusal(lora) is not None or adapters.can_take(lora.key)
+
+    def refusal(self, lora: Lora) -> str | None:
+        """Why this batch can never decode with this adapter (rank above MUSICGEN_MAX_LORA_RANK, weights its
+        slots do not hold, no slots at all), for people; None when it can."""
+        return self.static.adapters.refusal(lora)
+
+    def resident_adapters(self) -> list[str]:
+        """The keys of the adapters in this batch's slots, most recently used first (live or kept)."""
+        return self.static.adapters.resident()
 
     @torch.no_grad()
     def admit(self, window: Window) -> int:
-        """Prefill a window into a free slot and sample its first token; returns the slot."""
+        """Prefill a window into a free slot and sample its first token; returns the slot. Raises UserError
+        for an adapter the slots cannot hold; ask `has_room(window.lora)` first."""
         slot = self.slots.index(None)
+        adapter = None if window.lora is None else self.static.adapters.acquire(window.lora)
         prompt = window.prompt
         if prompt is None:
             prompt = torch.zeros((1, self.K, 0), dtype=torch.long, device=self.static.device)
@@ -207,12 +234,12 @@ class SlotBatch:
         prefix = x.shape[1] - start
         self._make_room(prefix + sequence.shape[-1], 0 if cross is None else cross.shape[1])
         rows = slice(2 * slot, 2 * slot + 2)
-        if window.lora is not None:
-            self.static.adapters.load(
-                window.lora.key, window.lora.tensors, window.lora.scale, self.static.device, self.static.dtype
-            )
-        self.static.adapters.assign(rows, None if window.lora is None else window.lora.key)
-        logits = self.static.prefill(rows, x, cross)  # [2, K, card]
+        self.static.adapters.assign(rows, adapter)
+        try:
+            logits = self.static.prefill(rows, x, cross)  # [2, K, card]
+        except BaseException:
+            self.static.adapters.assign(rows, None)  # e.g. out of memory: no free slot's rows keep the adapter
+            raise
         self.state.load(slot, sequence, start, window.frames, prefix, window.params)
         self._draw_noise(slot, window)
         one = slice(slot, slot + 1)
@@ -226,8 +253,7 @@ class SlotBatch:
     def release(self, slot: int) -> None:
         self.slots[slot] = None
         self.state.clear(slot)
-        self.static.adapters.assign(slice(2 * slot, 2 * slot + 2), None)
-        self.static.adapters.forget_unused()
+        self.static.adapters.assign(slice(2 * slot, 2 * slot + 2), None)  # the adapter stays in its slot
 
     def done(self, slot: int) -> bool:
         s = self.slots[slot]
@@ -261,41 +287,45 @@ class SlotBatch:
             self._draw_noise(slot, self.slots[slot].window)
         n = live[-1] + 1
         length = max(self.slots[i].prefix + self.slots[i].offset for i in live)
-        if self.mode == "eager" or self.static.adapters.active:  # adapters: see fast/adapters.py
-            self._eager(live, n, length)
+        adapters = self.static.adapters.live  # the host knows: no row has one, no adapter products
+        if self.mode == "eager":
+            self._eager(live, n, length, adapters)
         else:
-            self._replay(n, length)
+            self._replay(n, length, adapters)
         for slot in live:
             self.slots[slot].offset += 1
 
-    def _eager(self, live: list[int], n: int, length: int) -> None:
+    def _eager(self, live: list[int], n: int, length: int, adapters: bool) -> None:
         positions = {self.slots[i].prefix + self.slots[i].offset - 1 for i in live}
         cross = [self.slots[i].cross for i in live]
         exact = len(positions) == 1 and length - 1 in positions and len(set(cross)) == 1 and len(live) == n
         modes = frozenset(self.slots[i].window.params.mode for i in live)
-        decode_step(self.static, self.state, n, length, max(cross), not exact, modes)
+        decode_step(self.static, self.state, n, length, max(cross), not exact, modes, adapters)
 
     def _bucket(self, n: int, length: int) -> tuple[int, int]:
         rows = next(b for b in _buckets(len(self.slots), 1) if b >= n)
         return rows, next(b for b in _buckets(self.static.max_len, 256) if b >= length)
 
-    def _replay(self, n: int, length: int) -> None:
-        key = self._bucket(n, length)
+    def _replay(self, n: int, length: int, adapters: bool) -> None:
+        key = (*self._bucket(n, length), adapters)
         graph = self._graphs.get(key) or self._capture(*key)
         graph.replay()
 
     @torch.no_grad()
     def warm_up(self) -> int:
-        """Capture the step for every bucket while no slot is live; returns how many (0 when eager)."""
+        """Capture the step for every bucket while no slot is live, with and without the adapters' products
+        (the latter only where there are adapter slots); returns how many (0 when eager)."""
         if self.mode == "eager":
             return 0
         assert not self.live, "warm up only while no slot is live: then nothing needs capturing while decoding"
+        variants = (False, True) if self.static.adapters.slots else (False,)
         for rows in _buckets(len(self.slots), 1):
             for length in _buckets(self.static.max_len, 256):
-                self._capture(rows, length)
+                for adapters in variants:
+                    self._capture(rows, length, adapters)
         return len(self._graphs)
 
-    def _capture(self, n: int, length: int) -> Replayable:
+    def _capture(self, n: int, length: int, adapters: bool = False) -> Replayable:
         """The step at this bucket, captured; also at a step while slots are live (after `_make_room`).
         The runs of the step capturing makes write nothing that matters: with no slot marked live no
         token is written and no offset moves, and the only cache position written in each row is the
@@ -303,22 +333,23 @@ class SlotBatch:
         live = self.state.live.clone()
         self.state.live.zero_()
         try:
-            graph = self.capture.capture(n, length, self._step_fn(n, length))
+            graph = self.capture.capture(n, length, self._step_fn(n, length, adapters), adapters=adapters)
         finally:
             self.state.live.copy_(live)
-        self._graphs[(n, length)] = graph
+        self._graphs[(n, length, adapters)] = graph
         return graph
 
-    def _step_fn(self, n: int, length: int) -> Callable[[], None]:
+    def _step_fn(self, n: int, length: int, adapters: bool) -> Callable[[], None]:
         """The step at a bucket: its rows and cache length, every cross position the caches hold (so
-        it is captured again when they grow), masked, every sampling mode."""
+        it is captured again when they grow), masked, every sampling mode; with or without the adapters'
+        products (which read the slots' tables and each row's slot on the device, whatever they hold)."""
         cross = self.static.cross_len
         step = decode_step
         if self.mode == "compile":
             self._compiled = self._compiled or torch.compile(decode_step)  # on CUDA: its kernels, in our graphs
             step = self._compiled
 
-        return lambda: step(self.static, self.state, n, length, cross, True, ALL_MODES)
+        return lambda: step(self.static, self.state, n, length, cross, True, ALL_MODES, adapters)
 
     # -------------------------------------------------------------------------------- pieces
 
@@ -371,6 +402,19 @@ def _rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 @_rows_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("musicgen_local::rows_lora_add", mutates_args=("y",))
+def _rows_lora_add(
+    y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, rank: torch.Tensor
+) -> None:
+    """`rows_kernel.lora_add` as an operator that writes y in place, for the compiled step."""
+    rows_kernel.lora_add(y, x, a, b, slot, rank)
+
+
+@_rows_lora_add.register_fake
+def _(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, rank: torch.Tensor):
+    return None
 
 
 def _round_up(n: int) -> int:

@@ -1,5 +1,5 @@
-"""Builds the CPU rows kernel (`rows_linear.cpp`, the maths in `rows_maths.h`) into a torch operator
-library, once: `make install` runs `python -m musicgen_local.engine.fast.build`, which writes it to
+"""Builds the CPU rows kernel (`rows_linear.cpp`, the maths in `rows_maths.h` and `lora_maths.h`) into a
+torch operator library, once: `make install` runs `python -m musicgen_local.engine.fast.build`, which writes it to
 `_build/` beside this file, where every process (CLI runs, Ray replicas, the server) loads it with
 `torch.ops.load_library` and no compiler (`rows_kernel.py`).
 
@@ -29,7 +29,7 @@ import torch
 
 HERE = Path(__file__).parent
 SOURCES = [HERE / "rows_linear.cpp"]
-HEADERS = [HERE / "rows_maths.h"]
+HEADERS = [HERE / "rows_maths.h", HERE / "lora_maths.h"]
 CFLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 PREBUILT = HERE / "_build"
 

@@ -15,9 +15,10 @@ from audiocraft.modules import transformer as ac_transformer
 from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
 from audiocraft.modules.transformer import create_sin_embedding
 
+from ...settings import Settings
 from ...tuned import TARGETS as LORA_TARGETS
 from . import rows_kernel
-from .adapters import RowAdapters
+from .adapters import AdapterSlots
 
 PRODUCTS = ("rows", "torch")
 _TARGETS = LORA_TARGETS  # the weights a LoRA may adapt, per layer (the heads are `linears.{k}.weight`)
@@ -103,7 +104,16 @@ class StaticLM:
     audiocraft's own loop makes, so that with two rows both decoders compute the same bits).
     """
 
-    def __init__(self, lm, rows: int, max_len: int, cross_len: int = 64, products: str = "rows"):
+    def __init__(
+        self,
+        lm,
+        rows: int,
+        max_len: int,
+        cross_len: int = 64,
+        products: str = "rows",
+        loras: int = Settings.max_loras,
+        lora_rank: int = Settings.max_lora_rank,
+    ):
         if products not in PRODUCTS:
             raise ValueError(f"products must be one of {PRODUCTS}, not {products!r}")
         lay_out_for_cpu(lm)
@@ -122,7 +132,10 @@ class StaticLM:
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._positions_for(max_len)
         self.has_cross = tr.layers[0].cross_attention is not None
-        self.adapters = RowAdapters(rows)  # LoRA fine-tunes, per row (requests for them batch with the base)
+        # LoRA fine-tunes in fixed slots, a slot per row (requests for them batch with the base)
+        kernel = rows_kernel.lora_add if self.linear is rows_kernel.linear else None
+        self.adapters = AdapterSlots(lm, rows, loras, lora_rank, self.device, self.dtype, kernel)
+        self.adapting = False  # whether this prefill or step adds the adapters' products (the host decides)
         self.names = [{part: f"transformer.layers.{i}.{part}" for part in _TARGETS} for i in range(len(self.layers))]
         self.cross_k = self.cross_v = self.cross_valid = None
         if self.has_cross:
@@ -175,6 +188,7 @@ class StaticLM:
     def prefill(self, rows: slice, x: torch.Tensor, cross: torch.Tensor | None) -> torch.Tensor:
         """The fused input x [r, T0, C] run causally into cache `rows` (and the condition cross
         [r, Tc, C] projected into their cross-attention buffers); logits of the last position [r, K, card]."""
+        self.adapting = self.adapters.any_in(rows)
         if cross is not None:
             self._project_cross(rows, cross)
         t0 = x.shape[1]
@@ -205,9 +219,16 @@ class StaticLM:
     # -------------------------------------------------------------------------------- decode
 
     def step(
-        self, tokens: torch.Tensor, pos: torch.Tensor, length: int, cross_length: int, masked: bool = True
+        self,
+        tokens: torch.Tensor,
+        pos: torch.Tensor,
+        length: int,
+        cross_length: int,
+        masked: bool = True,
+        adapters: bool = False,
     ) -> torch.Tensor:
-        """tokens [R, K] of rows 0..R-1 at positions pos [R] -> logits [R, K, card].
+        """tokens [R, K] of rows 0..R-1 at positions pos [R] -> logits [R, K, card]; `adapters`: add the
+        adapters' products (rows without one are left as they are), else the base alone.
 
         Attention reads cache positions [0, length) and cross positions [0, cross_length). `masked`
         hides, per row, the positions after its own and the cross positions past its prompt; without
@@ -217,6 +238,7 @@ class StaticLM:
         """
         n = tokens.shape[0]
         lm = self.lm
+        self.adapting = adapters
         x = sum(lm.emb[k](tokens[:, k : k + 1]) for k in range(tokens.shape[1]))  # [n, 1, C]
         x = self._all_rows(x + lm.transformer.positional_scale * self.pos_emb[pos].unsqueeze(1))  # [rows, 1, C]
         mask = cross_mask = None
@@ -247,8 +269,8 @@ class StaticLM:
     def _lin(self, x: torch.Tensor, weight, bias, name: str, first: int, part: slice | None = None) -> torch.Tensor:
         """x times a base weight, plus the LoRA of the rows that have one (row j of x is cache row first + j)."""
         y = self.linear(x, weight, bias)
-        if self.adapters.active:
-            self.adapters.add(y, x, name, first, part)
+        if self.adapting:
+            y = self.adapters.add(y, x, name, first, part)
         return y
 
     def _out(self, i: int, which: str, attn, attended: torch.Tensor, first: int) -> torch.Tensor:

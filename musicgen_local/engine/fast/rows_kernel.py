@@ -1,5 +1,6 @@
 """The fast decoder's matrix products on CPU: the torch operator `torch.ops.musicgen_rows.linear`
-(`rows_linear.cpp`, its maths in `rows_maths.h`), built once by `make install` (`build.py`) and loaded
+(`rows_linear.cpp`, its maths in `rows_maths.h`; and `lora_add`, the adapters' low-rank products of
+`lora_maths.h`), built once by `make install` (`build.py`) and loaded
 here without a compiler. Torch checks its arguments against the operator's schema, releases the GIL
 while it runs, and runs its column blocks on torch's own thread pool (`torch.set_num_threads`).
 
@@ -121,3 +122,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     return op(rows, w, bias, width).view(*x.shape[:-1], n)
+
+
+def lora_add(
+    y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, rank: torch.Tensor
+) -> None:
+    """y += each row's low-rank product, in place (`lora_maths.h`): y [M, N], x [M, K], a [S, K, R],
+    b [S, R, N] (a column slice of a wider table may do), slot [G] int64 with M = G x group (the rows of a
+    group share a slot; a negative slot leaves its rows as they are), rank [S] int64 (the rows of b each slot
+    uses; the rest are zero padding). Float32 CPU tensors."""
+    if not _Loaded.tried:
+        library()
+    torch.ops.musicgen_rows.lora_add_.default(y, x, a, b, slot, rank, x.shape[0] // slot.shape[0])

@@ -144,13 +144,21 @@ def write(state: SlotState, tokens: torch.Tensor, n: int) -> None:
 
 
 def decode_step(
-    lm, state: SlotState, n: int, length: int, cross_length: int, masked: bool, modes: frozenset[int]
+    lm,
+    state: SlotState,
+    n: int,
+    length: int,
+    cross_length: int,
+    masked: bool,
+    modes: frozenset[int],
+    adapters: bool = False,
 ) -> None:
-    """One step for slots 0..n-1 (2n LM rows), reading cache positions [0, length)."""
+    """One step for slots 0..n-1 (2n LM rows), reading cache positions [0, length); `adapters`: with the
+    LoRA adapters of the rows that have one."""
     offset = state.offset[:n]
     previous = (offset - 1).view(n, 1, 1).expand(n, state.seq.shape[1], 1)
     column = state.seq[:n].gather(2, previous).squeeze(2)  # [n, K]
     tokens = column.repeat_interleave(2, dim=0)  # [2n, K]: each slot's conditional, then unconditional row
     positions = (state.prefix[:n] + offset - 1).repeat_interleave(2)
-    logits = lm.step(tokens, positions, length, cross_length, masked)  # [2n, K, card]
+    logits = lm.step(tokens, positions, length, cross_length, masked, adapters)  # [2n, K, card]
     write(state, sample(guide(logits, state.cfg[:n]), state, n, modes), n)
