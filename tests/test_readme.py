@@ -1,11 +1,10 @@
 """The README stays true: every setting documented, the quick start's version id is one we serve."""
 
-from pathlib import Path
-
 from musicgen_local.registry import PUBLISHED as VERSION_IDS
 from musicgen_local.settings import ENV_VARS
+from tests.docs_helpers import ROOT, page
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = page("README.md")
 
 
 def test_every_environment_variable_is_documented():
@@ -21,7 +20,7 @@ def test_quick_start_uses_a_served_version_and_the_v1_base_url():
 def test_quick_start_opens_the_playground_and_shows_its_screenshot():
     assert "open http://127.0.0.1:5000/ in a browser" in README
     assert "](docs/playground.png)" in README
-    shot = Path(__file__).resolve().parents[1] / "docs" / "playground.png"
+    shot = ROOT / "docs" / "playground.png"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size < 300_000
 
 

@@ -11,17 +11,15 @@ import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from e2e_helpers import E2E, TOKEN, audio_info
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+from tests.docs_helpers import code_blocks, section
 
 
 def readme_node_snippet() -> str:
-    section = README.split("### From Node.js", 1)[1]
-    return re.search(r"```js\n(.*?)```", section, re.S).group(1)
+    return code_blocks(section("README.md", "### From Node.js (the official `replicate` client)"), "js")[0]
 
 
 @pytest.fixture
