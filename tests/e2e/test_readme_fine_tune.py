@@ -15,7 +15,7 @@ from e2e_helpers import TOKEN, audio_info
 from tests.docs_helpers import code_blocks, section
 from tests.training_helpers import songs_zip as _dataset
 
-SECTION = section("README.md", "## Fine-tune on your own music")
+SECTION = section("docs/fine-tuning.md", "# Fine-tune on your own music")
 
 
 def _block(language: str) -> str:

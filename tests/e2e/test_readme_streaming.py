@@ -23,7 +23,7 @@ from e2e_helpers import E2E, TOKEN
 from musicgen_local.registry import LATEST
 from tests.docs_helpers import code_blocks, section
 
-SECTION = section("README.md", "## Streaming")
+SECTION = section("docs/streaming.md", "# Streaming")
 V1 = LATEST
 
 
