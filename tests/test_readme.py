@@ -6,7 +6,7 @@ import re
 
 from musicgen_local.registry import PUBLISHED as VERSION_IDS
 from musicgen_local.settings import ENV_VARS
-from tests.docs_helpers import FENCE, ROOT, headings, page, section
+from tests.docs_helpers import FENCE, ROOT, code_blocks, headings, page, section
 
 README = page("README.md")
 PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
@@ -112,3 +112,30 @@ def test_the_development_layout_names_every_module():
         if not re.search(rf"(?<![\w/.]){re.escape(module.name)}\b", entries.get(folder, "")):
             missing.append(str(module.relative_to(ROOT)))
     assert missing == []
+
+
+def test_the_json_log_line_shown_is_what_the_server_writes():
+    import json
+    import logging
+
+    from musicgen_local import logs
+
+    shown = json.loads(code_blocks(section("docs/operating.md", "## Logs"), "json")[0])
+    record = logging.LogRecord(shown["logger"], logging.INFO, __file__, 1, shown["message"], None, None)
+    with logs.about("prediction", shown["prediction_id"], shown["model"]):
+        written = json.loads(logs.JsonLines().format(record))
+    assert list(written) == list(shown)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", shown["time"])
+    assert {key: written[key] for key in written if key != "time"} == {k: v for k, v in shown.items() if k != "time"}
+
+
+def test_the_mcp_host_block_runs_a_command_the_cli_takes():
+    import json
+
+    from musicgen_local.cli import build_parser, cmd_mcp
+
+    server = json.loads(code_blocks(section("docs/operating.md", "## Agents (MCP)"), "json")[0])["mcpServers"]
+    (entry,) = server.values()
+    assert entry["command"].endswith("/.venv/bin/musicgen-local")
+    assert build_parser().parse_args(entry["args"]).func is cmd_mcp
+    assert set(entry["env"]) <= set(ENV_VARS)
