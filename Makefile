@@ -54,7 +54,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the rings (official clients, browser, Ray) and the slow tests: a quick check while editing.
-# `make test` still runs everything; see the README's Development section.
+# `make test` still runs everything; see docs/development.md.
 FAST := not (clients or browser or ray or slow)
 test-fast: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)

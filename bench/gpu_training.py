@@ -1,5 +1,5 @@
 """The GPU check's fine-tuning section: updates per second and peak memory of `large` (random weights), LoRA and
-a full fine-tune, at two batch sizes, so the README can say which card fine-tunes which model.
+a full fine-tune, at two batch sizes, so docs/fine-tuning.md can say which card fine-tunes which model.
 
 One update here is what the trainer's micro-batches add up to at that batch: the model's delay pattern through
 the trainer's `delayed_cross_entropy`, cross-entropy over the codebooks, backward, AdamW; autocast in bfloat16 on

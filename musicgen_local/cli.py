@@ -144,7 +144,7 @@ def cmd_train(args, settings: Settings) -> int:
         bar.close()
     print(
         f"{weights} ({weights.stat().st_size / 2**20:.1f} MiB): use it with `musicgen-local predict --weights "
-        f"{weights.name}`, COG_WEIGHTS, or serve it (see the README's Fine-tune section)"
+        f"{weights.name}`, COG_WEIGHTS, or serve it (see docs/fine-tuning.md)"
     )
     return 0
 
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a training input (dataset_path=@songs.zip for a file); see the README's Fine-tune section",
+        help="a training input (dataset_path=@songs.zip for a file); see docs/fine-tuning.md",
     )
     p.add_argument("-o", "--output", default="weights.tar", help="where to write the fine-tune (default: weights.tar)")
     p.add_argument(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import MusicgenError
 
-# name -> (default, one-line meaning). `musicgen-local --help` and the README list these.
+# name -> (default, one-line meaning). `musicgen-local --help` and docs/configuration.md list these.
 ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_WEIGHTS": ("./weights", "directory holding the Hugging Face hub cache and torch hub dir"),
     "MUSICGEN_MAX_DURATION": ("300", "longest `duration` accepted, in seconds (and longest encode-decode input)"),

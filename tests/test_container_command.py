@@ -1,4 +1,4 @@
-"""The v1 API from the Cog image: the README's `docker run ... python -m musicgen_local serve` runs the source
+"""The v1 API from the Cog image: docs/operating.md's `docker run ... python -m musicgen_local serve` runs the source
 tree the image holds (/src, not an installed package). Here: a copy of the tracked tree, the same command, the
 tiny weights, one prediction."""
 

@@ -6,8 +6,8 @@ most MUSICGEN_MAX_BATCH), and a request that cannot be placed yet waits. Sizes a
 can be counted (a checkpoint's tensors, a slot's caches from the architecture) and measured where
 they cannot (on CUDA, what loading really allocated replaces the count).
 
-The same arithmetic makes the README's table of what fits on which card (`card_table`), from the
-published architectures.
+The same arithmetic makes the tables of what fits on which card (`card_table`: the README's, and both in
+docs/gpu.md), from the published architectures.
 """
 
 from __future__ import annotations

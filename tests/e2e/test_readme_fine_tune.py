@@ -12,14 +12,14 @@ from pathlib import Path
 
 from e2e_helpers import TOKEN, audio_info
 
+from tests.docs_helpers import code_blocks, section
 from tests.training_helpers import songs_zip as _dataset
 
-ROOT = Path(__file__).resolve().parents[2]
-SECTION = (ROOT / "README.md").read_text().split("## Fine-tune on your own music", 1)[1].split("\n## ", 1)[0]
+SECTION = section("docs/fine-tuning.md", "# Fine-tune on your own music")
 
 
 def _block(language: str) -> str:
-    return re.search(rf"```{language}\n(.*?)```", SECTION, re.S).group(1)
+    return code_blocks(SECTION, language)[0]
 
 
 def test_the_python_example_trains_and_runs_the_new_version(live_server, tmp_path):

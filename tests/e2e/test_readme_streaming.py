@@ -21,14 +21,14 @@ import soundfile
 from e2e_helpers import E2E, TOKEN
 
 from musicgen_local.registry import LATEST
+from tests.docs_helpers import code_blocks, section
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-SECTION = README.split("## Streaming", 1)[1].split("\n## ", 1)[0]
+SECTION = section("docs/streaming.md", "# Streaming")
 V1 = LATEST
 
 
 def snippet(language: str) -> str:
-    return re.search(rf"```{language}\n(.*?)```", SECTION, re.S).group(1)
+    return code_blocks(SECTION, language)[0]
 
 
 def test_readme_python_stream(live_server, capsys):
@@ -69,7 +69,7 @@ def test_readme_node_stream(live_server, tmp_path):
 
 
 def browser_snippet() -> str:
-    return re.findall(r"```js\n(.*?)```", SECTION, re.S)[1]
+    return code_blocks(SECTION, "js")[1]
 
 
 PAGE = """<!doctype html><link rel="icon" href="data:,"><script>

@@ -324,7 +324,7 @@ class Bridge:
 def inline_input(request: Request) -> Request:
     """A local `input_audio` (a file uploaded to the API server) as a data: URI: the replica that
     reads it may be on another machine."""
-    ref = request.input_audio
+    ref = getattr(request, "input_audio", None)  # a LoopRequest has none
     if not ref or ref.startswith(deployment.REMOTE_INPUTS):
         return request
     path = Path(ref.removeprefix("file://")).expanduser()

@@ -91,7 +91,8 @@ class EngineReplica:
     async def generate(self, request: Request, stream: bool):
         await self._holds(serve.get_multiplexed_model_id())
         yield Log(f"Engine replica: {self.name}")
-        if request.input_audio and not request.input_audio.startswith(REMOTE_INPUTS):
+        ref = getattr(request, "input_audio", None)  # a LoopRequest has none
+        if ref and not ref.startswith(REMOTE_INPUTS):
             yield Failed(LOCAL_PATH, kind="internal")  # this machine may not be the one the path was meant for
             return
         run = self.engine.submit(request, stream=stream)
