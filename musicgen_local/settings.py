@@ -44,6 +44,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
             "built once by make install) or torch (MKL, as audiocraft)"
         ),
     ),
+    "MUSICGEN_HOST_LORAS": (
+        "32",
+        "LoRA fine-tunes kept in host memory once read from their tars (the least recently used beyond it go)",
+    ),
     "MUSICGEN_MAX_BATCH": ("8", "fast decoder: requests per model decoded together on one device"),
     "MUSICGEN_MAX_LORAS": (
         "4",
@@ -225,6 +229,7 @@ class Settings:
     cpu_products: str = "rows"
     max_batch: int = 8
     max_loras: int = 4
+    host_loras: int = 32
     max_lora_rank: int = 16
     warmup: str = "default"
     auto_fetch: bool = False
@@ -267,6 +272,7 @@ class Settings:
             cpu_products=_one_of("MUSICGEN_CPU_PRODUCTS", get("MUSICGEN_CPU_PRODUCTS"), ("rows", "torch")),
             max_batch=_number(int, "MUSICGEN_MAX_BATCH", get("MUSICGEN_MAX_BATCH")),
             max_loras=_at_least(0, "MUSICGEN_MAX_LORAS", get("MUSICGEN_MAX_LORAS")),
+            host_loras=_at_least(1, "MUSICGEN_HOST_LORAS", get("MUSICGEN_HOST_LORAS")),
             max_lora_rank=_at_least(1, "MUSICGEN_MAX_LORA_RANK", get("MUSICGEN_MAX_LORA_RANK")),
             warmup=get("MUSICGEN_WARMUP"),
             auto_fetch=_flag(get("MUSICGEN_AUTO_FETCH")),

@@ -35,12 +35,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .. import inputs, registry, tuned
+from .. import inputs, registry
 from ..errors import Cancelled, MusicgenError, UserError
 from ..schema import check_semantics
 from ..settings import Settings
 from .api import Failed, Log, LoopRequest, Request, Started, TrainingRequest, failure
-from .fast import Lora
+from .fine_tunes import FineTunes
 from .job import Job
 from .loop import DeviceLoop
 from .looping import AudioOf, LoopDriver
@@ -106,7 +106,7 @@ class LocalEngine:
             for device in devices
         ]
         self._weights_found: set[tuple[str, bool]] = set()
-        self._tuned: dict[str, tuple[tuned.Tuned, dict | None]] = {}  # Request.weights -> (fine-tune, LoRA tensors)
+        self.fine_tunes = FineTunes(settings)  # the host tier of fine-tunes
         self._own_loader = load is not None
         per_loop = settings.max_batch if settings.decoder == "fast" else 1
         self.capacity = 2 * per_loop * len(self.loops)  # runs worth having in flight: a batch, and one being prepared
@@ -179,7 +179,7 @@ class LocalEngine:
         if job.run.canceled.is_set():
             raise Cancelled()
         if job.request.weights:
-            self._fine_tune(job)
+            self.fine_tunes.apply(job)
         self._weights_there(job.request, job)
 
     def train(self, request: TrainingRequest) -> EventQueue:
@@ -216,25 +216,6 @@ class LocalEngine:
                 log.warning("preparing a training failed: %s", exc, exc_info=exc)
             run.emit(failure(exc))
 
-    def _fine_tune(self, job: Job) -> None:
-        """The fine-tune `request.weights` names, read once: a LoRA decodes in its base's batch, a full
-        fine-tune is a model of its own."""
-        found = self._tuned.get(job.request.weights)
-        if found is None:
-            found = tuned.read(job.request.weights, unpack_to=_unpack_folder(self.settings, job.request.weights))
-            adapters = found.adapters() if found.kind == "lora" else None
-            found = self._tuned[job.request.weights] = (found, adapters)
-        fine_tune, adapters = found
-        if fine_tune.base != job.request.model_version:
-            raise UserError(
-                f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
-                f"`{job.request.model_version}`."
-            )
-        if fine_tune.kind == "lora":
-            job.lora = Lora(fine_tune.key, adapters, fine_tune.scale)
-        else:
-            job.full_tune = str(fine_tune.root)
-
     def _weights_there(self, request: Request, job: Job) -> None:
         """Check (or fetch) a model's files the first time a request names it; once found, they stay."""
         key = (job.key, request.multi_band_diffusion)
@@ -260,6 +241,7 @@ class LocalEngine:
             "decoder": self.settings.decoder,
             "max_batch": self.settings.max_batch,
             "devices": devices,
+            "host_adapters": self.fine_tunes.resident(),  # each device's: devices[i]["adapters"]
         }
         lost = [d["error"] for d in devices if d["status"] == "UNHEALTHY"]
         if lost:
@@ -286,15 +268,6 @@ class LocalEngine:
 def _as_is(key: ModelKey) -> str:
     """The loader stage of a `load(model_version, device)` given to the engine: nothing to read first."""
     return key.model_version
-
-
-def _unpack_folder(settings: Settings, weights: str) -> Path:
-    """Where a fine-tune's tar is unpacked: under the data folder, named by the tar's path and size."""
-    import hashlib
-
-    path = Path(weights)
-    stamp = f"{path.resolve()}:{path.stat().st_size if path.is_file() else 0}"
-    return Path(settings.data_dir) / "tuned" / hashlib.sha256(stamp.encode()).hexdigest()[:24]
 
 
 def _htdemucs_there(settings: Settings, say) -> None:

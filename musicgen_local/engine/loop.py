@@ -242,7 +242,7 @@ class DeviceLoop:
                 self._end(job, Canceled())
                 continue
             batch = self.residency.models[job.key].batch  # held: never evicted while the job lives
-            if batch.has_room():
+            if batch.has_room(job.lora):  # a slot, and one for its adapter (else it waits)
                 self.waiting.remove(job)
                 self._guard(job, self._admit_one, job, batch)
         for jobs in self.decoding.values():

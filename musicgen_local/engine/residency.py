@@ -252,7 +252,10 @@ class Residency:
         else:
             weights = memory.module_bytes(model)
         if lm:
-            return memory.footprint_of(model, weights, self.dtype_bytes, _prefix(model))
+            loras = self.settings.max_loras if self.settings.decoder == "fast" else 0
+            return memory.footprint_of(
+                model, weights, self.dtype_bytes, _prefix(model), loras=loras, lora_rank=self.settings.max_lora_rank
+            )
         return memory.Footprint(weights, 0, 0, 1, 0, 0, 0, self.dtype_bytes, streams=2, cross=False)
 
     def _check(self, key: ModelKey, model, batch: SlotBatch) -> SlotBatch | None:
@@ -290,6 +293,8 @@ class Residency:
             _prefix(model),
             self.settings.step_mode,
             self.settings.cpu_products,
+            loras=self.settings.max_loras,
+            lora_rank=self.settings.max_lora_rank,
         )
 
     # ---------------------------------------------------------------------------------- room
@@ -351,6 +356,9 @@ class Residency:
             "model_loads": self.model_loads,
             "loading": sorted(str(k) for k in self._waiters),
             "fast_decoder": {str(k): v for k, v in list(self.fast_decoder.items())},
+            "adapters": {  # LoRA fine-tunes in each model's adapter slots, most recently used first
+                str(k): r.batch.resident_adapters() for k, r in list(self.models.items()) if r.batch is not None
+            },
             "memory": self.memory.as_dict(),
             "evictions": self.evictions,
         }

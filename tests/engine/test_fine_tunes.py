@@ -106,3 +106,23 @@ def test_bad_weights_fail_with_a_message(lora_engine, adapters, tmp_path):
         assert isinstance(events[-1], Failed) and events[-1].kind == "user", events[-1]
         assert message in events[-1].message
         assert str(tmp_path) not in events[-1].message  # this server's paths are its own business
+
+
+def test_a_fine_tune_that_finds_no_adapter_slot_waits_for_one(settings, adapters, tmp_path):
+    """With one adapter slot, a second fine-tune waits for the first's request to end (it is not failed), then
+    takes the slot; /health-check lists what each tier holds."""
+    from musicgen_local.engine.api import Done
+
+    one, two = adapters
+    engine = load_engine(settings.with_(warmup="none", max_loras=1, data_dir=tmp_path))
+    try:
+        runs = [
+            engine.submit(Request(model_version=MODEL, prompt="piano", duration=2, seed=s, weights=str(w)))
+            for s, w in ((1, one), (2, two))
+        ]
+        assert [type(list(run)[-1]) for run in runs] == [Done, Done]
+        health = engine.health()
+    finally:
+        engine.close()
+    assert len(health["devices"][0]["adapters"][MODEL]) == 1  # the one slot, now holding the second
+    assert len(health["host_adapters"]) == 2
