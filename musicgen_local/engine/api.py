@@ -42,6 +42,9 @@ class Request:
     # Not a schema input: the fine-tune to decode with (a `musicgen_local.tuned` tar or folder, whose base is
     # `model_version`), set by the front door from the version asked for; None: the published weights.
     weights: str | None = None
+    # Not a schema input: what the fine-tune is called where it is shown (/health-check, /metrics): the front door
+    # names it by its version (`owner/name:id`); None: by the folder it is unpacked in (never a path).
+    tune: str | None = None
     # Not a schema input: the waveform as it was decoded (float32 samples, neither normalised nor encoded), for the
     # engine's own use (the looper's generations).
     raw: bool = False

@@ -20,19 +20,22 @@ class FineTunes:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._read: OrderedDict[str, tuple[tuned.Tuned, dict | None]] = OrderedDict()  # weights -> (it, LoRA tensors)
+        self._names: dict[str, str] = {}  # weights -> what it is called (Request.tune, or its folder's name)
         self._lock = threading.Lock()  # the prepare pool's threads read at once
 
     def apply(self, job: Job) -> None:
         """The fine-tune `job.request.weights` names, on the job: a LoRA decodes in its base's batch, a full
         fine-tune is a model of its own."""
         fine_tune, adapters = self._get(job.request.weights)
+        with self._lock:
+            self._names[job.request.weights] = job.request.tune or fine_tune.root.name
         if fine_tune.base != job.request.model_version:
             raise UserError(
                 f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
                 f"`{job.request.model_version}`."
             )
         if fine_tune.kind == "lora":
-            job.lora = Lora(fine_tune.key, adapters, fine_tune.scale)
+            job.lora = Lora(job.request.tune or fine_tune.root.name, adapters, fine_tune.scale)
         else:
             job.full_tune = str(fine_tune.root)
 
@@ -46,13 +49,13 @@ class FineTunes:
         with self._lock:
             self._read[weights] = entry
             while len(self._read) > max(1, self.settings.host_loras):
-                self._read.popitem(last=False)
+                self._names.pop(self._read.popitem(last=False)[0], None)
         return entry
 
     def resident(self) -> list[str]:
         """The LoRA fine-tunes held on the host, most recently used first (for /health-check)."""
         with self._lock:
-            return [found.key for found, tensors in reversed(self._read.values()) if tensors is not None]
+            return [self._names.get(w, "") for w, (_, tensors) in reversed(self._read.items()) if tensors is not None]
 
     def _unpack_folder(self, weights: str) -> Path:
         """Where a fine-tune's tar is unpacked: under the data folder, named by the tar's path and size."""

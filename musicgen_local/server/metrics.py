@@ -27,7 +27,14 @@ from .prediction import Prediction
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # seconds: from a queue that empties at once to one an hour long
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+REALTIME_BUCKETS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)  # below 1: faster than real time
 PREDICT_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+def audio_seconds(run: Prediction) -> float:
+    """Seconds of audio a run asked for (a loop's: its longest), 0 when it made none."""
+    request = run.request or {}
+    return float(request.get("duration") or request.get("max_duration") or 0)
 
 
 def model_of(run: Prediction) -> str:
@@ -40,12 +47,15 @@ class Observer:
     def __init__(self, registry: CollectorRegistry, noun: str) -> None:
         plural = f"{noun}s"
         self.created = Counter(
-            f"musicgen_{plural}_created", f"{plural.capitalize()} created.", ["model_version"], registry=registry
+            f"musicgen_{plural}_created",
+            f"{plural.capitalize()} created, by model_version and version (a fine-tune's own).",
+            ["model_version", "version"],
+            registry=registry,
         )
         self.ended = Counter(
             f"musicgen_{plural}_ended",
             f"{plural.capitalize()} ended, by final status.",
-            ["model_version", "status"],
+            ["model_version", "version", "status"],
             registry=registry,
         )
         self.queued = Histogram(
@@ -69,10 +79,17 @@ class Observer:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        self.realtime = Histogram(
+            f"musicgen_{noun}_realtime_factor",
+            "Seconds of work per second of audio made (predict_time over the duration asked for).",
+            ["model_version"],
+            buckets=REALTIME_BUCKETS,
+            registry=registry,
+        )
         self._heard: set[str] = set()  # runs whose first segment was counted
 
     def on_created(self, run: Prediction) -> None:
-        self.created.labels(model_of(run)).inc()
+        self.created.labels(model_of(run), run.version).inc()
 
     def on_started(self, run: Prediction) -> None:
         if run.started_at is not None:
@@ -85,9 +102,12 @@ class Observer:
 
     def on_ended(self, run: Prediction) -> None:
         self._heard.discard(run.id)
-        self.ended.labels(model_of(run), run.status).inc()
+        self.ended.labels(model_of(run), run.version, run.status).inc()
         if run.status == "succeeded" and run.started_at is not None and run.completed_at is not None:
-            self.predict.labels(model_of(run)).observe((run.completed_at - run.started_at).total_seconds())
+            took = (run.completed_at - run.started_at).total_seconds()
+            self.predict.labels(model_of(run)).observe(took)
+            if seconds := audio_seconds(run):
+                self.realtime.labels(model_of(run)).observe(took / seconds)
 
 
 class _Snapshot:
@@ -135,83 +155,34 @@ def _devices(health: dict[str, Any]) -> list[tuple[tuple[str, str], dict[str, An
 
 
 def _engine(health: dict[str, Any]) -> Iterator[Metric]:
+    """The engine's own numbers, named: one row of `_ENGINE_SERIES` a series (per device, per model), then the
+    adapters each tier holds and the Ray replicas."""
     yield _gauge(
         "musicgen_engine_ready", "1 when the engine says READY.", [((), 1 if health.get("status") == "READY" else 0)]
     )
     by_device = _devices(health)
-    yield _counter(
-        "musicgen_engine_model_loads",
-        "Models read and placed on a device.",
-        [(name, d.get("model_loads", 0)) for name, d in by_device],
-        ["replica", "device"],
-    )
-    yield _counter(
-        "musicgen_engine_evictions",
-        "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
-        [(name, d.get("evictions", 0)) for name, d in by_device],
-        ["replica", "device"],
-    )
-    yield _counter(
-        "musicgen_engine_out_of_memory_errors",
-        "Out-of-memory errors the device survived.",
-        [(name, d.get("out_of_memory_errors", 0)) for name, d in by_device],
-        ["replica", "device"],
-    )
+    for family, name, doc, per, read in _ENGINE_SERIES:
+        if per == "device":
+            samples = [(labels, read(d)) for labels, d in by_device if read(d) is not None]
+            yield family(name, doc, samples, ["replica", "device"])
+        else:  # per model, from a dict the device keeps by model
+            samples = [((*labels, m), read(v)) for labels, d in by_device for m, v in (d.get(per) or {}).items()]
+            yield family(name, doc, samples, ["replica", "device", "model_version"])
+    slots = [
+        (labels, name) for labels, d in by_device for names in (d.get("adapters") or {}).values() for name in names
+    ]
+    adapters = [((*labels, name, "device"), 1) for labels, name in slots]
+    adapters += [(("local", "host", name, "host"), 1) for name in health.get("host_adapters") or []]
     yield _gauge(
-        "musicgen_engine_jobs",
-        "Requests routed to a device and not ended.",
-        [(name, d.get("jobs", 0)) for name, d in by_device],
-        ["replica", "device"],
+        "musicgen_adapters_loaded",
+        "LoRA fine-tunes loaded, by tier: in a device's adapter slots, or read into host memory.",
+        adapters,
+        ["replica", "device", "adapter", "tier"],
     )
-    yield _counter(
-        "musicgen_engine_decode_steps",
-        "Fast decoder steps, each for every row of a model's batch.",
-        [((*name, version), c["steps"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
-        ["replica", "device", "model_version"],
-    )
-    yield _counter(
-        "musicgen_engine_frames",
-        "Frames decoded (rows x steps; a frame is one token per codebook, 50 a second of audio).",
-        [((*name, version), c["frames"]) for name, d in by_device for version, c in (d.get("decoded") or {}).items()],
-        ["replica", "device", "model_version"],
-    )
-    batches = [((*name, version), b) for name, d in by_device for version, b in (d.get("batches") or {}).items()]
-    yield _gauge(
-        "musicgen_engine_batch_rows_in_use",
-        "Rows of a model's batch decoding now.",
-        [(labels, b["rows_in_use"]) for labels, b in batches],
-        ["replica", "device", "model_version"],
-    )
-    yield _gauge(
-        "musicgen_engine_batch_rows_allocated",
-        "Rows (slots) of a model's batch, allocated on the device.",
-        [(labels, b["rows_allocated"]) for labels, b in batches],
-        ["replica", "device", "model_version"],
-    )
-    memory = [(name, d.get("memory") or {}) for name, d in by_device]
-    yield _gauge(
-        "musicgen_engine_memory_budget_bytes",
-        "Bytes the device's memory plan may use.",
-        [(name, m.get("budget_bytes", 0)) for name, m in memory],
-        ["replica", "device"],
-    )
-    yield _gauge(
-        "musicgen_engine_memory_planned_bytes",
-        "Bytes the memory plan has given to models and caches.",
-        [(name, m.get("used_bytes", 0)) for name, m in memory],
-        ["replica", "device"],
-    )
-    yield _gauge(
-        "musicgen_engine_memory_used_bytes",
-        "Bytes the device's allocator holds (CUDA; absent on CPU).",
-        [(name, d["memory_allocated_bytes"]) for name, d in by_device if d.get("memory_allocated_bytes") is not None],
-        ["replica", "device"],
-    )
-    replicas = health.get("replicas") or {}
     yield _gauge(
         "musicgen_engine_replicas",
         "Ray Serve engine replicas, by state.",
-        [((state,), n) for state, n in replicas.items()],
+        [((state,), n) for state, n in (health.get("replicas") or {}).items()],
         ["state"],
     )
 
@@ -247,3 +218,35 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _memory(key: str):
+    return lambda d: (d.get("memory") or {}).get(key, 0)
+
+
+# (family, name, doc, "device" or the per-model dict it reads, what it reads)
+_ENGINE_SERIES = (
+    (_counter, "musicgen_engine_model_loads", "Models read and placed on a device.", "device",
+     lambda d: d.get("model_loads", 0)),
+    (_counter, "musicgen_engine_evictions", "Models evicted from a device (for room, or MUSICGEN_MAX_MODELS).",
+     "device", lambda d: d.get("evictions", 0)),
+    (_counter, "musicgen_engine_out_of_memory_errors", "Out-of-memory errors the device survived.", "device",
+     lambda d: d.get("out_of_memory_errors", 0)),
+    (_gauge, "musicgen_engine_jobs", "Requests routed to a device and not ended.", "device",
+     lambda d: d.get("jobs", 0)),
+    (_gauge, "musicgen_engine_memory_budget_bytes", "Bytes the device's memory plan may use.", "device",
+     _memory("budget_bytes")),
+    (_gauge, "musicgen_engine_memory_planned_bytes", "Bytes the memory plan has given to models and caches.",
+     "device", _memory("used_bytes")),
+    (_gauge, "musicgen_engine_memory_used_bytes", "Bytes the device's allocator holds (CUDA; absent on CPU).",
+     "device", lambda d: d.get("memory_allocated_bytes")),
+    (_counter, "musicgen_engine_decode_steps", "Fast decoder steps, each for every row of a model's batch.",
+     "decoded", lambda c: c["steps"]),
+    (_counter, "musicgen_engine_frames",
+     "Frames decoded (rows x steps; a frame is one token per codebook, 50 a second of audio).", "decoded",
+     lambda c: c["frames"]),
+    (_gauge, "musicgen_engine_batch_rows_in_use", "Rows of a model's batch decoding now.", "batches",
+     lambda b: b["rows_in_use"]),
+    (_gauge, "musicgen_engine_batch_rows_allocated", "Rows (slots) of a model's batch, allocated on the device.",
+     "batches", lambda b: b["rows_allocated"]),
+)  # fmt: skip

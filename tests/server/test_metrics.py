@@ -24,6 +24,14 @@ def scrape(client, **kwargs) -> dict[tuple[str, tuple], float]:
     }
 
 
+def created(model_version: str, version: str = V1) -> tuple:
+    return (("model_version", model_version), ("version", version))
+
+
+def ended(model_version: str, status: str, version: str = V1) -> tuple:
+    return (("model_version", model_version), ("status", status), ("version", version))
+
+
 def _create(c, **input) -> str:
     return c.post("/v1/predictions", json={"version": V1, "input": {"prompt": "x", **input}}).json()["id"]
 
@@ -55,13 +63,14 @@ def test_counters_equal_what_was_done(tmp_path):
     finally:
         hook.close()
     large, default = (("model_version", "large"),), (("model_version", "stereo-melody-large"),)
-    assert got[("musicgen_predictions_created_total", large)] == 3
-    assert got[("musicgen_predictions_created_total", default)] == 4
-    assert got[("musicgen_predictions_ended_total", (*large, ("status", "succeeded")))] == 3
-    assert got[("musicgen_predictions_ended_total", (*default, ("status", "canceled")))] == 2
-    assert got[("musicgen_predictions_ended_total", (*default, ("status", "failed")))] == 1
-    assert got[("musicgen_predictions_ended_total", (*default, ("status", "succeeded")))] == 1
+    assert got[("musicgen_predictions_created_total", created("large"))] == 3
+    assert got[("musicgen_predictions_created_total", created("stereo-melody-large"))] == 4
+    assert got[("musicgen_predictions_ended_total", ended("large", "succeeded"))] == 3
+    assert got[("musicgen_predictions_ended_total", ended("stereo-melody-large", "canceled"))] == 2
+    assert got[("musicgen_predictions_ended_total", ended("stereo-melody-large", "failed"))] == 1
+    assert got[("musicgen_predictions_ended_total", ended("stereo-melody-large", "succeeded"))] == 1
     assert got[("musicgen_prediction_predict_seconds_count", large)] == 3  # successes only
+    assert got[("musicgen_prediction_realtime_factor_count", large)] == 3  # and their work per second of audio
     assert got[("musicgen_prediction_queued_seconds_count", default)] == 3  # the failed one never started
     assert got[("musicgen_predictions_queued", ())] == 0 and got[("musicgen_predictions_unfinished", ())] == 0
     assert got[("musicgen_webhooks_total", (("kind", "prediction"), ("outcome", "sent")))] == 1
@@ -83,10 +92,9 @@ def test_a_scrape_during_a_burst_of_300_loses_nothing(tmp_path):
         for pred_id in ids:
             wait_done(c, pred_id, timeout=120)
         after = scrape(c)
-    default = (("model_version", "stereo-melody-large"),)
-    assert during[("musicgen_predictions_created_total", default)] == 300
+    assert during[("musicgen_predictions_created_total", created("stereo-melody-large"))] == 300
     assert during[("musicgen_predictions_unfinished", ())] > 0  # it was scraped mid-burst
-    assert after[("musicgen_predictions_ended_total", (*default, ("status", "succeeded")))] == 300
+    assert after[("musicgen_predictions_ended_total", ended("stereo-melody-large", "succeeded"))] == 300
     assert after[("musicgen_predictions_unfinished", ())] == 0
 
 
