@@ -20,7 +20,9 @@ does the run fail, with a message listing every seed tried and the tempo it meas
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,8 +117,10 @@ class LoopSession:
         if len(rows) != len(audio):
             raise ValueError(f"{len(rows)} rows but {len(audio)} generations")
         again = []
-        for row, generated in zip(rows, audio, strict=True):
-            loop, found = self._make(row, _numpy(generated))
+        # Each variation's beat tracking, stretch (a Rubber Band process) and fold are independent: side by side.
+        with ThreadPoolExecutor(max(1, min(len(rows), os.cpu_count() or 1))) as pool:
+            made = list(pool.map(lambda pair: self._make(pair[0], _numpy(pair[1])), zip(rows, audio, strict=True)))
+        for row, (loop, found) in zip(rows, made, strict=True):
             state = self._variations[row.variation]
             state.tries.append((row.seed, found))
             if loop is not None:
