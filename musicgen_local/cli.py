@@ -10,7 +10,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from . import logs
+from . import cli_loop, logs
+from .cli_common import follow, print_field_errors
 from .errors import MusicgenError
 from .registry import FETCHABLE_VERSIONS, LM_VERSIONS, PRESETS
 from .settings import ENV_VARS, Settings
@@ -29,7 +30,7 @@ def cmd_predict(args, settings: Settings) -> int:
         tuned_weights = _tuned(args.weights, pairs)
         inp = parse_input(pairs)
     except ValidationError as exc:
-        _print_field_errors(exc)
+        print_field_errors(exc)
         return 2
     request = replace(Request.from_input(inp), weights=tuned_weights)
     out = Path(args.output or f"out.{request.output_format}")
@@ -37,7 +38,7 @@ def cmd_predict(args, settings: Settings) -> int:
         engine = load_engine(settings.with_(warmup="none", data_dir=Path(scratch)))  # load only the model it names
         growing = _growing_file(out, request) if args.stream else None
         try:
-            result = _follow(engine.submit(request, stream=args.stream), out, growing)
+            result = follow(engine.submit(request, stream=args.stream), out, growing)
         except BaseException:
             if growing is not None:  # no half file is left behind
                 growing.discard()
@@ -68,49 +69,12 @@ def _tuned(weights: str | None, pairs: dict) -> str | None:
     return str(Path(weights).resolve())
 
 
-def _print_field_errors(exc) -> None:
-    for err in exc.errors():
-        print(f"error: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", file=sys.stderr)
-
-
 def _growing_file(out: Path, request):
     """--stream: the wav that grows as segments arrive (musicgen_local/growing_wav.py); `out` itself,
     or beside it when the output is an mp3."""
     from .growing_wav import GrowingWav
 
     return GrowingWav(out if request.output_format == "wav" else out.with_name(out.name + ".partial.wav"))
-
-
-def _follow(run, out: Path, growing=None):
-    """Show a run's progress and logs, write its file (as it grows, with a GrowingWav); raise its
-    error if it fails."""
-    from tqdm import tqdm
-
-    from .engine.api import Audio, Done, Failed, Log, Progress, terminal_error
-
-    bar = tqdm(unit="step", desc="generating", leave=False, delay=0.5)  # a failure at once draws no bar
-    for event in run:
-        if isinstance(event, Progress):
-            bar.total, bar.n = event.total, event.done
-            bar.refresh()
-        elif isinstance(event, Log):
-            tqdm.write(event.line, file=sys.stderr)
-        elif isinstance(event, Audio):
-            tqdm.write(f"segment {event.index}: {event.start_s:.2f} s", file=sys.stderr)
-            if growing is not None:
-                growing.append(event.wav)
-        elif isinstance(event, Done):
-            bar.close()
-            if growing is not None:
-                growing.finish(event.result.audio, out)
-            else:
-                out.write_bytes(event.result.audio)
-            return event.result
-        elif isinstance(event, Failed):
-            bar.close()
-            raise terminal_error(event)
-    bar.close()
-    raise terminal_error(event)
 
 
 def cmd_train(args, settings: Settings) -> int:
@@ -138,7 +102,7 @@ def cmd_train(args, settings: Settings) -> int:
         inputs = parse_training_cli_pairs(args.input)
         weights = train_here(settings, inputs, out, show, work_dir=Path(args.work_dir) if args.work_dir else None)
     except ValidationError as exc:
-        _print_field_errors(exc)
+        print_field_errors(exc)
         return 2
     finally:
         bar.close()
@@ -287,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "decode with; model_version defaults to the one it was tuned from",
     )
     p.set_defaults(func=cmd_predict)
+
+    cli_loop.add_parser(sub)
 
     p = sub.add_parser("train", help="fine-tune on your own music (LoRA by default), writing a weights tar")
     p.add_argument(

@@ -55,3 +55,16 @@ def test_predict_errors_are_messages_not_tracebacks(tiny_weights, tmp_path):
     assert done.returncode == 2 and "error: output_format: Input should be 'wav' or 'mp3'" in done.stderr
     done = cli("predict", "-i", "prompt=x", weights=tmp_path / "nothing", cwd=tmp_path)
     assert done.returncode == 1 and "`musicgen-local weights fetch stereo-melody-large`" in done.stderr
+
+
+@pytest.mark.slow
+def test_loop_takes_the_loopers_inputs_and_says_what_it_tried(tiny_weights, tmp_path):
+    """`musicgen-local loop`: the looper's schema (a 422-like refusal names the field); on the tiny model's noise
+    the pipeline finds no tempo to lock to and says what it tried (tests/looper has loops made of known beats)."""
+    refused = cli("loop", "-i", "prompt=drums", "-i", "bpm=500", weights=tiny_weights, cwd=tmp_path)
+    assert refused.returncode == 2 and "error: bpm:" in refused.stderr
+    done = cli(
+        "loop", "-i", "prompt=drums", "-i", "bpm=120", "-i", "variations=1", "-i", "max_duration=2", "-i", "seed=4",
+        "-o", str(tmp_path / "loops"), weights=tiny_weights, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Failed to generate a loop in the requested 120 bpm" in done.stderr
