@@ -51,3 +51,16 @@ def test_the_node_client_runs_the_looper(looper_server):
     got = node_client("loop", token=TOKEN, baseUrl=looper_server.url, version=VERSION, input=INPUT)
     assert sorted(got["output"]) == ["variation_01", "variation_02", "variation_03", "variation_04"]
     assert {audio_info(url) for url in got["output"].values()} == {(1, 32000, FRAMES)}
+
+
+@pytest.mark.slow
+def test_the_docs_python_snippet_runs_as_written(looper_server):
+    """docs/looper.md's "Using it" snippet, with only the port and the token changed."""
+    from tests.docs_helpers import code_blocks, section
+
+    (snippet,) = code_blocks(section("docs/looper.md", "## Using it"), "python")
+    code = snippet.replace("http://127.0.0.1:5000", looper_server.url).replace('"anything"', repr(TOKEN))
+    scope: dict = {}
+    exec(compile(code, "docs/looper.md", "exec"), scope)
+    assert sorted(scope["loops"]) == ["variation_01", "variation_02", "variation_03", "variation_04"]
+    assert {audio_info(str(url)) for url in scope["loops"].values()} == {(1, 32000, FRAMES)}
