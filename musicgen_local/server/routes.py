@@ -22,11 +22,11 @@ from ..errors import UserError
 from ..looper import schema as looper_schema
 from ..registry import ENCODE_DECODE, LATEST, Version
 from ..schema import FIELDS_BY_NAME, parse_input
-from . import file_inputs, stream_routes
+from . import file_inputs, model_routes, stream_routes
 from . import run_routes as runs
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
-from .params import CancelAfter, CreatedAfter, CreatedBefore
+from .params import CancelAfter, CreatedAfter, CreatedBefore, Cursor
 from .prediction import Prediction
 from .run_routes import FieldsInvalid, QueueFull
 
@@ -164,11 +164,12 @@ async def create_prediction(request: Request, cancel_after: CancelAfter = None, 
     return await _create(request, None, cancel_after, prefer)
 
 
-@router.post("/models/{owner}/{name}/predictions", **CREATE)
+@router.post("/models/{owner}/{name}/predictions", **{**CREATE, "responses": {**CREATE["responses"], **problems(404)}})
 async def create_model_prediction(
     request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
 ) -> Response:
     """A model's latest version (meta/musicgen's, or the newest a training made)."""
+    model_routes.found_model(request, owner, name)  # a model that is not there is a 404, as the path names it
     return await _create(request, f"{owner}/{name}", cancel_after, prefer)
 
 
@@ -185,7 +186,7 @@ async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 @router.get("/predictions", responses={200: {"model": PredictionPage}, **problems(400, 422)})
 async def list_predictions(
     request: Request,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> dict[str, Any]:
