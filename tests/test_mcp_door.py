@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -55,14 +56,14 @@ def _door(*args: str) -> subprocess.Popen:
 
 def _lines(proc: subprocess.Popen, count: int, timeout: float = 30) -> list[dict]:
     """The next `count` JSON lines the door writes (fewer if it falls silent for `timeout` s)."""
+    lines: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     found: list[dict] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while len(found) < count and sel.select(timeout):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found.append(json.loads(line))
+    while len(found) < count:
+        try:
+            found.append(json.loads(lines.get(timeout=timeout)))
+        except queue.Empty:
+            break
     return found
 
 
@@ -141,6 +142,7 @@ def _serving(*args: str) -> tuple[subprocess.Popen, str, int]:
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_over_http_the_door_checks_host_and_origin_wherever_it_is_bound(api):
     door, url, port = _serving("--url", api.url, "--host", "127.0.0.2")  # loopback, but not a name the SDK knows
     try:
@@ -153,6 +155,7 @@ def test_over_http_the_door_checks_host_and_origin_wherever_it_is_bound(api):
         door.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_over_http_the_token_is_required_when_there_is_one(api):
     door, url, port = _serving("--url", api.url, "--token", TOKEN)
     try:

@@ -8,10 +8,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 WRITERS = 12  # of each kind
 
 
+@pytest.mark.slow
 def test_a_refused_duplicate_model_leaves_every_later_write_working(processes):
     server = processes()
     model = {"owner": "me", "name": "tune"}
@@ -26,6 +28,7 @@ def test_a_refused_duplicate_model_leaves_every_later_write_working(processes):
     assert server.wait_for(after[1].json()["id"], ("succeeded", "failed"))["status"] == "succeeded"
 
 
+@pytest.mark.slow
 def test_concurrent_creates_uploads_and_model_creates_are_all_stored(processes):
     server = processes()
 

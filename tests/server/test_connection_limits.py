@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from server_helpers import HERE, V1
 
 from musicgen_local.testing.live import free_port
@@ -70,6 +71,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_answered_408_and_a_slow_honest_one_is_taken(tmp_path):
     proc, url = _serve(tmp_path, {"MUSICGEN_BODY_TIMEOUT": "1", "MUSICGEN_BODY_MIN_RATE": "100"})
     try:
@@ -106,6 +108,7 @@ def test_a_trickled_body_is_answered_408_and_a_slow_honest_one_is_taken(tmp_path
         _stop(proc)
 
 
+@pytest.mark.slow
 def test_hundreds_of_trickling_connections_from_one_address_do_not_starve_others(tmp_path):
     cap, tricklers = 8, 300
     env = {"MUSICGEN_MAX_CONNECTIONS_PER_CLIENT": str(cap), "MUSICGEN_BODY_TIMEOUT": "5"}
