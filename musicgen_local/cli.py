@@ -128,6 +128,7 @@ def cmd_mcp(args, settings: Settings) -> int:
         args.transport,
         args.host,
         args.port,
+        tuple(args.allowed_host),
     )
     return 0
 
@@ -294,8 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="stdio",
         help="stdio (an MCP host starts this command) or streamable-http (at http://HOST:PORT/mcp)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="with streamable-http")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="with streamable-http: the address to bind (loopback by default; another one needs a token)",
+    )
     p.add_argument("--port", type=int, default=8765, help="with streamable-http")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with streamable-http: a name clients reach it by, accepted in Host and Origin besides loopback's "
+        "and the bound address (repeatable)",
+    )
     p.set_defaults(func=cmd_mcp)
 
     p = sub.add_parser("schema", help="print the input schema")

@@ -6,18 +6,27 @@ prediction, wait for one (bounded, so that a tool call never outlives an agent's
 what there is), cancel one, list the models. Results carry the output URL and `urls.stream`. What the
 API refuses comes back as the API's own message; a server that cannot be reached says so and how to
 start it.
+
+Whatever a tool puts into an API path is checked and escaped: a prediction id is 26 lowercase letters and digits (the
+tool refuses anything else), a model is `owner/name` in Replicate's name rules, each part percent-escaped. How the
+door is reached (stdio, or HTTP with its Host, Origin and token checks) is mcp_transport.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import quote
 
+import anyio
 import httpx
+import pydantic
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from .registry import PUBLISHED
+from . import mcp_transport
+from .errors import UserError
+from .registry import PUBLISHED, check_name
 from .schema import PredictionInput
 
 DEFAULT_URL = "http://127.0.0.1:5000"
@@ -29,6 +38,27 @@ INSTRUCTIONS = (
     "A finished prediction's `output` is a URL of the audio file; `stream` is a Server-Sent Events URL that "
     "carries the audio in segments while it generates."
 )
+PredictionId = Annotated[
+    str,
+    pydantic.Field(pattern=r"^[a-z0-9]{26}$", description="The prediction's id: 26 lowercase letters and digits."),
+]
+
+
+def _segment(part: str) -> str:
+    return quote(part, safe="")
+
+
+def _model_path(model: str) -> str:
+    """`owner/name` -> its escaped API path, or a ToolError saying what a model name is."""
+    owner, slash, name = model.partition("/")
+    try:
+        if not slash:
+            raise UserError(f"`model` must be owner/name (as list_models gives it), got {model!r}.")
+        check_name(owner, "owner")
+        check_name(name, "name")
+    except UserError as exc:
+        raise ToolError(str(exc)) from None
+    return f"/v1/models/{_segment(owner)}/{_segment(name)}"
 
 
 class Api:
@@ -77,9 +107,13 @@ def summary(pred: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = PUBLISHED[0]) -> MCPServer:
+def build(
+    base_url: str = DEFAULT_URL, token: str | None = None, version: str = PUBLISHED[0], http: bool = False
+) -> MCPServer:
+    """`http`: the door will be served over HTTP, where a token, when there is one, is required of every client."""
     api = Api(base_url, token)
-    server = MCPServer("musicgen-local", instructions=INSTRUCTIONS)
+    auth = mcp_transport.bearer_auth(base_url, token) if http and token else {}
+    server = MCPServer("musicgen-local", instructions=INSTRUCTIONS, **auth)
 
     @server.tool(
         description="Generate music from a text description (and optionally a melody or audio to "
@@ -94,25 +128,25 @@ def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = 
         """`model`: "owner/name" of a fine-tune (list_models); default meta/musicgen."""
         sent = input.model_dump(exclude_unset=True)
         if model:
-            created = await api.call("POST", f"/v1/models/{model}/predictions", json={"input": sent})
+            created = await api.call("POST", f"{_model_path(model)}/predictions", json={"input": sent})
         else:
             created = await api.call("POST", "/v1/predictions", json={"version": version, "input": sent})
         return await _wait(api, created, wait_seconds)
 
     @server.tool(description="A prediction's current state, by id.")
-    async def get_prediction(prediction_id: str) -> dict[str, Any]:
-        return summary(await api.call("GET", f"/v1/predictions/{prediction_id}"))
+    async def get_prediction(prediction_id: PredictionId) -> dict[str, Any]:
+        return summary(await api.call("GET", _prediction_path(prediction_id)))
 
     @server.tool(
         description="Wait up to timeout_seconds (at most 120) for a prediction to finish; returns its "
         "state either way (`finished` says whether it did)."
     )
-    async def wait_for_prediction(prediction_id: str, timeout_seconds: float = 60.0) -> dict[str, Any]:
-        return await _wait(api, await api.call("GET", f"/v1/predictions/{prediction_id}"), timeout_seconds)
+    async def wait_for_prediction(prediction_id: PredictionId, timeout_seconds: float = 60.0) -> dict[str, Any]:
+        return await _wait(api, await api.call("GET", _prediction_path(prediction_id)), timeout_seconds)
 
     @server.tool(description="Cancel a prediction that is queued or generating.")
-    async def cancel_prediction(prediction_id: str) -> dict[str, Any]:
-        return summary(await api.call("POST", f"/v1/predictions/{prediction_id}/cancel"))
+    async def cancel_prediction(prediction_id: PredictionId) -> dict[str, Any]:
+        return summary(await api.call("POST", f"{_prediction_path(prediction_id)}/cancel"))
 
     @server.tool(
         description="The models this server serves: meta/musicgen and your fine-tunes, with their latest version ids."
@@ -131,17 +165,34 @@ def build(base_url: str = DEFAULT_URL, token: str | None = None, version: str = 
     return server
 
 
+def _prediction_path(prediction_id: str) -> str:
+    return f"/v1/predictions/{_segment(prediction_id)}"
+
+
 async def _wait(api: Api, pred: dict[str, Any], seconds: float) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + max(0.0, min(seconds, MAX_WAIT_S))
     while pred["status"] not in FINISHED and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.25)
-        pred = await api.call("GET", f"/v1/predictions/{pred['id']}")
+        pred = await api.call("GET", _prediction_path(pred["id"]))
     return summary(pred)
 
 
-def run(base_url: str, token: str | None, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
-    server = build(base_url, token)
+def run(
+    base_url: str,
+    token: str | None,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allowed_hosts: tuple[str, ...] = (),
+) -> None:
     if transport == "stdio":
-        server.run("stdio")
-    else:
-        server.run("streamable-http", host=host, port=port)
+        anyio.run(mcp_transport.serve_stdio, build(base_url, token))
+        return
+    mcp_transport.check_binding(host, token)
+    server = build(base_url, token, http=True)
+    server.run(
+        "streamable-http",
+        host=host,
+        port=port,
+        transport_security=mcp_transport.transport_security(host, allowed_hosts),
+    )

@@ -69,7 +69,8 @@ LOOPER_PUBLISHED = (
     "ad041aebc8406f8883e7f28313614c4a11c6e623dd934a54f2bf30127b4bc7a8",
 )
 PUBLISHED_AT = "2024-03-14T16:54:56.000000Z"  # fixed: a published version never changes
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")  # Replicate's owner and model names
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?"  # Replicate's owner and model names
+_NAME = re.compile(NAME_PATTERN)
 VISIBILITIES = ("public", "private")
 
 

@@ -103,6 +103,24 @@ ENV_VARS: dict[str, tuple[str, str]] = {
             "(after it opens, or after the previous response); then it is closed"
         ),
     ),
+    "MUSICGEN_BODY_TIMEOUT": (
+        "30",
+        (
+            "server: seconds a request's body has to arrive, plus one for every MUSICGEN_BODY_MIN_RATE bytes "
+            "that arrived; a slower body is answered 408 and its connection closed"
+        ),
+    ),
+    "MUSICGEN_BODY_MIN_RATE": (
+        "8192",
+        "server: bytes per second a request body must average (with MUSICGEN_BODY_TIMEOUT)",
+    ),
+    "MUSICGEN_MAX_CONNECTIONS_PER_CLIENT": (
+        "100",
+        (
+            "server: connections one client address (an IPv6 /64) keeps open; requests on more are answered 429; "
+            "0 = no cap (behind a reverse proxy every client has the proxy's address)"
+        ),
+    ),
     "MUSICGEN_MAX_BODY_BYTES": ("104857600", "server: largest request body (JSON or upload), in bytes; 413 past it"),
     "MUSICGEN_MAX_QUEUE": ("1000", "server: predictions not yet finished; past it, create answers 429; 0 = no limit"),
     "MUSICGEN_RETENTION": ("", "server: remove outputs and uploads after this long (e.g. 1h, 7d); unset = keep"),
@@ -144,6 +162,13 @@ def _at_least(low: int, name: str, value: str) -> int:
     number = _number(int, name, value)
     if number < low:
         raise SettingError(f"{name}={value!r}: give a whole number of {low} or more (default: {ENV_VARS[name][0]}).")
+    return number
+
+
+def _positive(kind: type, name: str, value: str):
+    number = _number(kind, name, value)
+    if not number > 0:
+        raise SettingError(f"{name}={value!r}: give a number above 0 (default: {ENV_VARS[name][0]}).")
     return number
 
 
@@ -247,6 +272,9 @@ class Settings:
     shutdown_grace: float = 30.0
     checkpoints: dict[str, str] = field(default_factory=dict)
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: float = 8192.0  # bytes per second
+    max_connections_per_client: int = 100  # 0: no cap
     max_body_bytes: int = 100 * 1024 * 1024  # uploads and data: URIs; a 5-minute stereo wav is ~60 MB
     max_queue: int = 1000
     retention_s: float | None = None
@@ -290,6 +318,11 @@ class Settings:
             shutdown_grace=_number(float, "MUSICGEN_SHUTDOWN_GRACE", get("MUSICGEN_SHUTDOWN_GRACE")),
             checkpoints=_checkpoint_overrides(get("MUSICGEN_CHECKPOINTS")),
             header_timeout=_number(float, "MUSICGEN_HEADER_TIMEOUT", get("MUSICGEN_HEADER_TIMEOUT")),
+            body_timeout=_number(float, "MUSICGEN_BODY_TIMEOUT", get("MUSICGEN_BODY_TIMEOUT")),
+            body_min_rate=_positive(float, "MUSICGEN_BODY_MIN_RATE", get("MUSICGEN_BODY_MIN_RATE")),
+            max_connections_per_client=_at_least(
+                0, "MUSICGEN_MAX_CONNECTIONS_PER_CLIENT", get("MUSICGEN_MAX_CONNECTIONS_PER_CLIENT")
+            ),
             max_body_bytes=_number(int, "MUSICGEN_MAX_BODY_BYTES", get("MUSICGEN_MAX_BODY_BYTES")),
             max_queue=_number(int, "MUSICGEN_MAX_QUEUE", get("MUSICGEN_MAX_QUEUE")),
             retention_s=parse_duration(get("MUSICGEN_RETENTION")),

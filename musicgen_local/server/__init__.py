@@ -52,14 +52,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
             app.state.runs.drain()
             self.should_exit = True
 
-    from .connections import head_deadline_protocol, raise_open_files_limit
+    from .connections import Limits, connection_protocol, raise_open_files_limit
 
     raise_open_files_limit()
     # With JSON logs, uvicorn's own loggers go through the root's handler instead of its text ones.
     plain = {} if settings.log_format == "text" else {"log_config": None}
     server = DrainingServer(
         uvicorn.Config(
-            app, host=host, port=port, log_level="info", http=head_deadline_protocol(settings.header_timeout), **plain
+            app, host=host, port=port, log_level="info", http=connection_protocol(Limits.of(settings)), **plain
         )
     )
     status = [0]

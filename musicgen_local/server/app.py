@@ -23,7 +23,7 @@ from ..database import Database, StorageFailed
 from ..engine.api import EngineClient
 from ..registry import Registry
 from ..settings import Settings
-from . import bodies, model_routes, playground, resources, routes, stream_routes, training_routes
+from . import bodies, methods, model_routes, playground, resources, routes, stream_routes, training_routes
 from .auth import require_token
 from .bodylimit import BodyLimit, BodyTooLarge
 from .files import FileStore
@@ -66,7 +66,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             503: "Service unavailable",
         }
         response = problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
-        response.headers.update(exc.headers or {})  # a 405's Allow
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # every method the path is served with, not only the first route's
+            response.headers["Allow"] = methods.allowed(request)
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -100,7 +100,11 @@ _PROBLEMS = {
     413: "The body is larger than MUSICGEN_MAX_BODY_BYTES.",
     422: "Validation failed: `invalid_fields` names each field (`input.duration`, `webhook`, ...).",
     429: "MUSICGEN_MAX_QUEUE predictions are unfinished; retry after the `Retry-After` header's seconds.",
+    503: "The server is shutting down (SIGTERM), or its storage refused the write; retry after `Retry-After`.",
+    507: "The server's disk is full: nothing was kept.",
 }
+# What every create may answer besides its own refusals: a drain, or storage that refused the write (app.py).
+CREATE_FAILURES = (503, 507)
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -120,6 +124,7 @@ def json_body(name: str) -> dict[str, Any]:
     }
 
 
+UPLOAD_PARTS = ("content", "filename", "type", "metadata")  # Replicate's; any other part is a 400
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -128,14 +133,29 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["content"],
+                    "additionalProperties": False,
                     "properties": {
                         "content": {"type": "string", "format": "binary", "description": "The file."},
-                        "metadata": {"type": "string", "description": "Optional: a JSON object kept with the file."},
+                        "filename": {"type": "string", "description": "Optional: its name (else the part's)."},
+                        "type": {"type": "string", "description": "Optional: its content type (else the part's)."},
+                        "metadata": {"type": "object", "description": "Optional: a JSON object kept with the file."},
                     },
                 }
             }
         },
     }
+}
+SSE_EVENT = {  # what each Server-Sent Event carries (OpenAPI 3.1: a text/event-stream's schema is one event)
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "Its place in the stream; send it back as Last-Event-ID."},
+        "event": {"type": "string", "enum": ["output", "logs", "error", "done"]},
+        "data": {
+            "type": "string",
+            "description": "`output`: a segment's URL; `logs`: a line; `error`: the message; `done`: a JSON object.",
+        },
+    },
 }
 AUDIO = {
     200: {
@@ -168,13 +188,17 @@ def _training_request() -> type[pydantic.BaseModel]:
 
 
 def _problem_responses(doc: dict[str, Any]) -> None:
-    """Every 4xx is a problem body as app.py sends it (application/problem+json), including the 422
-    FastAPI documents on its own for routes with parameters."""
+    """Every 4xx and 5xx is a problem body as app.py sends it (application/problem+json), including the 422
+    FastAPI documents on its own for routes with parameters; every create (a POST answering 201) may also
+    answer CREATE_FAILURES."""
     for item in doc["paths"].values():
-        for operation in item.values():
-            for code, response in operation["responses"].items():
-                if code.startswith("4"):
-                    response["description"] = _PROBLEMS.get(int(code), response["description"])
+        for method, operation in item.items():
+            responses = operation["responses"]
+            if method == "post" and "201" in responses:
+                responses.update({str(code): {} for code in CREATE_FAILURES if str(code) not in responses})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["description"] = _PROBLEMS.get(int(code), response.get("description", ""))
                     response["content"] = {
                         "application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}
                     }

@@ -6,11 +6,19 @@ body (no Content-Length) is counted as it arrives, and the read that passes the 
 parser) therefore never holds more than the limit. The server reads and discards the rest of an
 oversized body after the 413, so the client can read its answer instead of seeing the connection
 reset under it.
+
+A client that goes away before its body has all arrived (or whose body came too slowly, connections.py) leaves the
+app nothing to answer: its ClientDisconnect ends the request with one log line, not as an unexpected error.
 """
 
 from __future__ import annotations
 
+import logging
+
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
@@ -36,10 +44,10 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = _declared_length(scope)
-        received = 0
+        received, gone = 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, gone
             if declared is not None and declared > self.max_bytes:
                 raise BodyTooLarge(self.max_bytes)
             message = await receive()
@@ -47,6 +55,12 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+            gone = message["type"] == "http.disconnect"
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        except ClientDisconnect:
+            if not gone:
+                raise
+            log.info("%s %s: the client went away after %d bytes of its body", scope["method"], scope["path"], received)

@@ -12,10 +12,10 @@ from starlette.exceptions import HTTPException
 
 from ..errors import UserError
 from ..looper import schema as looper_schema
-from ..registry import LOOPER, MUSICGEN, Model, Registry, Version
+from ..registry import LOOPER, MUSICGEN, NAME_PATTERN, VISIBILITIES, Model, Registry, Version
 from ..schema import openapi_schema
 from . import surrogates
-from .bodies import problems
+from .bodies import CREATE_FAILURES, problems
 
 router = APIRouter()
 COG_VERSION = "0.23.1"
@@ -33,13 +33,18 @@ META = {
 }
 
 
+def _documented(**schema: Any) -> Any:
+    """What the document says of a field that the registry checks itself (so that its refusal says what to do)."""
+    return pydantic.Field(json_schema_extra=schema)
+
+
 class ModelCreate(pydantic.BaseModel):
     """POST /v1/models, as Replicate's clients send it (`hardware` is recorded: the box is the hardware)."""
 
     model_config = pydantic.ConfigDict(extra="ignore")
-    owner: str
-    name: str
-    visibility: str = "private"
+    owner: str = _documented(pattern=f"^{NAME_PATTERN}$")
+    name: str = _documented(pattern=f"^{NAME_PATTERN}$")
+    visibility: str = pydantic.Field("private", json_schema_extra={"enum": list(VISIBILITIES)})
     hardware: str = "local"
     description: str | None = None
 
@@ -92,7 +97,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"next": None, "previous": None, "results": [model_json(request, m, registry) for m in registry.models()]}
 
 
-@router.post("/models", responses=problems(400, 409, 422), status_code=201)
+@router.post("/models", responses=problems(400, 409, 422, *CREATE_FAILURES), status_code=201)
 async def create_model(request: Request, body: ModelCreate) -> dict[str, Any]:
     if surrogates.find(body.model_dump()) is not None:
         raise HTTPException(

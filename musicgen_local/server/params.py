@@ -1,5 +1,5 @@
-"""Request parameters outside the JSON body: the `Cancel-After` header and the list's `created_after`
-/ `created_before` filters.
+"""Request parameters outside the JSON body: the `Cancel-After` header, the list's `created_after`
+/ `created_before` filters and its `cursor`.
 
 Each is an Annotated type that FastAPI validates before the handler runs, so a bad value becomes a
 422 naming `header.Cancel-After` or `query.created_after` through app.py's RequestValidationError
@@ -9,11 +9,11 @@ handler, shaped like every other field error.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import Header, Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 MIN_CANCEL_AFTER_S = 5  # Replicate's minimum
@@ -63,9 +63,14 @@ def utc_time(text: str) -> datetime:
         ) from None
 
 
+# What the document says of the values (the validators above judge them): a duration's syntax (its 5 s minimum is
+# in the description: a pattern cannot say it), and an ISO 8601 date-time or date.
+DURATION_TEXT = Annotated[str, Field(pattern=rf"^(?:{_NUMBER}|(?:{_NUMBER}[hms])+)$")]
+TIME_TEXT = datetime | date
+
 CancelAfter = Annotated[
     float | None,
-    BeforeValidator(cancel_after_seconds, json_schema_input_type=str),
+    BeforeValidator(cancel_after_seconds, json_schema_input_type=DURATION_TEXT),
     Header(
         alias="Cancel-After",
         description="Cancel the prediction if it has not finished after this long "
@@ -74,11 +79,18 @@ CancelAfter = Annotated[
 ]
 CreatedAfter = Annotated[
     datetime | None,
-    BeforeValidator(utc_time, json_schema_input_type=str),
+    BeforeValidator(utc_time, json_schema_input_type=TIME_TEXT),
     Query(description="Only predictions created at or after this time (ISO 8601; no offset means UTC)."),
 ]
 CreatedBefore = Annotated[
     datetime | None,
-    BeforeValidator(utc_time, json_schema_input_type=str),
+    BeforeValidator(utc_time, json_schema_input_type=TIME_TEXT),
     Query(description="Only predictions created before this time (ISO 8601; no offset means UTC)."),
+]
+Cursor = Annotated[
+    str | None,
+    Query(
+        description="Which page: an opaque token that a page's `next` and `previous` links carry; any other value "
+        "is a 400 (the document cannot describe tokens only this server makes)."
+    ),
 ]

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from . import surrogates
-from .bodies import ANY_FILE, AUDIO, UPLOAD_BODY, File, created, problems
+from .bodies import ANY_FILE, AUDIO, CREATE_FAILURES, UPLOAD_BODY, UPLOAD_PARTS, File, created, problems
 from .metrics import CONTENT_TYPE
 from .prediction import iso, now
 
@@ -44,20 +44,37 @@ async def _metadata(part: Any) -> dict[str, Any]:
     return meta
 
 
-@v1.post("/files", status_code=201, openapi_extra=UPLOAD_BODY, responses={**created(File), **problems(400, 413, 422)})
+def _text_part(form: Any, name: str) -> str | None:
+    part = form.get(name)
+    if part is not None and not isinstance(part, str):
+        raise HTTPException(400, f"`{name}` must be a plain form field, not a file.")
+    return part or None
+
+
+@v1.post(
+    "/files",
+    status_code=201,
+    openapi_extra=UPLOAD_BODY,
+    responses={**created(File), **problems(400, 413, 422, *CREATE_FAILURES)},
+)
 async def create_file(request: Request) -> dict[str, Any]:
-    """Multipart upload (`content`, optional `metadata`), as both clients send local file inputs. The
-    multipart parser spools the content to a temporary file; the store copies it to its place."""
+    """Multipart upload (`content`; optional `filename`, `type` and `metadata`, as Replicate documents them), as
+    both clients send local file inputs. The multipart parser spools the content to a temporary file; the store
+    copies it to its place."""
     try:
         async with request.form(max_files=2, max_fields=4) as form:  # closes (deletes) the spooled parts
             content = form.get("content")
             if not isinstance(content, StarletteUpload):
                 raise HTTPException(422, "- content: a file part named `content` is required.")
+            unknown = sorted(set(form.keys()) - set(UPLOAD_PARTS))
+            if unknown:
+                named = ", ".join(repr(name[:40]) for name in unknown[:5])
+                raise HTTPException(400, f"Unknown parts ({named}): send `content`, and optionally {UPLOAD_PARTS[1:]}.")
             metadata = await _metadata(form.get("metadata"))
             record = await run_in_threadpool(
                 request.app.state.files.add,
-                content.filename or "file",
-                content.content_type,
+                _text_part(form, "filename") or content.filename or "file",
+                _text_part(form, "type") or content.content_type,
                 content.file,
                 metadata,
             )

@@ -22,18 +22,18 @@ from ..errors import UserError
 from ..looper import schema as looper_schema
 from ..registry import ENCODE_DECODE, LATEST, Version
 from ..schema import FIELDS_BY_NAME, parse_input
-from . import file_inputs, stream_routes
+from . import file_inputs, model_routes, stream_routes
 from . import run_routes as runs
 from .bodies import CreateBody, PredictionPage, created, json_body, problems
 from .bodies import Prediction as PredictionBody
-from .params import CancelAfter, CreatedAfter, CreatedBefore
+from .params import CancelAfter, CreatedAfter, CreatedBefore, Cursor
 from .prediction import Prediction
 from .run_routes import FieldsInvalid, QueueFull
 
 router = APIRouter()
 NOUN = "prediction"
 MAX_WAIT_S = 60
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=(\d+))?(?:$|[,;\s])")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:=([^,;\s]*))?(?:$|[,;\s])")
 
 
 def resolve_version(request: Request, ref: str | None) -> Version:
@@ -45,11 +45,19 @@ def resolve_version(request: Request, ref: str | None) -> Version:
 
 
 def wait_seconds(prefer: str | None) -> float:
-    """`Prefer: wait` -> 60 s, `Prefer: wait=N` -> min(N, 60) s, absent -> 0."""
+    """`Prefer: wait` -> 60 s, `Prefer: wait=N` -> N s for N in 1-60 (Replicate's range), absent -> 0. Any other
+    wait is a 422, read before the prediction is created (its digits are counted before they are made a number)."""
     match = _PREFER_WAIT.search(f" {prefer} ") if prefer else None
     if not match:
         return 0
-    return min(int(match.group(1)), MAX_WAIT_S) if match.group(1) else MAX_WAIT_S
+    value = match.group(1)
+    if value is None:
+        return MAX_WAIT_S
+    if not (value.isdigit() and len(value) <= 2 and 1 <= int(value) <= MAX_WAIT_S):
+        shown = value if len(value) <= 20 else f"{value[:20]}..."
+        message = f"`wait=N` takes a whole number of seconds from 1 to {MAX_WAIT_S} (got {shown!r})"
+        raise FieldsInvalid([{"loc": ("header", "Prefer"), "type": "prefer_wait", "msg": message}])
+    return int(value)
 
 
 def _checked_input(body: CreateBody, version: Version) -> tuple[pydantic.BaseModel, dict[str, Any]]:
@@ -106,6 +114,7 @@ async def _create(
     body = CreateBody.model_validate(await runs.read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
+    wait_s = wait_seconds(prefer)
     webhook = await runs.checked_webhook(request, body)
     runs.refuse_while_draining(request, NOUN)
     _refuse_when_full(request)
@@ -118,7 +127,7 @@ async def _create(
     if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
         location = runs.render(request, NOUN, pred)["urls"]["get"]
         return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
-    return JSONResponse(await _wait(request, pred, prefer), status_code=201)
+    return JSONResponse(await _wait(request, pred, wait_s), status_code=201)
 
 
 def _refuse_when_full(request: Request) -> None:
@@ -127,10 +136,10 @@ def _refuse_when_full(request: Request) -> None:
         raise QueueFull(max_queue)
 
 
-async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[str, Any]:
+async def _wait(request: Request, pred: Prediction, wait_s: float) -> dict[str, Any]:
     """Hold the request up to the `Prefer: wait` time. On timeout the object says `starting`, never
     `processing`: both clients treat any other status after a blocking create as finished."""
-    await runs.stack(request, NOUN).dispatcher.wait_finished(pred, wait_seconds(prefer))
+    await runs.stack(request, NOUN).dispatcher.wait_finished(pred, wait_s)
     out = runs.render(request, NOUN, pred)
     if not pred.done:
         out["status"] = "starting"
@@ -138,7 +147,8 @@ async def _wait(request: Request, pred: Prediction, prefer: str | None) -> dict[
 
 
 PREFER_DOC = (
-    "`wait` (up to 60 s) or `wait=N` (seconds): answer once the prediction finishes, or then with status `starting`."
+    "`wait` (60 s) or `wait=N` (N seconds, 1 to 60; anything else is a 422): answer once the prediction finishes, "
+    "or then with status `starting`."
 )
 Prefer = Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)]
 CREATE = {
@@ -154,11 +164,12 @@ async def create_prediction(request: Request, cancel_after: CancelAfter = None, 
     return await _create(request, None, cancel_after, prefer)
 
 
-@router.post("/models/{owner}/{name}/predictions", **CREATE)
+@router.post("/models/{owner}/{name}/predictions", **{**CREATE, "responses": {**CREATE["responses"], **problems(404)}})
 async def create_model_prediction(
     request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
 ) -> Response:
     """A model's latest version (meta/musicgen's, or the newest a training made)."""
+    model_routes.found_model(request, owner, name)  # a model that is not there is a 404, as the path names it
     return await _create(request, f"{owner}/{name}", cancel_after, prefer)
 
 
@@ -175,7 +186,7 @@ async def cancel_prediction(request: Request, pred_id: str) -> dict[str, Any]:
 @router.get("/predictions", responses={200: {"model": PredictionPage}, **problems(400, 422)})
 async def list_predictions(
     request: Request,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from ..settings import Settings
 from .auth import require_token
-from .bodies import problems
+from .bodies import SSE_EVENT, problems
 from .prediction import Prediction
 from .streams import Entry
 
@@ -93,7 +93,7 @@ STREAM = {
     "responses": {
         200: {
             "description": "Server-Sent Events: `output`, `logs`, `error`, `done`, each with an id.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         204: {"description": "The client saw `done` already (its Last-Event-ID): nothing more."},
         **problems(401, 404, 406),

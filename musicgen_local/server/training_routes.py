@@ -17,7 +17,7 @@ from . import run_routes as runs
 from .bodies import EVENTS, json_body, problems
 from .file_inputs import FileInput
 from .model_routes import found_model
-from .params import CancelAfter, CreatedAfter, CreatedBefore
+from .params import CancelAfter, CreatedAfter, CreatedBefore, Cursor
 from .run_routes import FieldsInvalid
 from .training import WEIGHTS_FILE
 
@@ -132,7 +132,7 @@ async def cancel_training(request: Request, training_id: str) -> dict[str, Any]:
 @router.get("/trainings", responses=problems(400, 422))
 async def list_trainings(
     request: Request,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
 ) -> dict[str, Any]:

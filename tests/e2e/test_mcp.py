@@ -84,7 +84,7 @@ def test_an_agent_generates_waits_and_lists_models(live_server):
 def test_a_server_that_is_down_is_a_clear_tool_error():
     async def session():
         async with Client(_door(f"http://127.0.0.1:{free_port()}", token=None)) as client:
-            return await client.call_tool("get_prediction", {"prediction_id": "abc"})
+            return await client.call_tool("get_prediction", {"prediction_id": "a" * 26})
 
     called = asyncio.run(session())
     assert called.is_error

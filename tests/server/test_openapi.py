@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (
+    allow_header_conformance,
     content_type_conformance,
     not_a_server_error,
     response_schema_conformance,
@@ -50,7 +51,13 @@ def test_every_route_declares_its_request_body_and_responses(client):
     assert "HTTPValidationError" not in schemas
 
 
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+CHECKS = [
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+    content_type_conformance,
+    allow_header_conformance,
+]  # positive_data_acceptance and negative_data_rejection: test_conformance.py, on the operations where they hold
 
 
 @pytest.fixture
