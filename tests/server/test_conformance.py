@@ -1,7 +1,7 @@
 """What schemathesis found over the published OpenAPI (issue 31, item 11), each now held: requests the document
 says are valid are taken, the stream's events are what the document says, a 405 names every method its path is
 served with, a model missing from a create's path is a 404, and every create documents its 503 and 507. The
-judgements left (an opaque cursor, Cancel-After's 5 s minimum) are in docs/limits-doors.md."""
+judgements left (an opaque cursor, Cancel-After's 5 s minimum) are in docs/limits.md."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def api(tmp_path) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
 
 
 def _judged(case: schemathesis.Case) -> None:
-    """Leave out what docs/limits-doors.md judges right (and a wait that would hold each case 60 s)."""
+    """Leave out what docs/limits.md judges right (and a wait that would hold each case 60 s)."""
     for name in ("Prefer", "Cancel-After"):
         (case.headers or {}).pop(name, None)
     (case.query or {}).pop("cursor", None)
