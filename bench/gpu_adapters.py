@@ -16,7 +16,7 @@ ROUNDS = 2  # each count's best
 def adapter_speed(report, scale, device: str, frames: int, batch: int = 8, rank: int = 16) -> None:
     from bench.decoder import autocast, timed
     from bench.decoder_adapters import random_lora
-    from bench.gpu_check import lm_for, peak_gib, reset_peak, windows_for
+    from bench.gpu_models import lm_for, peak_gib, reset_peak, windows_for
     from musicgen_local.engine.fast import SlotBatch, decode
 
     lm = lm_for(scale, device)

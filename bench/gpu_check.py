@@ -49,14 +49,23 @@ import torch
 
 from bench import gpu_adapters, gpu_engine, gpu_training, results
 from bench.decoder import autocast, timed
+from bench.gpu_models import (
+    LARGE,
+    TINY,
+    conditions_for,
+    encodec_for,
+    lm_for,
+    musicgen_for,
+    peak_gib,
+    reset_peak,
+    windows_for,
+)
 
 log = logging.getLogger("gpu-check")
 ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / "bench" / "carry.txt"  # what .whl/ holds (bench/wheelhouse)
 DEVICE_PACKAGES = ROOT / "bench" / "device-packages.txt"  # what the lent machine has
 STAND_INS = ("xformers", "spacy", "av")  # bench/stand_ins: imported by audiocraft, unused on this path
-LARGE = (2048, 32, 48)  # dim, heads, layers: audiocraft model_scale/large.yaml
-TINY = (32, 2, 2)
 
 
 class Report:
@@ -113,18 +122,6 @@ def free_memory(device: str) -> str:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     return f"; {torch.cuda.memory_allocated() / 2**30:.2f} GiB still allocated after it"
-
-
-def reset_peak(device: str) -> None:
-    """Each row's peak is its own: the caching allocator's free blocks go back and the counter restarts."""
-    if device.startswith("cuda"):
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib(device: str) -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
 
 
 # ------------------------------------------------------------------------------------------ what is carried
@@ -264,47 +261,6 @@ def tiny_t5(report: Report, weights: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ models
-
-
-def lm_for(scale: tuple[int, int, int], device: str, stereo: bool = False):
-    """An audiocraft LM of this size with random weights, built on the device, float16 on CUDA."""
-    from audiocraft.models.builders import get_lm_model
-
-    from musicgen_local.engine.fast.model import lay_out_for_cpu
-    from musicgen_local.testing.tiny import lm_cfg
-
-    dim, heads, layers = scale
-    cfg = lm_cfg(stereo, False)
-    cfg.device, cfg.dtype = device, "float16" if device.startswith("cuda") else "float32"
-    cfg.transformer_lm.update(dim=dim, num_heads=heads, num_layers=layers, hidden_scale=4, activation="gelu")
-    torch.manual_seed(0)
-    with torch.device(device):
-        lm = get_lm_model(cfg).eval()
-    lay_out_for_cpu(lm)
-    return lm
-
-
-def conditions_for(lm, text: str = "lofi hip hop beat with warm piano chords") -> dict:
-    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
-
-    attrs = [ConditioningAttributes(text={"description": text})]
-    provider = lm.condition_provider
-    return provider(provider.tokenize(attrs + ClassifierFreeGuidanceDropout(p=1.0)(attrs)))
-
-
-def windows_for(lm, n: int, frames: int, device: str, seed: int = 0) -> list:
-    from musicgen_local.engine.fast import SamplingParams, Window
-
-    return [
-        Window(
-            conditions_for(lm, f"request {i}"),
-            None,
-            frames,
-            SamplingParams(),
-            torch.Generator(device).manual_seed(seed + i),
-        )
-        for i in range(n)
-    ]
 
 
 def fast_decode(lm, slots: int, frames: int, windows: list, device: str, mode: str = "auto"):
@@ -455,24 +411,6 @@ def request_to_file(report: Report, scale, device: str, duration: int, weights: 
                 )
         finally:
             engine.close()
-
-
-def musicgen_for(scale, device: str):
-    """A whole MusicGen: the LM above and EnCodec 32 kHz at its real size, random weights."""
-    from audiocraft.models import MusicGen
-
-    return MusicGen("large", encodec_for(device), lm_for(scale, device), max_duration=30)
-
-
-def encodec_for(device: str):
-    from audiocraft.models import builders
-
-    from musicgen_local.testing.tiny import _encodec_cfg
-
-    cfg = _encodec_cfg()
-    cfg.seanet.update(dimension=128, n_filters=64, lstm=2)  # facebook/encodec_32khz's sizes
-    torch.manual_seed(1)
-    return builders.get_compression_model(cfg).to(device).eval()
 
 
 def codecs(report: Report, device: str, seconds: list[int], mbd_seconds: float, demucs_seconds: float) -> None:

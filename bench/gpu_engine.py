@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _engine(scale, device: str, weights: Path, data: str, **settings):
-    from bench.gpu_check import musicgen_for
+    from bench.gpu_models import musicgen_for
     from musicgen_local.engine.local import LocalEngine
     from musicgen_local.settings import Settings
 
@@ -154,7 +154,7 @@ def faults(report, scale, device: str, weights: Path) -> None:
 def _device_lost(device: str, weights: Path) -> int:
     """In a process of its own: a real device-side assert in a step (an index past a tensor's end, on the
     GPU), then what the engine says."""
-    from bench.gpu_check import TINY
+    from bench.gpu_models import TINY
     from musicgen_local.engine import Request
     from musicgen_local.engine.api import Failed
     from musicgen_local.engine.fast.model import StaticLM

@@ -16,7 +16,7 @@ FRAMES = 500  # 10 s pieces
 
 
 def training_speed(report, scale, device: str, batches: list[int], frames: int = FRAMES, steps: int = 3) -> None:
-    from bench.gpu_check import lm_for, peak_gib, reset_peak
+    from bench.gpu_models import lm_for, peak_gib, reset_peak
 
     report.add("| kind | batch | frames | s/update | updates/s | peak memory |\n|---|---|---|---|---|---|")
     for kind in ("LoRA rank 16", "full fine-tune"):
