@@ -31,13 +31,36 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
     import uvicorn
 
     from ..engine import load_engine
+    from .connections import Limits, connection_protocol, raise_open_files_limit
 
     if not settings.api_token and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("Serving on %s without MUSICGEN_API_TOKEN: anyone who can reach this port can use it.", host)
     engine = engine or load_engine(settings)
     app = create_app(settings, engine)
+    raise_open_files_limit()
+    # With JSON logs, uvicorn's own loggers go through the root's handler instead of its text ones.
+    plain = {} if settings.log_format == "text" else {"log_config": None}
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", http=connection_protocol(Limits.of(settings)), **plain
+    )
+    server = _draining_server(uvicorn.Server, app, settings)(config)
+    status = [0]
+    if getattr(engine, "lost", None) is not None:
+        threading.Thread(
+            target=_exit_when_lost, args=(engine, app, server, status), name="device-lost", daemon=True
+        ).start()
+    log.info("Serving meta/musicgen at http://%s:%d/v1 (data in %s)", host, port, settings.data_dir)
+    try:
+        server.run()
+    finally:
+        engine.close()
+    return status[0]
 
-    class DrainingServer(uvicorn.Server):
+
+def _draining_server(base, app, settings: Settings):
+    """uvicorn's Server whose first SIGTERM or Ctrl-C drains every kind of run before it stops."""
+
+    class DrainingServer(base):
         def handle_exit(self, sig, frame) -> None:
             if self.should_exit or not app.state.runs.accepting:
                 return super().handle_exit(sig, frame)
@@ -52,37 +75,19 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 5000, engine=
             app.state.runs.drain()
             self.should_exit = True
 
-    from .connections import Limits, connection_protocol, raise_open_files_limit
+    return DrainingServer
 
-    raise_open_files_limit()
-    # With JSON logs, uvicorn's own loggers go through the root's handler instead of its text ones.
-    plain = {} if settings.log_format == "text" else {"log_config": None}
-    server = DrainingServer(
-        uvicorn.Config(
-            app, host=host, port=port, log_level="info", http=connection_protocol(Limits.of(settings)), **plain
-        )
+
+def _exit_when_lost(engine, app, server, status: list[int]) -> None:
+    """Once a device failed for good: drain every kind (and its webhooks), then stop with EXIT_DEVICE_LOST."""
+    engine.lost.wait()
+    status[0] = EXIT_DEVICE_LOST
+    log.critical(
+        "A device failed for good (%s). Finishing what can be answered, then exiting with status "
+        "%d so that the server is restarted.",
+        engine.health().get("error", ""),
+        EXIT_DEVICE_LOST,
     )
-    status = [0]
-    lost = getattr(engine, "lost", None)
-    if lost is not None:
-
-        def exit_when_lost() -> None:
-            lost.wait()
-            status[0] = EXIT_DEVICE_LOST
-            log.critical(
-                "A device failed for good (%s). Finishing what can be answered, then exiting with status "
-                "%d so that the server is restarted.",
-                engine.health().get("error", ""),
-                EXIT_DEVICE_LOST,
-            )
-            app.state.runs.drain()
-            app.state.runs.drain_webhooks(timeout=10)
-            server.should_exit = True
-
-        threading.Thread(target=exit_when_lost, name="device-lost", daemon=True).start()
-    log.info("Serving meta/musicgen at http://%s:%d/v1 (data in %s)", host, port, settings.data_dir)
-    try:
-        server.run()
-    finally:
-        engine.close()
-    return status[0]
+    app.state.runs.drain()
+    app.state.runs.drain_webhooks(timeout=10)
+    server.should_exit = True

@@ -128,6 +128,21 @@ async def _keep_tidy_forever(runs: RunStacks, files: FileStore, retention_every_
             log.exception("keeping the data folder tidy failed")
 
 
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    """The body limit, every router (/v1 behind the token; health, delivery and the playground public), OpenAPI."""
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    auth = [Depends(require_token)]
+    for router in (routes.router, resources.v1, model_routes.router, training_routes.router):
+        app.include_router(router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
+    app.include_router(training_routes.public)
+    app.include_router(resources.operator, dependencies=auth)
+    app.include_router(resources.public)
+    app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
+    app.include_router(stream_routes.public)
+    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
+    bodies.install(app)
+
+
 def create_app(
     settings: Settings,
     engine: EngineClient,
@@ -177,15 +192,5 @@ def create_app(
     app.state.registry, app.state.streams, app.state.metrics = registry, streams, metrics
     app.state.page_size = page_size
     _install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    auth = [Depends(require_token)]
-    for router in (routes.router, resources.v1, model_routes.router, training_routes.router):
-        app.include_router(router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
-    app.include_router(training_routes.public)
-    app.include_router(resources.operator, dependencies=auth)
-    app.include_router(resources.public)
-    app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
-    app.include_router(stream_routes.public)
-    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
-    bodies.install(app)
+    _install_routes(app, settings)
     return app
