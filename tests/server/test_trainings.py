@@ -8,6 +8,7 @@ import io
 import json
 import sqlite3
 import tarfile
+import time
 
 import pytest
 from server_helpers import V1, make_client, wait_done
@@ -193,3 +194,32 @@ def test_a_training_interrupted_by_a_restart_resumes_and_versions_survive(tmp_pa
         assert "resuming from its last checkpoint" in resumed["logs"]
         failed = c.get(f"/v1/trainings/{twice.id}").json()
         assert failed["status"] == "failed" and "stopped twice" in failed["error"]
+
+
+class EngineFailingOnCancel(FakeEngine):
+    """Reports a failure when canceled, as the dataset's download did ("could not be downloaded: Prediction was
+    canceled.") and as any stage may that a cancel interrupts."""
+
+    def _train(self, request, run) -> None:
+        from musicgen_local.engine.api import Failed, Started
+
+        run.emit(Started())
+        run.canceled.wait(30)
+        run.emit(Failed("`dataset_path` could not be downloaded: Prediction was canceled."))
+
+
+def test_a_training_asked_to_cancel_ends_canceled_whatever_its_engine_says_after(tmp_path):
+    """POST .../cancel and Cancel-After on a processing training ended it `failed` (issue 31, item 5)."""
+    with make_client(tmp_path, EngineFailingOnCancel()) as c:
+        _model(c)
+        first = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()
+        wait_processing = time.monotonic() + 10
+        while c.get(f"/v1/trainings/{first['id']}").json()["status"] != "processing":
+            assert time.monotonic() < wait_processing
+            time.sleep(0.02)
+        c.post(f"/v1/trainings/{first['id']}/cancel")
+        ended = wait_training(c, first["id"])
+        assert (ended["status"], ended["error"]) == ("canceled", None)
+        late = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}, headers={"Cancel-After": "5s"})
+        ended = wait_training(c, late.json()["id"], timeout=20)
+        assert (ended["status"], ended["error"]) == ("canceled", None)
