@@ -333,11 +333,12 @@ class Dispatcher:
         return pred.status == "starting"  # one that had started generating is failed: it would start over
 
     def _requeue_after_device_loss(self, pred: Prediction, message: str) -> None:
+        if self.engine.health().get("status") == "UNHEALTHY":  # this process is going away: the next start runs it
+            self._give_back_start(pred)  # once: the drain that follows may find it still in the engine
+            log.warning("%s %s: kept queued for the restart (%s)", self.NOUN, pred.id, message)
+            return
         pred.attempts -= 1
         self.store.save(pred)
-        if self.engine.health().get("status") == "UNHEALTHY":  # this process is going away: the next start runs it
-            log.warning("prediction %s: kept queued for the restart (%s)", pred.id, message)
-            return
         with self._changed:
             self._queue_of(pred).appendleft(pred.id)
             self._changed.notify_all()
