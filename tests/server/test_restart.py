@@ -156,21 +156,29 @@ def test_sigterm_refuses_training_creates_too_and_the_next_start_resumes_the_tra
     assert again.wait_for(training, ("succeeded",), kind="trainings")["output"]["version"].startswith("alice/first:")
 
 
-def test_two_graceful_restarts_do_not_count_toward_the_crash_loop_limit(processes):
+@pytest.mark.parametrize("signals", [1, 2], ids=["drained", "second-signal"])
+def test_two_graceful_restarts_do_not_count_toward_the_crash_loop_limit(processes, signals):
     """Two SIGTERMs (a deploy, twice) ended a training `failed` with "The server stopped twice while this training
     was running" (issue 31, item 6). A drain that stops a training at its checkpoint, or a prediction still
     generating at the grace's end, did not crash: each runs again, a third time and more, while two kill -9s still
     end a run that kills its server (test_a_prediction_that_kills_the_server_while_starting_fails_at_the_second_...).
+    With a second signal, the drain stops at once, its grace not over.
     """
-    server = processes(grace_s=1, step_delay_s=0.5)
+    grace = 1 if signals == 1 else 600
+    server = processes(grace_s=grace, step_delay_s=0.5)
     prediction = server.create("long", 4).json()["id"]  # 200 steps at 0.5 s: still generating at the grace's end
     training = server.train("alice/deployed").json()["id"]
     for restart in range(2):
         server.wait_for(prediction, ("processing",))
         server.wait_for(training, ("processing",), kind="trainings")
         server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(timeout=60) == 0
-        server = processes(grace_s=1, step_delay_s=0.5 if restart == 0 else 0.0)
+        if signals == 2:
+            deadline = time.monotonic() + 10
+            while server.create("late", 1).status_code != 503:  # draining
+                assert time.monotonic() < deadline
+            server.proc.send_signal(signal.SIGTERM)  # uvicorn raises it again once it has shut down
+        assert server.proc.wait(timeout=60) == (0 if signals == 1 else -signal.SIGTERM)
+        server = processes(grace_s=grace, step_delay_s=0.5 if restart == 0 else 0.0)
 
     predicted = server.wait_for(prediction, ("succeeded", "failed", "canceled"))
     trained = server.wait_for(training, ("succeeded", "failed", "canceled"), kind="trainings")
