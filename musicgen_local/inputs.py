@@ -123,7 +123,13 @@ class Probed:
 
 def probe(path: Path) -> Probed:
     """The audio's length, channels and rate, read from its container without decoding it."""
-    cmd = [
+    done = subprocess.run(probe_command(path), capture_output=True, text=True, timeout=30, check=False)
+    return probed(done.stdout if done.returncode == 0 else "")
+
+
+def probe_command(path: Path) -> list[str]:
+    """ffprobe's command for `probe` (a dataset's files run it under their own step's cancel and timeout)."""
+    return [
         "ffprobe",
         "-v",
         "error",
@@ -136,8 +142,11 @@ def probe(path: Path) -> Probed:
         "json",
         str(path),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    info = json.loads(done.stdout or "{}") if done.returncode == 0 else {}
+
+
+def probed(output: str) -> Probed:
+    """What `probe_command` printed, read; UserError when it names no audio stream with a length."""
+    info = json.loads(output or "{}")
     streams = info.get("streams") or [{}]
     durations = [streams[0].get("duration"), info.get("format", {}).get("duration")]
     for value in durations:

@@ -39,6 +39,7 @@ class Field:
     maximum: int | float | None = None
     above: float | None = None  # exclusive minimum (a learning rate above 0)
     required: bool = False
+    max_length: int | None = None  # a string's most characters
 
     @property
     def json_type(self) -> str:
@@ -130,7 +131,8 @@ def _pydantic_field(f: Field) -> tuple[Any, Any]:
     if f.default is None and not f.required:
         annotation = annotation | None
     default = ... if f.required else f.default
-    return annotation, PydanticField(default, ge=f.minimum, le=f.maximum, gt=f.above, description=f.description)
+    limits = {"ge": f.minimum, "le": f.maximum, "gt": f.above, "max_length": f.max_length}
+    return annotation, PydanticField(default, description=f.description, **limits)
 
 
 def input_model(name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
@@ -182,6 +184,8 @@ def openapi_input_properties(fields: tuple[Field, ...] = FIELDS) -> tuple[dict[s
             prop["maximum"] = f.maximum
         if f.above is not None:
             prop["exclusiveMinimum"] = f.above
+        if f.max_length is not None:
+            prop["maxLength"] = f.max_length
         props[f.name] = prop
     return props, enums
 
@@ -234,6 +238,8 @@ def cog_input_kwargs(name: str, fields: dict[str, Field] = FIELDS_BY_NAME) -> di
         kwargs["ge"] = f.minimum
     if f.maximum is not None:
         kwargs["le"] = f.maximum
+    if f.max_length is not None:
+        kwargs["max_length"] = f.max_length
     return kwargs
 
 

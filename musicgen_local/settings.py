@@ -81,7 +81,18 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "8589934592",
         ("training: largest dataset, downloaded and unpacked, in bytes (an archive that unpacks past it is refused)"),
     ),
-    "MUSICGEN_MAX_DATASET_SECONDS": ("14400", "training: most seconds of audio in one dataset (4 h by default)"),
+    "MUSICGEN_MAX_DATASET_SECONDS": (
+        "14400",
+        "training: most seconds of audio in one dataset (4 h by default), counted as it decodes",
+    ),
+    "MUSICGEN_MAX_DATASET_FILES": ("2000", "training: most files (archive members) in one dataset"),
+    "MUSICGEN_DATASET_TIMEOUT": (
+        "600",
+        (
+            "training: seconds each step of preparing a dataset may take (its download, its unpacking, "
+            "each file's probe and decode); then the training fails, naming the step"
+        ),
+    ),
     "MUSICGEN_TRAINING_SHARE": (
         "0.1",
         (
@@ -263,6 +274,8 @@ class Settings:
     max_input_samples: int = 64_000_000
     max_dataset_bytes: int = 8 * 1024**3
     max_dataset_seconds: float = 4 * 3600.0
+    max_dataset_files: int = 2000
+    dataset_timeout: float = 600.0
     training_share: float = 0.1
     stream_seconds: float = 1.0
     data_dir: Path = Path("./data")
@@ -309,6 +322,8 @@ class Settings:
             max_input_samples=_number(int, "MUSICGEN_MAX_INPUT_SAMPLES", get("MUSICGEN_MAX_INPUT_SAMPLES")),
             max_dataset_bytes=_number(int, "MUSICGEN_MAX_DATASET_BYTES", get("MUSICGEN_MAX_DATASET_BYTES")),
             max_dataset_seconds=_number(float, "MUSICGEN_MAX_DATASET_SECONDS", get("MUSICGEN_MAX_DATASET_SECONDS")),
+            max_dataset_files=_number(int, "MUSICGEN_MAX_DATASET_FILES", get("MUSICGEN_MAX_DATASET_FILES")),
+            dataset_timeout=_number(float, "MUSICGEN_DATASET_TIMEOUT", get("MUSICGEN_DATASET_TIMEOUT")),
             training_share=_number(float, "MUSICGEN_TRAINING_SHARE", get("MUSICGEN_TRAINING_SHARE")),
             stream_seconds=_number(float, "MUSICGEN_STREAM_SECONDS", get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),

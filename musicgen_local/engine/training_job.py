@@ -99,6 +99,8 @@ class Trainings:
 
     def turn(self, predictions_busy: bool) -> None:
         """The training's share of one turn of the loop: start reading its model, or one unit if it is due."""
+        for waiting in [j for j in list(self.queue)[1:] if j.run.canceled.is_set()]:  # no need to wait their turn
+            self._ended(waiting, Canceled())
         if not self.queue:
             return
         job = self.queue[0]
@@ -137,7 +139,10 @@ class Trainings:
     def read_done(self, read: TrainRead) -> None:
         """Build the trainer's own copy of the model (outside inference mode: it is trained)."""
         job = read.job
-        if job not in self.queue:  # canceled while its checkpoint was read
+        if job not in self.queue:  # ended while its checkpoint was read
+            return
+        if job.run.canceled.is_set():  # building the trainer's model (and resuming it) is wasted on it
+            self._ended(job, Canceled())
             return
         try:
             if read.error is not None:

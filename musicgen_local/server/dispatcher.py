@@ -12,7 +12,13 @@ After a crash the store still holds what was queued or running: `start` queues i
 prediction that was running is run once more from the start (its seed was fixed at creation, so it
 gives the same audio). One handed to the engine twice already (`attempts`, counted in the store before
 the engine sees it) is failed with a message instead, whether it had started generating or was still
-being prepared: an input that kills the process must not kill every start after it.
+being prepared: an input that kills the process must not kill every start after it. A graceful stop is
+not such a death: what a drain leaves unfinished (a training stopped at its checkpoint, a prediction
+still generating at the grace's end) gives its start back, so deploys do not count toward the limit.
+
+A run that was asked to cancel (POST .../cancel, Cancel-After) ends `canceled` whatever failure its engine
+reports after the ask (a download interrupted by the cancel, a device lost meanwhile): only a result that
+was already made (Done, Trained) still ends it otherwise.
 
 A prediction the engine could not start because its device failed (`Failed(kind="device")`) is not
 failed: it stays `starting`, queued again while the engine still has healthy devices (on Ray, a
@@ -86,6 +92,8 @@ class Dispatcher:
         self._runs: dict[str, Run] = {}  # handed to the engine and not finished
         self._in_flight: dict[bool, set[str]] = {False: set(), True: set()}  # of _runs, by lane
         self._held: set[str] = set()  # draining: runs canceled only to stay queued for the next start
+        self._given_back: set[str] = set()  # runs whose start a graceful stop gave back (once each)
+        self._canceling: set[str] = set()  # runs in the engine that were asked to cancel
         self._changed = threading.Condition()
         self._feeding = True
         self.accepting = True  # False while draining: creates are refused (503)
@@ -113,7 +121,8 @@ class Dispatcher:
     def drain(self, grace_s: float) -> None:
         """Stop taking predictions; let those generating finish for up to `grace_s`; leave the rest
         (queued, or still generating at the deadline) stored as they are, for the next start."""
-        if not self.accepting:  # draining already (a second signal, then the app's shutdown)
+        if not self.accepting:  # draining already (a second signal, then the app's shutdown): stop now
+            self._stop_gracefully(0)
             return
         self.accepting = False
         with self._changed:
@@ -124,12 +133,20 @@ class Dispatcher:
         for pid in not_started:
             if (run := self._runs.get(pid)) is not None:
                 run.cancel()
+        self._stop_gracefully(grace_s)
+
+    def _stop_gracefully(self, grace_s: float) -> None:
+        """Wait up to `grace_s` for the runs in the engine; those still there run again at the next start, and that
+        start is not counted against them (their process stopped; they did not kill it)."""
         with self._changed:
             self._changed.wait_for(lambda: not self._runs, timeout=grace_s)
             left = list(self._runs)
-        if left:
+        given = [pid for pid in left if (pred := self.store.get(pid)) is not None and self._give_back_start(pred)]
+        if given:
             log.warning(
-                "shutting down with %d prediction(s) still generating; they run again at the next start", len(left)
+                "shutting down with %d %s(s) unfinished; they run again at the next start",
+                len(given),
+                self.NOUN,
             )
 
     def subscribe(self, listener: Listener) -> None:
@@ -190,6 +207,7 @@ class Dispatcher:
             if run is None and pred.id in self._queue_of(pred):
                 self._queue_of(pred).remove(pred.id)
         if run is not None:
+            self._canceling.add(pred.id)
             run.cancel()
         if pred.status == "starting":  # whatever the engine says later about it is ignored
             self._finish(pred, "canceled")
@@ -243,6 +261,7 @@ class Dispatcher:
                 self._runs.pop(pred.id, None)
                 for in_flight in self._in_flight.values():
                     in_flight.discard(pred.id)
+                self._canceling.discard(pred.id)
                 self._changed.notify_all()
 
     def _handle(self, pred: Prediction, event: Event, on_progress: Callable[[Progress], None]) -> None:
@@ -258,6 +277,10 @@ class Dispatcher:
         elif isinstance(event, Done):
             self._done(pred, event)
         elif isinstance(event, Failed):
+            if pred.id in self._canceling:  # what failed after the ask does not change the answer
+                log.info("%s %s: canceled (its engine also said: %s)", self.NOUN, pred.id, event.message)
+                self._finish(pred, "canceled")
+                return
             if event.kind == "device" and self._runs_again_after_device_loss(pred):
                 self._requeue_after_device_loss(pred, event.message)
                 return
@@ -266,8 +289,7 @@ class Dispatcher:
             self._finish(pred, "failed", event.message)
         elif isinstance(event, Canceled):
             if pred.id in self._held:  # canceled by a drain before it started: it stays queued
-                pred.attempts -= 1
-                self.store.save(pred)
+                self._give_back_start(pred)
             else:
                 self._finish(pred, "canceled")
         elif isinstance(event, Audio):
@@ -293,6 +315,17 @@ class Dispatcher:
         self.webhooks.notify(pred, "output")
         self._finish(pred, "succeeded")
 
+    def _give_back_start(self, pred: Prediction) -> bool:
+        """The start a drain interrupted does not count toward INTERRUPTED_TWICE (once per run); False if it was
+        given back already, or the run has ended."""
+        with self._changed:
+            if pred.done or pred.id in self._given_back:
+                return False
+            self._given_back.add(pred.id)
+        pred.attempts -= 1
+        self.store.save(pred)
+        return True
+
     def _other(self, pred: Prediction, event: Event) -> None:
         log.warning("%s %s: unknown event %r", self.NOUN, pred.id, event)
 
@@ -300,11 +333,12 @@ class Dispatcher:
         return pred.status == "starting"  # one that had started generating is failed: it would start over
 
     def _requeue_after_device_loss(self, pred: Prediction, message: str) -> None:
+        if self.engine.health().get("status") == "UNHEALTHY":  # this process is going away: the next start runs it
+            self._give_back_start(pred)  # once: the drain that follows may find it still in the engine
+            log.warning("%s %s: kept queued for the restart (%s)", self.NOUN, pred.id, message)
+            return
         pred.attempts -= 1
         self.store.save(pred)
-        if self.engine.health().get("status") == "UNHEALTHY":  # this process is going away: the next start runs it
-            log.warning("prediction %s: kept queued for the restart (%s)", pred.id, message)
-            return
         with self._changed:
             self._queue_of(pred).appendleft(pred.id)
             self._changed.notify_all()

@@ -4,12 +4,16 @@ Everything a prediction has (a queue in order, status from the engine's events, 
 webhooks, cancel, Cancel-After, drain, restarts) comes from `Dispatcher`; a training differs in
 what it asks the engine (`train`), in how it ends (`Trained`: the registry gets a version whose
 weights are the training's tar), and at a restart: it resumes from its last checkpoint instead of
-starting over, and a device lost under it keeps it for the restart whatever its status.
+starting over, and a device lost under it keeps it for the restart whatever its status. Once it has ended, however
+it ended, its work folder (the dataset's pieces, checkpoints: what resuming needed) is removed; its weights stay.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
+import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from ..engine.api import Event, Run, Trained, TrainingRequest
 from ..registry import Version
 from .dispatcher import Dispatcher
 from .training import Training
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDispatcher(Dispatcher):
@@ -57,3 +63,20 @@ class TrainingDispatcher(Dispatcher):
         self._log(pred, f"New version {pred.destination}:{version.id} ({event.kind} fine-tune of {event.base}).")
         self.webhooks.notify(pred, "output")
         self._finish(pred, "succeeded")
+
+    def _finish(self, pred: Training, status: str, error: str | None = None) -> None:  # type: ignore[override]
+        super()._finish(pred, status, error)
+        work = (pred.request or {}).get("work_dir")
+        folder = self.store.prediction_dir(pred.id)
+        if work and Path(work).resolve().is_relative_to(folder.resolve()):  # only ever its own folder's
+            # Off the caller's thread: a cancel answers at once, and a dataset's pieces can be gigabytes.
+            threading.Thread(target=_remove_work, args=(Path(work), folder), name=f"clean-{pred.id[:8]}").start()
+
+
+def _remove_work(work: Path, folder: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        folder.rmdir()  # nothing else in it: a training that made no weights leaves no folder
+    except OSError:
+        pass
+    log.debug("removed %s", work)

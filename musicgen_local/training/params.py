@@ -15,13 +15,24 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..registry import LM_VERSIONS
-from ..schema import Field, cog_input_kwargs, input_model, openapi_input_properties, parse_cli_pairs
+from ..schema import (
+    MAX_PROMPT_CHARS,
+    Field,
+    cog_input_kwargs,
+    input_model,
+    openapi_input_properties,
+    parse_cli_pairs,
+)
 
 SCHEDULERS = ("cosine", "linear", "constant")
 # 16: the rank dreamboothing recipes use; its adapters are ~0.4 % of `large` (13 M parameters), so what
 # a LoRA training of `large` holds on a 24 GB card is the float16 weights (6.6 GB), the activations of a
 # micro-batch, and little else.
 DEFAULT_RANK = 16
+# A description is read whole by T5 as a prompt is (its attention grows with the square of its tokens: a 40 KB
+# description took the server past 10 GB), so it has a prompt's cap; the dataset's .txt files are held to it too.
+MAX_DESCRIPTION_CHARS = MAX_PROMPT_CHARS
+MAX_SEED = 2**32 - 1  # the trainer seeds Python's and torch's generators with it; past 2^64 torch refuses it
 
 FIELDS: tuple[Field, ...] = (
     Field(
@@ -46,7 +57,12 @@ FIELDS: tuple[Field, ...] = (
         "Remove the vocals with htdemucs before training, so the model learns the instruments.",
         True,
     ),
-    Field("one_same_description", str, "One description for every file (replaces the .txt files)."),
+    Field(
+        "one_same_description",
+        str,
+        f"One description for every file (replaces the .txt files); at most {MAX_DESCRIPTION_CHARS} characters.",
+        max_length=MAX_DESCRIPTION_CHARS,
+    ),
     Field("model_version", str, "The model to fine-tune.", "large", LM_VERSIONS),
     Field("epochs", int, "Passes over `updates_per_epoch` updates.", 3, minimum=1, maximum=1000),
     Field("updates_per_epoch", int, "Optimizer updates per epoch.", 100, minimum=1, maximum=100_000),
@@ -89,7 +105,13 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "lora_alpha", float, "LoRA's scale numerator (the update is alpha / rank x B A); default 2 x rank.", minimum=0.0
     ),
-    Field("seed", int, "Seed for the order of pieces, crops and dropout. If None or -1, a random seed is used."),
+    Field(
+        "seed",
+        int,
+        "Seed for the order of pieces, crops and dropout. If None or -1, a random seed is used.",
+        minimum=-1,
+        maximum=MAX_SEED,
+    ),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 OUTPUT_SCHEMA = {

@@ -156,6 +156,36 @@ def test_sigterm_refuses_training_creates_too_and_the_next_start_resumes_the_tra
     assert again.wait_for(training, ("succeeded",), kind="trainings")["output"]["version"].startswith("alice/first:")
 
 
+@pytest.mark.parametrize("signals", [1, 2], ids=["drained", "second-signal"])
+def test_two_graceful_restarts_do_not_count_toward_the_crash_loop_limit(processes, signals):
+    """Two SIGTERMs (a deploy, twice) ended a training `failed` with "The server stopped twice while this training
+    was running" (issue 31, item 6). A drain that stops a training at its checkpoint, or a prediction still
+    generating at the grace's end, did not crash: each runs again, a third time and more, while two kill -9s still
+    end a run that kills its server (test_a_prediction_that_kills_the_server_while_starting_fails_at_the_second_...).
+    With a second signal, the drain stops at once, its grace not over.
+    """
+    grace = 1 if signals == 1 else 600
+    server = processes(grace_s=grace, step_delay_s=0.5)
+    prediction = server.create("long", 4).json()["id"]  # 200 steps at 0.5 s: still generating at the grace's end
+    training = server.train("alice/deployed").json()["id"]
+    for restart in range(2):
+        server.wait_for(prediction, ("processing",))
+        server.wait_for(training, ("processing",), kind="trainings")
+        server.proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            deadline = time.monotonic() + 10
+            while server.create("late", 1).status_code != 503:  # draining
+                assert time.monotonic() < deadline
+            server.proc.send_signal(signal.SIGTERM)  # uvicorn raises it again once it has shut down
+        assert server.proc.wait(timeout=60) == (0 if signals == 1 else -signal.SIGTERM)
+        server = processes(grace_s=grace, step_delay_s=0.5 if restart == 0 else 0.0)
+
+    predicted = server.wait_for(prediction, ("succeeded", "failed", "canceled"))
+    trained = server.wait_for(training, ("succeeded", "failed", "canceled"), kind="trainings")
+    assert [(run["status"], run["error"]) for run in (predicted, trained)] == [("succeeded", None)] * 2
+    assert trained["logs"].count("resuming from its last checkpoint") == 2
+
+
 def test_a_lost_device_drains_training_webhooks_before_the_exit(processes):
     """A lost device ends the process (status 3), after the webhooks of every kind were given their chance: the
     `completed` of a training that had just finished, still waiting for its slow receiver's answer, is delivered by

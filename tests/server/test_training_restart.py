@@ -133,6 +133,8 @@ def test_kill_9_mid_training_resumes_from_the_checkpoint_and_predictions_flow(se
         assert resumed_at and int(resumed_at[0].split("step ")[1].split("/")[0]) >= 12
         hook.wait_for(lambda events: events and events[-1]["status"] == "succeeded", 30)
         assert hook.events()[-1]["output"]["version"].startswith("alice/resumed:")
+        folder = tmp_path / "data" / "trainings" / training["id"]  # what resuming needed is removed, not the weights
+        again.until(lambda: [p.name for p in folder.iterdir()] == ["weights.tar"], 30)
     finally:
         hook.close()
 
@@ -154,3 +156,5 @@ def test_cancel_ends_a_training_within_a_step(servers, tmp_path):
     assert ended["status"] == "canceled" and time.monotonic() - started < 10
     assert ended["output"] is None
     assert server.get("/v1/models/alice/canceled/versions")["results"] == []
+    folder = tmp_path / "data" / "trainings" / training["id"]  # its pieces and checkpoint are removed
+    server.until(lambda: not folder.exists(), 30)

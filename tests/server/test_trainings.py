@@ -8,6 +8,7 @@ import io
 import json
 import sqlite3
 import tarfile
+import time
 
 import pytest
 from server_helpers import V1, make_client, wait_done
@@ -193,3 +194,102 @@ def test_a_training_interrupted_by_a_restart_resumes_and_versions_survive(tmp_pa
         assert "resuming from its last checkpoint" in resumed["logs"]
         failed = c.get(f"/v1/trainings/{twice.id}").json()
         assert failed["status"] == "failed" and "stopped twice" in failed["error"]
+
+
+class EngineFailingOnCancel(FakeEngine):
+    """Reports a failure when canceled, as the dataset's download did ("could not be downloaded: Prediction was
+    canceled.") and as any stage may that a cancel interrupts."""
+
+    def _train(self, request, run) -> None:
+        from musicgen_local.engine.api import Failed, Started
+
+        run.emit(Started())
+        run.canceled.wait(30)
+        run.emit(Failed("`dataset_path` could not be downloaded: Prediction was canceled."))
+
+
+def test_a_training_asked_to_cancel_ends_canceled_whatever_its_engine_says_after(tmp_path):
+    """POST .../cancel and Cancel-After on a processing training ended it `failed` (issue 31, item 5)."""
+    with make_client(tmp_path, EngineFailingOnCancel()) as c:
+        _model(c)
+        first = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()
+        wait_processing = time.monotonic() + 10
+        while c.get(f"/v1/trainings/{first['id']}").json()["status"] != "processing":
+            assert time.monotonic() < wait_processing
+            time.sleep(0.02)
+        c.post(f"/v1/trainings/{first['id']}/cancel")
+        ended = wait_training(c, first["id"])
+        assert (ended["status"], ended["error"]) == ("canceled", None)
+        late = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}, headers={"Cancel-After": "5s"})
+        ended = wait_training(c, late.json()["id"], timeout=20)
+        assert (ended["status"], ended["error"]) == ("canceled", None)
+
+
+class EngineWithAWorkFolder(FakeEngine):
+    """Leaves in the training's work folder what the real engine does: the dataset's pieces, a checkpoint."""
+
+    def _train(self, request, run) -> None:
+        from pathlib import Path
+
+        work = Path(request.work_dir)
+        for name in ("dataset/pieces/00000-000.flac", "dataset/pieces.json", "checkpoints/checkpoint.pt"):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes(b"x" * 1000)
+        if request.params.model_version == "melody-large":  # fails, as a bad dataset does
+            from musicgen_local.engine.api import Failed
+
+            run.emit(Failed("`dataset_path` holds no audio file."))
+            return
+        super()._train(request, run)
+
+
+def _gone(path, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not path.exists()
+
+
+def test_a_training_that_ended_leaves_its_weights_and_no_work_folder(tmp_path):
+    """Every training kept its work folder (~38 MB for 120 s of audio: files, pieces, checkpoints) for ever
+    (issue 31, item 9). Once it has ended, what resuming needed goes; the weights its version serves stay."""
+    engine = EngineWithAWorkFolder(step_delay_s=0.05)
+    with make_client(tmp_path, engine) as c:
+        _model(c)
+        done = wait_training(c, c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()["id"])
+        folder = tmp_path / "data" / "trainings" / done["id"]
+        assert done["status"] == "succeeded" and _gone(folder / "work")
+        assert [p.name for p in folder.iterdir()] == ["weights.tar"]
+        assert c.get(done["output"]["weights"].replace("http://testserver", "")).status_code == 200
+
+        melody = {**INPUT, "model_version": "melody-large"}
+        failed = c.post(TRAIN, json={"destination": "alice/my-sound", "input": melody})
+        assert wait_training(c, failed.json()["id"])["status"] == "failed"
+        assert _gone(tmp_path / "data" / "trainings" / failed.json()["id"])
+
+        engine.train_steps = 1000
+        canceled = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()
+        work = tmp_path / "data" / "trainings" / canceled["id"] / "work"
+        deadline = time.monotonic() + 10
+        while not (work / "checkpoints").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        c.post(f"/v1/trainings/{canceled['id']}/cancel")
+        assert wait_training(c, canceled["id"])["status"] == "canceled"
+        assert _gone(work.parent)
+
+
+def test_trainings_are_under_the_retention_setting_and_keep_their_weights(tmp_path):
+    """MUSICGEN_RETENTION removes a finished training's input as a prediction's; its weights stay, since the
+    version it made decodes with them."""
+    with make_client(tmp_path, FakeEngine(), settings={"retention_s": 1.0}) as c:
+        _model(c)
+        done = wait_training(c, c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT}).json()["id"])
+        assert done["input"] == INPUT and done["data_removed"] is False
+        time.sleep(1.2)
+        expired = c.get(f"/v1/trainings/{done['id']}").json()
+        assert (expired["status"], expired["data_removed"], expired["input"]) == ("succeeded", True, {})
+        assert c.get(done["output"]["weights"].replace("http://testserver", "")).status_code == 200
+        version = done["output"]["version"].partition(":")[2]
+        pred = c.post("/v1/predictions", json={"version": version, "input": {"prompt": "x", "duration": 1}}).json()
+        assert wait_done(c, pred["id"])["status"] == "succeeded"

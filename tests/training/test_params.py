@@ -43,6 +43,10 @@ def test_defaults_are_the_hosted_fine_tuners():
         {"lr_scheduler": "step"},
         {"batch_size": "16"},
         {"drop_vocals": "yes"},
+        {"seed": 2**70},  # accepted once, then an internal error in the trainer (issue 31)
+        {"seed": 2**32},
+        {"seed": -2},
+        {"one_same_description": "x" * 2001},  # capped as prompts are (issue 31)
     ],
 )
 def test_out_of_range_or_mistyped_inputs_are_refused_naming_the_input(bad):
@@ -54,6 +58,16 @@ def test_out_of_range_or_mistyped_inputs_are_refused_naming_the_input(bad):
 def test_the_edges_of_each_range_are_accepted():
     inp = parse_training_input({**GOOD, "batch_size": 64, "lr": 1.0, "cfg_p": 1.0, "lora_rank": 0, "epochs": 1})
     assert (inp.batch_size, inp.lr, inp.cfg_p, inp.lora_rank) == (64, 1.0, 1.0, 0)
+    for seed in (-1, 0, 2**32 - 1):
+        assert parse_training_input({**GOOD, "seed": seed}).seed == seed
+    assert len(parse_training_input({**GOOD, "one_same_description": "é" * 2000}).one_same_description) == 2000
+
+
+def test_seed_and_description_bounds_are_published():
+    props = training_openapi_schema()["TrainingInput"]["properties"]
+    assert (props["seed"]["minimum"], props["seed"]["maximum"]) == (-1, 2**32 - 1)
+    assert props["one_same_description"]["maxLength"] == 2000
+    assert cog_train_input_kwargs("one_same_description")["max_length"] == 2000
 
 
 def test_dataset_path_is_required():
