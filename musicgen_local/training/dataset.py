@@ -21,6 +21,7 @@ under MUSICGEN_DATASET_TIMEOUT (`steps`). Once the pieces are cut, what they wer
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import tarfile
@@ -298,10 +299,23 @@ class _Budget:
             )
 
 
-def _copy(src, dest: Path, budget: _Budget, step: Step) -> None:
+def _copy(src, dest: Path, budget: _Budget, step: Step, name: str) -> None:
+    """One archive member (`name`, as the archive calls it) to `dest`; an archive the file system cannot hold as it
+    is (a file and a folder of one name, a name too long) is refused naming the member, never an internal error."""
     step.check()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("wb") as out:
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = dest.open("wb")
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise UserError(
+            f"`dataset_path` holds {name!r} where it also holds a file or a folder of the same name; "
+            "such archives are refused."
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise UserError(f"`dataset_path` holds a file whose name is too long to write: {name[:80]!r}...") from None
+    with out:
         while chunk := src.read(1 << 20):
             budget.take(len(chunk))  # counted as written: a member's declared size is not trusted
             out.write(chunk)
@@ -322,7 +336,7 @@ def _unzip(source: Path, dest: Path, limits: DatasetLimits, step: Step) -> None:
             if (member.external_attr >> 16) & 0o170000 == 0o120000:  # a symlink stored by a Unix zip
                 raise UserError(f"`dataset_path` holds a link, {member.filename!r}; archives with links are refused.")
             with z.open(member) as src:
-                _copy(src, dest / name, budget, step)
+                _copy(src, dest / name, budget, step, member.filename)
 
 
 def _untar(source: Path, dest: Path, limits: DatasetLimits, step: Step) -> None:
@@ -345,7 +359,7 @@ def _untar(source: Path, dest: Path, limits: DatasetLimits, step: Step) -> None:
                 budget.take(declared)
             src = tar.extractfile(member)
             if src is not None:
-                _copy(src, dest / name, budget, step)
+                _copy(src, dest / name, budget, step, member.name)
 
 
 def _count(n: int, limits: DatasetLimits) -> None:

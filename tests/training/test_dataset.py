@@ -178,3 +178,17 @@ def test_tempo_and_key_labels(tmp_path):
         make_zip(tmp_path / "d.zip", {"a.wav": wav_bytes(3), "a.txt": b"tone"}), tmp_path / "w", auto_labeling=True
     )
     assert labelled[0].description.startswith("tone, ") and labelled[0].description.endswith(("major", "minor"))
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ({"a": b"a file", "a/b.wav": wav_bytes(1)}, "holds 'a/b.wav' where it also holds a file or a folder"),
+        ({"x" * 300 + ".wav": wav_bytes(1)}, "whose name is too long to write"),
+    ],
+)
+def test_archives_the_disk_cannot_hold_as_they_are_are_refused_without_server_paths(tmp_path, members, message):
+    """Before, these ended as internal errors naming the server's folder ("FileExistsError: [Errno 17] File exists:
+    '/srv/...'", "File name too long")."""
+    said = refused(make_zip(tmp_path / "quirks.zip", members), tmp_path / "work")
+    assert message in said and str(tmp_path) not in said
