@@ -135,10 +135,14 @@ def _pydantic_field(f: Field) -> tuple[Any, Any]:
     return annotation, PydanticField(default, description=f.description, **limits)
 
 
-def input_model(name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
-    """The pydantic model of a field list. Unknown fields are dropped silently, as Replicate and Cog do."""
+def input_model(name: str, fields: tuple[Field, ...], module: str = __name__) -> type[BaseModel]:
+    """The pydantic model of a field list. Unknown fields are dropped silently, as Replicate and Cog do. `module`
+    is where the model is bound to `name`: pickle finds the class there (a training's inputs cross to Ray)."""
     return create_model(
-        name, __config__=ConfigDict(extra="ignore", strict=True), **{f.name: _pydantic_field(f) for f in fields}
+        name,
+        __config__=ConfigDict(extra="ignore", strict=True),
+        __module__=module,
+        **{f.name: _pydantic_field(f) for f in fields},
     )
 
 

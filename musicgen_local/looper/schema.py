@@ -68,7 +68,7 @@ OUTPUT_SCHEMA: dict[str, Any] = {
     },
 }
 
-LooperInput: type[BaseModel] = input_model("LooperInput", FIELDS)
+LooperInput: type[BaseModel] = input_model("LooperInput", FIELDS, __name__)
 
 
 def parse_input(data: dict[str, Any]) -> BaseModel:

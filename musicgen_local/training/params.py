@@ -121,7 +121,7 @@ OUTPUT_SCHEMA = {
     "properties": {"weights": {"type": "string", "format": "uri", "title": "Weights"}},
 }
 
-TrainingInput: type[BaseModel] = input_model("TrainingInput", FIELDS)
+TrainingInput: type[BaseModel] = input_model("TrainingInput", FIELDS, __name__)
 
 
 def parse_training_input(data: dict[str, Any]) -> BaseModel:

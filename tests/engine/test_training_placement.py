@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from musicgen_local.engine.api import Progress, Trained, TrainingRequest
+from musicgen_local.engine.api import Failed, Progress, Trained, TrainingRequest
 from musicgen_local.engine.local import LocalEngine
 from musicgen_local.training.params import parse_training_input
 from tests.training_helpers import QUICK_TRAINING, songs_zip
@@ -25,16 +25,16 @@ def _timeline(engine: LocalEngine, tmp_path) -> list[tuple[int, str]]:
 
     def follow(i: int) -> None:
         for event in runs[i]:
-            if isinstance(event, Progress | Trained):
+            if isinstance(event, Progress | Trained | Failed):
                 with lock:
-                    seen.append((i, type(event).__name__))
+                    seen.append((i, type(event).__name__ if not isinstance(event, Failed) else f"Failed: {event.message}"))
 
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
-    assert [name for _, name in seen].count("Trained") == 2, seen
+    assert [name for _, name in seen].count("Trained") == 2, [e for e in seen if e[1] != "Progress"]
     return seen
 
 
