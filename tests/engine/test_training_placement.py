@@ -27,7 +27,8 @@ def _timeline(engine: LocalEngine, tmp_path) -> list[tuple[int, str]]:
         for event in runs[i]:
             if isinstance(event, Progress | Trained | Failed):
                 with lock:
-                    seen.append((i, type(event).__name__ if not isinstance(event, Failed) else f"Failed: {event.message}"))
+                    name = f"Failed: {event.message}" if isinstance(event, Failed) else type(event).__name__
+                    seen.append((i, name))
 
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(2)]
     for thread in threads:
