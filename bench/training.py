@@ -1,6 +1,6 @@
 """A training step, ours beside Hugging Face transformers' MusicGen with `peft` LoRA, in one run.
 
-    PYTHONPATH=. .venv/bin/python -m bench.training                       # small and medium, CPU
+    PYTHONPATH=. .venv/bin/python -m bench.training                       # mini and small, CPU
     PYTHONPATH=. .venv/bin/python -m bench.training --scales small --steps 3 --no-append
 
 Both sides: random weights at audiocraft's `small` / `medium` decoder sizes, the same batch and sequence
@@ -11,6 +11,8 @@ cross-entropy of audiocraft's `LMModel.compute_predictions`), our LoRA (training
 transformers': `MusicgenForConditionalGeneration` with `peft.LoraConfig` as the dreamboothing recipe
 sets it up, the delay pattern applied to the labels by its own `build_delay_pattern_mask`.
 Reported: seconds per update and the process' peak memory after each side, and the ratio of times.
+The two sides' updates alternate (ours, theirs, ours, ...) and each side's median is reported: on a
+shared machine a burst of load then slows both sides alike instead of whichever ran during it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import argparse
 import gc
 import logging
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,7 +47,7 @@ HF_TARGETS = [
 ]
 
 
-def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
+def ours(scale: str, batch: int, frames: int, rank: int) -> Callable[[], None]:
     from musicgen_local.training import lora
     from musicgen_local.training.trainer import delayed_cross_entropy, dropout_as_transformers
 
@@ -61,10 +65,11 @@ def ours(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _timed(step, steps)
+    step()  # warm-up: allocations, kernels picked
+    return step
 
 
-def transformers_peft(scale: str, batch: int, frames: int, rank: int, steps: int) -> float:
+def transformers_peft(scale: str, batch: int, frames: int, rank: int) -> Callable[[], None]:
     import peft
 
     from bench.decoder import hf_model
@@ -92,24 +97,28 @@ def transformers_peft(scale: str, batch: int, frames: int, rank: int, steps: int
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return _timed(step, steps)
-
-
-def _timed(step, steps: int) -> float:
     step()  # warm-up: allocations, kernels picked
-    start = time.perf_counter()
+    return step
+
+
+def alternated(steps: int, *sides: Callable[[], None]) -> list[float]:
+    """Each side's median seconds per update, the sides' updates taken in turn."""
+    times: list[list[float]] = [[] for _ in sides]
     for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+        for side, seconds in zip(sides, times, strict=True):
+            start = time.perf_counter()
+            side()
+            seconds.append(time.perf_counter() - start)
+    return [statistics.median(seconds) for seconds in times]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", nargs="+", default=["small", "medium"], choices=["mini", "small", "medium"])
+    parser.add_argument("--scales", nargs="+", default=["mini", "small"], choices=["mini", "small", "medium"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0, help="audio per sequence (50 frames a second)")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed updates per side (the median is reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--weights", type=Path, default=Path(".pytest_cache/bench-tiny-weights"))
     parser.add_argument("--no-append", action="store_true", help="print only; leave bench/RESULTS.md as it is")
@@ -122,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     for scale in args.scales:
         if scale not in SCALES:
             raise SystemExit(f"unknown scale {scale}")
-        ours_s = ours(scale, args.batch, frames, args.rank, args.steps)
+        our_step = ours(scale, args.batch, frames, args.rank)
         ours_peak = peak_gib("cpu")
-        gc.collect()
-        theirs_s = transformers_peft(scale, args.batch, frames, args.rank, args.steps)
+        their_step = transformers_peft(scale, args.batch, frames, args.rank)
         theirs_peak = peak_gib("cpu")
+        ours_s, theirs_s = alternated(args.steps, our_step, their_step)
+        del our_step, their_step
         gc.collect()
         rows.append(
             f"| {scale} | {args.batch} x {frames} | {ours_s:.2f} s | {theirs_s:.2f} s | "
@@ -135,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info(rows[-1])
     report = (
         f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, LoRA rank {args.rank}, {args.steps} timed updates after one warm-up, "
+        f"{args.threads} threads, LoRA rank {args.rank}, median of {args.steps} timed updates per side after one "
+        "warm-up, the sides' updates alternating, "
         "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "
         "ran (so the second figure includes the first's high-water mark).\n\n"
         "| scale | batch x frames | ours s/update | transformers + peft s/update | ours faster by | "
