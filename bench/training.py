@@ -6,8 +6,9 @@
 Both sides: random weights at audiocraft's `small` / `medium` decoder sizes, the same batch and sequence
 length, LoRA of the same rank on the same weights (attention q/k/v and output, the feed-forward pair,
 the output heads), the text encoder frozen (a one-layer T5 of t5-base's width on both sides), AdamW.
-Ours is the trainer's own step: the model's delay pattern (`delayed_cross_entropy`, equal to
-cross-entropy of audiocraft's `LMModel.compute_predictions`), our LoRA (training/lora.py).
+Ours is the trainer's own step: its forward over the model's weights with LoRA's low-rank path on every
+target (training/forward.py; its loss equal to cross-entropy of audiocraft's `LMModel.compute_predictions`),
+residual dropout at the model's rate from a generator of its own.
 transformers': `MusicgenForConditionalGeneration` with `peft.LoraConfig` as the dreamboothing recipe
 sets it up, the delay pattern applied to the labels by its own `build_delay_pattern_mask`.
 Reported: seconds per update and the process' peak memory after each side, and the ratio of times.
@@ -49,19 +50,18 @@ HF_TARGETS = [
 
 def ours(scale: str, batch: int, frames: int, rank: int) -> Callable[[], None]:
     from musicgen_local.training import lora
-    from musicgen_local.training.trainer import delayed_cross_entropy, dropout_as_transformers
+    from musicgen_local.training.forward import Dropout, TrainingForward
 
     lm = build_lm(scale, "cpu", torch.float32)
-    dropout_as_transformers(lm)
     adapters = lora.attach(lm, rank, 2.0 * rank, torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW([p for m in adapters.values() for p in m.parameters()], lr=1e-4)
+    forward, dropout = TrainingForward(lm, adapters), Dropout(torch.Generator().manual_seed(2))
+    optimizer = torch.optim.AdamW(lora.parameters(adapters), lr=1e-4)
     codes = torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=torch.Generator().manual_seed(1))
     conditions = attributes(batch, False)
-    lm.train()
 
     def step() -> None:
         tokenized = lm.condition_provider.tokenize(conditions)
-        delayed_cross_entropy(lm, codes, lm.condition_provider(tokenized)).backward()
+        forward.loss(codes, lm.condition_provider(tokenized), dropout).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
