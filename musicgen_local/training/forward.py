@@ -72,13 +72,45 @@ def project(
     if rows is not None:
         weight = weight[rows]
         bias = bias[rows] if bias is not None else None
-    y = F.linear(x, weight, bias)  # [..., out]
     if adapter is None:
-        return y
+        return F.linear(x, weight, bias)  # [..., out]
     b = adapter.lora_B if rows is None else adapter.lora_B[rows]  # [out, r]
-    low = F.linear(x, adapter.lora_A)  # [..., r]
-    flat = torch.addmm(y.reshape(-1, y.shape[-1]), low.reshape(-1, low.shape[-1]), b.t(), alpha=adapter.scale)
-    return flat.view(y.shape)
+    flat = _LowRankLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias, adapter.lora_A, b, adapter.scale)
+    return flat.view(*x.shape[:-1], flat.shape[-1])
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """y = x W^T (+ b) + s (x A^T) B^T for x [N, in] and a frozen W (and b): gradients for x, A and B only.
+
+    Written out rather than left to autograd: the input's gradient is one product and one accumulating
+    low-rank product (g W, then += (g B) A in place) where autograd sums two [N, in] branches, the scale
+    multiplies [N, r] and [out, r] tensors only, and a target is one autograd node instead of five. Under
+    autocast it computes in the autocast dtype, as F.linear would, and hands A and B float32 gradients."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scale: float):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device, enabled=False):
+            x, weight, a_c, b_c = (t.to(dtype) for t in (x, weight, a, b))
+            low = torch.mm(x, a_c.t())  # [N, r]
+            y = torch.addmm(bias.to(dtype), x, weight.t()) if bias is not None else torch.mm(x, weight.t())
+            y.addmm_(low, b_c.t(), alpha=scale)  # [N, out]
+        ctx.save_for_backward(x, low, weight, a_c, b_c)
+        ctx.scale, ctx.dtypes = scale, (a.dtype, b.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, low, weight, a, b = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        with torch.autocast(grad.device.type, enabled=False):
+            grad_low = torch.mm(grad, b).mul_(ctx.scale)  # [N, r]
+            grad_b = torch.mm(grad.t(), low).mul_(ctx.scale)  # [out, r]
+            grad_a = torch.mm(grad_low.t(), x)  # [r, in]
+            grad_x = torch.mm(grad, weight).addmm_(grad_low, a) if ctx.needs_input_grad[0] else None
+        a_dtype, b_dtype = ctx.dtypes
+        return grad_x, None, None, grad_a.to(a_dtype), grad_b.to(b_dtype), None
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -52,3 +52,47 @@ def test_the_loss_is_cross_entropy_of_audiocrafts_compute_predictions_with_the_a
         theirs = audiocraft_loss(out.logits, codes, out.mask)
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-5), (ours, theirs)
     assert abs(base - ours) > 1e-2  # the adapters change the loss: the comparison above sees them
+
+
+class _Merged(torch.nn.Module):
+    """A differentiable merge, W -> W + scale * B @ A (autograd's reference for our backward)."""
+
+    def __init__(self, adapter: lora.LowRank) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.adapter.scale * (self.adapter.lora_B @ self.adapter.lora_A)
+
+
+def _adapted(lm):
+    generator = torch.Generator().manual_seed(0)
+    adapters = lora.attach(lm, 4, 8.0, generator)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.lora_B.normal_(0.0, 0.2, generator=generator)
+    codes = torch.randint(0, lm.card, (2, lm.num_codebooks, 29), generator=generator)
+    return adapters, codes
+
+
+@pytest.mark.parametrize("model_version", ["large", "melody-large"])
+def test_every_adapters_gradient_is_what_autograd_gives_through_audiocrafts_forward(settings, model_version):
+    from torch.nn.utils import parametrize
+
+    lm = load_model(settings, model_version, "cpu").lm
+    adapters, codes = _adapted(lm)
+    conditions = _conditions(lm, melody=model_version.startswith("melody"))
+    TrainingForward(lm, adapters).loss(codes, conditions).backward()
+    ours = {name: (a.lora_A.grad.clone(), a.lora_B.grad.clone()) for name, a in adapters.items()}
+    for adapter in adapters.values():
+        adapter.zero_grad(set_to_none=True)
+    for name, adapter in adapters.items():
+        module, attr = lm.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
+        parametrize.register_parametrization(module, attr, _Merged(adapter), unsafe=True)
+    out = lm.compute_predictions(codes, [], conditions)
+    audiocraft_loss(out.logits, codes, out.mask).backward()
+    for name, adapter in adapters.items():
+        a, b = ours[name]
+        assert torch.allclose(a, adapter.lora_A.grad, rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(b, adapter.lora_B.grad, rtol=1e-4, atol=1e-6), name
+    assert all(b.abs().sum() > 0 for _, b in ours.values())  # every target got a gradient to compare
