@@ -48,7 +48,11 @@ def unsupported_reason(lm) -> str | None:
 
 
 class Dropout:
-    """Inverted dropout whose masks come from `generator` (one the training owns, on the model's device)."""
+    """Inverted dropout whose masks come from `generator` (one the training owns, on the model's device).
+
+    A mask element is a 16-bit integer compared with p's threshold (p in steps of 1/65536), four of them
+    from one 64-bit draw: on the CPU, drawing the integers is a few times cheaper than `bernoulli_`'s one
+    double per element, and the mask a tenth of a step's time at small sizes."""
 
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
@@ -56,8 +60,11 @@ class Dropout:
     def __call__(self, x: torch.Tensor, p: float) -> torch.Tensor:
         if p == 0.0:
             return x
-        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=self.generator)
-        return x * keep.mul_(1.0 / (1.0 - p))
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+        words.random_(-(2**63), None, generator=self.generator)  # every bit uniform
+        keep = words.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def project(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from musicgen_local.engine.models import load_model
 from musicgen_local.training import lora
-from musicgen_local.training.forward import TrainingForward
+from musicgen_local.training.forward import Dropout, TrainingForward
 
 
 def audiocraft_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -96,3 +96,15 @@ def test_every_adapters_gradient_is_what_autograd_gives_through_audiocrafts_forw
         assert torch.allclose(a, adapter.lora_A.grad, rtol=1e-4, atol=1e-6), name
         assert torch.allclose(b, adapter.lora_B.grad, rtol=1e-4, atol=1e-6), name
     assert all(b.abs().sum() > 0 for _, b in ours.values())  # every target got a gradient to compare
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_drops_a_fraction_p_keeps_the_mean_and_draws_only_from_its_generator(p):
+    x = torch.ones(4, 500, 256)
+    torch.manual_seed(0)
+    outside = torch.get_rng_state()
+    first = Dropout(torch.Generator().manual_seed(5))(x, p)
+    again = Dropout(torch.Generator().manual_seed(5))(x, p)
+    assert torch.equal(torch.get_rng_state(), outside) and torch.equal(first, again)
+    assert abs((first == 0).float().mean().item() - p) < 0.005
+    assert abs(first.mean().item() - 1.0) < 0.01
