@@ -99,10 +99,12 @@ class _LowRankLinear(torch.autograd.Function):
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         with torch.autocast(device, enabled=False):
-            x, weight, a_c, b_c = (t.to(dtype) for t in (x, weight, a, b))
+            x, w, a_c, b_c = (t.to(dtype) for t in (x, weight, a, b))
             low = torch.mm(x, a_c.t())  # [N, r]
-            y = torch.addmm(bias.to(dtype), x, weight.t()) if bias is not None else torch.mm(x, weight.t())
+            y = torch.addmm(bias.to(dtype), x, w.t()) if bias is not None else torch.mm(x, w.t())
             y.addmm_(low, b_c.t(), alpha=scale)  # [N, out]
+        # The weight is kept as it is and cast again in the backward: under autocast a cast copy of every
+        # frozen weight would otherwise live from its forward to its backward (the whole LM, once more).
         ctx.save_for_backward(x, low, weight, a_c, b_c)
         ctx.scale, ctx.dtypes = scale, (a.dtype, b.dtype)
         return y
@@ -115,7 +117,9 @@ class _LowRankLinear(torch.autograd.Function):
             grad_low = torch.mm(grad, b).mul_(ctx.scale)  # [N, r]
             grad_b = torch.mm(grad.t(), low).mul_(ctx.scale)  # [out, r]
             grad_a = torch.mm(grad_low.t(), x)  # [r, in]
-            grad_x = torch.mm(grad, weight).addmm_(grad_low, a) if ctx.needs_input_grad[0] else None
+            grad_x = None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.mm(grad, weight.to(x.dtype)).addmm_(grad_low, a)  # [N, in]
         a_dtype, b_dtype = ctx.dtypes
         return grad_x, None, None, grad_a.to(a_dtype), grad_b.to(b_dtype), None
 
