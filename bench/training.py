@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import platform
 import statistics
 import time
@@ -112,6 +113,15 @@ def alternated(steps: int, *sides: Callable[[], None]) -> list[float]:
     return [statistics.median(seconds) for seconds in times]
 
 
+def _machine() -> str:
+    """The CPU by its name and cores (`platform.processor()` is empty on Linux)."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{os.cpu_count()}-core {names[0] if names else platform.machine()}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", nargs="+", default=["mini", "small"], choices=["mini", "small", "medium"])
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         log.info(rows[-1])
     report = (
-        f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"\n{time.strftime('%Y-%m-%d')}, {_machine()}, "
         f"{args.threads} threads, LoRA rank {args.rank}, median of {args.steps} timed updates per side after one "
         "warm-up, the sides' updates alternating, "
         "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "

@@ -181,7 +181,7 @@ class TrainingForward:
         b, t, d = x.shape
         adapter = self._adapter(name + "self_attn.in_proj_weight")
         packed = project(x, attention.in_proj_weight, attention.in_proj_bias, adapter)  # [B, T, 3D]
-        q, k, v = packed.view(b, t, 3, attention.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
+        q, k, v = (_heads(part, attention.num_heads) for part in packed.split(d, dim=-1))  # 3 x [B, H, T, Dh]
         out = _attend(attention, q, k, v, causal=True)
         return self._out(name + "self_attn.", attention, out)
 

@@ -105,8 +105,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every or max(1, min(params.updates_per_epoch, self.total // 10 or 1))
         self.seed = params.seed if params.seed not in (None, -1) else random.SystemRandom().randrange(1, 2**31)
         self.rng = random.Random(self.seed)  # pieces, crops, condition and word dropout
-        self.heldout = heldout_pieces(len(pieces), self.seed)
-        self.training_pieces = [i for i in range(len(pieces)) if i not in self.heldout]
+        self._hold_out()
         self.full = params.lora_rank == 0
         self.alpha = float(params.lora_alpha if params.lora_alpha is not None else 2 * params.lora_rank)
         self.conditioner = Conditioner(model, self.device)
@@ -239,6 +238,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ held out
 
+    def _hold_out(self) -> None:
+        self.heldout = heldout_pieces(len(self.pieces), self.seed)
+        self.training_pieces = [i for i in range(len(self.pieces)) if i not in self.heldout]
+
     def _score_heldout(self, which: str) -> Iterator[None]:
         """The held-out pieces' mean loss, each piece whole, with its description (no dropout of any kind): with
         the base model ("base", before the first update) or the fine-tune ("tuned")."""
@@ -317,6 +320,7 @@ class Trainer:
             self.dropout.generator.set_state(state["dropout_rng"])
         self.heldout_losses = state.get("heldout_losses", {})
         self.step, self.losses, self.seed = state["step"], state["losses"], state["seed"]
+        self._hold_out()  # a seed drawn at random is the checkpoint's, not this trainer's own draw
         self.say(f"Resuming from the checkpoint at step {self.step}/{self.total}.")
 
     # ------------------------------------------------------------------------------------ the result
