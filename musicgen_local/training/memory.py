@@ -1,7 +1,7 @@
 """A training's device memory, estimated before it starts: what the device's memory plan must find room for.
 
-Pure arithmetic over the model's sizes (`ModelSizes`, read from a built LM by `sizes_of`, or filled in from
-the published architectures) and the training's inputs; nothing is allocated. What it counts:
+Pure arithmetic over the model's sizes (`ModelSizes`: from a checkpoint's LM package by `sizes_from_checkpoint`, before
+anything is built, or from a built LM by `sizes_of`) and the training's inputs; nothing is allocated. What it counts:
 
 - the weights: the LM as the trainer holds it (LoRA: as served, 2 bytes a parameter on CUDA; a full fine-tune:
   float32 master weights, and on CUDA autocast's half-precision copy of them for the length of a micro-batch),
@@ -117,5 +117,34 @@ def sizes_of(lm, other_bytes: int = 0) -> ModelSizes:
         cross=layer.cross_attention is not None,
         prefix=prefix,
         dropout=layer.dropout1.p > 0,
+        other_bytes=other_bytes,
+    )
+
+
+def sizes_from_checkpoint(lm_package: dict, other_bytes: int = 0) -> ModelSizes:
+    """The sizes of the LM a checkpoint package (`state_dict.bin`: its `xp.cfg` and `best_state`) builds, read
+    before anything is built (what the loader stage holds in host memory)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(lm_package["xp.cfg"])
+    t = cfg.transformer_lm
+    fuser = cfg.get("fuser", {})
+    prefix = 0
+    if "self_wav" in list(fuser.get("prepend", [])):  # the chroma's frames over a segment (centred STFT)
+        chroma = cfg.conditioners.self_wav.chroma_stem
+        hop = 2 ** int(chroma.radix2_exp) // 4
+        prefix = 1 + int(cfg.dataset.segment_duration * int(chroma.sample_rate)) // hop
+    state = lm_package["best_state"]
+    return ModelSizes(
+        lm_params=sum(v.numel() for k, v in state.items() if not k.startswith("condition_provider.")),
+        dim=int(t.dim),
+        layers=int(t.num_layers),
+        ffn=int(t.hidden_scale * t.dim),
+        codebooks=int(t.n_q),
+        card=int(t.card),
+        max_delay=max(cfg.codebooks_pattern.delay.delays),
+        cross=len(list(fuser.get("cross", []))) > 0,
+        prefix=prefix,
+        dropout=float(t.get("dropout", 0.1)) > 0,  # StreamingTransformer's default when the config has none
         other_bytes=other_bytes,
     )

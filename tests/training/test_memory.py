@@ -11,7 +11,7 @@ import torch
 
 from musicgen_local.engine.models import load_model
 from musicgen_local.training import lora
-from musicgen_local.training.memory import adapter_params, sizes_of, training_bytes
+from musicgen_local.training.memory import adapter_params, sizes_from_checkpoint, sizes_of, training_bytes
 
 
 @pytest.mark.parametrize("model_version", ["large", "stereo-large", "melody-large"])
@@ -29,3 +29,11 @@ def test_the_estimate_counts_the_trained_parameters_exactly(settings, model_vers
     assert full_run.weights == 6 * lm_params and full_run.trained == 12 * lm_params
     shorter = training_bytes(sizes, SimpleNamespace(lora_rank=8, batch_size=16), cuda=True, frames=750)
     assert shorter.activations < lora_run.activations and shorter.total < lora_run.total
+
+
+@pytest.mark.parametrize("model_version", ["large", "stereo-large", "melody-large"])
+def test_a_checkpoint_gives_the_sizes_of_the_model_it_builds(settings, model_version):
+    """The engine's loader holds the checkpoint before the model is built: the estimate needs nothing more."""
+    (path,) = settings.weights_dir.glob(f"hub/models--facebook--musicgen-{model_version}/snapshots/*/state_dict.bin")
+    package = torch.load(path, map_location="cpu", weights_only=True)
+    assert sizes_from_checkpoint(package) == sizes_of(load_model(settings, model_version, "cpu").lm)
