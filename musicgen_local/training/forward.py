@@ -98,12 +98,20 @@ class _LowRankLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, a, b, scale: float):
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        with torch.autocast(device, enabled=False):
-            x, w, a_c, b_c = (t.to(dtype) for t in (x, weight, a, b))
-            low = torch.mm(x, a_c.t())  # [N, r]
-            y = torch.addmm(bias.to(dtype), x, w.t()) if bias is not None else torch.mm(x, w.t())
-            y.addmm_(low, b_c.t(), alpha=scale)  # [N, out]
+        cast = torch.is_autocast_enabled(device)
+        if cast:  # compute in autocast's dtype, as F.linear would, with autocast off for the in-place product
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return _LowRankLinear._forward(ctx, x.to(dtype), weight, bias, a, b, scale)
+        return _LowRankLinear._forward(ctx, x, weight, bias, a, b, scale)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, a, b, scale: float):
+        dtype = x.dtype
+        w, a_c, b_c = weight.to(dtype), a.to(dtype), b.to(dtype)
+        low = torch.mm(x, a_c.t())  # [N, r]
+        y = torch.addmm(bias.to(dtype), x, w.t()) if bias is not None else torch.mm(x, w.t())
+        y.addmm_(low, b_c.t(), alpha=scale)  # [N, out]
         # The weight is kept as it is and cast again in the backward: under autocast a cast copy of every
         # frozen weight would otherwise live from its forward to its backward (the whole LM, once more).
         ctx.save_for_backward(x, low, weight, a_c, b_c)
@@ -113,14 +121,13 @@ class _LowRankLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, low, weight, a, b = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        with torch.autocast(grad.device.type, enabled=False):
-            grad_low = torch.mm(grad, b).mul_(ctx.scale)  # [N, r]
-            grad_b = torch.mm(grad.t(), low).mul_(ctx.scale)  # [out, r]
-            grad_a = torch.mm(grad_low.t(), x)  # [r, in]
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.mm(grad, weight.to(x.dtype)).addmm_(grad_low, a)  # [N, in]
+        grad = grad.to(x.dtype)  # a no-op but under autocast, whose dtype the backward keeps
+        grad_low = torch.mm(grad, b).mul_(ctx.scale)  # [N, r]
+        grad_b = torch.mm(grad.t(), low).mul_(ctx.scale)  # [out, r]
+        grad_a = torch.mm(grad_low.t(), x)  # [r, in]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(grad, weight.to(x.dtype)).addmm_(grad_low, a)  # [N, in]
         a_dtype, b_dtype = ctx.dtypes
         return grad_x, None, None, grad_a.to(a_dtype), grad_b.to(b_dtype), None
 
