@@ -3,9 +3,10 @@
     PYTHONPATH=. .venv/bin/python -m bench.training                       # mini and small, CPU
     PYTHONPATH=. .venv/bin/python -m bench.training --scales small --steps 3 --no-append
 
-Both sides: random weights at audiocraft's `small` / `medium` decoder sizes, the same batch and sequence
-length, LoRA of the same rank on the same weights (attention q/k/v and output, the feed-forward pair,
-the output heads), the text encoder frozen (a one-layer T5 of t5-base's width on both sides), AdamW.
+Both sides: random weights at audiocraft's `mini` / `small` / `medium` decoder sizes, the same batch and
+sequence length, as many text positions to cross-attend to, LoRA of the same rank on the same weights
+(attention q/k/v and output, the feed-forward pair, the output heads), the text encoder frozen (a one-layer
+T5 of t5-base's width on both sides), AdamW.
 Ours is the trainer's own step: its forward over the model's weights with LoRA's low-rank path on every
 target (training/forward.py; its loss equal to cross-entropy of audiocraft's `LMModel.compute_predictions`),
 residual dropout at the model's rate from a generator of its own.
@@ -77,6 +78,8 @@ def transformers_peft(scale: str, batch: int, frames: int, rank: int) -> Callabl
 
     lm = build_lm(scale, "cpu", torch.float32)
     model = hf_model(lm)
+    # as many text positions to cross-attend to as ours has (its T5 tokenizes our descriptions to this length)
+    text = lm.condition_provider.tokenize(attributes(batch, False))["description"]["input_ids"].shape[-1]
     del lm
     model.config.decoder.decoder_start_token_id = model.config.decoder.pad_token_id  # as the published configs
     model.train()
@@ -90,7 +93,7 @@ def transformers_peft(scale: str, batch: int, frames: int, rank: int) -> Callabl
     delayed, mask = decoder.build_delay_pattern_mask(codes, pad_token_id=pad, max_length=frames + k)
     labels = decoder.apply_delay_pattern_mask(delayed, mask).reshape(batch, k, -1).transpose(1, 2)
     labels = labels.masked_fill(labels == pad, -100)
-    ids = torch.randint(0, 64, (batch, 12), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, 64, (batch, text), generator=torch.Generator().manual_seed(2))
 
     def step() -> None:
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
