@@ -13,8 +13,9 @@ residual dropout at the model's rate from a generator of its own.
 transformers': `MusicgenForConditionalGeneration` with `peft.LoraConfig` as the dreamboothing recipe
 sets it up, the delay pattern applied to the labels by its own `build_delay_pattern_mask`.
 Reported: seconds per update and the process' peak memory after each side, and the ratio of times.
-The two sides' updates alternate (ours, theirs, ours, ...) and each side's median is reported: on a
-shared machine a burst of load then slows both sides alike instead of whichever ran during it.
+The two sides' updates alternate (ours, theirs, ours, ...); each side's median is reported, and as the ratio the
+median of each neighbouring pair's ratio: on a shared machine a burst of load then slows both sides of a pair
+alike instead of whichever ran during it.
 """
 
 from __future__ import annotations
@@ -105,15 +106,15 @@ def transformers_peft(scale: str, batch: int, frames: int, rank: int) -> Callabl
     return step
 
 
-def alternated(steps: int, *sides: Callable[[], None]) -> list[float]:
-    """Each side's median seconds per update, the sides' updates taken in turn."""
+def alternated(steps: int, *sides: Callable[[], None]) -> list[list[float]]:
+    """Each side's seconds per update, `steps` of each, the sides' updates taken in turn."""
     times: list[list[float]] = [[] for _ in sides]
     for _ in range(steps):
         for side, seconds in zip(sides, times, strict=True):
             start = time.perf_counter()
             side()
             seconds.append(time.perf_counter() - start)
-    return [statistics.median(seconds) for seconds in times]
+    return times
 
 
 def _machine() -> str:
@@ -148,18 +149,21 @@ def main(argv: list[str] | None = None) -> None:
         ours_peak = peak_gib("cpu")
         their_step = transformers_peft(scale, args.batch, frames, args.rank)
         theirs_peak = peak_gib("cpu")
-        ours_s, theirs_s = alternated(args.steps, our_step, their_step)
+        ours_times, theirs_times = alternated(args.steps, our_step, their_step)
+        ours_s, theirs_s = statistics.median(ours_times), statistics.median(theirs_times)
+        # each pair of neighbouring updates saw about the same load: the median of their ratios
+        ratio = statistics.median(t / o for o, t in zip(ours_times, theirs_times, strict=True))
         del our_step, their_step
         gc.collect()
         rows.append(
             f"| {scale} | {args.batch} x {frames} | {ours_s:.2f} s | {theirs_s:.2f} s | "
-            f"**{theirs_s / ours_s:.2f}x** | {ours_peak:.1f} / {theirs_peak:.1f} GiB |"
+            f"**{ratio:.2f}x** | {ours_peak:.1f} / {theirs_peak:.1f} GiB |"
         )
         log.info(rows[-1])
     report = (
         f"\n{time.strftime('%Y-%m-%d')}, {_machine()}, "
         f"{args.threads} threads, LoRA rank {args.rank}, median of {args.steps} timed updates per side after one "
-        "warm-up, the sides' updates alternating, "
+        "warm-up, the sides' updates alternating (the ratio: the median of each pair's), "
         "random weights (`python -m bench.training`). Peak memory is the process' peak RSS after each side "
         "ran (so the second figure includes the first's high-water mark).\n\n"
         "| scale | batch x frames | ours s/update | transformers + peft s/update | ours faster by | "
