@@ -1,9 +1,10 @@
 """The GPU check's fine-tuning section: updates per second and peak memory of `large` (random weights), LoRA and
 a full fine-tune, at two batch sizes, so docs/fine-tuning.md can say which card fine-tunes which model.
 
-One update here is what the trainer's micro-batches add up to at that batch: the model's delay pattern through
-the trainer's `delayed_cross_entropy`, cross-entropy over the codebooks, backward, AdamW; autocast in bfloat16 on
-CUDA (as the trainer runs), the text encoder frozen (a tiny one: its cost is not what is measured).
+One update here is what the trainer's micro-batches add up to at that batch: the trainer's own forward
+(training/forward.py: the delay pattern, LoRA's low-rank path, cross-entropy over the codebooks), backward,
+AdamW; autocast in bfloat16 on CUDA (as the trainer runs), the text encoder frozen (a tiny one: its cost is
+not what is measured).
 """
 
 from __future__ import annotations
@@ -40,26 +41,26 @@ def training_speed(report, scale, device: str, batches: list[int], frames: int =
 def _updates(lm, kind: str, batch: int, frames: int, device: str, steps: int) -> float:
     from bench.decoder import attributes
     from musicgen_local.training import lora
-    from musicgen_local.training.trainer import delayed_cross_entropy, dropout_as_transformers
+    from musicgen_local.training.forward import Dropout, TrainingForward
 
-    dropout_as_transformers(lm)
+    adapters = {}
     if kind.startswith("LoRA"):
         adapters = lora.attach(lm, 16, 32.0, torch.Generator().manual_seed(0))
-        params = [p for m in adapters.values() for p in m.parameters()]
+        params = lora.parameters(adapters)
     else:
         lm.float()
         params = list(lm.parameters())
         for p in params:
             p.requires_grad_(True)
+    forward, dropout = TrainingForward(lm, adapters), Dropout(torch.Generator(device).manual_seed(2))
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     codes = torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), device=device)
     conditions = attributes(batch, False)
-    lm.train()
     cuda = device.startswith("cuda")
 
     def update() -> None:
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-            loss = delayed_cross_entropy(lm, codes, lm.condition_provider(lm.condition_provider.tokenize(conditions)))
+            loss = forward.loss(codes, lm.condition_provider(lm.condition_provider.tokenize(conditions)), dropout)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

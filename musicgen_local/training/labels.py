@@ -6,6 +6,7 @@ offered: those model files cannot be shipped with this project.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -58,13 +59,15 @@ def htdemucs_separator(channels: int) -> Callable[[np.ndarray], np.ndarray]:
     from demucs.audio import convert_audio
     from demucs.pretrained import get_model
 
+    from ..stems import position_shifts_from
+
     model = get_model("htdemucs")
     model.eval()
     keep = [i for i, name in enumerate(model.sources) if name != "vocals"]
 
     def separate(wav: np.ndarray) -> np.ndarray:
         audio = convert_audio(torch.from_numpy(wav)[None], SAMPLE_RATE, model.samplerate, model.audio_channels)
-        with torch.no_grad():
+        with torch.no_grad(), position_shifts_from(model, random.Random(0)):  # no draw from the process' random
             stems = apply_model(model, audio, shifts=0, split=True, overlap=0.25, progress=False)  # [1, S, C, T]
         kept = stems[0, keep].sum(dim=0)[None]
         back = convert_audio(kept, model.samplerate, SAMPLE_RATE, channels)[0]

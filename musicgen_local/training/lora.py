@@ -5,11 +5,9 @@ Why not peft: serving applies each request's adapter per row inside our own deco
 (A, B) pair per weight, in the `tuned` format; and audiocraft's attention keeps q/k/v in one
 `in_proj_weight` Parameter used through `F.linear`, not an `nn.Linear` peft's layers would wrap.
 
-Training adds `alpha / r * (x @ A^T) @ B^T` to what each target computes: a forward hook on the
-`nn.Linear`s (the low-rank path, so the frozen base weight never gets a weight gradient computed),
-and for the packed `in_proj_weight`, which audiocraft multiplies inside its attention's forward, a
-torch parametrization (`W + alpha / r * B @ A`). The base stays frozen and untouched; removing the
-adapters gives the original module back bit for bit.
+An adapter here is only its tensors: the LM is frozen and left untouched (nothing is registered on
+it), and the trainer's own forward (training.forward) adds `alpha / r * (x @ A^T) @ B^T` after each
+target's base product, so the frozen weight is never rebuilt nor given a gradient.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import math
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -26,7 +23,7 @@ from ..tuned import TARGETS
 
 
 class LowRank(nn.Module):
-    """The parametrization: W -> W + scale * B @ A (A [r, in] small random, B [out, r] zero at first)."""
+    """One target's adapter: A [r, in] small random, B [out, r] zero at first, and its scale alpha / r."""
 
     def __init__(self, weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator) -> None:
         super().__init__()
@@ -36,16 +33,6 @@ class LowRank(nn.Module):
         self.lora_A = nn.Parameter(a.to(weight.device))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=weight.device))
         self.scale = scale
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        """As a parametrization: the tuned weight."""
-        return weight + (self.scale * (self.lora_B @ self.lora_A)).to(weight.dtype)
-
-    def add_to_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        """As a forward hook on an nn.Linear: its output plus the low-rank path."""
-        return output + self.scale * F.linear(
-            F.linear(inputs[0], self.lora_A.to(output.dtype)), self.lora_B.to(output.dtype)
-        )
 
 
 def target_names(lm) -> list[str]:
@@ -68,20 +55,18 @@ def _owner(lm, name: str) -> tuple[nn.Module, str]:
 
 
 def attach(lm, rank: int, alpha: float, generator: torch.Generator) -> dict[str, LowRank]:
-    """Freeze the LM and put a LoRA on every target weight; returns name -> its LowRank."""
+    """Freeze the LM and make a LoRA for every target weight; returns name -> its LowRank."""
     for p in lm.parameters():
         p.requires_grad_(False)
     adapters = {}
     for name in target_names(lm):
         module, attr = _owner(lm, name)
-        low_rank = LowRank(getattr(module, attr), rank, alpha / rank, generator)
-        if isinstance(module, nn.Linear) and attr == "weight":
-            module.lora = low_rank  # registered as a submodule: moved and saved with the model
-            low_rank.hook = module.register_forward_hook(low_rank.add_to_output)
-        else:
-            parametrize.register_parametrization(module, attr, low_rank, unsafe=True)
-        adapters[name] = low_rank
+        adapters[name] = LowRank(getattr(module, attr), rank, alpha / rank, generator)
     return adapters
+
+
+def parameters(adapters: dict[str, LowRank]) -> list[nn.Parameter]:
+    return [p for m in adapters.values() for p in m.parameters()]
 
 
 def load(adapters: dict[str, LowRank], tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -126,15 +111,4 @@ def applied(lm, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: fl
     finally:
         for name in names:
             module, attr = _owner(lm, name)
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-
-
-def detach(lm, adapters: dict[str, LowRank]) -> None:
-    """Remove the adapters: the LM's weights are its own again, unchanged."""
-    for name, low_rank in adapters.items():
-        module, attr = _owner(lm, name)
-        if getattr(low_rank, "hook", None) is not None:
-            low_rank.hook.remove()
-            del module.lora
-        else:
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)

@@ -9,13 +9,18 @@ and a process of their own. What they compute is this, written against the model
 - condition dropout: with probability `cfg_p` a piece's description (and melody) is dropped, so the
   model keeps an unconditional mode and classifier-free guidance keeps working;
 - the text encoder is frozen (audiocraft keeps T5 out of the LM's parameters); a melody model
-  conditions on the chroma of the piece's own audio, as audiocraft trains them;
+  conditions on the chroma of the piece's own audio, as audiocraft trains them (training.conditions);
+- the forward is our own over the model's weights (training.forward), with LoRA's low-rank path on every
+  target; every random draw (pieces, crops, condition and word dropout, htdemucs' shift, the residual
+  dropout) comes from generators the training owns and its checkpoint holds, never the process' own;
+- a held-out tenth of the pieces (at least one when there are several; chosen from the seed) never
+  trains: its loss under the base model and under the fine-tune says whether the training learned;
 - AdamW, a warmup then cosine / linear / constant decay, gradient accumulation over micro-batches to
   reach `batch_size`, mixed precision on CUDA;
 - LoRA (training.lora) by default, a full fine-tune of the LM with `lora_rank` 0.
 
-`work()` yields after each unit (one piece encoded, or one micro-batch's forward and backward), so
-that the device loop can decode between units. A checkpoint is written every few updates; a new
+`work()` yields after each unit (one piece encoded, one held-out piece scored, or one micro-batch's forward
+and backward), so that the device loop can decode between units. A checkpoint is written every few updates; a new
 Trainer on the same `scratch` resumes from it.
 """
 
@@ -26,22 +31,23 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import tuned
 from . import lora
+from .conditions import Conditioner, read_wav
 from .dataset import Piece
+from .forward import Dropout, TrainingForward
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 CODES = "codes.pt"
 SAMPLE_RATE = 32000
+HELDOUT_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -98,20 +104,18 @@ class Trainer:
         self.accumulate = math.ceil(params.batch_size / self.micro)
         self.checkpoint_every = checkpoint_every or max(1, min(params.updates_per_epoch, self.total // 10 or 1))
         self.seed = params.seed if params.seed not in (None, -1) else random.SystemRandom().randrange(1, 2**31)
-        self.rng = random.Random(self.seed)  # pieces, crops, condition dropout
-        # The model's own randomness in training mode (its dropout layers, T5's word dropout) draws from
-        # torch's and Python's global generators: each unit runs with the trainer's states swapped in,
-        # so that a training is reproducible and leaves the process' generators as it found them.
-        self.global_states = _seeded_states(self.seed)
+        self.rng = random.Random(self.seed)  # pieces, crops, condition and word dropout
+        self._hold_out()
         self.full = params.lora_rank == 0
         self.alpha = float(params.lora_alpha if params.lora_alpha is not None else 2 * params.lora_rank)
-        self.melody = "self_wav" in self.lm.condition_provider.conditioners
+        self.conditioner = Conditioner(model, self.device)
         self.autocast_dtype = self._autocast_dtype()
         with torch.inference_mode(False):
             self._prepare_parameters()
         self.step = 0
         self.codes: list[torch.Tensor | None] = [None] * len(pieces)
         self.losses: list[float] = []
+        self.heldout_losses: dict[str, float] = {}  # "base" and "tuned": the held-out pieces' mean loss
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -122,7 +126,7 @@ class Trainer:
 
     def _prepare_parameters(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
-        dropout_as_transformers(self.lm)
+        self.dropout = Dropout(torch.Generator(self.device).manual_seed(self.seed))
         if self.full:
             self.lm.float()  # float32 master weights; the forward runs in autocast on CUDA
             trainable = [p for p in self.lm.parameters()]
@@ -131,7 +135,8 @@ class Trainer:
             self.adapters = {}
         else:
             self.adapters = lora.attach(self.lm, self.params.lora_rank, self.alpha, generator)
-            trainable = [p for m in self.adapters.values() for p in m.parameters()]
+            trainable = lora.parameters(self.adapters)
+        self.forward = TrainingForward(self.lm, self.adapters)
         self.trainable = trainable
         self.optimizer = torch.optim.AdamW(trainable, lr=self.params.lr, weight_decay=0.0)
         factor = schedule(self.params.lr_scheduler, self.params.warmup, self.total)
@@ -144,109 +149,77 @@ class Trainer:
     def work(self) -> Iterator[Progress | None]:
         with torch.inference_mode(False):  # the optimizer's state is updated in place: never inference tensors
             self._resume()
+        self.lm.eval()  # audiocraft's modules draw nothing in evaluation mode; our forward does the dropout
         yield from self._encode_all()
+        if self.step == 0:  # a resumed training has its base's held-out loss in the checkpoint
+            yield from self._score_heldout("base")
         start, start_step = time.monotonic(), self.step
-        self.lm.train()
-        try:
-            while self.step < self.total:
-                losses = []
-                for _ in range(self.accumulate):
-                    with torch.inference_mode(False), torch.enable_grad(), self._own_generators():
-                        losses.append(self._micro_step())
-                    yield None
-                with torch.inference_mode(False):
-                    self._update()
-                self.step += 1
-                self.losses.append(sum(losses) / len(losses))
-                if self.step % self.checkpoint_every == 0 or self.step == self.total:
-                    self._checkpoint()
-                elapsed = time.monotonic() - start
-                per_step = elapsed / (self.step - start_step)
-                yield Progress(
-                    self.step,
-                    self.total,
-                    1 + (self.step - 1) // self.params.updates_per_epoch,
-                    self.params.epochs,
-                    self.losses[-1],
-                    self.scheduler.get_last_lr()[0],
-                    elapsed,
-                    per_step * (self.total - self.step),
-                )
-        finally:
-            self.lm.eval()
+        while self.step < self.total:
+            losses = []
+            for _ in range(self.accumulate):
+                with torch.inference_mode(False), torch.enable_grad():
+                    losses.append(self._micro_step())
+                yield None
+            with torch.inference_mode(False):
+                self._update()
+            self.step += 1
+            self.losses.append(sum(losses) / len(losses))
+            if self.step % self.checkpoint_every == 0 or self.step == self.total:
+                self._checkpoint()
+            elapsed = time.monotonic() - start
+            yield Progress(
+                self.step,
+                self.total,
+                1 + (self.step - 1) // self.params.updates_per_epoch,
+                self.params.epochs,
+                self.losses[-1],
+                self.scheduler.get_last_lr()[0],
+                elapsed,
+                elapsed / (self.step - start_step) * (self.total - self.step),
+            )
+        yield from self._score_heldout("tuned")
+        self._say_what_it_learned()
 
     def _encode_all(self) -> Iterator[None]:
         cached = self.scratch / CODES
         if cached.is_file():
             self.codes = torch.load(cached, map_location=self.device, weights_only=True)
-            return
-        import soundfile
+        else:
+            for i, piece in enumerate(self.pieces):
+                with torch.no_grad():
+                    codes, _ = self.model.compression_model.encode(read_wav(piece.wav, self.device)[None])
+                self.codes[i] = codes[0]  # [K, T]
+                yield None
+            frames = sum(c.shape[-1] for c in self.codes)
+            self.say(f"Encoded {len(self.pieces)} pieces: {frames} frames of {self.codes[0].shape[0]} codebooks.")
+            torch.save(self.codes, cached)
+        if self.conditioner.melody:
+            for i, piece in enumerate(self.pieces):
+                self.conditioner.separate(i, piece.wav, self.seed)
+                yield None
 
-        for i, piece in enumerate(self.pieces):
-            wav, rate = soundfile.read(str(piece.wav), dtype="float32", always_2d=True)
-            if rate != SAMPLE_RATE:
-                raise ValueError(f"{piece.wav} is at {rate} Hz, not {SAMPLE_RATE}")
-            audio = torch.from_numpy(wav.T.copy())[None].to(self.device)  # [1, C, T]
-            with torch.no_grad():
-                codes, _ = self.model.compression_model.encode(audio)
-            self.codes[i] = codes[0]
-            yield None
-        frames = sum(c.shape[-1] for c in self.codes)
-        self.say(f"Encoded {len(self.pieces)} pieces: {frames} frames of {self.codes[0].shape[0]} codebooks.")
-        torch.save(self.codes, cached)
-
-    def _batch(self) -> tuple[torch.Tensor, list, list[int]]:
-        """A micro-batch: pieces drawn at random, cropped at random to the shortest of them."""
-        chosen = [self.rng.randrange(len(self.pieces)) for _ in range(self.micro)]
+    def _batch(self) -> tuple[torch.Tensor, list[tuple[int, str, int, int]]]:
+        """A micro-batch of training pieces drawn at random, cropped at random to the shortest of them: codes
+        [B, K, T] and (piece, description, start, frames) per row."""
+        chosen = [self.training_pieces[self.rng.randrange(len(self.training_pieces))] for _ in range(self.micro)]
         length = min(self.codes[i].shape[-1] for i in chosen)
         length = min(length, int(self.model.max_duration * self.model.frame_rate))
-        codes, starts = [], []
+        codes, items = [], []
         for i in chosen:
             start = self.rng.randrange(self.codes[i].shape[-1] - length + 1)
             codes.append(self.codes[i][:, start : start + length])
-            starts.append(start)
-        return torch.stack(codes), chosen, starts
+            items.append((i, self.pieces[i].description, start, length))
+        return torch.stack(codes), items
 
-    def _attributes(self, chosen: list[int], starts: list[int], frames: int) -> list:
-        from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition, dropout_condition
-
-        attributes = []
-        for i, start in zip(chosen, starts, strict=True):
-            attr = ConditioningAttributes(text={"description": self.pieces[i].description or None})
-            if self.melody:
-                wav = self._wav(i, start, frames)
-                attr.wav["self_wav"] = WavCondition(
-                    wav[None],
-                    torch.tensor([wav.shape[-1]], device=self.device),
-                    sample_rate=[SAMPLE_RATE],
-                    path=[None],
-                    seek_time=[0.0],
-                )
-            if self.rng.random() < self.params.cfg_p:  # drop every condition of this piece
-                for kind in ("text", "wav"):
-                    for name in list(getattr(attr, kind)):
-                        dropout_condition(attr, kind, name)
-            attributes.append(attr)
-        return attributes
-
-    def _wav(self, i: int, start_frame: int, frames: int) -> torch.Tensor:
-        import soundfile
-
-        hop = SAMPLE_RATE // int(self.model.frame_rate)
-        wav, _ = soundfile.read(
-            str(self.pieces[i].wav), dtype="float32", always_2d=True, start=start_frame * hop, frames=frames * hop
-        )
-        return torch.from_numpy(wav.T.copy()).to(self.device)
+    def _autocast(self):
+        dtype = self.autocast_dtype or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
 
     def _micro_step(self) -> float:
-        codes, chosen, starts = self._batch()
-        attributes = self._attributes(chosen, starts, codes.shape[-1])
-        with torch.autocast(
-            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-        ):
-            tokenized = self.lm.condition_provider.tokenize(attributes)
-            condition_tensors = self.lm.condition_provider(tokenized)
-            loss = delayed_cross_entropy(self.lm, codes, condition_tensors)
+        codes, items = self._batch()
+        with self._autocast():
+            conditions = self.conditioner.tensors(items, self.rng, self.params.cfg_p)
+            loss = self.forward.loss(codes, conditions, self.dropout)
         scaled = loss / self.accumulate
         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return float(loss.detach())
@@ -263,15 +236,46 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    @contextmanager
-    def _own_generators(self):
-        outside = _global_states()
-        _set_global_states(self.global_states)
-        try:
-            yield
-        finally:
-            self.global_states = _global_states()
-            _set_global_states(outside)
+    # ------------------------------------------------------------------------------------ held out
+
+    def _hold_out(self) -> None:
+        self.heldout = heldout_pieces(len(self.pieces), self.seed)
+        self.training_pieces = [i for i in range(len(self.pieces)) if i not in self.heldout]
+
+    def _score_heldout(self, which: str) -> Iterator[None]:
+        """The held-out pieces' mean loss, each piece whole, with its description (no dropout of any kind): with
+        the base model ("base", before the first update) or the fine-tune ("tuned")."""
+        if not self.heldout:
+            if which == "base":
+                self.say("One piece: none is held out, so the training reports no held-out loss.")
+            return
+        losses = []
+        for i in self.heldout:
+            codes = self.codes[i][:, : int(self.model.max_duration * self.model.frame_rate)]
+            with torch.no_grad(), self._autocast():
+                conditions = self.conditioner.tensors([(i, self.pieces[i].description, 0, codes.shape[-1])], None, 0)
+                losses.append(float(self.forward.loss(codes[None], conditions)))
+            yield None
+        self.heldout_losses[which] = sum(losses) / len(losses)
+        if which == "base":
+            self.say(
+                f"Held out {len(self.heldout)} of {len(self.pieces)} pieces (they never train): "
+                f"loss {self.heldout_losses['base']:.4f} with the base model."
+            )
+
+    def _say_what_it_learned(self) -> None:
+        train = self.train_loss()
+        line = f"Training loss {self.losses[0]:.4f} -> {train:.4f} (the last epoch's mean)" if self.losses else ""
+        if "tuned" in self.heldout_losses:
+            base, tuned_loss = self.heldout_losses["base"], self.heldout_losses["tuned"]
+            line += f"; held-out loss {base:.4f} -> {tuned_loss:.4f} (base model -> fine-tune)"
+        if line:
+            self.say(line + ".")
+
+    def train_loss(self) -> float:
+        """The mean loss of the last epoch's updates (less noisy than the last update's)."""
+        last = self.losses[-self.params.updates_per_epoch :]
+        return sum(last) / len(last) if last else float("nan")
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -287,9 +291,10 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": self.rng.getstate(),
+            "dropout_rng": self.dropout.generator.get_state(),
             "losses": self.losses,
+            "heldout_losses": self.heldout_losses,
             "seed": self.seed,
-            "global_states": self.global_states,
         }
 
     def _checkpoint(self) -> None:
@@ -311,22 +316,31 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(state["rng"])
-        self.global_states = state["global_states"]
+        if "dropout_rng" in state:  # checkpoints written before the trainer owned its dropout have none
+            self.dropout.generator.set_state(state["dropout_rng"])
+        self.heldout_losses = state.get("heldout_losses", {})
         self.step, self.losses, self.seed = state["step"], state["losses"], state["seed"]
+        self._hold_out()  # a seed drawn at random is the checkpoint's, not this trainer's own draw
         self.say(f"Resuming from the checkpoint at step {self.step}/{self.total}.")
 
     # ------------------------------------------------------------------------------------ the result
 
     def save(self, dest: Path) -> Path:
-        """The fine-tune as a `tuned` tar at `dest`."""
+        """The fine-tune as a `tuned` tar at `dest`; its `training` info holds the metrics the API shows."""
         info = {
             "steps": self.step,
             "loss": self.losses[-1] if self.losses else float("nan"),
             "first_loss": self.losses[0] if self.losses else float("nan"),
+            "train_loss": self.train_loss(),
             "seed": self.seed,
             "pieces": len(self.pieces),
+            "heldout_pieces": len(self.heldout),
             "input": _plain(self.params.model_dump()),
         }
+        if "base" in self.heldout_losses:
+            info["heldout_loss_base"] = self.heldout_losses["base"]
+        if "tuned" in self.heldout_losses:
+            info["heldout_loss"] = self.heldout_losses["tuned"]
         base = self.params.model_version
         if not self.full:
             return tuned.write_lora(dest, base, lora.tensors(self.adapters), alpha=self.alpha, training=info)
@@ -348,75 +362,13 @@ class Trainer:
         return tuned.write(dest, "full", base, files, training=info)
 
 
-def dropout_as_transformers(lm) -> None:
-    """While fine-tuning, dropout where transformers' MusicGen has it: on each block's output (the residual
-    dropouts stay as configured), not on the attention weights nor inside the feed-forward block
-    (transformers' attention_dropout and activation_dropout are 0). Attention dropout also keeps PyTorch's
-    attention off its fused kernels, on CPU and on GPU."""
-    for layer in lm.transformer.layers:
-        layer.dropout.p = 0.0  # between the feed-forward's two products
-        for attention in (layer.self_attn, layer.cross_attention):
-            if attention is not None:
-                attention.dropout = 0.0
-
-
-def _global_states() -> tuple:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return torch.get_rng_state(), cuda, random.getstate()
-
-
-def _set_global_states(states: tuple) -> None:
-    cpu, cuda, python = states
-    torch.set_rng_state(cpu)
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate(python)
-
-
-def _seeded_states(seed: int) -> tuple:
-    outside = _global_states()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    seeded = _global_states()
-    _set_global_states(outside)
-    return seeded
-
-
-def delayed_cross_entropy(lm, codes: torch.Tensor, condition_tensors: dict) -> torch.Tensor:
-    """The teacher-forced loss of `codes` [B, K, T]: what `cross_entropy` of `LMModel.compute_predictions` gives
-    (a test holds them equal), computed where the logits are. With the plain delay pattern, codebook k's
-    frame t sits at pattern step t + delay_k + 1 and is predicted by the output at step t + delay_k: a slice
-    of the model's output per codebook, so the whole [B, card, K, S] logits are never reordered (that
-    copy and its backward were a tenth of an update)."""
-    from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
-
-    provider = lm.pattern_provider
-    if type(provider) is not DelayedPatternProvider or provider.flatten_first or provider.empty_initial:
-        out = lm.compute_predictions(codes, [], condition_tensors)
-        return cross_entropy(out.logits.float(), codes, out.mask)
-    frames = codes.shape[-1]
-    sequence, _, _ = provider.get_pattern(frames).build_pattern_sequence(
-        codes, lm.special_token_id, keep_only_valid_steps=True
-    )
-    logits = lm(sequence, [], condition_tensors)  # [B, K, S, card]
-    steps = logits.shape[2]
-    total = logits.new_zeros((), dtype=torch.float32)
-    for k, delay in enumerate(provider.delays):
-        valid = min(frames, steps - delay - 1)
-        predicted = logits[:, k, delay : delay + valid].float()
-        total = total + F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), codes[:, k, :valid].reshape(-1))
-    return total / codes.shape[1]
-
-
-def cross_entropy(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over codebooks of each codebook's cross-entropy on its valid positions (audiocraft's loss).
-    Computed over every position at once and masked after: cheaper than selecting the valid ones first,
-    and the invalid positions' logits (NaN, from the pattern) are zeroed so that no NaN reaches a gradient."""
-    logits = logits.masked_fill(~mask.unsqueeze(-1), 0.0)
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1), reduction="none")
-    losses = losses.view_as(codes) * mask
-    per_codebook = losses.sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1)
-    return per_codebook.mean()
+def heldout_pieces(count: int, seed: int) -> list[int]:
+    """The pieces a training holds out (never trains on) to score the base model and the fine-tune: a tenth,
+    at least one when there are several, none of a single piece; chosen by the seed alone."""
+    if count < 2:
+        return []
+    held = max(1, round(HELDOUT_FRACTION * count))
+    return sorted(random.Random(f"heldout:{seed}").sample(range(count), held))
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
