@@ -31,6 +31,7 @@ from .residency import ModelKey, Residency
 from .run import EventQueue
 
 log = logging.getLogger(__name__)
+TRAINING = "training"  # the running training's entry in the device plan's shared bytes
 
 
 @dataclass(eq=False)
@@ -152,8 +153,25 @@ class Trainings:
             with torch.inference_mode(False):
                 model = self._build(read.host, self.device)
                 start_trainer(job, model, self.device, read.host)
+            self._count_in_plan(job, model)
         except Exception as exc:  # noqa: BLE001 - the training fails alone
             self._ended(job, self.residency.faults.contain(exc, f"loading {job.params.model_version} for training"))
+
+    def _count_in_plan(self, job: TrainJob, model) -> None:
+        """The training's device bytes, estimated (training.memory), held in the device's plan while it runs: a model
+        placed beside it finds them taken, and /health-check shows them."""
+        from ..training.memory import sizes_of, training_bytes
+        from .memory import gib, module_bytes
+
+        other = module_bytes(model.compression_model) + module_bytes(model.lm.condition_provider)
+        cuda = torch.device(self.device).type == "cuda"
+        need = training_bytes(sizes_of(model.lm, other), job.params, cuda=cuda, micro_batch=job.trainer.micro)
+        self.residency.memory.shared[TRAINING] = need.total
+        job.log(
+            f"Training memory on {self.device}, estimated: {gib(need.total)} (weights {gib(need.weights)}, "
+            f"trained parameters with their gradients and moments {gib(need.trained)}, "
+            f"activations {gib(need.activations)})."
+        )
 
     def _unit(self, job: TrainJob) -> None:
         try:
@@ -168,6 +186,8 @@ class Trainings:
         """`event`: the terminal event, or the exception that ended the training."""
         if job in self.queue:
             self.queue.remove(job)
+        if job.trainer is not None:  # the training that ran (the others only waited)
+            self.residency.memory.shared.pop(TRAINING, None)
         job.trainer = job.work = None
         free_cached(self.device)
         self._end(job, event)
