@@ -143,36 +143,43 @@ class Deployments:
         found = [d for d in map(self.get, (r[0] for r in rows[:limit])) if d is not None]
         return found, _cursor(found[-1]) if len(rows) > limit and found else None
 
-    def create(self, owner: str, name: str, model: str, version: str, configuration: Configuration) -> Deployment:
-        """Raises UserError for a bad name or configuration, FileExistsError when it exists (nothing is written),
-        StorageFailed when the database refuses the write."""
+    @staticmethod
+    def new(owner: str, name: str, model: str, version: str, configuration: Configuration) -> Deployment:
+        """A deployment's first release, not kept yet (`add`); UserError for a bad name or configuration."""
         check_name(owner, "owner")
         check_name(name, "name")
         created = _now()
-        deployment = Deployment(owner, name, created, Release(1, model, version, created, configuration.check()))
-        record = json.dumps({"owner": owner, "name": name, "created_at": created})
+        return Deployment(owner, name, created, Release(1, model, version, created, configuration.check()))
+
+    @staticmethod
+    def next_release(current: Deployment, model: str, version: str, configuration: Configuration) -> Deployment:
+        """`current` with a new release numbered after its own, not kept yet (`add_release`); UserError for a bad
+        configuration."""
+        release = Release(current.release.number + 1, model, version, _now(), configuration.check())
+        return replace(current, release=release)
+
+    def add(self, deployment: Deployment) -> None:
+        """Keep a new deployment. Raises FileExistsError when one of that name exists (nothing is written),
+        StorageFailed when the database refuses the write."""
+        record = json.dumps({"owner": deployment.owner, "name": deployment.name, "created_at": deployment.created_at})
         try:
             self._db.write(
                 "the deployment",
-                ("INSERT INTO deployments VALUES (?, ?, ?)", (deployment.full_name, created, record)),
+                ("INSERT INTO deployments VALUES (?, ?, ?)", (deployment.full_name, deployment.created_at, record)),
                 self._release_row(deployment),
             )
         except StorageFailed as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise FileExistsError(deployment.full_name) from None
             raise
-        return deployment
 
-    def update(self, current: Deployment, model: str, version: str, configuration: Configuration) -> Deployment:
-        """A new release of `current`, numbered after it. Raises UserError for a bad configuration, LookupError
-        when the deployment was deleted meanwhile, StorageFailed when the write is refused."""
-        release = Release(current.release.number + 1, model, version, _now(), configuration.check())
-        updated = replace(current, release=release)
+    def add_release(self, deployment: Deployment) -> None:
+        """Keep its new release. Raises LookupError when the deployment was deleted meanwhile, StorageFailed when
+        the write is refused."""
         with self._db.lock:
-            if self.get(current.full_name) is None:
-                raise LookupError(current.full_name)
-            self._db.write("the deployment's new release", self._release_row(updated))
-        return updated
+            if self.get(deployment.full_name) is None:
+                raise LookupError(deployment.full_name)
+            self._db.write("the deployment's new release", self._release_row(deployment))
 
     def delete(self, full_name: str) -> bool:
         """False when there was no such deployment."""

@@ -473,7 +473,7 @@ class DeviceLoop:
             if isinstance(item, Job | TrainJob):
                 self._end(item, _not_started(self.device, self.lost))
             elif isinstance(item, Pin):
-                item.done.set_exception(EngineError(self.lost))
+                self.residency.pin_refused(item, EngineError(self.lost))
 
 
 def warmup_models(settings: Settings) -> list[str]:

@@ -174,14 +174,16 @@ class Residency:
             if previous is not None:
                 self.release(previous, pin=True)
         log.info("%s", note)
-        pin.done.set_result(note)
+        if pin.done.set_running_or_notify_cancel():  # False: whoever asked gave up on the answer
+            pin.done.set_result(note)
 
     def pin_refused(self, pin: Pin, error: Exception) -> None:
         """Its model will not be resident here: the deployment keeps the pin it had, if any."""
         self.release(pin.key, pin=True)
         if self._asked.get(pin.name) is pin:
             del self._asked[pin.name]
-        pin.done.set_exception(error)
+        if pin.done.set_running_or_notify_cancel():
+            pin.done.set_exception(error)
 
     def answer_pins(self, outcome: Outcome) -> None:
         """Take the pins out of an outcome's waiters and answer them (the loop starts or ends the jobs left)."""

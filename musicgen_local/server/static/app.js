@@ -2,7 +2,7 @@
 // A prediction's life on the page: submit -> watch() polls GET /v1/predictions/{id} -> showRun()
 // on every answer -> showResult() once it succeeded.
 
-import { api, isProgressLine, progressFromLogs, seedFromLogs, TERMINAL } from "./api.js";
+import { api, progressFromLogs, seedFromLogs, TERMINAL, visibleLogs } from "./api.js";
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
@@ -160,13 +160,6 @@ function statusText(pred) {
     default:
       return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
   }
-}
-
-// The logs, with the progress lines folded into the latest one.
-function visibleLogs(logs) {
-  const lines = (logs || "").split("\n").filter((line) => line.trim() !== "");
-  const last = lines.filter(isProgressLine).pop();
-  return [...lines.filter((line) => !isProgressLine(line)), ...(last ? [last] : [])].join("\n");
 }
 
 function showRun(pred) {
