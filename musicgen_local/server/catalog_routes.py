@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+from contextlib import suppress
 from typing import Annotated, Any
 
 import pydantic
@@ -65,6 +67,20 @@ class SearchResults(pydantic.BaseModel):
     pages: list[dict[str, Any]]
 
 
+def _query_text(raw: bytes) -> str:
+    """The query: the body as text, as Replicate documents it (the v2 SDK sends it as a JSON string instead)."""
+    try:
+        text = raw[:MAX_QUERY_BYTES].decode()
+    except UnicodeDecodeError:
+        raise HTTPException(400, "The query must be UTF-8 text.") from None
+    if text.startswith('"'):
+        with suppress(ValueError):
+            quoted = json.loads(text)
+            if isinstance(quoted, str):
+                return quoted
+    return text
+
+
 @router.get("/hardware", response_model=list[Hardware])
 async def list_hardware(request: Request) -> list[dict[str, Any]]:
     """This server's devices (each GPU by name, or the CPU): a bare list, as the clients expect."""
@@ -81,11 +97,7 @@ async def get_account(request: Request) -> dict[str, Any]:
 )
 async def search_models(request: Request) -> dict[str, Any]:
     """Models whose name, description, versions or tags hold every word of the query (all of them for none)."""
-    raw = await request.body()
-    try:
-        query = raw[:MAX_QUERY_BYTES].decode()
-    except UnicodeDecodeError:
-        raise HTTPException(400, "The query must be UTF-8 text.") from None
+    query = _query_text(await request.body())
     registry = request.app.state.registry
     results = [model_json(request, found.model, registry) for found in search(registry, query)]
     return {"next": None, "previous": None, "results": results}

@@ -31,6 +31,7 @@ def test_query_finds_models_by_name_description_version_and_tags(client):
     assert found(client, "lofi strings") == []  # every word must be found
     assert found(client, "") == ["alice/lofi-drums", "bob/strings", "meta/musicgen"]  # all, in name order
     assert found(client, "music") == ["meta/musicgen"]
+    assert found(client, '"lofi"') == ["alice/lofi-drums"]  # as the v2 SDK sends it: a JSON string
 
 
 def test_search_scores_and_tags_what_it_finds(client):
