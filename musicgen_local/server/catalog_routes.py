@@ -93,7 +93,7 @@ async def get_account(request: Request) -> dict[str, Any]:
 
 
 @router.api_route(
-    "/models", methods=["QUERY"], openapi_extra=TEXT_BODY, responses={200: {"model": ModelPage}, **problems(400)}
+    "/models", methods=["QUERY"], openapi_extra=TEXT_BODY, responses={200: {"model": ModelPage}, **problems(400, 413)}
 )
 async def search_models(request: Request) -> dict[str, Any]:
     """Models whose name, description, versions or tags hold every word of the query (all of them for none)."""

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from ..deployments import MAX_MAX_INSTANCES, MAX_MIN_INSTANCES, Configuration, Deployment, Deployments
 from ..errors import MusicgenError
-from ..registry import Version
+from ..registry import LATEST, MUSICGEN, Version
 from . import routes, surrogates
 from .bodies import Prediction as PredictionBody
 from .bodies import created, json_body, problems
@@ -37,7 +37,21 @@ MAX_DOC = (
 
 
 class DeploymentCreate(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="ignore")
+    model_config = pydantic.ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "my-sound-prod",
+                    "model": MUSICGEN,
+                    "version": LATEST,
+                    "hardware": "cpu",
+                    "min_instances": 1,
+                    "max_instances": 2,
+                }
+            ]
+        },
+    )
     name: str = pydantic.Field(description="Its name; its owner is this server's account (GET /v1/account).")
     model: str = pydantic.Field(description="`owner/name` of the version's model (meta/musicgen, or a fine-tune's).")
     version: str = pydantic.Field(description="The version's id.")
@@ -170,7 +184,7 @@ async def list_deployments(request: Request, cursor: str | None = None) -> dict[
     }
 
 
-@router.post("/deployments", responses={200: {"model": DeploymentBody}, **problems(409, 422)})
+@router.post("/deployments", responses={200: {"model": DeploymentBody}, **problems(400, 409, 413, 422)})
 async def create_deployment(request: Request, body: DeploymentCreate) -> dict[str, Any]:
     """Answers 200, as Replicate's API does."""
     _checked(body)
@@ -203,7 +217,7 @@ async def get_deployment(request: Request, owner: str, name: str) -> dict[str, A
     return deployment_json(request, found(request, owner, name))
 
 
-@router.patch("/deployments/{owner}/{name}", responses={200: {"model": DeploymentBody}, **problems(404, 422)})
+@router.patch("/deployments/{owner}/{name}", responses={200: {"model": DeploymentBody}, **problems(400, 404, 413, 422)})
 async def update_deployment(request: Request, owner: str, name: str, body: DeploymentUpdate) -> dict[str, Any]:
     """Any change makes a new release (its `number` one more); the model follows the version."""
     _checked(body)
