@@ -99,3 +99,11 @@ def test_a_full_fine_tune_pins_its_own_model(settings, tmp_path):
             engine.keep("alice/tuned", STEREO, full, "cpu").result(PIN_S)
     finally:
         engine.close()
+
+
+def test_ray_refuses_to_keep_a_model_warm_and_says_what_works():
+    from musicgen_local.engine.ray.client import RayEngine
+
+    engine = object.__new__(RayEngine)  # keep() needs no cluster: it refuses before reaching one
+    with pytest.raises(UserError, match="not carried to a Ray cluster .* set min_instances to 0"):
+        engine.keep("alice/prod", MONO, None, "ray").result(1)
