@@ -2,17 +2,19 @@
 
 Every word of the query must appear (case-insensitive, as a part of a word) in something of the model: its
 `owner/name` (worth 3), a version's id or the training that made it (worth 2), its description or its tags
-(worth 1: `published`, or `fine-tune` with the kind, `lora` or `full`, and the model_version it was tuned from).
-A model's score is what its words found are worth; the best come first. An empty query finds every model.
+(worth 1: `published` and what it does, or `fine-tune` with the kind, `lora` or `full`, and the model_version
+it was tuned from). A model's score is what its words found are worth; the best come first. An empty query
+finds every model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import MUSICGEN, Model, Registry, Version
+from .registry import LOOPER, MUSICGEN, Model, Registry, Version
 
 NAME, VERSION, TEXT = 3, 2, 1
+PUBLISHED_MODELS = {MUSICGEN: ["text-to-music", "melody"], LOOPER: ["text-to-music", "loops"]}
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class Found:
 
 
 def tags(model: Model, versions: list[Version]) -> list[str]:
-    if model.full_name == MUSICGEN:
-        return ["published", "text-to-music", "melody"]
+    """A published model's (this server publishes meta/musicgen and the looper), or a model's fine-tunes'."""
+    if model.full_name in PUBLISHED_MODELS:
+        return ["published", *PUBLISHED_MODELS[model.full_name]]
     kinds = sorted({v.kind for v in versions if v.kind})
     bases = sorted({v.base for v in versions if v.base})
     return ["fine-tune", *kinds, *bases] if versions else []

@@ -19,7 +19,8 @@ from typing import Any
 from ..deployments import Deployment, Deployments
 from ..engine.api import EngineClient
 from ..errors import UserError
-from ..registry import Registry
+from ..looper import schema as looper_schema
+from ..registry import Registry, Version
 from .dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,21 @@ class Instances:
             why = "this engine keeps no model warm" if keep is None else f"its version {release.version} is gone"
             refused.set_exception(UserError(f"Cannot keep {deployment.full_name} warm: {why}; set min_instances to 0."))
             return refused
-        model_version = version.model_version_for(None)  # a published version keeps the schema's default warm
+        model_version = _default_model_version(version)
         return keep(deployment.full_name, model_version, version.weights, release.configuration.hardware)
 
     def _let_go(self, name: str) -> None:
         let_go = getattr(self.engine, "let_go", None)
         if let_go is not None:
             let_go(name)
+
+
+def _default_model_version(version: Version) -> str:
+    """What a deployment of `version` keeps warm: a fine-tune's base, or its schema's default model_version (a
+    prediction that asks for another loads that one on demand)."""
+    if version.loops:
+        return looper_schema.FIELDS_BY_NAME["model_version"].default
+    return version.model_version_for(None)
 
 
 def _logged(name: str):

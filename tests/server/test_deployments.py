@@ -249,3 +249,12 @@ def test_a_deployments_prediction_has_the_rest_of_the_prediction_object(tmp_path
         assert body["deadline"] and body["deadline"] > body["created_at"]
         assert set(body["metrics"]) == {"predict_time", "total_time"}
         assert body["metrics"]["total_time"] >= body["metrics"]["predict_time"]
+
+
+def test_a_deployment_of_the_looper_keeps_its_default_model_warm(tmp_path):
+    from musicgen_local.registry import LOOPER, LOOPER_PUBLISHED
+
+    engine = FakeEngine()
+    with make_client(tmp_path, engine) as c:
+        create(c, name="loops", model=LOOPER, version=LOOPER_PUBLISHED[0])
+        assert engine.pins == {"local/loops": ("medium", None, "cpu")}
