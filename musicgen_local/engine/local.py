@@ -257,9 +257,9 @@ class LocalEngine:
             if weights:
                 fine_tune, _ = self.fine_tunes.read(weights, model_version)
                 full_tune = str(fine_tune.root) if fine_tune.kind == "full" else None
-                # TODO(adapters): a LoRA deployment pins its base model only. Once adapters are fixed slots with
-                # an LRU device cache (branch `adapters`: SlotBatch.has_room / resident_adapters), pin its
-                # adapter's slot here too, so that other fine-tunes never evict it.
+                # TODO(adapters): a LoRA deployment pins its base model only: its adapter takes one of the base's
+                # slots when a prediction needs it (SlotBatch.has_room / resident_adapters), and other fine-tunes
+                # may evict it from that LRU cache. Pinning it needs the cache to keep a slot for a named adapter.
             pin_settings = self.settings
             if full_tune is not None:
                 pin_settings = pin_settings.with_(checkpoints={**pin_settings.checkpoints, model_version: full_tune})

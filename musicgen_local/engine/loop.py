@@ -186,11 +186,8 @@ class DeviceLoop:
                 self.trainings.add(item)
             elif isinstance(item, TrainRead):
                 self.trainings.read_done(item)
-            elif isinstance(item, Unpin):
-                self.residency.unpin(item.name)
-            elif isinstance(item, Pin):
-                if self.residency.pin(item) is not None:
-                    self.residency.pin_placed(item)
+            elif isinstance(item, Pin | Unpin):  # a deployment's: its model kept resident here, or let go
+                self.residency.keep(item)
             else:
                 self._guard(item, self._arrive, item)
 

@@ -154,6 +154,14 @@ class Residency:
 
     # ---------------------------------------------------------------------------------- deployments' pins
 
+    def keep(self, item: Pin | Unpin) -> None:
+        """A deployment's pin (answered now if its model is resident, else once it is placed or refused) or its
+        end."""
+        if isinstance(item, Unpin):
+            self.unpin(item.name)
+        elif self.pin(item) is not None:
+            self.pin_placed(item)
+
     def pin(self, pin: Pin) -> Resident | None:
         """A pin arrived: its model is held from now on. The resident model, or None: `pin` waits like a job, and
         a later outcome hands it back (the loop then calls `pin_placed` or `pin_refused`)."""
