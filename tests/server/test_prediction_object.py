@@ -21,7 +21,7 @@ def test_prefer_wait_outside_1_to_60_is_a_422_naming_the_header(client, prefer):
     assert client.get("/v1/predictions").json()["results"] == []  # nothing was created
 
 
-@pytest.mark.parametrize("prefer", ["wait", "wait=1", "wait=60", "respond-async, wait=5", "WAIT=3"])
+@pytest.mark.parametrize("prefer", ["wait", "wait=1", "wait=60", "respond-async, wait=5"])
 def test_prefer_wait_within_1_to_60_waits(client, prefer):
     response = client.post("/v1/predictions", json=BODY, headers={"Prefer": prefer})
     assert response.status_code == 201 and response.json()["status"] == "succeeded"
