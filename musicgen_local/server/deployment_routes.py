@@ -20,8 +20,8 @@ from ..deployments import MAX_MAX_INSTANCES, MAX_MIN_INSTANCES, Configuration, D
 from ..errors import MusicgenError
 from ..registry import LATEST, MUSICGEN, Version
 from . import routes, surrogates
+from .bodies import CREATE_FAILURES, created, json_body, problems
 from .bodies import Prediction as PredictionBody
-from .bodies import created, json_body, problems
 from .instances import Instances
 from .params import CancelAfter
 from .routes import Prefer
@@ -184,7 +184,9 @@ async def list_deployments(request: Request, cursor: str | None = None) -> dict[
     }
 
 
-@router.post("/deployments", responses={200: {"model": DeploymentBody}, **problems(400, 409, 413, 422)})
+@router.post(
+    "/deployments", responses={200: {"model": DeploymentBody}, **problems(400, 409, 413, 422, *CREATE_FAILURES)}
+)
 async def create_deployment(request: Request, body: DeploymentCreate) -> dict[str, Any]:
     """Answers 200, as Replicate's API does."""
     _checked(body)
@@ -217,7 +219,10 @@ async def get_deployment(request: Request, owner: str, name: str) -> dict[str, A
     return deployment_json(request, found(request, owner, name))
 
 
-@router.patch("/deployments/{owner}/{name}", responses={200: {"model": DeploymentBody}, **problems(400, 404, 413, 422)})
+@router.patch(
+    "/deployments/{owner}/{name}",
+    responses={200: {"model": DeploymentBody}, **problems(400, 404, 413, 422, *CREATE_FAILURES)},
+)
 async def update_deployment(request: Request, owner: str, name: str, body: DeploymentUpdate) -> dict[str, Any]:
     """Any change makes a new release (its `number` one more); the model follows the version."""
     _checked(body)
@@ -251,7 +256,7 @@ async def update_deployment(request: Request, owner: str, name: str, body: Deplo
     return deployment_json(request, updated)
 
 
-@router.delete("/deployments/{owner}/{name}", status_code=204, responses=problems(404))
+@router.delete("/deployments/{owner}/{name}", status_code=204, responses=problems(404, *CREATE_FAILURES))
 async def delete_deployment(request: Request, owner: str, name: str) -> Response:
     """Its predictions already created still run; its model is no longer kept warm."""
     async with request.app.state.deployment_changes:

@@ -153,7 +153,7 @@ def _unless_deployed(request: Request, what: str, **used) -> None:
         )
 
 
-@router.delete("/models/{owner}/{name}", status_code=204, responses=problems(404, 409))
+@router.delete("/models/{owner}/{name}", status_code=204, responses=problems(404, 409, *CREATE_FAILURES))
 async def delete_model(request: Request, owner: str, name: str) -> Response:
     """As on Replicate, a model is deleted once it has no versions."""
     model = found_model(request, owner, name)
@@ -166,7 +166,9 @@ async def delete_model(request: Request, owner: str, name: str) -> Response:
     return Response(status_code=204)
 
 
-@router.delete("/models/{owner}/{name}/versions/{version_id}", status_code=204, responses=problems(404, 409))
+@router.delete(
+    "/models/{owner}/{name}/versions/{version_id}", status_code=204, responses=problems(404, 409, *CREATE_FAILURES)
+)
 async def delete_version(request: Request, owner: str, name: str, version_id: str) -> Response:
     """Its weights stay with the training that made them (its output)."""
     model = found_model(request, owner, name)
