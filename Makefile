@@ -8,15 +8,24 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg rubberband chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
+.PHONY: install sdk2 ffmpeg rubberband chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
-install: $(STAMP) $(ROWS_KERNEL) ffmpeg rubberband chromium $(NODE_E2E)
+# The v2 Python SDK (PyPI `replicate` 2.0.0b4, requirements-sdk2.txt) for tests/e2e, in a virtual environment of its
+# own: the 1.0.7 client in $(VENV) has the same package name. The tests run it in a subprocess.
+SDK2_VENV := .venv-sdk2
+SDK2 := $(SDK2_VENV)/.installed
+install: $(STAMP) $(ROWS_KERNEL) ffmpeg rubberband chromium $(NODE_E2E) $(SDK2)
 
 $(NODE_E2E): tests/e2e/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix tests/e2e --no-audit --no-fund; \
 	else echo "npm not found: the npm-client e2e tests will be skipped"; fi
+
+$(SDK2): requirements-sdk2.txt
+	@if python3 -m venv $(SDK2_VENV) && $(SDK2_VENV)/bin/pip install -q -r requirements-sdk2.txt; then touch $(SDK2); \
+	else echo "make install: could not install requirements-sdk2.txt in $(SDK2_VENV): the v2 SDK e2e tests will be skipped" >&2; fi
+sdk2: $(SDK2)
 
 # Re-runs only when a requirements file or pyproject changes; a second `make install` takes seconds.
 $(STAMP): requirements.txt requirements-dev.txt requirements-ray.txt pyproject.toml
@@ -94,4 +103,4 @@ lint: install
 	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache musicgen_local/engine/fast/_build
+	rm -rf $(VENV) $(SDK2_VENV) .pytest_cache musicgen_local/engine/fast/_build

@@ -27,7 +27,8 @@ def cmd_predict(args, settings: Settings) -> int:
 
     try:
         pairs = parse_cli_pairs(args.input)
-        tuned_weights = _tuned(args.weights, pairs)
+        weights = _deployed(settings, args.deployment, args.weights) if args.deployment else args.weights
+        tuned_weights = _tuned(weights, pairs)
         inp = parse_input(pairs)
     except ValidationError as exc:
         print_field_errors(exc)
@@ -67,6 +68,34 @@ def _tuned(weights: str | None, pairs: dict) -> str | None:
             "model_version out, or set it to that)."
         )
     return str(Path(weights).resolve())
+
+
+def _deployed(settings: Settings, name: str, weights: str | None) -> str | None:
+    """--deployment owner/name: the fine-tune its current version decodes with (None: a published version), read
+    from the server's data folder (MUSICGEN_DATA), where deployments are kept."""
+    from .database import Database
+    from .deployments import Deployments
+    from .errors import UserError
+    from .registry import Registry
+
+    if weights is not None:
+        raise UserError("Give --deployment or --weights, not both: a deployment names its own weights.")
+    path = Path(settings.data_dir) / "musicgen.sqlite3"
+    if not path.is_file():
+        raise UserError(f"No server data in {settings.data_dir} (MUSICGEN_DATA): deployments are kept there.")
+    db = Database(path)
+    try:
+        deployment = Deployments(db).get(name)
+        if deployment is None:
+            have = ", ".join(d.full_name for d in Deployments(db).all()) or "none"
+            raise UserError(f"No deployment {name!r} in {path}; it has {have}.")
+        version = Registry(db).version(deployment.release.version)
+    finally:
+        db.close()
+    if version is None:
+        raise UserError(f"The deployment {name} runs version {deployment.release.version}, which is gone.")
+    print(f"{name}: {version.model}:{version.id} (release {deployment.release.number})", file=sys.stderr)
+    return version.weights
 
 
 def _growing_file(out: Path, request):
@@ -250,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TAR",
         help="a fine-tune (what `musicgen-local train -o` or a training's output.weights gives) to "
         "decode with; model_version defaults to the one it was tuned from",
+    )
+    p.add_argument(
+        "--deployment",
+        metavar="OWNER/NAME",
+        help="run what a deployment of the server in MUSICGEN_DATA runs now (its version, a fine-tune's weights "
+        "too), here in this process",
     )
     p.set_defaults(func=cmd_predict)
 

@@ -252,6 +252,32 @@ class Registry:
         self._db.write("the version", ("INSERT INTO versions VALUES (?, ?, ?, ?)", record))
         return version
 
+    def delete_version(self, version_id: str) -> Version:
+        """The version removed from the registry (its weights stay with the training that made them). Raises
+        LookupError when there is none, UserError for a published version. Who may still use it (a deployment) is
+        the caller's to check."""
+        version = self.version(version_id)
+        if version is None:
+            raise LookupError(version_id)
+        if not version.trained:
+            raise UserError(f"Version {version_id} is one of {MUSICGEN}'s published versions; it cannot be deleted.")
+        self._db.write("the deletion of the version", ("DELETE FROM versions WHERE id = ?", (version_id,)))
+        return version
+
+    def delete_model(self, full_name: str) -> None:
+        """Raises LookupError when there is none, UserError for meta/musicgen or a model that still has versions
+        (as on Replicate: delete them first)."""
+        model = self.model(full_name)
+        if model is None:
+            raise LookupError(full_name)
+        if full_name == MUSICGEN:
+            raise UserError(f"{MUSICGEN} is published by this server; it cannot be deleted.")
+        if self.versions(full_name):
+            raise UserError(
+                f"{full_name} still has versions; delete them first (DELETE /v1/models/{full_name}/versions/<id>)."
+            )
+        self._db.write("the deletion of the model", ("DELETE FROM models WHERE name = ?", (full_name,)))
+
     def latest(self, full_name: str) -> Version | None:
         versions = self.versions(full_name)
         return versions[0] if versions else None

@@ -105,6 +105,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MUSICGEN_LOG_FORMAT": ("text", "logs: `text` (readable) or `json` (one object per line, with the prediction id)"),
     "MUSICGEN_OUTPUT": ("url", "server: `output` as a URL on this server, or `data-uri` (wrapped as FileOutput)"),
     "MUSICGEN_API_TOKEN": ("", "server: when set, /v1 requires `Authorization: Bearer <token>`"),
+    "MUSICGEN_ACCOUNT": ("local", "server: the username of its one account (GET /v1/account), which owns deployments"),
     "MUSICGEN_SHUTDOWN_GRACE": ("30", "server: on SIGTERM, seconds running predictions get to finish"),
     "MUSICGEN_CHECKPOINTS": ("", "model_version=dir-or-repo pairs, comma separated, overriding checkpoints"),
     "MUSICGEN_HEADER_TIMEOUT": (
@@ -230,6 +231,15 @@ def _checkpoint_overrides(value: str) -> dict[str, str]:
     return {name.strip(): source.strip() for name, source in pairs}
 
 
+def _account(value: str) -> str:
+    """MUSICGEN_ACCOUNT: a name as Replicate's usernames are (deployments are named `<account>/<name>`)."""
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?", value):
+        raise SettingError(
+            f"MUSICGEN_ACCOUNT={value!r}: give a username of lowercase letters, digits, dashes, underscores or dots."
+        )
+    return value
+
+
 def _ray_address(value: str) -> str:
     value = value.strip()
     if value.startswith("ray://"):  # Ray 2.60: "Streaming DeploymentHandles are not currently supported" there
@@ -280,6 +290,7 @@ class Settings:
     stream_seconds: float = 1.0
     data_dir: Path = Path("./data")
     api_token: str = ""
+    account: str = "local"
     output: str = "url"
     log_format: str = "text"
     shutdown_grace: float = 30.0
@@ -328,6 +339,7 @@ class Settings:
             stream_seconds=_number(float, "MUSICGEN_STREAM_SECONDS", get("MUSICGEN_STREAM_SECONDS")),
             data_dir=Path(get("MUSICGEN_DATA")).expanduser().resolve(),
             api_token=get("MUSICGEN_API_TOKEN"),
+            account=_account(get("MUSICGEN_ACCOUNT")),
             output=get("MUSICGEN_OUTPUT"),
             log_format=_one_of("MUSICGEN_LOG_FORMAT", get("MUSICGEN_LOG_FORMAT"), ("text", "json")),
             shutdown_grace=_number(float, "MUSICGEN_SHUTDOWN_GRACE", get("MUSICGEN_SHUTDOWN_GRACE")),

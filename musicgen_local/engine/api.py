@@ -2,7 +2,8 @@
 
 predict.py, the v1 server, the CLI and the Ray replicas drive requests through `EngineClient.submit` (and
 trainings through `train`); besides, the v1 server reads an engine's `capacity` (runs worth having in
-flight) where it has one, and a Ray replica waits on `LocalEngine.wait_ready` before taking traffic.
+flight) where it has one, lists its `hardware` and keeps deployments' models resident with `keep`/`let_go`,
+and a Ray replica waits on `LocalEngine.wait_ready` before taking traffic.
 Events are frozen dataclasses of plain values (no tensors, no callables), so a Run can cross a
 process or network boundary unchanged.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -237,6 +239,19 @@ class EngineClient(Protocol):
 
     def health(self) -> dict[str, Any]:
         """At least {"status": "STARTING" | "READY" | "UNHEALTHY"}; more detail per implementation."""
+        ...
+
+    def hardware(self) -> list[dict[str, str]]:
+        """The devices a deployment may run on, as GET /v1/hardware lists them: [{"sku": ..., "name": ...}]."""
+        ...
+
+    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+        """Keep deployment `name`'s model resident on `device` (a hardware sku) until `let_go(name)`; a second call
+        for the same name replaces the first once its model is resident. Resolves to a note, or raises why not."""
+        ...
+
+    def let_go(self, name: str) -> None:
+        """Deployment `name` keeps nothing resident any more (safe when it kept nothing)."""
         ...
 
     def close(self) -> None: ...

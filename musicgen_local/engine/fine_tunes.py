@@ -26,18 +26,23 @@ class FineTunes:
     def apply(self, job: Job) -> None:
         """The fine-tune `job.request.weights` names, on the job: a LoRA decodes in its base's batch, a full
         fine-tune is a model of its own."""
-        fine_tune, adapters = self._get(job.request.weights)
+        fine_tune, adapters = self.read(job.request.weights, job.request.model_version)
         with self._lock:
             self._names[job.request.weights] = job.request.tune or fine_tune.root.name
-        if fine_tune.base != job.request.model_version:
-            raise UserError(
-                f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode "
-                f"`{job.request.model_version}`."
-            )
         if fine_tune.kind == "lora":
             job.lora = Lora(job.request.tune or fine_tune.root.name, adapters, fine_tune.scale)
         else:
             job.full_tune = str(fine_tune.root)
+
+    def read(self, weights: str, model_version: str) -> tuple[tuned.Tuned, dict | None]:
+        """The fine-tune `weights` names and its LoRA tensors (read once, kept here); it must be one of
+        `model_version` (a deployment's pin reads it too, to know which model it keeps)."""
+        fine_tune, adapters = self._get(weights)
+        if fine_tune.base != model_version:
+            raise UserError(
+                f"These weights are a fine-tune of `{fine_tune.base}`; they cannot decode `{model_version}`."
+            )
+        return fine_tune, adapters
 
     def _get(self, weights: str) -> tuple[tuned.Tuned, dict | None]:
         with self._lock:

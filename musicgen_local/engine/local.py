@@ -18,6 +18,8 @@ self-check) holds the loop for its whole generation.
 `train()` prepares a dataset in the training pool, then hands the training to the device loop with
 the fewest trainings, which runs it between decode steps (see `training_job`).
 
+`keep()` keeps a deployment's model resident on one device (a `Pin` its loop's residency holds until `let_go`).
+
 When a device fails for good (`faults.py`), health says UNHEALTHY and `lost` is set, so that
 whoever runs the engine can exit and be restarted.
 """
@@ -29,7 +31,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -45,8 +47,8 @@ from .job import Job
 from .loop import DeviceLoop
 from .looping import AudioOf, LoopDriver
 from .mbd import LazyMbd
-from .models import build_model, read_checkpoint, resolve_devices, weights_check
-from .residency import ModelKey
+from .models import build_model, device_name, read_checkpoint, resolve_devices, weights_check
+from .residency import ModelKey, Pin, Unpin
 from .run import EventQueue
 from .training_job import TrainJob
 
@@ -83,6 +85,8 @@ class LocalEngine:
         self.decode_pool = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
         self.loader_pool = ThreadPoolExecutor(LOADER_WORKERS, thread_name_prefix="loader")
         self.encode_pool = ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="encode")
+        # Deployments' pins and their ends, one at a time: a let_go never overtakes the keep before it.
+        self.pin_pool = ThreadPoolExecutor(1, thread_name_prefix="pins")
         devices = resolve_devices(settings.devices)
         self.training_capacity = len(devices)  # trainings worth having at once: one per device
         # Datasets are fetched, decoded and cut here: minutes of work that must not hold the prepare pool.
@@ -228,6 +232,49 @@ class LocalEngine:
             weights_check(settings, request.model_version, request.multi_band_diffusion, job.log)
             self._weights_found.add(key)
 
+    def hardware(self) -> list[dict[str, str]]:
+        """This engine's devices, as Replicate's GET /v1/hardware lists SKUs: {"sku": "cuda:0", "name": ...}."""
+        return [{"sku": loop.device, "name": device_name(loop.device)} for loop in self.loops]
+
+    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+        """Keep deployment `name`'s model (model_version, with a fine-tune's `weights`) resident on `device` until
+        `let_go(name)`, replacing what `name` kept before once it is resident. The future resolves to a note once
+        it is, or raises why it cannot be (an unknown device, missing weights, not enough memory)."""
+        done: Future = Future()
+        self.pin_pool.submit(self._keep, name, model_version, weights, device, done)
+        return done
+
+    def let_go(self, name: str) -> None:
+        self.pin_pool.submit(self._let_go, name)
+
+    def _keep(self, name: str, model_version: str, weights: str | None, device: str, done: Future) -> None:
+        try:
+            loop = next((loop for loop in self.loops if loop.device == device), None)
+            if loop is None:
+                have = ", ".join(loop.device for loop in self.loops)
+                raise UserError(f"This server has no device {device!r}; it has {have} (GET /v1/hardware).")
+            full_tune = None
+            if weights:
+                fine_tune, _ = self.fine_tunes.read(weights, model_version)
+                full_tune = str(fine_tune.root) if fine_tune.kind == "full" else None
+                # TODO(adapters): a LoRA deployment pins its base model only: its adapter takes one of the base's
+                # slots when a prediction needs it (SlotBatch.has_room / resident_adapters), and other fine-tunes
+                # may evict it from that LRU cache. Pinning it needs the cache to keep a slot for a named adapter.
+            pin_settings = self.settings
+            if full_tune is not None:
+                pin_settings = pin_settings.with_(checkpoints={**pin_settings.checkpoints, model_version: full_tune})
+            weights_check(pin_settings, model_version, False, log.info)
+            for other in self.loops:  # a deployment moved to another device lets go where it was
+                if other is not loop:
+                    done.add_done_callback(lambda f, other=other: f.exception() or other.inbox.put(Unpin(name)))
+            loop.inbox.put(Pin(name, ModelKey(model_version, full_tune), done))
+        except Exception as exc:  # noqa: BLE001 - every failure is the caller's answer
+            done.set_exception(exc)
+
+    def _let_go(self, name: str) -> None:
+        for loop in self.loops:
+            loop.inbox.put(Unpin(name))
+
     def _route(self, key: ModelKey) -> DeviceLoop:
         """The least loaded device among those that already hold the model, else among all."""
         holding = [loop for loop in self.loops if loop.holds(key)]
@@ -261,6 +308,7 @@ class LocalEngine:
         for pool in (self.prepare_pool, self.download_pool, self.decode_pool, self.looper_pool):
             pool.shutdown(wait=False, cancel_futures=True)
         self.training_pool.shutdown(wait=False, cancel_futures=True)
+        self.pin_pool.shutdown(wait=False, cancel_futures=True)
         self.loader_pool.shutdown(wait=False, cancel_futures=True)
         self.encode_pool.shutdown(wait=True)
 

@@ -27,14 +27,14 @@ import torch
 
 from .. import audio, registry
 from .. import weights as W
-from ..errors import Cancelled, MusicgenError
+from ..errors import Cancelled, EngineError, MusicgenError
 from ..settings import Settings
 from . import codec, faults, reference
 from .api import Canceled, Done, Event, Failed, Progress, Result, Started, failure
 from .fast import SamplingParams, SlotBatch, Window
 from .job import Job
 from .plan import plan_request
-from .residency import ModelKey, ModelRead, Outcome, Placed, Residency, Resident, autocast
+from .residency import ModelKey, ModelRead, Outcome, Pin, Placed, Residency, Resident, Unpin, autocast
 from .training_job import Trainings, TrainJob, TrainRead
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class DeviceLoop:
             mbd,
             on_lost,
         )
-        self.inbox: queue.SimpleQueue[Job | TrainJob | ModelRead | TrainRead | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Job | TrainJob | ModelRead | TrainRead | Pin | Unpin | None] = queue.SimpleQueue()
         self.faults = faults.Containment(device)
         self.residency = Residency(
             device, settings, read, build, loader_pool, self.inbox.put, self.faults, _still_wanted
@@ -186,6 +186,8 @@ class DeviceLoop:
                 self.trainings.add(item)
             elif isinstance(item, TrainRead):
                 self.trainings.read_done(item)
+            elif isinstance(item, Pin | Unpin):  # a deployment's: its model kept resident here, or let go
+                self.residency.keep(item)
             else:
                 self._guard(item, self._arrive, item)
 
@@ -202,8 +204,9 @@ class DeviceLoop:
 
     def _apply(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
+            self.residency.answer_pins(outcome)  # deployments' pins among the waiters
             if isinstance(outcome, Placed):
-                for note in outcome.notes:
+                for note in outcome.notes if outcome.waiters else ():
                     outcome.waiters[0].log(note)
                 for job in outcome.waiters:
                     self._guard(job, self._start, job, outcome.resident)
@@ -446,7 +449,7 @@ class DeviceLoop:
         held = [
             *self.waiting,
             *(j for jobs in self.decoding.values() for j in jobs.values()),
-            *self.residency.waiters(),
+            *self.residency.waiters(message),
             *([lost.job] if lost.job else []),
         ]
         for job in held:
@@ -466,6 +469,8 @@ class DeviceLoop:
                 return
             if isinstance(item, Job | TrainJob):
                 self._end(item, _not_started(self.device, self.lost))
+            elif isinstance(item, Pin):
+                self.residency.pin_refused(item, EngineError(self.lost))
 
 
 def warmup_models(settings: Settings) -> list[str]:
@@ -478,8 +483,8 @@ def warmup_models(settings: Settings) -> list[str]:
     return [v for v in names if v in registry.PRESETS and not W.missing(settings.weights_dir, W.required_files(v))]
 
 
-def _still_wanted(job: Job) -> bool:
-    return not job.run.canceled.is_set()
+def _still_wanted(job: Job | Pin) -> bool:
+    return isinstance(job, Pin) or not job.run.canceled.is_set()
 
 
 def _not_started(device: str, message: str) -> Failed:

@@ -184,13 +184,22 @@ class DevicePlan:
         """Slots the model gets if it had the device to itself (shared components kept): 0 = does not fit."""
         return fp.slots_within(self.usable - sum(self.shared.values()), max_slots)
 
-    def too_big(self, name: str, fp: Footprint) -> str:
-        return (
+    def too_big(self, name: str, fp: Footprint, kept: dict[str, int] | None = None) -> str:
+        """Why `name` cannot be placed; `kept`: what deployments keep resident here (label -> bytes), if any."""
+        needs = (
             f"`{name}` needs {gib(fp.total(1))} on {self.device} with a single batch slot (weights "
             f"{gib(fp.weights)}, {gib(fp.slot())} per slot), but this device's plan has {gib(self.usable)} "
-            f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin). Give it more with "
-            "MUSICGEN_DEVICE_MEMORY, or serve this model on a larger device (MUSICGEN_DEVICES)."
+            f"({self.source} {gib(self.budget)}, less a {gib(self.margin)} margin)"
         )
+        if kept:
+            held = "; ".join(f"{label}: {gib(size)}" for label, size in kept.items())
+            return (
+                f"{needs}, of which {gib(sum(kept.values()))} is kept resident by deployments ({held}) and "
+                f"{gib(self.free)} is free. Set min_instances to 0 on one of those deployments, or deploy to "
+                "another device (GET /v1/hardware)."
+            )
+        more = "Give it more with MUSICGEN_DEVICE_MEMORY, or serve this model on a larger device (MUSICGEN_DEVICES)."
+        return f"{needs}. {more}"
 
     def as_dict(self) -> dict:
         """For /health-check: sizes in bytes, and a line for people."""

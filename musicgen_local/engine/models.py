@@ -39,6 +39,15 @@ def resolve_devices(spec: str) -> list[str]:
     return [d.strip() for d in spec.split(",") if d.strip()]
 
 
+def device_name(device: str) -> str:
+    """A device as people know it: the GPU's product name (`NVIDIA H100 80GB HBM3`), or `CPU`."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} ({device})"
+    return "CPU"
+
+
 def load_model(settings: Settings, model_version: str, device: str):
     """What the device loop serves a model_version with: a MusicGen, or EnCodec for encode-decode."""
     return build_model(settings, read_checkpoint(settings, ModelKey(model_version)), device)

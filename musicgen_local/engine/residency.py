@@ -8,6 +8,10 @@ The device loop asks and applies what this answers; this never reaches back into
 - Who needs a model is counted with `hold` and `release` (a job from its arrival on this device to its end; a
   deployment's pin for as long as it exists): a held model is never evicted. Otherwise models go least recently
   used first, when another needs their memory (the plan, `memory.py`) or MUSICGEN_MAX_MODELS caps the count.
+- A deployment's `Pin` holds its model from the moment it arrives, and replaces the deployment's previous pin once
+  its model is resident (so an update never leaves the deployment cold). A model that does not fit waits for what
+  jobs hold, never for what pins hold: those are let go only when a deployment is, so it is refused at once with
+  what it needs and what the pins keep.
 
 Placing a model builds it on the device from what was read, sizes its batch by the plan, captures its step
 graphs and checks its fast decoder against audiocraft's (`selfcheck.py`) before anyone decodes with it.
@@ -19,7 +23,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +88,23 @@ class Refused:
 Outcome = Placed | Refused
 
 
+@dataclass(eq=False)
+class Pin:
+    """A deployment's ask that `key` stay resident on this device for as long as the deployment does. `done` is
+    resolved once it is resident (a note saying so) or cannot be (the error, e.g. what it needs that is not free)."""
+
+    name: str  # the deployment's owner/name
+    key: ModelKey
+    done: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Unpin:
+    """The deployment `name` is gone or keeps nothing warm here any more."""
+
+    name: str
+
+
 class Residency:
     def __init__(
         self,
@@ -108,19 +129,85 @@ class Residency:
         self.evictions = 0
         self.fast_decoder: dict[ModelKey, str] = {}  # "enabled (...)" or "disabled (why)"
         self._holds: Counter[ModelKey] = Counter()
+        self._pinned: Counter[ModelKey] = Counter()  # the holds that are pins (they last until let go)
+        self.pins: dict[str, ModelKey] = {}  # deployment -> the model its placed pin keeps here
+        self._asked: dict[str, Pin] = {}  # deployment -> the latest pin asked for (placed or not yet)
         self._waiters: dict[ModelKey, list] = {}  # waiting for their model to be read, or placed
         self._unplaced: dict[ModelKey, Any] = {}  # read, waiting for room on the device
         self._held_before: frozenset[ModelKey] = frozenset()
 
     # ---------------------------------------------------------------------------------- who needs what
 
-    def hold(self, key: ModelKey) -> None:
+    def hold(self, key: ModelKey, pin: bool = False) -> None:
         self._holds[key] += 1
+        if pin:
+            self._pinned[key] += 1
 
-    def release(self, key: ModelKey) -> None:
+    def release(self, key: ModelKey, pin: bool = False) -> None:
         self._holds[key] -= 1
         if self._holds[key] <= 0:
             del self._holds[key]
+        if pin:
+            self._pinned[key] -= 1
+            if self._pinned[key] <= 0:
+                del self._pinned[key]
+
+    # ---------------------------------------------------------------------------------- deployments' pins
+
+    def keep(self, item: Pin | Unpin) -> None:
+        """A deployment's pin (answered now if its model is resident, else once it is placed or refused) or its
+        end."""
+        if isinstance(item, Unpin):
+            self.unpin(item.name)
+        elif self.pin(item) is not None:
+            self.pin_placed(item)
+
+    def pin(self, pin: Pin) -> Resident | None:
+        """A pin arrived: its model is held from now on. The resident model, or None: `pin` waits like a job, and
+        a later outcome hands it back (the loop then calls `pin_placed` or `pin_refused`)."""
+        self._asked[pin.name] = pin
+        self.hold(pin.key, pin=True)
+        return self.want(pin.key, pin)
+
+    def pin_placed(self, pin: Pin) -> None:
+        """Its model is resident: it replaces the deployment's previous pin (unless a later pin, or the
+        deployment's end, came meanwhile: then it lets go at once)."""
+        note = f"{pin.key} is resident on {self.device}, kept warm for the deployment {pin.name}."
+        if self._asked.get(pin.name) is not pin:
+            self.release(pin.key, pin=True)
+            note = f"{pin.key} was loaded on {self.device}, but the deployment {pin.name} changed meanwhile."
+        else:
+            previous = self.pins.get(pin.name)
+            self.pins[pin.name] = pin.key
+            if previous is not None:
+                self.release(previous, pin=True)
+        log.info("%s", note)
+        if pin.done.set_running_or_notify_cancel():  # False: whoever asked gave up on the answer
+            pin.done.set_result(note)
+
+    def pin_refused(self, pin: Pin, error: Exception) -> None:
+        """Its model will not be resident here: the deployment keeps the pin it had, if any."""
+        self.release(pin.key, pin=True)
+        if self._asked.get(pin.name) is pin:
+            del self._asked[pin.name]
+        if pin.done.set_running_or_notify_cancel():
+            pin.done.set_exception(error)
+
+    def answer_pins(self, outcome: Outcome) -> None:
+        """Take the pins out of an outcome's waiters and answer them (the loop starts or ends the jobs left)."""
+        for pin in [w for w in outcome.waiters if isinstance(w, Pin)]:
+            outcome.waiters.remove(pin)
+            if isinstance(outcome, Placed):
+                self.pin_placed(pin)
+            else:
+                self.pin_refused(pin, outcome.error)
+
+    def unpin(self, name: str) -> None:
+        """The deployment keeps nothing warm here any more; a pin of it still loading lets go once placed."""
+        self._asked.pop(name, None)
+        key = self.pins.pop(name, None)
+        if key is not None:
+            self.release(key, pin=True)
 
     def _idle(self, but: ModelKey | None = None) -> list[ModelKey]:
         """Resident models nobody holds, least recently used first."""
@@ -163,11 +250,15 @@ class Residency:
         self._held_before = frozenset(self._holds)
         return outcomes
 
-    def waiters(self) -> list:
-        """Everything waiting for a model (for a device that is lost); they are forgotten."""
+    def waiters(self, lost: str) -> list:
+        """Every job waiting for a model (for a device that is lost: `lost` says why); they are forgotten, and
+        deployments' pins waiting are refused with that."""
         out = [w for waiters in self._waiters.values() for w in waiters]
         self._waiters.clear()
         self._unplaced.clear()
+        for pin in [w for w in out if isinstance(w, Pin)]:
+            out.remove(pin)
+            self.pin_refused(pin, EngineError(lost))
         return out
 
     def _place(self, key: ModelKey) -> list[Outcome]:
@@ -300,11 +391,17 @@ class Residency:
     # ---------------------------------------------------------------------------------- room
 
     def _cannot_place(self, key: ModelKey, fp: memory.Footprint) -> bool | Exception:
-        """Wait (False) while a resident model is held: its room comes back when it is let go. Models still
-        loading hold no room, so they do not count."""
-        if set(self._holds) & set(self.models) - {key}:
+        """Wait (False) while a job holds a resident model: its room comes back when the job ends. Models still
+        loading hold no room, so they do not count; nor do pins, which last until their deployment changes."""
+        held_by_jobs = {k for k, n in self._holds.items() if n > self._pinned[k]}
+        if held_by_jobs & set(self.models) - {key}:
             return False
-        return EngineError(self.memory.too_big(str(key), fp))
+        kept = {
+            f"{k} for {', '.join(sorted(n for n, p in self.pins.items() if p == k))}": self.memory.models[k].bytes
+            for k in self._pinned
+            if k in self.models and k != key
+        }
+        return EngineError(self.memory.too_big(str(key), fp, kept))
 
     def _room_for(self, key: ModelKey, needed: int) -> bool:
         """Evict idle models, least recently used first, until `needed` bytes are free."""
@@ -361,6 +458,7 @@ class Residency:
             },
             "memory": self.memory.as_dict(),
             "evictions": self.evictions,
+            "pinned": {name: str(key) for name, key in list(self.pins.items())},
         }
 
 

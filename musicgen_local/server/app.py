@@ -20,13 +20,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..database import Database, StorageFailed
+from ..deployments import Deployments
 from ..engine.api import EngineClient
 from ..registry import Registry
 from ..settings import Settings
-from . import bodies, methods, model_routes, playground, resources, routes, stream_routes, training_routes
+from . import (
+    bodies,
+    catalog_routes,
+    deployment_routes,
+    methods,
+    model_routes,
+    playground,
+    resources,
+    routes,
+    stream_routes,
+    training_routes,
+)
 from .auth import require_token
 from .bodylimit import BodyLimit, BodyTooLarge
 from .files import FileStore
+from .instances import Instances
 from .metrics import Metrics
 from .run_routes import FieldsInvalid, QueueFull
 from .runs import RunStacks, WebhookTiming, Wiring
@@ -128,18 +141,27 @@ async def _keep_tidy_forever(runs: RunStacks, files: FileStore, retention_every_
             log.exception("keeping the data folder tidy failed")
 
 
+def _prediction_urls(settings: Settings, base: str, pred_id: str) -> dict[str, str]:
+    """The `urls` of a prediction beside `get` and `cancel`: its audio while it generates, and its page."""
+    return {
+        "stream": stream_routes.stream_url(settings, base, pred_id),
+        "web": playground.prediction_page(base, pred_id),
+    }
+
+
 def _install_routes(app: FastAPI, settings: Settings) -> None:
     """The body limit, every router (/v1 behind the token; health, delivery and the playground public), OpenAPI."""
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     auth = [Depends(require_token)]
-    for router in (routes.router, resources.v1, model_routes.router, training_routes.router):
+    v1 = (routes.router, resources.v1, model_routes.router, training_routes.router)
+    for router in (*v1, deployment_routes.router, catalog_routes.router):
         app.include_router(router, prefix="/v1", dependencies=auth, responses=bodies.problems(401))
     app.include_router(training_routes.public)
     app.include_router(resources.operator, dependencies=auth)
     app.include_router(resources.public)
     app.include_router(stream_routes.v1, prefix="/v1")  # its own auth: the bearer token or the URL's signature
     app.include_router(stream_routes.public)
-    playground.install(app)  # GET / and /playground/*: the browser page, public like /health-check
+    playground.install(app)  # GET /, /p/<id> and /playground/*: the browser pages, public like /health-check
     bodies.install(app)
 
 
@@ -175,11 +197,14 @@ def create_app(
     streams = StreamHub(predictions.store)
     predictions.dispatcher.subscribe(streams.on_event)
     predictions.dispatcher.on_finished(streams.finished)
-    predictions.add_urls(lambda pred, base: {"stream": stream_routes.stream_url(settings, base, pred.id)})
+    predictions.add_urls(lambda pred, base: _prediction_urls(settings, base, pred.id))
+    deployments = Deployments(database)
+    instances = Instances(deployments, registry, engine, predictions.dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         runs.start()
+        instances.restore()
         tidy = asyncio.create_task(_keep_tidy_forever(runs, files, retention_sweep_s))
         yield
         tidy.cancel()
@@ -190,7 +215,8 @@ def create_app(
     app = FastAPI(title="musicgen-local", lifespan=lifespan)
     app.state.settings, app.state.engine, app.state.runs, app.state.files = settings, engine, runs, files
     app.state.registry, app.state.streams, app.state.metrics = registry, streams, metrics
-    app.state.page_size = page_size
+    app.state.page_size, app.state.deployments, app.state.instances = page_size, deployments, instances
+    app.state.deployment_changes = deployment_routes.new_lock()
     _install_error_handlers(app)
     _install_routes(app, settings)
     return app

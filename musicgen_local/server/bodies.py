@@ -39,15 +39,31 @@ class PredictionRequest(CreateBody):
     )
 
 
+class DeploymentPredictionRequest(pydantic.BaseModel):
+    """What a deployment's create route documents: the version is the deployment's (a `version` sent is ignored)."""
+
+    input: PredictionInput = pydantic.Field(  # type: ignore[valid-type]
+        default_factory=dict, description="The model's inputs; keys it does not know are dropped."
+    )
+    webhook: pydantic.AnyHttpUrl | None = pydantic.Field(None, description="Where to POST the prediction's updates.")
+    webhook_events_filter: list[EVENTS] | None = pydantic.Field(
+        None, description="Which events are sent to `webhook`; all four when absent."
+    )
+
+
 class Prediction(pydantic.BaseModel):
     id: str
     model: str
     version: str
+    deployment: str | None = pydantic.Field(None, description="The deployment it was created through, if any.")
+    deadline: str | None = pydantic.Field(None, description="When `Cancel-After` cancels it, if it was given.")
     input: dict[str, Any]
     logs: str
     output: str | dict[str, str] | None  # an output object (the looper's variations) maps names to URLs
     data_removed: bool
     error: str | None
+    # Never `aborted` (Replicate's status for a deadline passed before the start): the Python 1.0.7 client rejects
+    # it and the other clients wait on it forever; such a prediction ends `canceled` here.
     status: Literal["starting", "processing", "succeeded", "failed", "canceled"]
     created_at: str
     started_at: str | None
@@ -111,8 +127,12 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": _PROBLEMS[code]} for code in codes}
 
 
-def created(model: type[pydantic.BaseModel]) -> dict[int | str, dict[str, Any]]:
-    return {201: {"model": model, "description": "Created."}}
+def created(model: type[pydantic.BaseModel], located: bool = False) -> dict[int | str, dict[str, Any]]:
+    """A 201 of `model`; `located`: with the `Location` header."""
+    return {201: {"model": model, "description": "Created.", **({"headers": LOCATION} if located else {})}}
+
+
+LOCATION = {"Location": {"description": "Its URL (`urls.get`), to follow it.", "schema": {"type": "string"}}}
 
 
 def json_body(name: str) -> dict[str, Any]:
@@ -218,7 +238,12 @@ def install(app: FastAPI) -> None:
                 description="Replicate's v1 API for meta/musicgen, served locally.",
             )
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in (("PredictionRequest", PredictionRequest), ("TrainingRequest", _training_request())):
+            requests = (
+                ("PredictionRequest", PredictionRequest),
+                ("DeploymentPredictionRequest", DeploymentPredictionRequest),
+                ("TrainingRequest", _training_request()),
+            )
+            for name, model in requests:
                 body = model.model_json_schema(ref_template=_REF)
                 schemas.update(body.pop("$defs", {}))
                 schemas[name] = body

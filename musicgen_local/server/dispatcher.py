@@ -1,12 +1,13 @@
 """Predictions into the engine and its events back into predictions.
 
 Queued predictions wait here, oldest first, until the engine has room (`engine.capacity` runs in
-flight). Runs with a file input to fetch (a URL that may take a minute to answer, or never) queue in a lane of
-their own with the same capacity, so that no number of slow inputs holds a slot a run without one needs. Each
-run in flight has a thread that turns its events into the prediction's status, logs,
-webhooks and output file. Listeners (the SSE streams) see every event too, each line of `logs` as a
-Log event (progress lines included). Nothing here touches a tensor or waits on the GPU: a slow
-consumer only delays its own prediction's bookkeeping.
+flight) and, for a deployment's prediction, until fewer than its `max_instances` run (`instances`: the
+others go ahead of it meanwhile). Runs with a file input to fetch (a URL that may take a minute to
+answer, or never) queue in a lane of their own with the same capacity, so that no number of slow inputs
+holds a slot a run without one needs. Each run in flight has a thread that turns its events into the
+prediction's status, logs, webhooks and output file. Listeners (the SSE streams) see every event too,
+each line of `logs` as a Log event (progress lines included). Nothing here touches a tensor or waits on
+the GPU: a slow consumer only delays its own prediction's bookkeeping.
 
 After a crash the store still holds what was queued or running: `start` queues it again in order; a
 prediction that was running is run once more from the start (its seed was fixed at creation, so it
@@ -31,7 +32,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from tqdm import tqdm
@@ -101,6 +102,8 @@ class Dispatcher:
         self._on_finished: list[Callable[[Prediction], None]] = []
         self._finish_waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._feeder = threading.Thread(target=self._feed, name="dispatcher", daemon=True)
+        # A deployment's max_instances (None: no cap); `wake()` once one changed.
+        self.instances: Callable[[str], int | None] = lambda deployment: None
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -185,6 +188,11 @@ class Dispatcher:
             self._queue_of(pred).append(pred.id)
             self._changed.notify_all()
 
+    def wake(self) -> None:
+        """Look at the queue again: a deployment's max_instances changed."""
+        with self._changed:
+            self._changed.notify_all()
+
     def queued(self) -> int:
         """Runs created and not yet handed to the engine."""
         with self._changed:
@@ -214,9 +222,13 @@ class Dispatcher:
 
     # ---------------------------------------------------------------------------------- feeding
 
-    def _ready_lane(self) -> bool | None:
-        """A lane with a run queued and room in flight (the lane without inputs first), or None."""
-        return next((lane for lane in (False, True) if self._queues[lane] and self._room(lane)), None)
+    def _ready(self) -> tuple[bool, str] | None:
+        """A lane with room in flight and the run queued there that may start now (the lane without inputs first),
+        or None."""
+        for lane in (False, True):
+            if self._room(lane) and (pred_id := self._next(self._queues[lane])) is not None:
+                return lane, pred_id
+        return None
 
     def _room(self, lane: bool) -> bool:
         return len(self._in_flight[lane]) < self.capacity
@@ -224,11 +236,12 @@ class Dispatcher:
     def _feed(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: not self._feeding or self._ready_lane() is not None)
+                self._changed.wait_for(lambda: not self._feeding or self._ready() is not None)
                 if not self._feeding:
                     return
-                lane = self._ready_lane()
-                pred = self.store.get(self._queues[lane].popleft())
+                lane, pred_id = self._ready()
+                self._queues[lane].remove(pred_id)
+                pred = self.store.get(pred_id)
                 if pred is None or pred.done:
                     continue
                 pred.attempts += 1
@@ -236,6 +249,21 @@ class Dispatcher:
                 run = self._runs[pred.id] = self._submit_to_engine(pred)
                 self._in_flight[lane].add(pred.id)
             threading.Thread(target=self._consume, args=(pred, run), name=f"run-{pred.id[:8]}", daemon=True).start()
+
+    def _next(self, queue: deque[str]) -> str | None:
+        """The oldest run of `queue` that may start now: a deployment's waits while `max_instances` of it run."""
+        running: Counter[str | None] | None = None
+        for pred_id in queue:
+            pred = self.store.get(pred_id)
+            deployment = getattr(pred, "deployment", None) if pred is not None and not pred.done else None
+            cap = self.instances(deployment) if deployment is not None else None
+            if cap is None:
+                return pred_id
+            if running is None:
+                running = Counter(getattr(self.store.get(r), "deployment", None) for r in self._runs)
+            if running[deployment] < cap:
+                return pred_id
+        return None
 
     def _submit_to_engine(self, pred: Prediction) -> Run:
         return self.engine.submit(_engine_request(pred), stream=True)

@@ -1,5 +1,6 @@
 """/v1/models: meta/musicgen and its published versions, plus the models users create to train into
-and the versions their trainings produce (all from `musicgen_local.registry`)."""
+and the versions their trainings produce (all from `musicgen_local.registry`); deleting them, unless a
+deployment uses them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pydantic
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -137,3 +139,46 @@ async def get_version(request: Request, owner: str, name: str, version_id: str) 
         have = ", ".join(v.id for v in _registry(request).versions(model.full_name)) or "none yet"
         raise HTTPException(404, f"No version {version_id!r} of {model.full_name}; it has {have}.")
     return version_json(version)
+
+
+def _unless_deployed(request: Request, what: str, **used) -> None:
+    """409 naming the deployments that run this model or version (call it holding the deployments' lock)."""
+    using = request.app.state.deployments.using(**used)
+    if using:
+        raise HTTPException(
+            409,
+            f"{what} is used by the deployment{'s' if len(using) > 1 else ''} {', '.join(using)}: point "
+            f"{'them' if len(using) > 1 else 'it'} at another version (PATCH /v1/deployments/<owner>/<name>) or "
+            "delete it first.",
+        )
+
+
+@router.delete("/models/{owner}/{name}", status_code=204, responses=problems(404, 409, *CREATE_FAILURES))
+async def delete_model(request: Request, owner: str, name: str) -> Response:
+    """As on Replicate, a model is deleted once it has no versions."""
+    model = found_model(request, owner, name)
+    with request.app.state.deployments.lock:  # no deployment starts using it meanwhile
+        _unless_deployed(request, model.full_name, model=model.full_name)
+        try:
+            _registry(request).delete_model(model.full_name)
+        except UserError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/models/{owner}/{name}/versions/{version_id}", status_code=204, responses=problems(404, 409, *CREATE_FAILURES)
+)
+async def delete_version(request: Request, owner: str, name: str, version_id: str) -> Response:
+    """Its weights stay with the training that made them (its output)."""
+    model = found_model(request, owner, name)
+    version = _registry(request).version(version_id)
+    if version is None or version.model != model.full_name:
+        raise HTTPException(404, f"No version {version_id!r} of {model.full_name}.")
+    with request.app.state.deployments.lock:
+        _unless_deployed(request, f"{model.full_name}:{version_id}", version=version_id)
+        try:
+            _registry(request).delete_version(version_id)
+        except UserError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)

@@ -1,4 +1,5 @@
-"""The browser playground: `GET /` serves one page, `/playground/*` its scripts and styles.
+"""The browser playground: `GET /` serves one page, `GET /p/<id>` the page of one prediction (its `urls.web`),
+`/playground/*` their scripts and styles.
 
 The page is a client of the public /v1 API like any other (it builds its form from the version's
 `openapi_schema` and sends the token like the official clients do), so nothing here knows about
@@ -26,13 +27,26 @@ CSP = (
 router = APIRouter()
 
 
+def _html(name: str) -> FileResponse:
+    return FileResponse(
+        STATIC / name, media_type="text/html", headers={"content-security-policy": CSP, "cache-control": "no-cache"}
+    )
+
+
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
-    return FileResponse(
-        STATIC / "index.html",
-        media_type="text/html",
-        headers={"content-security-policy": CSP, "cache-control": "no-cache"},
-    )
+    return _html("index.html")
+
+
+@router.get("/p/{pred_id}", include_in_schema=False)
+async def prediction(pred_id: str) -> FileResponse:
+    """The same page for every id: its script reads the prediction from /v1, with the token, like any client."""
+    return _html("prediction.html")
+
+
+def prediction_page(base_url: str, pred_id: str) -> str:
+    """A prediction's `urls.web`."""
+    return f"{base_url.rstrip('/')}/p/{pred_id}"
 
 
 def install(app: FastAPI) -> None:

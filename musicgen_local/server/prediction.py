@@ -75,6 +75,7 @@ class Prediction:
     attempts: int = 0  # times handed to the engine (a prediction interrupted by a restart is run once more)
     data_removed: bool = False  # MUSICGEN_RETENTION passed: input and output files removed, as on Replicate
     cancel_at: datetime | None = None  # its Cancel-After deadline, kept so that a restart still enforces it
+    deployment: str | None = None  # "owner/name" of the deployment it was created through
 
     @property
     def done(self) -> bool:
@@ -112,8 +113,13 @@ class Prediction:
         }
 
     def _fields(self) -> dict[str, Any]:
-        """The fields of this kind of run alone."""
-        return {}
+        """The fields of this kind of run alone, and those only some runs have (Replicate leaves them out)."""
+        out: dict[str, Any] = {}
+        if self.deployment is not None:
+            out["deployment"] = self.deployment
+        if self.cancel_at is not None:
+            out["deadline"] = iso(self.cancel_at)
+        return out
 
     def _output(self, base: str, inline_dir: Path | None) -> Any:
         if self.output_files:

@@ -1,5 +1,6 @@
 """/v1/predictions: create (with `Prefer: wait` and `Cancel-After`), get, list (with `created_after`
-and `created_before`), cancel.
+and `created_before`), cancel. A deployment's predictions are created here too (`_create`, called by
+deployment_routes.py with the deployment's current version).
 
 Each handler parses what is a prediction's own and leaves the rest to what every kind of run shares
 (run_routes.py); errors map to HTTP in app.py.
@@ -109,8 +110,13 @@ async def _engine_request(
 
 
 async def _create(
-    request: Request, version_ref: str | None, cancel_after: float | None, prefer: str | None
+    request: Request,
+    version_ref: str | None,
+    cancel_after: float | None,
+    prefer: str | None,
+    deployment: str | None = None,
 ) -> Response:
+    """`deployment`: the deployment it is created through (its current version is `version_ref`)."""
     body = CreateBody.model_validate(await runs.read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
@@ -121,13 +127,20 @@ async def _create(
     engine_request = await _engine_request(request, parsed, version, sent)
     _refuse_when_full(request)  # again: no await from here to submit
     pred = runs.new_run(
-        request, NOUN, version=version.id, model=version.model, input=sent, webhook=webhook, request=engine_request
+        request,
+        NOUN,
+        version=version.id,
+        model=version.model,
+        input=sent,
+        webhook=webhook,
+        request=engine_request,
+        deployment=deployment,
     )
     runs.submit(request, NOUN, pred, body, cancel_after)
+    location = {"Location": runs.render(request, NOUN, pred)["urls"]["get"]}  # where to follow it, as Replicate says
     if stream_routes.wants_events(request):  # as Cog does: the events from creation, as the response
-        location = runs.render(request, NOUN, pred)["urls"]["get"]
-        return stream_routes.event_stream(request, pred, status_code=201, headers={"Location": location})
-    return JSONResponse(await _wait(request, pred, wait_s), status_code=201)
+        return stream_routes.event_stream(request, pred, status_code=201, headers=location)
+    return JSONResponse(await _wait(request, pred, wait_s), status_code=201, headers=location)
 
 
 def _refuse_when_full(request: Request) -> None:
@@ -154,7 +167,7 @@ Prefer = Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)]
 CREATE = {
     "status_code": 201,
     "openapi_extra": json_body("PredictionRequest"),
-    "responses": {**created(PredictionBody), **problems(400, 413, 422, 429)},
+    "responses": {**created(PredictionBody, located=True), **problems(400, 413, 422, 429)},
 }
 FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
 

@@ -26,7 +26,7 @@ class Training(Prediction):
     training_metrics: dict[str, float] = field(default_factory=dict)  # the trainer's (final loss, steps)
 
     def _fields(self) -> dict[str, Any]:
-        return {"destination": self.destination}
+        return {**super()._fields(), "destination": self.destination}
 
     def _output(self, base: str, inline_dir: Any) -> dict[str, str] | None:
         if not (self.output_version and self.weights_file):

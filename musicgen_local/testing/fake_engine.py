@@ -7,6 +7,10 @@ cancellation between steps), one `Audio` segment per second when streaming, and 
 
 A training: `Started`, `train_steps` Progress/Log pairs (`step_delay_s` apart), then `Trained` with a
 LoRA tar that holds no adapter (its version decodes as the base).
+
+Deployments' pins are kept in `pins` (name -> (model_version, weights, device)); one device, `cpu`, has room for
+`pin_room` distinct models, and a pin past that is refused with a message naming what it needs, as the real plan
+refuses one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import io
 import random
 import threading
 import wave
+from concurrent.futures import Future
 
 from ..engine.api import (
     Audio,
@@ -30,7 +35,7 @@ from ..engine.api import (
     TrainingRequest,
 )
 from ..engine.run import EventQueue
-from ..errors import UserError
+from ..errors import EngineError, UserError
 from ..registry import PRESETS
 from ..schema import check_semantics
 
@@ -63,6 +68,30 @@ class FakeEngine:
         if ready:
             self.ready.set()
         self._slots = threading.Semaphore(concurrency)
+        self.pins: dict[str, tuple[str, str | None, str]] = {}
+        self.pin_room = 4
+
+    def hardware(self) -> list[dict[str, str]]:
+        return [{"sku": "cpu", "name": "CPU"}]
+
+    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+        done: Future = Future()
+        others = {pin[:2] for other, pin in self.pins.items() if other != name}
+        if device != "cpu":
+            done.set_exception(UserError(f"This server has no device {device!r}; it has cpu (GET /v1/hardware)."))
+        elif len(others | {(model_version, weights)}) > self.pin_room:
+            done.set_exception(
+                EngineError(
+                    f"`{model_version}` needs 1.00 GiB on cpu, but deployments keep {len(others)} models there."
+                )
+            )
+        else:
+            self.pins[name] = (model_version, weights, device)
+            done.set_result(f"{model_version} is resident on cpu, kept warm for the deployment {name}.")
+        return done
+
+    def let_go(self, name: str) -> None:
+        self.pins.pop(name, None)
 
     def submit(self, request: Request, *, stream: bool = False) -> EventQueue:
         self.requests.append(request)

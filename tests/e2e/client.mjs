@@ -109,5 +109,33 @@ async function loop() {
   return { output: Object.fromEntries(Object.entries(output).map(([name, file]) => [name, String(file)])) };
 }
 
-const actions = { run, webhook, badToken, stream, train, loop };
+async function deployment() {
+  // One deployment's life as the client's README has it: create, predict, move to a new version, predict, delete.
+  const seen = { hardware: await replicate.hardware.list(), account: await replicate.accounts.current() };
+  const { username } = seen.account;
+  seen.create = await replicate.deployments.create({
+    name: args.name, model: "meta/musicgen", version: args.version, hardware: "cpu", min_instances: 1, max_instances: 1,
+  });
+  seen.predict = await replicate.deployments.predictions.create(username, args.name, { input: args.input, wait: true });
+  seen.update = await replicate.deployments.update(username, args.name, { version: args.tuned });
+  seen.predictAfterUpdate = await replicate.deployments.predictions.create(username, args.name,
+                                                                          { input: args.input, wait: 60 });
+  seen.list = (await replicate.deployments.list()).results.map((d) => d.name);
+  seen.search = (await replicate.models.search(args.search)).results.map((m) => `${m.owner}/${m.name}`);
+  seen.delete = await replicate.deployments.delete(username, args.name);
+  try {
+    await replicate.deployments.get(username, args.name);
+    seen.getAfterDelete = "found";
+  } catch (e) {
+    seen.getAfterDelete = e.response?.status;
+  }
+  try { // Prefer: wait=n past 60 s is refused, not silently cut
+    await replicate.deployments.predictions.create(username, "any", { input: args.input, wait: 61 });
+  } catch (e) {
+    seen.waitTooLong = { status: e.response?.status, message: String(e.message) };
+  }
+  return seen;
+}
+
+const actions = { run, webhook, badToken, stream, train, loop, deployment };
 console.log(JSON.stringify(await actions[action]()));

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ...errors import EngineError
+from ...errors import EngineError, UserError
 from ...settings import Settings
 from ..api import TERMINAL, Failed, Request, TrainingRequest
 from ..run import EventQueue
@@ -77,6 +78,24 @@ class RayEngine:
 
     def health(self) -> dict[str, Any]:
         return {**self._health, "engine": "ray", "ray_address": self.settings.ray_address}
+
+    def hardware(self) -> list[dict[str, str]]:
+        """The cluster is one piece of hardware to a deployment: Serve places its predictions on the replicas."""
+        return [{"sku": "ray", "name": f"Ray cluster at {self.settings.ray_address}"}]
+
+    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+        """Not carried to the replicas yet: a deployment here keeps nothing warm (min_instances 0)."""
+        done: Future = Future()
+        done.set_exception(
+            UserError(
+                "Keeping a deployment's model warm (min_instances >= 1) is not carried to a Ray cluster "
+                "(MUSICGEN_RAY_ADDRESS) yet: set min_instances to 0; its predictions run on the replicas all the same."
+            )
+        )
+        return done
+
+    def let_go(self, name: str) -> None:
+        """Nothing was kept (see `keep`)."""
 
     def close(self) -> None:
         self._closing.set()

@@ -107,6 +107,13 @@ export function progressFromLogs(logs) {
 
 export const isProgressLine = (line) => PROGRESS.test(line);
 
+// The logs, with the progress lines folded into the latest one.
+export function visibleLogs(logs) {
+  const lines = (logs || "").split("\n").filter((line) => line.trim() !== "");
+  const last = lines.filter(isProgressLine).pop();
+  return [...lines.filter((line) => !isProgressLine(line)), ...(last ? [last] : [])].join("\n");
+}
+
 export function seedFromLogs(logs) {
   const match = /Using seed (\d+)/.exec(logs || "");
   return match ? Number(match[1]) : null;

@@ -2,7 +2,7 @@
 // A prediction's life on the page: submit -> watch() polls GET /v1/predictions/{id} -> showRun()
 // on every answer -> showResult() once it succeeded.
 
-import { api, isProgressLine, progressFromLogs, seedFromLogs, TERMINAL } from "./api.js";
+import { api, progressFromLogs, seedFromLogs, TERMINAL, visibleLogs } from "./api.js";
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
@@ -50,13 +50,15 @@ async function start() {
   await history.load();
 }
 
-// The version predictions run on; a trained one locks model_version to the one it was tuned from.
+// The version predictions run on (or the deployment they go through); a trained one locks model_version
+// to the one it was tuned from.
 function useVersion(version) {
-  state.version = version.id;
+  state.version = version.version;
+  state.deployment = version.deployment;
   state.model = version.model;
   state.base = version.base;
-  $("model-label").textContent = version.model;
-  $("version-label").textContent = ` · version ${version.id.slice(0, 8)}`;
+  $("model-label").textContent = version.deployment ? `${version.deployment} (${version.model})` : version.model;
+  $("version-label").textContent = ` · version ${version.version.slice(0, 8)}`;
   $("model-description").textContent = version.description; // the owner's words: text, never markup
   $("model-description").hidden = !version.description;
   lockModelVersion();
@@ -86,7 +88,9 @@ form.addEventListener("submit", async (event) => {
   $("submit").disabled = true;
   let pred;
   try {
-    pred = await api("/v1/predictions", { method: "POST", json: { version: state.version, input } });
+    pred = state.deployment
+      ? await api(`/v1/deployments/${state.deployment}/predictions`, { method: "POST", json: { input } })
+      : await api("/v1/predictions", { method: "POST", json: { version: state.version, input } });
   } catch (err) {
     note(err.message, true);
     markInvalid(form, err.body && err.body.invalid_fields);
@@ -160,13 +164,6 @@ function statusText(pred) {
     default:
       return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
   }
-}
-
-// The logs, with the progress lines folded into the latest one.
-function visibleLogs(logs) {
-  const lines = (logs || "").split("\n").filter((line) => line.trim() !== "");
-  const last = lines.filter(isProgressLine).pop();
-  return [...lines.filter((line) => !isProgressLine(line)), ...(last ? [last] : [])].join("\n");
 }
 
 function showRun(pred) {
@@ -246,7 +243,7 @@ async function loadIntoForm(pred) {
   let version = null;
   let problem = "";
   try {
-    version = await picker.choose(pred.version);
+    version = (pred.deployment && await picker.choose(`deployment:${pred.deployment}`)) || await picker.choose(pred.version);
     if (!version) problem = `its version ${pred.version} is not on this server`;
   } catch (err) {
     problem = `the models could not be read (${err.message})`;

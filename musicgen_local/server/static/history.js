@@ -22,6 +22,7 @@ function shorten(text, keep = 40) {
 // The settings that matter: the model, the duration, and every input that differs from its default.
 function settingsText(pred, defaults) {
   const model = pred.model && pred.model !== "meta/musicgen" ? [`${pred.model}:${pred.version.slice(0, 8)}`] : [];
+  if (pred.deployment) model.unshift(`via ${pred.deployment}`);
   const parts = model.concat(Object.entries(pred.input || {})
     .filter(([key, value]) => key !== "prompt" && (ALWAYS_SHOWN.has(key) || value !== defaults[key]))
     .map(([key, value]) => `${key} ${typeof value === "string" ? shorten(value) : JSON.stringify(value)}`));
@@ -75,6 +76,7 @@ export class History {
     load.addEventListener("click", () => this.onLoad(pred));
     open.addEventListener("click", () => this.onOpen(pred));
     actions.append(load, open);
+    if (pred.urls && pred.urls.web) actions.append(element("a", { class: "button", href: pred.urls.web, "data-action": "page" }, "Page"));
     li.append(actions);
     return li;
   }

@@ -1,6 +1,7 @@
 // The model picker: every version this server runs, from GET /v1/models (meta/musicgen's latest first,
-// then each model made with POST /v1/models, its versions newest first). A trained version runs only the
-// model_version it was tuned from, so choosing one locks that field. Descriptions come from users: they
+// then each model made with POST /v1/models, its versions newest first), then every deployment (GET
+// /v1/deployments: predictions go through it, on whatever version it points at when they are made). A
+// trained version runs only the model_version it was tuned from, so choosing one locks that field. Descriptions come from users: they
 // are only ever set as text (names are plain by the server's rule, and set as text too).
 
 import { api } from "./api.js";
@@ -8,11 +9,12 @@ import { api } from "./api.js";
 const PUBLISHED = "meta/musicgen";
 const KINDS = { lora: "LoRA", full: "full fine-tune" };
 
-// What the page needs of one version: {id, model, base, label, description}; base is null for a
-// version that runs any model_version.
+// What the page needs of one version: {id, version, model, base, label, description, deployment}; base is
+// null for a version that runs any model_version; deployment ("owner/name") only for a deployment's entry,
+// whose id is `deployment:owner/name`.
 function entry(model, version) {
   const name = `${model.owner}/${model.name}`;
-  const common = { id: version.id, model: name, description: model.description || "" };
+  const common = { id: version.id, version: version.id, model: name, description: model.description || "", deployment: null };
   if (name === PUBLISHED) return { ...common, base: null, label: `${name} (published)` };
   const short = `${name}:${version.id.slice(0, 8)}`;
   if (!version.base_model_version) return { ...common, base: null, label: short };
@@ -28,7 +30,22 @@ export async function listVersions() {
     const path = `/v1/models/${encodeURIComponent(model.owner)}/${encodeURIComponent(model.name)}/versions`;
     return (await api(path)).results.map((v) => entry(model, v));
   }));
-  return lists.flat();
+  const versions = lists.flat();
+  return versions.concat(await listDeployments(versions));
+}
+
+// Each deployment, described by the version it runs now (one the list above has, else one of meta/musicgen's).
+async function listDeployments(versions) {
+  const page = await api("/v1/deployments");
+  return page.results.map((d) => {
+    const name = `${d.owner}/${d.name}`;
+    const { model, version } = d.current_release;
+    const runs = versions.find((v) => v.version === version) || { base: null, description: "" };
+    return {
+      id: `deployment:${name}`, version, model, base: runs.base, deployment: name, description: runs.description,
+      label: `${name} · deployment of ${model}:${version.slice(0, 8)}`,
+    };
+  });
 }
 
 const sameList = (a, b) => a.length === b.length && a.every((v, i) => v.id === b[i].id && v.label === b[i].label);
