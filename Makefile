@@ -83,11 +83,13 @@ tiny-weights: install
 weights: install
 	$(VENV)/bin/musicgen-local weights fetch $(MODELS)
 
+# The container image (Dockerfile), with Docker, or with podman where no Docker daemon answers; the base is
+# python:3.11-slim, or one made here with debootstrap where that cannot be pulled (BASE=<image> to choose).
+# scripts/ensure-podman.sh, make-base-image.sh and build-image.sh do the work; see the README's "Docker" part.
 IMAGE ?= musicgen-local
 image:
-	@command -v cog >/dev/null 2>&1 || { echo "make image: the cog CLI is not installed (https://github.com/replicate/cog#install); cog.yaml is ready for it." >&2; exit 2; }
-	@docker info >/dev/null 2>&1 || { echo "make image: cannot reach a Docker daemon (docker info failed); start Docker and run again." >&2; exit 2; }
-	cog build -t $(IMAGE)
+	@bash scripts/ensure-podman.sh
+	@IMAGE=$(IMAGE) BASE=$(BASE) bash scripts/build-image.sh
 
 lint: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)
