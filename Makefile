@@ -8,7 +8,8 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install ffmpeg rubberband chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
+.PHONY: install ffmpeg rubberband chromium test test-fast test-container serve cog-serve predict tiny-weights weights \
+	image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
@@ -60,6 +61,12 @@ test-fast: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)
 	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+
+# The container ring (tests/container): `make image`, then the image run as a user runs it (the v1 API with the
+# official client, a restart on the data volume, docker stop's drain, Cog's server). Not in `make test`: a first
+# build takes ~10 minutes and ~10 GB. CI runs it after `make test` (.ci/run).
+test-container: install image
+	$(PY) -m pytest -m container tests/container $(PYTEST_ARGS)
 
 serve: install
 	$(VENV)/bin/musicgen-local serve --host $(HOST) --port $(PORT)
