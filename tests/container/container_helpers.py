@@ -87,7 +87,7 @@ class Container:
         return time.monotonic() - start
 
     def remove(self) -> None:
-        engine("rm", "-f", self.name, check=False)
+        engine("rm", "-f", "-v", self.name, check=False)  # -v: its anonymous volumes too
 
 
 def image_inspect() -> dict:

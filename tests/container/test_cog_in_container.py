@@ -15,7 +15,7 @@ COG_SERVE = ["musicgen-local", "cog-serve", "--host", "0.0.0.0", "--port", "5000
 
 
 def test_cog_server_answers_a_prediction_and_validates_inputs(image, tiny_weights, containers):
-    cog = Container({str(tiny_weights): "/weights:ro"}, command=COG_SERVE).start()
+    cog = Container({str(tiny_weights): "/weights:ro"}, env={"MUSICGEN_WARMUP": "none"}, command=COG_SERVE).start()
     containers.append(cog)
     cog.wait_ready()
     response = httpx.post(

@@ -21,7 +21,10 @@ REF = f"meta/musicgen:{LATEST}"
 
 
 def v1_server(tiny_weights, data: str, **env: str) -> Container:
-    return Container({str(tiny_weights): "/weights:ro", data: "/data"}, env={"MUSICGEN_API_TOKEN": TOKEN, **env})
+    """The README's `docker run` of the v1 API. Only the module's `server` warms its default model up before READY
+    (a minute here); the others start cold (MUSICGEN_WARMUP=none) and load on their first prediction."""
+    env = {"MUSICGEN_API_TOKEN": TOKEN, "MUSICGEN_WARMUP": "none", **env}
+    return Container({str(tiny_weights): "/weights:ro", data: "/data"}, env=env)
 
 
 def client(container: Container) -> replicate.Client:
@@ -38,7 +41,7 @@ def audio_info(url: str) -> tuple[int, int, int]:
 def server(image, tiny_weights) -> Iterator[Container]:
     volume = unique("data")
     engine("volume", "create", volume)
-    container = v1_server(tiny_weights, volume).start()
+    container = v1_server(tiny_weights, volume, MUSICGEN_WARMUP="default").start()
     try:
         container.wait_ready()
         yield container
@@ -86,7 +89,7 @@ def test_docker_stop_drains_a_running_prediction(image, tiny_weights, data_volum
     first = v1_server(tiny_weights, data_volume, MUSICGEN_SHUTDOWN_GRACE="240").start()
     containers.append(first)
     first.wait_ready()
-    pred = client(first).predictions.create(version=LATEST, input={"prompt": "long", "duration": 60, "seed": 1})
+    pred = client(first).predictions.create(version=LATEST, input={"prompt": "long", "duration": 20, "seed": 1})
     deadline = time.monotonic() + 120
     while (pred := client(first).predictions.get(pred.id)).status == "starting":
         assert time.monotonic() < deadline, pred
@@ -103,4 +106,4 @@ def test_docker_stop_drains_a_running_prediction(image, tiny_weights, data_volum
     done = client(second).predictions.get(pred.id)
     assert done.status == "succeeded", (done.status, done.error, first.logs()[-3000:])
     assert datetime.fromisoformat(done.completed_at.replace("Z", "+00:00")) > stopped_at  # it ran through SIGTERM
-    assert audio_info(done.output)[1:] == (32000, 60 * 32000)
+    assert audio_info(done.output)[1:] == (32000, 20 * 32000)
