@@ -16,8 +16,9 @@ ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 # Every system package the image runs with, in one place. ffmpeg: audiocraft's audio_write pipes PCM through its
-# CLI (wav too). tini: PID 1, so that `docker stop`'s SIGTERM reaches the server, which then drains.
-ARG APT_PACKAGES="ffmpeg tini"
+# CLI (wav too). rubberband-cli: the looper's time stretch (GPL, run as a separate program). tini: PID 1, so that
+# `docker stop`'s SIGTERM reaches the server, which then drains.
+ARG APT_PACKAGES="ffmpeg rubberband-cli tini"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${APT_PACKAGES} \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log

@@ -36,6 +36,19 @@ def test_python_and_cuda_agree_with_cog_yaml():
     assert set(cog["build"]["system_packages"]) <= set(apt.split("=", 1)[1].strip('"').split())
 
 
+def test_every_system_package_make_install_adds_for_the_server_is_in_the_image():
+    """scripts/ensure-*.sh install what the server runs (ffmpeg, rubberband, ...); the image's one apt list must
+    name each. Chromium (the browser tests) and podman (`make image` itself) are for this machine only."""
+    apt = next(arg for arg in instruction("ARG") if arg.startswith("APT_PACKAGES=")).split("=", 1)[1].strip('"')
+    for script in sorted((ROOT / "scripts").glob("ensure-*.sh")):
+        if script.name in ("ensure-chromium.sh", "ensure-podman.sh"):
+            continue
+        wanted = re.findall(
+            r"apt-get install -y -qq ([a-z0-9][a-z0-9+.-]*(?: [a-z0-9][a-z0-9+.-]*)*)", script.read_text()
+        )
+        assert wanted and set(" ".join(wanted).split()) <= set(apt.split()), script.name
+
+
 def test_the_docs_run_the_image_as_the_dockerfile_builds_it():
     assert instruction("VOLUME") == ['["/weights", "/data"]'] and instruction("EXPOSE") == ["5000"]
     env = " ".join(instruction("ENV"))
