@@ -31,14 +31,14 @@ def test_the_packages_make_install_pins(image):
     assert "ray" not in frozen and "pytest" not in frozen and "ninja" not in frozen  # dev and build only
 
 
-def test_runs_as_a_user_with_ffmpeg_cuda_torch_and_the_prebuilt_kernel(image):
+def test_runs_as_a_user_with_ffmpeg_rubberband_cuda_torch_and_the_prebuilt_kernel(image):
     probe = (
         "import json, os, shutil, torch; from musicgen_local.engine.fast import build, rows_kernel; "
-        "print(json.dumps([os.getuid(), shutil.which('ffmpeg'), torch.version.cuda, "
+        "print(json.dumps([os.getuid(), shutil.which('ffmpeg'), shutil.which('rubberband'), torch.version.cuda, "
         "str(rows_kernel.library()), str(build.prebuilt())]))"
     )
-    uid, ffmpeg, cuda, loaded, prebuilt = json.loads(run("python", "-c", probe).splitlines()[-1])
-    assert uid != 0 and ffmpeg == "/usr/bin/ffmpeg" and cuda == "12.8"
+    uid, ffmpeg, rubberband, cuda, loaded, prebuilt = json.loads(run("python", "-c", probe).splitlines()[-1])
+    assert uid != 0 and (ffmpeg, rubberband) == ("/usr/bin/ffmpeg", "/usr/bin/rubberband") and cuda == "12.8"
     assert loaded == prebuilt and prebuilt.startswith("/src/musicgen_local/engine/fast/_build/")
 
 
