@@ -50,8 +50,8 @@ RUN --mount=type=secret,id=host-ca \
 # The fast decoder's CPU kernel, built as `make install` builds it (build.py names the library after its sources
 # and torch's version; the server loads it from _build/ with no compiler). g++ and ninja (requirements-dev.txt's
 # pin) are installed, used and removed in this one step; only the library stays.
-COPY musicgen_local/engine/fast/build.py musicgen_local/engine/fast/rows_linear.cpp \
-     musicgen_local/engine/fast/rows_maths.h /src/musicgen_local/engine/fast/
+COPY musicgen_local/engine/fast/build.py musicgen_local/engine/fast/*.cpp musicgen_local/engine/fast/*.h \
+     /src/musicgen_local/engine/fast/
 RUN --mount=type=secret,id=host-ca \
     if [ -s /run/secrets/host-ca ]; then export PIP_CERT=/run/secrets/host-ca; fi \
  && apt-get update \
@@ -64,14 +64,16 @@ RUN --mount=type=secret,id=host-ca \
  && rm -rf /tmp/ninja /root/.cache /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
     /var/log/apt /var/log/dpkg.log
 
-COPY predict.py train.py /src/
+COPY predict.py predict_looper.py train.py /src/
 COPY musicgen_local /src/musicgen_local
 # The source's bytecode, the `musicgen-local` command (the tree is run in place, not installed), and the schema
-# Cog's server reads from .cog/ (what `cog build` writes; `musicgen-local cog-serve` keeps it when it is current).
-RUN python -m compileall -q musicgen_local predict.py train.py \
+# Cog's server reads from .cog/ (what `cog build` writes): predict.py's, which `musicgen-local cog-serve` keeps
+# when it is current; `cog-serve --looper` writes the looper's there instead, so .cog/ is the user's.
+RUN python -m compileall -q musicgen_local predict.py predict_looper.py train.py \
  && printf '#!/bin/sh\nexec python -m musicgen_local "$@"\n' >/opt/venv/bin/musicgen-local \
  && chmod 755 /opt/venv/bin/musicgen-local \
- && python -c "from musicgen_local.cli import write_cog_schema; write_cog_schema()"
+ && python -c "from musicgen_local.cli import write_cog_schema; write_cog_schema()" \
+ && chown -R musicgen:musicgen .cog
 
 USER musicgen
 VOLUME ["/weights", "/data"]

@@ -29,6 +29,19 @@ def test_the_packages_are_make_installs():
     assert "grep -E '^cog==' requirements-dev.txt" in install  # cog's pin, from the file make install reads
 
 
+def test_the_kernel_step_copies_every_file_the_kernel_is_built_from():
+    """The CPU kernel's layer is built from its own files only (so that other edits leave it cached): build.py's
+    sources and headers must all be among them."""
+    from fnmatch import fnmatch
+
+    from musicgen_local.engine.fast import build
+
+    copied = next(c.split()[:-1] for c in instruction("COPY") if "musicgen_local/engine/fast/build.py" in c)
+    for path in (*build.SOURCES, *build.HEADERS):
+        name = str(path.relative_to(ROOT))
+        assert any(fnmatch(name, pattern) for pattern in copied), name
+
+
 def test_python_and_cuda_agree_with_cog_yaml():
     cog = yaml.safe_load((ROOT / "cog.yaml").read_text())
     assert instruction("ARG")[0] == f"BASE=python:{cog['build']['python_version']}-slim"

@@ -57,6 +57,7 @@ def test_no_compiler_caches_or_tests_are_left(image):
         "/src/__pycache__",
         "/src/musicgen_local",
         "/src/predict.py",
+        "/src/predict_looper.py",
         "/src/requirements-dev.txt",
         "/src/requirements.txt",
         "/src/train.py",
