@@ -8,7 +8,8 @@ HOST    ?= 127.0.0.1
 PORT    ?= 5000
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install sdk2 ffmpeg rubberband chromium test test-fast serve cog-serve predict tiny-weights weights image lint clean gpu-rehearsal
+.PHONY: install sdk2 ffmpeg rubberband chromium test test-fast test-container serve cog-serve predict tiny-weights \
+	weights image lint clean gpu-rehearsal
 
 # The official npm `replicate` client for tests/e2e; re-runs only when its lock file changes.
 NODE_E2E := tests/e2e/node_modules/.package-lock.json
@@ -70,6 +71,12 @@ test-fast: install
 	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
+# The container ring (tests/container): `make image`, then the image run as a user runs it (the v1 API with the
+# official client, a restart on the data volume, docker stop's drain, Cog's server). Not in `make test`: a first
+# build takes ~10 minutes and ~10 GB. CI runs it after `make test` (.ci/run).
+test-container: install image
+	$(PY) -m pytest -m container tests/container $(PYTEST_ARGS)
+
 serve: install
 	$(VENV)/bin/musicgen-local serve --host $(HOST) --port $(PORT)
 
@@ -92,11 +99,13 @@ tiny-weights: install
 weights: install
 	$(VENV)/bin/musicgen-local weights fetch $(MODELS)
 
+# The container image (Dockerfile), with Docker, or with podman where no Docker daemon answers; the base is
+# python:3.11-slim, or one made here with debootstrap where that cannot be pulled (BASE=<image> to choose).
+# scripts/ensure-podman.sh, make-base-image.sh and build-image.sh do the work; see the README's "Docker" part.
 IMAGE ?= musicgen-local
 image:
-	@command -v cog >/dev/null 2>&1 || { echo "make image: the cog CLI is not installed (https://github.com/replicate/cog#install); cog.yaml is ready for it." >&2; exit 2; }
-	@docker info >/dev/null 2>&1 || { echo "make image: cannot reach a Docker daemon (docker info failed); start Docker and run again." >&2; exit 2; }
-	cog build -t $(IMAGE)
+	@bash scripts/ensure-podman.sh
+	@IMAGE=$(IMAGE) BASE=$(BASE) bash scripts/build-image.sh
 
 lint: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)

@@ -162,17 +162,26 @@ def cmd_mcp(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_cog_serve(args, settings: Settings) -> int:
-    """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
-    validates inputs (cog build would write .cog/openapi_schema.json; here we write it)."""
+def write_cog_schema(looper: bool = False) -> Path:
+    """The schema coglet reads from .cog/openapi_schema.json to validate inputs (`cog build` writes it; the
+    Dockerfile and `cog-serve` write it here). Left alone when current, so a read-only tree (the image's) serves."""
     from .looper import schema as looper_schema
     from .schema import openapi_schema
     from .training.params import training_openapi_schema
 
-    schema = looper_schema.openapi_schema() if args.looper else openapi_schema()
+    schema = looper_schema.openapi_schema() if looper else openapi_schema()
     schema["components"]["schemas"].update(training_openapi_schema())  # as `cog build` writes it with `train:`
-    (ROOT / ".cog").mkdir(exist_ok=True)
-    (ROOT / ".cog" / "openapi_schema.json").write_text(json.dumps(schema, indent=1))
+    path, text = ROOT / ".cog" / "openapi_schema.json", json.dumps(schema, indent=1)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+def cmd_cog_serve(args, settings: Settings) -> int:
+    """Cog's own HTTP server (coglet) on predict.py, outside Docker, with our schema so that coglet
+    validates inputs."""
+    write_cog_schema(args.looper)
     env = dict(
         os.environ,
         COG_PREDICT_TYPE_STUB="predict_looper.py:Predictor" if args.looper else "predict.py:Predictor",

@@ -30,7 +30,7 @@ def pytest_configure(config):
 
 # The rings a newcomer can leave out (`make test-fast` runs none of them): by folder, so a new test file
 # lands in its ring without remembering a marker. `browser` and `slow` are marked where the test is.
-RINGS = {"e2e": "clients", "ray": "ray"}
+RINGS = {"e2e": "clients", "ray": "ray", "container": "container"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +39,13 @@ def pytest_collection_modifyitems(config, items):
         ring = RINGS.get(parts[0]) if len(parts) > 1 else None
         if ring and not (ring == "clients" and item.get_closest_marker("browser")):
             item.add_marker(getattr(pytest.mark, ring))
+    # The container ring builds and runs a 10 GB image: it runs only where -m names it (`make test-container`,
+    # CI's second step), so that `make test`, `make test-fast` and `-m "not ray"` stay as quick as they were.
+    if "container" not in (config.option.markexpr or ""):
+        ring = [item for item in items if item.get_closest_marker("container")]
+        if ring:
+            config.hook.pytest_deselected(items=ring)
+            items[:] = [item for item in items if not item.get_closest_marker("container")]
 
 
 @pytest.fixture(scope="session")

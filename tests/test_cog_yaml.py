@@ -97,11 +97,11 @@ def test_dockerignore_keeps_junk_out_and_weights_in():
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_image_explains_what_is_missing(tmp_path):
     fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()  # a PATH with make's tools but no cog
+    fake_bin.mkdir()  # a PATH with make's tools but no docker, podman or apt-get
     for tool in ("sh", "bash", "env"):
         (fake_bin / tool).symlink_to(f"/bin/{tool}")
     command = [shutil.which("make"), "-s", "image", f"VENV={tmp_path / 'no-venv'}"]
-    env = {**os.environ, "PATH": str(fake_bin)}
+    env = {**{k: v for k, v in os.environ.items() if k != "CONTAINER_ENGINE"}, "PATH": str(fake_bin)}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
-    assert "make image: the cog CLI is not installed (https://github.com/replicate/cog#install)" in result.stderr
+    assert "make image needs Docker (with its daemon running) or podman and runc" in result.stderr

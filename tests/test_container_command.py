@@ -77,3 +77,14 @@ def test_python_m_musicgen_local_serve_from_the_source_tree(tiny_weights, tmp_pa
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+def test_tiny_weights_are_readable_by_the_images_user(tiny_weights):
+    """The image runs as its own user (uid 1000): a weights dir written here and mounted as /weights must hold no
+    file only its writer can read (safetensors writes 0600; `musicgen-local weights tiny` opens them up)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if umask & 0o004:
+        pytest.skip(f"umask {umask:03o} keeps new files from other users")
+    private = [p for p in tiny_weights.rglob("*") if p.is_file() and not p.stat().st_mode & 0o004]
+    assert private == []

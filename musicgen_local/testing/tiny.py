@@ -13,6 +13,7 @@ Two compression formats exist in the wild and both are written: `large`, `melody
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -312,7 +313,18 @@ def write_tiny_weights(weights_dir: Path, parts: list[str] | None = None) -> Pat
     W.configure_environment(weights_dir)
     for name in parts or list(PARTS):
         PARTS[name](weights_dir)
+    _readable_as_umask_allows(weights_dir)
     return weights_dir
+
+
+def _readable_as_umask_allows(weights_dir: Path) -> None:
+    """safetensors writes its files 0600, where the hub's downloads are readable as the umask allows: without
+    this, a container whose user is not the writer (the image's, with the dir mounted as /weights) cannot read them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in weights_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o444 & ~umask))
 
 
 # ---------------------------------------------------------------------------------------------- MBD
