@@ -107,6 +107,26 @@ export function progressFromLogs(logs) {
 
 export const isProgressLine = (line) => PROGRESS.test(line);
 
+// A prediction's status in words; `withError` puts a failure's message on the same line (the playground's one
+// status line; a prediction's page shows the error in a block of its own).
+export function statusText(pred, { withError = false } = {}) {
+  const progress = progressFromLogs(pred.logs);
+  switch (pred.status) {
+    case "starting":
+      return "Waiting for the engine…";
+    case "processing":
+      return progress ? `Generating: ${progress.percent}% (${progress.current}/${progress.total} steps)` : "Preparing…";
+    case "succeeded": {
+      const time = pred.metrics && pred.metrics.predict_time;
+      return time ? `Succeeded in ${time.toFixed(1)} s` : "Succeeded";
+    }
+    case "failed":
+      return withError ? `Failed: ${pred.error || "unknown error"}` : "Failed";
+    default:
+      return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
+  }
+}
+
 // The logs, with the progress lines folded into the latest one.
 export function visibleLogs(logs) {
   const lines = (logs || "").split("\n").filter((line) => line.trim() !== "");

@@ -2,7 +2,7 @@
 // A prediction's life on the page: submit -> watch() polls GET /v1/predictions/{id} -> showRun()
 // on every answer -> showResult() once it succeeded.
 
-import { api, progressFromLogs, seedFromLogs, TERMINAL, visibleLogs } from "./api.js";
+import { api, progressFromLogs, seedFromLogs, statusText, TERMINAL, visibleLogs } from "./api.js";
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
@@ -148,27 +148,10 @@ async function watch(pred) {
   if (ticket === state.watching) await history.load();
 }
 
-function statusText(pred) {
-  const progress = progressFromLogs(pred.logs);
-  switch (pred.status) {
-    case "starting":
-      return "Waiting for the engine…";
-    case "processing":
-      return progress ? `Generating: ${progress.percent}% (${progress.current}/${progress.total} steps)` : "Preparing…";
-    case "succeeded": {
-      const time = pred.metrics && pred.metrics.predict_time;
-      return time ? `Succeeded in ${time.toFixed(1)} s` : "Succeeded";
-    }
-    case "failed":
-      return `Failed: ${pred.error || "unknown error"}`;
-    default:
-      return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
-  }
-}
 
 function showRun(pred) {
   const status = $("status");
-  status.textContent = statusText(pred);
+  status.textContent = statusText(pred, { withError: true });
   status.dataset.status = pred.status;
   status.dataset.predictionId = pred.id;
   const progress = progressFromLogs(pred.logs);

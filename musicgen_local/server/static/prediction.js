@@ -3,7 +3,7 @@
 // same input again (through its deployment, when it was made through one) and opens the new prediction's page.
 // A client of the public /v1 API like the playground (api.js): user text is only ever set as text.
 
-import { api, progressFromLogs, seedFromLogs, TERMINAL, visibleLogs } from "./api.js";
+import { api, progressFromLogs, seedFromLogs, statusText, TERMINAL, visibleLogs } from "./api.js";
 import { decodeAudio, showPictures } from "./audio-view.js";
 import { StreamPlayer } from "./stream.js";
 
@@ -18,23 +18,6 @@ const live = new StreamPlayer((count) => {
 });
 let shown = null; // the prediction as last read
 
-function statusText(pred) {
-  const progress = progressFromLogs(pred.logs);
-  switch (pred.status) {
-    case "starting":
-      return "Waiting for the engine…";
-    case "processing":
-      return progress ? `Generating: ${progress.percent}% (${progress.current}/${progress.total} steps)` : "Preparing…";
-    case "succeeded": {
-      const time = pred.metrics && pred.metrics.predict_time;
-      return time ? `Succeeded in ${time.toFixed(1)} s` : "Succeeded";
-    }
-    case "failed":
-      return "Failed";
-    default:
-      return pred.status.charAt(0).toUpperCase() + pred.status.slice(1);
-  }
-}
 
 function pair(list, term, value) {
   const dt = document.createElement("dt");
