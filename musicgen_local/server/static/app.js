@@ -3,17 +3,18 @@
 // on every answer -> showResult() once it succeeded.
 
 import { api, progressFromLogs, seedFromLogs, statusText, TERMINAL, visibleLogs } from "./api.js";
-import { decodeAudio, showPictures } from "./audio-view.js";
 import { buildForm, fieldsFromSchema, fillForm, markInvalid, readInput } from "./form.js";
 import { History } from "./history.js";
 import { ModelPicker } from "./models.js";
+import { outputFiles, showOutput } from "./result-view.js";
 import { StreamPlayer } from "./stream.js";
 
 const POLL_MS = 400;
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const form = $("predict-form");
-const state = { version: null, fields: [], current: null, shown: null, watching: 0 };
+const state = { version: null, fields: [], current: null, shown: null, watching: 0, choosing: 0 };
+const schemas = new Map(); // model ("owner/name") -> its form's fields, from its latest version's schema
 const live = new StreamPlayer((count) => {
   $("live").hidden = false;
   $("live").dataset.segments = String(count);
@@ -28,12 +29,21 @@ const history = new History(
   { onLoad: loadIntoForm, onOpen: (pred) => { revealOutput(); watch(pred); } },
 );
 
+// The fields of a model's form: meta/musicgen's (its fine-tunes run its schema) or the looper's.
+async function fieldsOf(model) {
+  if (!schemas.has(model)) {
+    const found = await api(`/v1/models/${model}`);
+    schemas.set(model, fieldsFromSchema(found.latest_version.openapi_schema));
+  }
+  return schemas.get(model);
+}
+
 async function start() {
   let version;
   try {
-    const model = await api("/v1/models/meta/musicgen");
-    state.fields = fieldsFromSchema(model.latest_version.openapi_schema);
+    history.defaults = Object.fromEntries((await fieldsOf("meta/musicgen")).map((f) => [f.name, f.default]));
     version = await picker.refresh();
+    await useVersion(version);
   } catch (err) {
     const retry = document.createElement("button");
     retry.type = "button";
@@ -42,17 +52,21 @@ async function start() {
     $("fields").replaceChildren(`Could not load the model schema: ${err.message} `, retry);
     return;
   }
-  buildForm($("fields"), state.fields);
-  fillForm(form, state.fields);
-  history.defaults = Object.fromEntries(state.fields.map((f) => [f.name, f.default]));
-  useVersion(version);
   $("submit").disabled = false;
   await history.load();
 }
 
-// The version predictions run on (or the deployment they go through); a trained one locks model_version
-// to the one it was tuned from.
-function useVersion(version) {
+// The version predictions run on (or the deployment they go through); the form is its model's (built again
+// when the model's schema is another); a trained one locks model_version to the one it was tuned from.
+async function useVersion(version) {
+  const ticket = ++state.choosing;
+  const fields = await fieldsOf(version.schema);
+  if (ticket !== state.choosing) return; // the user picked another while the schema came
+  if (fields !== state.fields) {
+    state.fields = fields;
+    buildForm($("fields"), fields);
+    fillForm(form, fields);
+  }
   state.version = version.version;
   state.deployment = version.deployment;
   state.model = version.model;
@@ -178,26 +192,8 @@ $("cancel").addEventListener("click", async () => {
 
 async function showResult(pred) {
   state.shown = pred;
-  const player = $("player");
-  player.dataset.predictionId = pred.id;
-  player.src = pred.output;
-  const download = $("download");
-  download.href = pred.output;
-  download.download = `musicgen-${pred.id}.${(pred.input && pred.input.output_format) || "wav"}`;
-  const seed = seedFromLogs(pred.logs);
-  $("seed").textContent = seed === null ? "unknown" : String(seed);
+  const seed = await showOutput(pred, () => state.shown === pred);
   $("reuse-seed").disabled = seed === null;
-  $("result").hidden = false;
-  const labels = document.querySelectorAll(".channels-label");
-  try {
-    const buffer = await decodeAudio(pred.output);
-    if (state.shown !== pred) return;
-    $("nyquist").textContent = `${buffer.sampleRate / 2000} kHz`;
-    labels.forEach((el) => { el.textContent = buffer.numberOfChannels === 2 ? "(stereo: left above, right below)" : ""; });
-    showPictures(buffer, $("waveform"), $("spectrogram"));
-  } catch (err) {
-    labels.forEach((el) => { el.textContent = `(could not draw: ${err.message})`; });
-  }
 }
 
 function firstUriField() {
@@ -208,7 +204,7 @@ function firstUriField() {
 $("use-as-input").addEventListener("click", () => {
   const target = firstUriField();
   if (!state.shown || !target) return;
-  target.value = state.shown.output;
+  target.value = outputFiles(state.shown.output)[0][1];
   target.focus();
   note(`The output is now ${target.name}: pick a melody model, or turn on continuation, and generate.`);
 });
@@ -222,7 +218,6 @@ $("reuse-seed").addEventListener("click", () => {
 });
 
 async function loadIntoForm(pred) {
-  fillForm(form, state.fields, pred.input || {});
   let version = null;
   let problem = "";
   try {
@@ -231,8 +226,9 @@ async function loadIntoForm(pred) {
   } catch (err) {
     problem = `the models could not be read (${err.message})`;
   }
-  if (version) useVersion(version);
-  else lockModelVersion(); // the inputs just loaded may name another model_version than the locked one
+  if (version) await useVersion(version); // its model's form first, then its inputs in it
+  fillForm(form, state.fields, pred.input || {});
+  lockModelVersion(); // the inputs just loaded may name another model_version than the locked one
   note(problem ? `Loaded the inputs of prediction ${pred.id}, but ${problem}: the form keeps ${state.model}.`
     : `Loaded the inputs of prediction ${pred.id}.`, Boolean(problem));
   form.scrollIntoView({ block: "start" });

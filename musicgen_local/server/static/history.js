@@ -3,6 +3,7 @@
 // to open it in the output panel.
 
 import { api, seedFromLogs } from "./api.js";
+import { outputFiles } from "./result-view.js";
 
 const FIRST_PAGE = "/v1/predictions";
 
@@ -64,8 +65,9 @@ export class History {
     head.append(element("span", { class: `badge badge-${pred.status}` }, pred.status), ` ${prompt}`);
     const when = new Date(pred.created_at).toLocaleString();
     li.append(head, element("p", { class: "muted history-settings" }, `${when} · ${settingsText(pred, this.defaults)}`));
-    if (pred.output) {
-      li.append(element("audio", { controls: "", preload: "none", src: pred.output,
+    const [first] = outputFiles(pred.output);
+    if (first) {
+      li.append(element("audio", { controls: "", preload: "none", src: first[1],
         "aria-label": `Output of "${prompt}"` }));
     } else if (pred.error) {
       li.append(element("p", { class: "error" }, pred.error));

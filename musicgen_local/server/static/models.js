@@ -1,21 +1,27 @@
-// The model picker: every version this server runs, from GET /v1/models (meta/musicgen's latest first,
-// then each model made with POST /v1/models, its versions newest first), then every deployment (GET
-// /v1/deployments: predictions go through it, on whatever version it points at when they are made). A
-// trained version runs only the model_version it was tuned from, so choosing one locks that field. Descriptions come from users: they
-// are only ever set as text (names are plain by the server's rule, and set as text too).
+// The model picker: every version this server runs, from GET /v1/models (the published models' latest versions
+// first: meta/musicgen, andreasjansson/musicgen-looper; then each model made with POST /v1/models, its versions
+// newest first), then every deployment (GET /v1/deployments: predictions go through it, on whatever version it
+// points at when they are made). A trained version runs only the model_version it was tuned from, so choosing
+// one locks that field. Descriptions come from users: they are only ever set as text (names are plain by the
+// server's rule, and set as text too).
 
 import { api } from "./api.js";
 
-const PUBLISHED = "meta/musicgen";
+const MUSICGEN = "meta/musicgen";
+const PUBLISHED = [MUSICGEN, "andreasjansson/musicgen-looper"]; // each with an input schema of its own
+const schemaOf = (model) => (PUBLISHED.includes(model) ? model : MUSICGEN); // fine-tunes run meta/musicgen's
 const KINDS = { lora: "LoRA", full: "full fine-tune" };
 
-// What the page needs of one version: {id, version, model, base, label, description, deployment}; base is
-// null for a version that runs any model_version; deployment ("owner/name") only for a deployment's entry,
-// whose id is `deployment:owner/name`.
+// What the page needs of one version: {id, version, model, schema, base, label, description, deployment}; schema
+// names the published model whose input schema it runs; base is null for a version that runs any model_version;
+// deployment ("owner/name") only for a deployment's entry, whose id is `deployment:owner/name`.
 function entry(model, version) {
   const name = `${model.owner}/${model.name}`;
-  const common = { id: version.id, version: version.id, model: name, description: model.description || "", deployment: null };
-  if (name === PUBLISHED) return { ...common, base: null, label: `${name} (published)` };
+  const common = {
+    id: version.id, version: version.id, model: name, schema: schemaOf(name), description: model.description || "",
+    deployment: null,
+  };
+  if (PUBLISHED.includes(name)) return { ...common, base: null, label: `${name} (published)` };
   const short = `${name}:${version.id.slice(0, 8)}`;
   if (!version.base_model_version) return { ...common, base: null, label: short };
   const kind = KINDS[version.weights_kind] || version.weights_kind;
@@ -26,7 +32,7 @@ export async function listVersions() {
   const page = await api("/v1/models");
   // Every model's versions are asked for at once: a page with many models still opens promptly.
   const lists = await Promise.all(page.results.map(async (model) => {
-    if (`${model.owner}/${model.name}` === PUBLISHED) return model.latest_version ? [entry(model, model.latest_version)] : [];
+    if (PUBLISHED.includes(`${model.owner}/${model.name}`)) return model.latest_version ? [entry(model, model.latest_version)] : [];
     const path = `/v1/models/${encodeURIComponent(model.owner)}/${encodeURIComponent(model.name)}/versions`;
     return (await api(path)).results.map((v) => entry(model, v));
   }));
@@ -42,7 +48,7 @@ async function listDeployments(versions) {
     const { model, version } = d.current_release;
     const runs = versions.find((v) => v.version === version) || { base: null, description: "" };
     return {
-      id: `deployment:${name}`, version, model, base: runs.base, deployment: name, description: runs.description,
+      id: `deployment:${name}`, version, model, schema: schemaOf(model), base: runs.base, deployment: name, description: runs.description,
       label: `${name} · deployment of ${model}:${version.slice(0, 8)}`,
     };
   });

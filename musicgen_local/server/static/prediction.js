@@ -3,8 +3,8 @@
 // same input again (through its deployment, when it was made through one) and opens the new prediction's page.
 // A client of the public /v1 API like the playground (api.js): user text is only ever set as text.
 
-import { api, progressFromLogs, seedFromLogs, statusText, TERMINAL, visibleLogs } from "./api.js";
-import { decodeAudio, showPictures } from "./audio-view.js";
+import { api, progressFromLogs, statusText, TERMINAL, visibleLogs } from "./api.js";
+import { showOutput } from "./result-view.js";
 import { StreamPlayer } from "./stream.js";
 
 const POLL_MS = 400;
@@ -60,22 +60,7 @@ function showRun(pred) {
 }
 
 async function showResult(pred) {
-  $("player").src = pred.output;
-  $("player").dataset.predictionId = pred.id;
-  $("download").href = pred.output;
-  $("download").download = `musicgen-${pred.id}.${(pred.input && pred.input.output_format) || "wav"}`;
-  const seed = seedFromLogs(pred.logs);
-  $("seed").textContent = seed === null ? "unknown" : String(seed);
-  $("result").hidden = false;
-  const labels = document.querySelectorAll(".channels-label");
-  try {
-    const buffer = await decodeAudio(pred.output);
-    $("nyquist").textContent = `${buffer.sampleRate / 2000} kHz`;
-    labels.forEach((el) => { el.textContent = buffer.numberOfChannels === 2 ? "(stereo: left above, right below)" : ""; });
-    showPictures(buffer, $("waveform"), $("spectrogram"));
-  } catch (err) {
-    labels.forEach((el) => { el.textContent = `(could not draw: ${err.message})`; });
-  }
+  await showOutput(pred);
 }
 
 // Follow the prediction until it ends: its stream plays while it generates.
