@@ -44,6 +44,27 @@ def live_server(live_settings, engine) -> Iterator[LiveServer]:
         yield server
 
 
+def click_track_at_120(seed: int, generated) -> object:
+    """The looper's test seam: a click track at 120 bpm as long as what the tiny model generated (its noise has no
+    beat to find)."""
+    from musicgen_local.testing import loop_signals
+
+    return loop_signals.click_track(bpm=120.0, seconds=generated.shape[1] / 32000).audio
+
+
+@pytest.fixture(scope="module")
+def looper_server(live_settings) -> Iterator[LiveServer]:
+    """A live server whose engine makes loops of the click track at 120 bpm (after really generating each row)."""
+    from musicgen_local.engine.local import LocalEngine
+
+    engine = LocalEngine(live_settings.with_(warmup="none"), loop_audio=click_track_at_120)
+    try:
+        with LiveServer(live_settings, engine) as server:
+            yield server
+    finally:
+        engine.close()
+
+
 @pytest.fixture(scope="session")
 def melody_wav(tmp_path_factory) -> Path:
     """2 s of a 440 Hz sine, 32 kHz mono 16-bit."""

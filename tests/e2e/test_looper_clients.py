@@ -5,35 +5,18 @@ track at the requested tempo in place of the tiny model's noise (see tests/loope
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import replicate
-from e2e_helpers import TOKEN, LiveServer, audio_info, node_client
+from e2e_helpers import TOKEN, audio_info, node_client
 
-from musicgen_local.engine.local import LocalEngine
 from musicgen_local.looper.plan import plan_loop
 from musicgen_local.looper.stretch import available
 from musicgen_local.registry import LOOPER, LOOPER_PUBLISHED
-from musicgen_local.testing import loop_signals as signals
 
 pytestmark = [pytest.mark.skipif(not available(), reason="rubberband-cli is not installed (make install)")]
 VERSION = LOOPER_PUBLISHED[0]
 INPUT = {"prompt": "a drum loop", "bpm": 120, "variations": 4, "max_duration": 8, "seed": 3}
 FRAMES = plan_loop(120, 8, 32000).samples  # 4 bars of 4 beats at 120 bpm: 8 s, 256000 samples
-
-
-def _clicks(seed: int, generated: np.ndarray) -> np.ndarray:
-    return signals.click_track(bpm=120.0, seconds=generated.shape[1] / 32000).audio
-
-
-@pytest.fixture(scope="module")
-def looper_server(live_settings):
-    engine = LocalEngine(live_settings.with_(warmup="none"), loop_audio=_clicks)
-    try:
-        with LiveServer(live_settings, engine) as server:
-            yield server
-    finally:
-        engine.close()
 
 
 @pytest.mark.slow

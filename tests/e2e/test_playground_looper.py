@@ -8,34 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
-from e2e_helpers import TOKEN, LiveServer
+from e2e_helpers import TOKEN
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 from test_playground import GENERATE_S, browser, enter_token, fill, status, token_dialog_open, wait_for  # noqa: F401
 
-from musicgen_local.engine.local import LocalEngine
 from musicgen_local.looper.stretch import available
 from musicgen_local.registry import LOOPER
-from musicgen_local.testing import loop_signals as signals
 
 pytestmark = [pytest.mark.skipif(not available(), reason="rubberband-cli is not installed (make install)")]
-
-
-def _clicks(seed: int, generated: np.ndarray) -> np.ndarray:
-    return signals.click_track(bpm=120.0, seconds=generated.shape[1] / 32000).audio
-
-
-@pytest.fixture(scope="module")
-def looper_server(live_settings) -> Iterator[LiveServer]:
-    engine = LocalEngine(live_settings.with_(warmup="none"), loop_audio=_clicks)
-    try:
-        with LiveServer(live_settings, engine) as server:
-            yield server
-    finally:
-        engine.close()
 
 
 @pytest.fixture
