@@ -276,6 +276,7 @@ async def create_deployment_prediction(
     request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
 ) -> Response:
     """A prediction of the deployment's current version, waiting its turn under its max_instances."""
+    routes.wait_seconds(prefer)  # the request's headers are checked before its path, as for every other header
     release = found(request, owner, name).release
     return await routes._create(
         request, f"{release.model}:{release.version}", cancel_after, prefer, deployment=f"{owner}/{name}"

@@ -182,6 +182,7 @@ async def create_model_prediction(
     request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
 ) -> Response:
     """A model's latest version (meta/musicgen's, or the newest a training made)."""
+    wait_seconds(prefer)  # the request's headers are checked before its path, as for every other header
     model_routes.found_model(request, owner, name)  # a model that is not there is a 404, as the path names it
     return await _create(request, f"{owner}/{name}", cancel_after, prefer)
 
