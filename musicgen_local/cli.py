@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import cli_loop, logs
-from .cli_common import follow, print_field_errors
+from .cli_common import add_inputs, follow, print_field_errors
 from .errors import MusicgenError
 from .registry import FETCHABLE_VERSIONS, LM_VERSIONS, PRESETS
 from .settings import ENV_VARS, Settings
@@ -268,14 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="run one prediction, like `cog predict`")
-    p.add_argument(
-        "-i",
-        "--input",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an input of the meta/musicgen schema (input_audio=@file.wav for a file)",
-    )
+    add_inputs(p, "an input of the meta/musicgen schema (input_audio=@file.wav for a file)")
     p.add_argument("-o", "--output", help="where to write the audio (default: out.wav / out.mp3)")
     p.add_argument(
         "--stream",
@@ -300,14 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_loop.add_parser(sub)
 
     p = sub.add_parser("train", help="fine-tune on your own music (LoRA by default), writing a weights tar")
-    p.add_argument(
-        "-i",
-        "--input",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a training input (dataset_path=@songs.zip for a file); see docs/fine-tuning.md",
-    )
+    add_inputs(p, "a training input (dataset_path=@songs.zip for a file); see docs/fine-tuning.md")
     p.add_argument("-o", "--output", default="weights.tar", help="where to write the fine-tune (default: weights.tar)")
     p.add_argument(
         "--work-dir",

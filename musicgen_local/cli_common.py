@@ -46,3 +46,8 @@ def follow(run, out: Path | None, growing=None):
             raise terminal_error(event)
     bar.close()
     raise terminal_error(event)
+
+
+def add_inputs(parser, help: str) -> None:
+    """The `-i KEY=VALUE` option every command that takes a schema's inputs has (repeatable)."""
+    parser.add_argument("-i", "--input", action="append", default=[], metavar="KEY=VALUE", help=help)

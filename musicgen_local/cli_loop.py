@@ -8,15 +8,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli_common import follow_loop, print_field_errors
+from .cli_common import add_inputs, follow_loop, print_field_errors
 from .settings import Settings
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("loop", help="make loops locked to a tempo (andreasjansson/musicgen-looper's schema)")
-    p.add_argument(
-        "-i", "--input", action="append", default=[], metavar="KEY=VALUE", help="an input of the looper's schema"
-    )
+    add_inputs(p, "an input of the looper's schema")
     p.add_argument("-o", "--output", default=".", help="the folder the variations are written to (default: here)")
     p.set_defaults(func=cmd_loop)
 
