@@ -57,11 +57,14 @@ chromium:
 	@bash scripts/ensure-chromium.sh
 
 RUFF_PATHS := musicgen_local tests predict.py predict_looper.py train.py bench
+# pytest-xdist workers for `make test` and `make test-fast` (TEST_JOBS=0: one process, as plain `pytest` runs).
+TEST_JOBS ?= 2
+XDIST := -n $(TEST_JOBS) --dist loadgroup
 
 test: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)
 	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the rings (official clients, browser, Ray) and the slow tests: a quick check while editing.
 # `make test` still runs everything; see docs/development.md.
@@ -69,7 +72,7 @@ FAST := not (clients or browser or ray or slow)
 test-fast: install
 	$(VENV)/bin/ruff check $(RUFF_PATHS)
 	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
-	$(PY) -m pytest -m "$(FAST)" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(FAST)" $(XDIST) $(PYTEST_ARGS)
 
 # The container ring (tests/container): `make image`, then the image run as a user runs it (the v1 API with the
 # official client, a restart on the data volume, docker stop's drain, Cog's server). Not in `make test`: a first

@@ -28,6 +28,17 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): each file's tests stay on one worker
+# (its module fixtures are built once), and tests that share something outside their tmp_path run on one worker,
+# one after the other: Ray's local cluster, and the Cog servers, which write the tree's .cog/ schema.
+COG = ("test_cog_server.py", "test_cog_looper.py", "test_cog_train.py", "test_cog_unhealthy.py", "test_cog_yaml.py")
+SHARED = {"ray": "ray", **dict.fromkeys(COG, "cog")}
+
+
+def _group(parts: tuple[str, ...]) -> str:
+    return SHARED.get(parts[0]) or SHARED.get(parts[-1]) or "/".join(parts)
+
+
 # The rings a newcomer can leave out (`make test-fast` runs none of them): by folder, so a new test file
 # lands in its ring without remembering a marker. `browser` and `slow` are marked where the test is.
 RINGS = {"e2e": "clients", "ray": "ray", "container": "container"}
@@ -39,6 +50,7 @@ def pytest_collection_modifyitems(config, items):
         ring = RINGS.get(parts[0]) if len(parts) > 1 else None
         if ring and not (ring == "clients" and item.get_closest_marker("browser")):
             item.add_marker(getattr(pytest.mark, ring))
+        item.add_marker(pytest.mark.xdist_group(_group(parts)))
     # The container ring builds and runs a 10 GB image: it runs only where -m names it (`make test-container`,
     # CI's second step), so that `make test`, `make test-fast` and `-m "not ray"` stay as quick as they were.
     if "container" not in (config.option.markexpr or ""):
@@ -54,11 +66,15 @@ def tiny_weights() -> Path:
     from musicgen_local.testing.tiny import write_tiny_weights
     from musicgen_local.weights import configure_environment
 
+    from filelock import FileLock
+
     cache = ROOT / ".pytest_cache" / f"tiny-weights-{_writer_hash()}"
-    if not (cache / ".complete").exists():
-        shutil.rmtree(cache, ignore_errors=True)
-        write_tiny_weights(cache)
-        (cache / ".complete").touch()
+    cache.parent.mkdir(exist_ok=True)
+    with FileLock(f"{cache}.lock"):  # one writer when the suite runs on several workers
+        if not (cache / ".complete").exists():
+            shutil.rmtree(cache, ignore_errors=True)
+            write_tiny_weights(cache)
+            (cache / ".complete").touch()
     configure_environment(cache)
     return cache
 
@@ -67,7 +83,8 @@ def tiny_weights() -> Path:
 def settings(tiny_weights):
     from musicgen_local.settings import Settings
 
-    return Settings(weights_dir=tiny_weights, devices="cpu", data_dir=tiny_weights.parent / "data")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # each worker's engine keeps its own data folder
+    return Settings(weights_dir=tiny_weights, devices="cpu", data_dir=tiny_weights.parent / f"data-{worker}")
 
 
 @pytest.fixture(scope="session")
