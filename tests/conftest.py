@@ -63,10 +63,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_weights() -> Path:
     """A weights/ directory holding every tiny checkpoint, in the real layout and formats."""
+    from filelock import FileLock
+
     from musicgen_local.testing.tiny import write_tiny_weights
     from musicgen_local.weights import configure_environment
-
-    from filelock import FileLock
 
     cache = ROOT / ".pytest_cache" / f"tiny-weights-{_writer_hash()}"
     cache.parent.mkdir(exist_ok=True)
