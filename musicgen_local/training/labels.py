@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..beat_tracking import beat_track
+
 SAMPLE_RATE = 32000
 
 
@@ -35,9 +37,7 @@ def estimate_key(wav: np.ndarray) -> str:
 
 
 def estimate_bpm(wav: np.ndarray) -> float:
-    import librosa
-
-    tempo, _ = librosa.beat.beat_track(y=wav.mean(axis=0), sr=SAMPLE_RATE)
+    tempo, _ = beat_track(y=wav.mean(axis=0), sr=SAMPLE_RATE)
     return float(np.atleast_1d(tempo)[0])
 
 
