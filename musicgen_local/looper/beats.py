@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..beat_tracking import beat_track
 from .plan import BEATS_PER_BAR
 
 HOP = 128
@@ -67,7 +66,7 @@ def track(audio: np.ndarray, sr: int, bpm: float) -> Beats:
     )
     if not np.any(full > 0):
         return Beats(np.zeros(0), np.zeros(0), 0)
-    _, frames = beat_track(onset_envelope=full, sr=sr, hop_length=HOP, start_bpm=bpm, units="frames")
+    _, frames = librosa.beat.beat_track(onset_envelope=full, sr=sr, hop_length=HOP, start_bpm=bpm, units="frames")
     frames = np.asarray(frames, dtype=int)
     times = np.maximum(frames * HOP - ONSET_LAG_SAMPLES, 0) / sr
     accent = _accents(y, sr, frames, full, bass)

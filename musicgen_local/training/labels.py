@@ -11,8 +11,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..beat_tracking import beat_track
-
 SAMPLE_RATE = 32000
 
 
@@ -37,7 +35,9 @@ def estimate_key(wav: np.ndarray) -> str:
 
 
 def estimate_bpm(wav: np.ndarray) -> float:
-    tempo, _ = beat_track(y=wav.mean(axis=0), sr=SAMPLE_RATE)
+    import librosa
+
+    tempo, _ = librosa.beat.beat_track(y=wav.mean(axis=0), sr=SAMPLE_RATE)
     return float(np.atleast_1d(tempo)[0])
 
 
