@@ -57,8 +57,9 @@ chromium:
 	@bash scripts/ensure-chromium.sh
 
 RUFF_PATHS := musicgen_local tests predict.py predict_looper.py train.py bench
-# pytest-xdist workers for `make test` and `make test-fast` (TEST_JOBS=0: one process, as plain `pytest` runs).
-TEST_JOBS ?= 2
+# pytest-xdist workers for `make test` and `make test-fast`: 0 runs one process (the default, and what CI runs);
+# TEST_JOBS=2 takes about half the time on two cores (docs/development.md).
+TEST_JOBS ?= 0
 XDIST := -n $(TEST_JOBS) --dist loadgroup
 
 test: install

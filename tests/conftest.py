@@ -15,6 +15,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# librosa's numba kernels are compiled at first use into an on-disk cache; two workers writing that cache at once
+# crashed the processes that read it (segmentation faults in the looper's and the trainer's beat tracking, on a
+# fresh install). Each worker, and what it starts, keeps a cache of its own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".pytest_cache" / f"numba-{os.environ['PYTEST_XDIST_WORKER']}"))
 
 
 def _writer_hash() -> str:
