@@ -2,49 +2,20 @@
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import soundfile
 
-from musicgen_local.testing.live import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.cog_helpers import CogServer
 
 
 @pytest.fixture(scope="module")
 def cog_server(tiny_weights, tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("cog") / "server.log").open("w")
-    env = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICE="cpu")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health-check", timeout=2).json()["status"] == "READY":
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, Path(log.name).read_text()
-        time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("cog server not ready: " + Path(log.name).read_text())
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    server = CogServer(tiny_weights, tmp_path_factory.mktemp("cog") / "server.log")
+    yield server.url
+    server.stop()
 
 
 @pytest.mark.slow

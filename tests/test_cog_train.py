@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
-import time
 import wave
 import zipfile
 from pathlib import Path
@@ -20,7 +16,7 @@ import pytest
 
 from musicgen_local import tuned
 from musicgen_local.engine import Request, load_engine, result_of
-from musicgen_local.testing.live import free_port
+from tests.cog_helpers import CogServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = {"model_version": "large", "prompt": "my sound", "duration": 1, "seed": 5}
@@ -39,37 +35,6 @@ def _zip() -> bytes:
         z.writestr("song.wav", wav.getvalue())
         z.writestr("song.txt", "my sound")
     return buffer.getvalue()
-
-
-class CogServer:
-    def __init__(self, tiny_weights: Path, log: Path, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("w")
-        environ = dict(os.environ, MUSICGEN_WEIGHTS=str(tiny_weights), MUSICGEN_DEVICES="cpu", **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "musicgen_local.cli", "cog-serve", "--port", str(self.port), *args],
-            cwd=ROOT,
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health-check", timeout=2).json()["status"] == "READY":
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, log.read_text()
-            time.sleep(0.5)
-        self.stop()
-        pytest.fail("cog server not ready: " + log.read_text())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
