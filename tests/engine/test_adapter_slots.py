@@ -19,6 +19,7 @@ from musicgen_local.engine.memory import Footprint
 from musicgen_local.errors import UserError
 from musicgen_local.testing.capture import RecordingCapture
 from tests.engine.test_fast_decoder import conditions
+from tests.engine.test_step_modes import recording_logits
 
 FRAMES = 30
 TEXTS = ["lofi", "jazz trio", "epic orchestral soundtrack with brass", "ambient pads", "drum and bass"]
@@ -60,19 +61,6 @@ def window(lm, i: int, lora: Lora | None, frames: int = FRAMES) -> Window:
     params = SamplingParams(1.0, 250, 0.0, 3.0) if i % 2 else SamplingParams(1.0, 0, 0.0, 3.0)
     text = TEXTS[i % len(TEXTS)]
     return Window(conditions(lm, "mono", text), None, frames, params, torch.Generator().manual_seed(i), lora)
-
-
-def recording_logits(batch: SlotBatch) -> list[torch.Tensor]:
-    """Every step's logits [rows of the step, K, card], as the batch's steps compute them."""
-    seen, step = [], batch.static.step
-
-    def recorded(*args, **kwargs):
-        logits = step(*args, **kwargs)
-        seen.append(logits.detach().clone())
-        return logits
-
-    batch.static.step = recorded
-    return seen
 
 
 def alone(lm, i: int, lora: Lora | None, frames: int = FRAMES, **batch) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -59,6 +59,7 @@ def three_requests(lm, kind) -> list[tuple[int, Window]]:
 
 
 def recording_logits(batch: SlotBatch) -> list[torch.Tensor]:
+    """Every step's logits [rows of the step, K, card], as the batch's steps compute them."""
     seen, step = [], batch.static.step
 
     def recorded(*args, **kwargs):
