@@ -206,3 +206,18 @@ def processes(tmp_path):
     yield start
     for process in started:
         process.stop()
+
+
+def fuzz_settings(examples: int):
+    """Hypothesis' settings for a schemathesis run over the published OpenAPI: reproducible (derandomized, no
+    example database), the document's own examples first, no deadline or health check (a live server answers)."""
+    from hypothesis import HealthCheck, Phase, settings
+
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     negative_data_rejection,
@@ -19,7 +19,7 @@ from schemathesis.checks import (
     positive_data_acceptance,
     response_schema_conformance,
 )
-from server_helpers import V1, LiveServer, make_client
+from server_helpers import V1, LiveServer, fuzz_settings, make_client
 
 from musicgen_local.server import create_app
 from musicgen_local.settings import Settings
@@ -44,14 +44,7 @@ def _judged(case: schemathesis.Case) -> None:
 
 def _fuzz(operation, mode: GenerationMode, checks: list) -> None:
     @given(case=operation.as_strategy(mode))
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(EXAMPLES)
     def call(case: schemathesis.Case) -> None:
         _judged(case)
         case.call_and_validate(checks=checks)

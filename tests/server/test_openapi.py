@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -18,7 +18,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from server_helpers import LiveServer, Receiver
+from server_helpers import LiveServer, Receiver, fuzz_settings
 
 from musicgen_local.schema import FIELDS
 from musicgen_local.server import create_app
@@ -89,14 +89,7 @@ def test_fuzzed_requests_get_no_5xx_and_match_the_document(api):
         )
 
         @given(case=cases)
-        @settings(
-            max_examples=EXAMPLES,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
+        @fuzz_settings(EXAMPLES)
         def call(case: schemathesis.Case) -> None:
             _loopback_only(case, receiver_url)
             case.call_and_validate(checks=CHECKS)
