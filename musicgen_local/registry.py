@@ -107,6 +107,11 @@ class Version:
     def trained(self) -> bool:
         return self.weights is not None
 
+    @property
+    def tune(self) -> str | None:
+        """What the engine calls a trained version's fine-tune (its adapter's name in /health-check)."""
+        return f"{self.model}:{self.id}" if self.trained else None
+
     def allows_encode_decode(self) -> bool:
         return self.id == LATEST
 

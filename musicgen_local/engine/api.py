@@ -245,9 +245,10 @@ class EngineClient(Protocol):
         """The devices a deployment may run on, as GET /v1/hardware lists them: [{"sku": ..., "name": ...}]."""
         ...
 
-    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
-        """Keep deployment `name`'s model resident on `device` (a hardware sku) until `let_go(name)`; a second call
-        for the same name replaces the first once its model is resident. Resolves to a note, or raises why not."""
+    def keep(self, name: str, model_version: str, weights: str | None, device: str, tune: str | None = None) -> Future:
+        """Keep deployment `name`'s model (and a LoRA fine-tune's adapter, its predictions' `tune`) resident on
+        `device` (a hardware sku) until `let_go(name)`; a second call for the same name replaces the first once its
+        model is resident. Resolves to a note, or raises why not."""
         ...
 
     def let_go(self, name: str) -> None:

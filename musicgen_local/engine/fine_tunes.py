@@ -26,17 +26,22 @@ class FineTunes:
     def apply(self, job: Job) -> None:
         """The fine-tune `job.request.weights` names, on the job: a LoRA decodes in its base's batch, a full
         fine-tune is a model of its own."""
-        fine_tune, adapters = self.read(job.request.weights, job.request.model_version)
+        job.lora, job.full_tune = self.of(job.request.weights, job.request.model_version, job.request.tune)
+
+    def of(self, weights: str, model_version: str, tune: str | None) -> tuple[Lora | None, str | None]:
+        """A fine-tune of `model_version` as the engine runs it: a LoRA's adapter (named `tune`, else by its
+        folder), or a full fine-tune's unpacked folder."""
+        fine_tune, adapters = self.read(weights, model_version)
+        name = tune or fine_tune.root.name
         with self._lock:
-            self._names[job.request.weights] = job.request.tune or fine_tune.root.name
+            self._names[weights] = name
         if fine_tune.kind == "lora":
-            job.lora = Lora(job.request.tune or fine_tune.root.name, adapters, fine_tune.scale)
-        else:
-            job.full_tune = str(fine_tune.root)
+            return Lora(name, adapters, fine_tune.scale), None
+        return None, str(fine_tune.root)
 
     def read(self, weights: str, model_version: str) -> tuple[tuned.Tuned, dict | None]:
         """The fine-tune `weights` names and its LoRA tensors (read once, kept here); it must be one of
-        `model_version` (a deployment's pin reads it too, to know which model it keeps)."""
+        `model_version`."""
         fine_tune, adapters = self._get(weights)
         if fine_tune.base != model_version:
             raise UserError(

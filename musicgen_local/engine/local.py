@@ -236,30 +236,25 @@ class LocalEngine:
         """This engine's devices, as Replicate's GET /v1/hardware lists SKUs: {"sku": "cuda:0", "name": ...}."""
         return [{"sku": loop.device, "name": device_name(loop.device)} for loop in self.loops]
 
-    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
-        """Keep deployment `name`'s model (model_version, with a fine-tune's `weights`) resident on `device` until
-        `let_go(name)`, replacing what `name` kept before once it is resident. The future resolves to a note once
-        it is, or raises why it cannot be (an unknown device, missing weights, not enough memory)."""
+    def keep(self, name: str, model_version: str, weights: str | None, device: str, tune: str | None = None) -> Future:
+        """Keep deployment `name`'s model (model_version, with a fine-tune's `weights`, called `tune`) resident on
+        `device` until `let_go(name)`, replacing what `name` kept before once it is resident; a LoRA fine-tune's
+        adapter is kept in one of the model's adapter slots too. The future resolves to a note once it is, or
+        raises why it cannot be (an unknown device, missing weights, not enough memory or adapter slots)."""
         done: Future = Future()
-        self.pin_pool.submit(self._keep, name, model_version, weights, device, done)
+        self.pin_pool.submit(self._keep, name, model_version, weights, device, tune, done)
         return done
 
     def let_go(self, name: str) -> None:
         self.pin_pool.submit(self._let_go, name)
 
-    def _keep(self, name: str, model_version: str, weights: str | None, device: str, done: Future) -> None:
+    def _keep(self, name: str, model_version: str, weights: str | None, device: str, tune, done: Future) -> None:
         try:
             loop = next((loop for loop in self.loops if loop.device == device), None)
             if loop is None:
                 have = ", ".join(loop.device for loop in self.loops)
                 raise UserError(f"This server has no device {device!r}; it has {have} (GET /v1/hardware).")
-            full_tune = None
-            if weights:
-                fine_tune, _ = self.fine_tunes.read(weights, model_version)
-                full_tune = str(fine_tune.root) if fine_tune.kind == "full" else None
-                # TODO(adapters): a LoRA deployment pins its base model only: its adapter takes one of the base's
-                # slots when a prediction needs it (SlotBatch.has_room / resident_adapters), and other fine-tunes
-                # may evict it from that LRU cache. Pinning it needs the cache to keep a slot for a named adapter.
+            lora, full_tune = self.fine_tunes.of(weights, model_version, tune) if weights else (None, None)
             pin_settings = self.settings
             if full_tune is not None:
                 pin_settings = pin_settings.with_(checkpoints={**pin_settings.checkpoints, model_version: full_tune})
@@ -267,7 +262,7 @@ class LocalEngine:
             for other in self.loops:  # a deployment moved to another device lets go where it was
                 if other is not loop:
                     done.add_done_callback(lambda f, other=other: f.exception() or other.inbox.put(Unpin(name)))
-            loop.inbox.put(Pin(name, ModelKey(model_version, full_tune), done))
+            loop.inbox.put(Pin(name, ModelKey(model_version, full_tune), done, lora))
         except Exception as exc:  # noqa: BLE001 - every failure is the caller's answer
             done.set_exception(exc)
 

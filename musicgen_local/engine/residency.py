@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .. import registry
-from ..errors import Cancelled, EngineError
+from ..errors import Cancelled, EngineError, UserError
 from ..settings import Settings
 from . import faults, memory, selfcheck
 from .fast import SlotBatch, unsupported_reason
@@ -96,6 +96,7 @@ class Pin:
     name: str  # the deployment's owner/name
     key: ModelKey
     done: Future = field(default_factory=Future)
+    lora: Any = None  # a LoRA fine-tune's adapter (fast.Lora), kept in one of its base model's adapter slots
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class Residency:
         self._holds: Counter[ModelKey] = Counter()
         self._pinned: Counter[ModelKey] = Counter()  # the holds that are pins (they last until let go)
         self.pins: dict[str, ModelKey] = {}  # deployment -> the model its placed pin keeps here
+        self._adapter_pins: dict[str, SlotBatch] = {}  # deployment -> the batch whose slots keep its adapter
         self._asked: dict[str, Pin] = {}  # deployment -> the latest pin asked for (placed or not yet)
         self._waiters: dict[ModelKey, list] = {}  # waiting for their model to be read, or placed
         self._unplaced: dict[ModelKey, Any] = {}  # read, waiting for room on the device
@@ -177,6 +179,13 @@ class Residency:
             self.release(pin.key, pin=True)
             note = f"{pin.key} was loaded on {self.device}, but the deployment {pin.name} changed meanwhile."
         else:
+            try:
+                kept = self._keep_adapter(pin)
+            except UserError as exc:
+                self.pin_refused(pin, exc)
+                return
+            if kept:
+                note = f"{note[:-1]}, with its adapter {pin.lora.key} in one of the model's adapter slots."
             previous = self.pins.get(pin.name)
             self.pins[pin.name] = pin.key
             if previous is not None:
@@ -184,6 +193,19 @@ class Residency:
         log.info("%s", note)
         if pin.done.set_running_or_notify_cancel():  # False: whoever asked gave up on the answer
             pin.done.set_result(note)
+
+    def _keep_adapter(self, pin: Pin) -> bool:
+        """The pin's adapter kept in its model's slots instead of what the deployment kept before (whether there
+        is one to keep: none for a base model, nor where audiocraft's loop decodes the model)."""
+        batch = self.models[pin.key].batch if pin.lora is not None else None
+        if batch is not None:
+            batch.pin_adapter(pin.name, pin.lora)
+        before = self._adapter_pins.pop(pin.name, None)
+        if before is not None and before is not batch:
+            before.unpin_adapter(pin.name)
+        if batch is not None:
+            self._adapter_pins[pin.name] = batch
+        return batch is not None
 
     def pin_refused(self, pin: Pin, error: Exception) -> None:
         """Its model will not be resident here: the deployment keeps the pin it had, if any."""
@@ -205,6 +227,9 @@ class Residency:
     def unpin(self, name: str) -> None:
         """The deployment keeps nothing warm here any more; a pin of it still loading lets go once placed."""
         self._asked.pop(name, None)
+        batch = self._adapter_pins.pop(name, None)
+        if batch is not None:
+            batch.unpin_adapter(name)
         key = self.pins.pop(name, None)
         if key is not None:
             self.release(key, pin=True)
@@ -459,6 +484,11 @@ class Residency:
             "memory": self.memory.as_dict(),
             "evictions": self.evictions,
             "pinned": {name: str(key) for name, key in list(self.pins.items())},
+            "pinned_adapters": {  # deployment -> the adapter it keeps in its model's slots
+                name: key
+                for batch in set(list(self._adapter_pins.values()))
+                for name, key in batch.pinned_adapters().items()
+            },
         }
 
 

@@ -28,8 +28,9 @@ from .routes import Prefer
 
 router = APIRouter()
 MIN_DOC = (
-    "1 or more: its model is kept resident on its hardware for as long as the deployment exists (never evicted by "
-    f"other traffic, counted in the device's memory plan); 0: loaded when needed. From 0 to {MAX_MIN_INSTANCES}."
+    "1 or more: its model (and a LoRA fine-tune's adapter) is kept resident on its hardware for as long as the "
+    "deployment exists (never evicted by other traffic, counted in the device's memory plan); 0: loaded when "
+    f"needed. From 0 to {MAX_MIN_INSTANCES}."
 )
 MAX_DOC = (
     f"How many of its predictions run at once; the rest wait, in order (0: all wait). From 0 to {MAX_MAX_INSTANCES}."

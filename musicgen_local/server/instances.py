@@ -85,7 +85,7 @@ class Instances:
             refused.set_exception(UserError(f"Cannot keep {deployment.full_name} warm: {why}; set min_instances to 0."))
             return refused
         model_version = _default_model_version(version)
-        return keep(deployment.full_name, model_version, version.weights, release.configuration.hardware)
+        return keep(deployment.full_name, model_version, version.weights, release.configuration.hardware, version.tune)
 
     def _let_go(self, name: str) -> None:
         let_go = getattr(self.engine, "let_go", None)

@@ -100,8 +100,7 @@ async def _engine_request(
     taken: see file_inputs.py; `sent` keeps what the prediction shows of it)."""
     if version.loops:
         return LoopRequest.from_input(parsed).with_seed().as_dict()
-    tune = f"{version.model}:{version.id}" if version.trained else None
-    engine_request = replace(EngineRequest.from_input(parsed), weights=version.weights, tune=tune).with_seed()
+    engine_request = replace(EngineRequest.from_input(parsed), weights=version.weights, tune=version.tune).with_seed()
     if engine_request.input_audio:
         taken = await file_inputs.take(request, engine_request.input_audio)
         engine_request = replace(engine_request, input_audio=taken.local)

@@ -68,13 +68,13 @@ class FakeEngine:
         if ready:
             self.ready.set()
         self._slots = threading.Semaphore(concurrency)
-        self.pins: dict[str, tuple[str, str | None, str]] = {}
+        self.pins: dict[str, tuple[str, str | None, str, str | None]] = {}  # model_version, weights, device, tune
         self.pin_room = 4
 
     def hardware(self) -> list[dict[str, str]]:
         return [{"sku": "cpu", "name": "CPU"}]
 
-    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+    def keep(self, name: str, model_version: str, weights: str | None, device: str, tune: str | None = None) -> Future:
         done: Future = Future()
         others = {pin[:2] for other, pin in self.pins.items() if other != name}
         if device != "cpu":
@@ -86,7 +86,7 @@ class FakeEngine:
                 )
             )
         else:
-            self.pins[name] = (model_version, weights, device)
+            self.pins[name] = (model_version, weights, device, tune)
             done.set_result(f"{model_version} is resident on cpu, kept warm for the deployment {name}.")
         return done
 

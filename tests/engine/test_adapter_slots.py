@@ -172,6 +172,40 @@ def test_the_slots_are_a_cache_least_recently_used_replaced(lm, loras):
     assert batch.resident_adapters() == [c.key, a.key]
 
 
+def test_a_pinned_adapter_keeps_its_slot_and_one_slot_stays_for_the_others(lm, loras):
+    """A deployment's adapter is loaded when pinned and never replaced while pinned, however long ago it was used;
+    the other fine-tunes take turns in the slot left; a second deployment that would take that slot is refused
+    naming the setting; unpinned, the adapter is replaced like any other."""
+    batch = SlotBatch(lm, 2, max_frames=FRAMES, loras=2)
+    a, b, c, d = loras
+    batch.pin_adapter("alice/prod", a)
+    assert batch.resident_adapters() == [a.key] and batch.pinned_adapters() == {"alice/prod": a.key}
+    for lora in (b, c, d):
+        batch.release(batch.admit(window(lm, 0, lora)))
+    assert batch.resident_adapters() == [d.key, a.key]  # without the pin, b then c then d would have replaced a
+    refused = r"MUSICGEN_MAX_LORAS=2\): one slot always stays free for other fine-tunes, .* Raise MUSICGEN_MAX_LORAS"
+    with pytest.raises(UserError, match=refused):
+        batch.pin_adapter("bob/prod", b)
+    batch.pin_adapter("carol/prod", a)  # the same adapter: it takes no other slot
+    batch.unpin_adapter("alice/prod")
+    batch.unpin_adapter("carol/prod")
+    batch.release(batch.admit(window(lm, 0, b)))  # d was used last: a is the least recently used now
+    assert batch.resident_adapters() == [b.key, d.key]
+
+
+def test_an_adapter_pinned_while_every_slot_is_busy_takes_the_first_one_freed(lm, loras):
+    batch = SlotBatch(lm, 3, max_frames=FRAMES, loras=2)
+    a, b, c, d = loras
+    live = [batch.admit(window(lm, i, lora)) for i, lora in enumerate((b, c))]
+    batch.pin_adapter("alice/prod", a)  # no free slot: it waits for one, before any other adapter
+    assert a.key not in batch.resident_adapters() and not batch.has_room(d)
+    batch.release(live[0])
+    assert set(batch.resident_adapters()) == {a.key, c.key} and not batch.has_room(d)
+    batch.release(live[1])
+    codes = decode(batch, [window(lm, 2, a)])[0]  # its requests decode in the slot it keeps, as alone
+    assert torch.equal(codes, alone(lm, 2, a, loras=2)[0])
+
+
 def test_a_request_whose_adapter_cannot_get_a_slot_waits(lm, loras):
     """One adapter slot, three fine-tunes: `has_room` says no while another adapter's request is live, yes to
     the base and to the resident adapter; `decode` (which asks it) finishes them all, each as alone."""

@@ -5,6 +5,7 @@ with a message."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,46 @@ def test_a_fine_tune_that_finds_no_adapter_slot_waits_for_one(settings, adapters
         engine.close()
     assert len(health["devices"][0]["adapters"][MODEL]) == 1  # the one slot, now holding the second
     assert len(health["host_adapters"]) == 2
+
+
+def test_a_deployment_keeps_its_adapter_in_a_slot_the_other_fine_tunes_do_not_take(settings, adapters, tmp_path):
+    """Two adapter slots and a LoRA deployment kept warm: its adapter is in a slot before any request, two other
+    fine-tunes take turns in the other slot instead of replacing it, and a second deployment that would take the
+    last slot is refused naming the setting. Let go, it is replaced like any other."""
+    from musicgen_local.engine.api import Done
+    from musicgen_local.errors import UserError
+
+    one, two = adapters
+    three = _random_lora(load_model(settings, MODEL, "cpu").lm, tmp_path / "three.tar", 3)
+    engine = load_engine(settings.with_(warmup="none", max_loras=2, data_dir=tmp_path / "data"))
+
+    def predict(weights: Path, tune: str) -> None:
+        request = Request(model_version=MODEL, prompt="piano", duration=1, seed=1, weights=str(weights), tune=tune)
+        assert isinstance(list(engine.submit(request))[-1], Done)
+
+    def device() -> dict:
+        return engine.health()["devices"][0]
+
+    try:
+        note = engine.keep("alice/prod", MODEL, str(one), "cpu", "alice/tuned:v1").result(120)
+        assert "with its adapter alice/tuned:v1 in one of the model's adapter slots" in note
+        assert device()["pinned_adapters"] == {"alice/prod": "alice/tuned:v1"}
+        assert device()["adapters"] == {MODEL: ["alice/tuned:v1"]}  # before any request
+        predict(two, "bob/tuned:v1")
+        predict(three, "carol/tuned:v1")
+        assert device()["adapters"] == {MODEL: ["carol/tuned:v1", "alice/tuned:v1"]}
+        with pytest.raises(UserError, match="one slot always stays free for other fine-tunes"):
+            engine.keep("bob/prod", MODEL, str(two), "cpu", "bob/tuned:v1").result(120)
+        assert device()["pinned_adapters"] == {"alice/prod": "alice/tuned:v1"}
+        predict(one, "alice/tuned:v1")
+
+        engine.let_go("alice/prod")
+        deadline = time.monotonic() + 60
+        while device()["pinned_adapters"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert device()["pinned_adapters"] == {}
+        predict(two, "bob/tuned:v1")
+        predict(three, "carol/tuned:v1")
+        assert device()["adapters"] == {MODEL: ["carol/tuned:v1", "bob/tuned:v1"]}
+    finally:
+        engine.close()

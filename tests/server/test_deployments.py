@@ -68,7 +68,7 @@ def test_a_deployments_life_create_predict_move_to_a_fine_tune_predict_delete(tm
         )
         assert release["configuration"] == {"hardware": "cpu", "min_instances": 1, "max_instances": 2}
         assert release["created_by"]["username"] == "local"
-        assert engine.pins == {"local/prod": ("stereo-melody-large", None, "cpu")}  # its model kept warm
+        assert engine.pins == {"local/prod": ("stereo-melody-large", None, "cpu", None)}  # its model kept warm
         assert c.get("/v1/deployments/local/prod").json() == made
         assert c.get("/v1/deployments").json()["results"] == [made]
 
@@ -81,10 +81,12 @@ def test_a_deployments_life_create_predict_move_to_a_fine_tune_predict_delete(tm
         assert moved.status_code == 200, moved.text
         assert moved.json()["current_release"]["number"] == 2
         assert moved.json()["current_release"]["model"] == "alice/my-sound"
-        assert engine.pins == {"local/prod": ("large", "/w/lora.tar", "cpu")}
+        adapter = f"alice/my-sound:{tuned}"  # the adapter kept in a slot is the one its predictions name
+        assert engine.pins == {"local/prod": ("large", "/w/lora.tar", "cpu", adapter)}
         second = predict(c)
         assert (second["model"], second["version"], second["deployment"]) == ("alice/my-sound", tuned, "local/prod")
         assert engine.requests[-1].weights == "/w/lora.tar" and engine.requests[-1].model_version == "large"
+        assert engine.requests[-1].tune == adapter
 
         assert c.delete("/v1/deployments/local/prod").status_code == 204
         assert c.get("/v1/deployments/local/prod").status_code == 404
@@ -191,7 +193,7 @@ def test_deployments_survive_a_restart_and_their_models_are_kept_warm_again(tmp_
     engine = FakeEngine()
     with make_client(tmp_path, engine) as c:
         assert c.get("/v1/deployments/local/prod").json() == made
-        assert engine.pins == {"local/prod": ("stereo-melody-large", None, "cpu")}
+        assert engine.pins == {"local/prod": ("stereo-melody-large", None, "cpu", None)}
         assert predict(c)["status"] == "succeeded"
 
 
@@ -257,4 +259,4 @@ def test_a_deployment_of_the_looper_keeps_its_default_model_warm(tmp_path):
     engine = FakeEngine()
     with make_client(tmp_path, engine) as c:
         create(c, name="loops", model=LOOPER, version=LOOPER_PUBLISHED[0])
-        assert engine.pins == {"local/loops": ("medium", None, "cpu")}
+        assert engine.pins == {"local/loops": ("medium", None, "cpu", None)}

@@ -18,7 +18,9 @@ the sum would change its bits.)
 
 The slots are a cache: an adapter stays in its slot after its last request ends; when another adapter
 needs a slot, the least recently used one that no live row uses is replaced; while every slot is used by
-live rows, a request for another adapter waits (`can_take`).
+live rows, a request for another adapter waits (`can_take`). A deployment may pin its adapter (`pin`): its slot is
+never replaced while the deployment keeps it, and one slot always stays unpinned, so that every other fine-tune
+still gets one in turn.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class AdapterSlots:
         self.keys: list[str | None] = [None] * slots  # the adapter each slot holds
         self.users = [0] * slots  # live rows using each slot
         self.used_at = [0] * slots  # when each slot was last used (a tick of `_clock`)
+        self.pinned: dict[str, object] = {}  # deployment -> the Lora it keeps in a slot (loaded once one is free)
         self._clock = 0
         self._refusals: dict[str, str | None] = {}
 
@@ -116,8 +119,51 @@ class AdapterSlots:
         return None
 
     def can_take(self, key: str) -> bool:
-        """Whether an adapter can have a slot now: it is resident, or a slot is free of live rows."""
-        return key in self.keys or any(u == 0 for u in self.users)
+        """Whether an adapter can have a slot now: it is resident, or a slot is free of live rows and pins."""
+        return key in self.keys or bool(self._free())
+
+    def _free(self) -> list[int]:
+        """Slots no live row uses and no deployment keeps."""
+        kept = {lora.key for lora in self.pinned.values()}
+        return [s for s in range(self.slots) if self.users[s] == 0 and self.keys[s] not in kept]
+
+    def pin(self, name: str, lora) -> None:
+        """Keep `lora` in a slot for deployment `name` (instead of what `name` kept before) until `unpin(name)`:
+        loaded now if a slot is free, else as soon as one is, before any other adapter takes it. Raises UserError
+        where the slots cannot hold it, or where pinning it would leave no slot for other fine-tunes."""
+        why = self.refusal(lora)
+        if why is not None:
+            raise UserError(why)
+        others = {n: p.key for n, p in self.pinned.items() if n != name and p.key != lora.key}
+        if len(set(others.values())) + 1 >= self.slots:
+            kept = "; ".join(f"{key} for {n}" for n, key in sorted(others.items())) or "none yet"
+            raise UserError(
+                f"Cannot keep the adapter of {lora.key} in one of this model's {self.slots} adapter slots "
+                f"(MUSICGEN_MAX_LORAS={self.slots}): one slot always stays free for other fine-tunes, and "
+                f"deployments keep the others ({kept}). Raise MUSICGEN_MAX_LORAS, or set min_instances to 0."
+            )
+        self.pinned[name] = lora
+        self._load_pinned()
+
+    def unpin(self, name: str) -> None:
+        """The deployment keeps its adapter no more: it stays resident, replaced when least recently used."""
+        self.pinned.pop(name, None)
+
+    def pinned_keys(self) -> dict[str, str]:
+        """Deployment -> the adapter it keeps (resident, or waiting for a slot)."""
+        return {name: lora.key for name, lora in self.pinned.items()}
+
+    def _load_pinned(self) -> None:
+        for lora in list(self.pinned.values()):
+            if lora.key in self.keys:
+                continue
+            free = self._free()
+            if not free:
+                return
+            self._load(self._least_recently_used(free), lora)
+
+    def _least_recently_used(self, free: list[int]) -> int:
+        return min(free, key=lambda s: (self.keys[s] is not None, self.used_at[s]))  # empty first, then LRU
 
     def acquire(self, lora) -> int:
         """The slot holding this adapter, loading it into the least recently used free slot if it is not
@@ -127,10 +173,10 @@ class AdapterSlots:
         why = self.refusal(lora)
         if why is not None:
             raise UserError(why)
-        free = [s for s in range(self.slots) if self.users[s] == 0]
+        free = self._free()
         if not free:
-            raise RuntimeError("every adapter slot is used by live rows: ask can_take() before admitting")
-        slot = min(free, key=lambda s: (self.keys[s] is not None, self.used_at[s]))  # empty first, then LRU
+            raise RuntimeError("every adapter slot is used by live rows or kept by a deployment: ask can_take() first")
+        slot = self._least_recently_used(free)
         self._load(slot, lora)
         return slot
 
@@ -163,6 +209,8 @@ class AdapterSlots:
         self.row_slot[rows] = -1 if slot is None else slot
         self.row_gather[rows] = 0 if slot is None else slot
         self.row_on[rows] = 0.0 if slot is None else 1.0
+        if slot is None and self.pinned:
+            self._load_pinned()  # a slot may have come free: a deployment's adapter waiting for one takes it
 
     # -------------------------------------------------------------------------------- the step
 

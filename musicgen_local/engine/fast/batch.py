@@ -219,6 +219,18 @@ class SlotBatch:
         """The keys of the adapters in this batch's slots, most recently used first (live or kept)."""
         return self.static.adapters.resident()
 
+    def pin_adapter(self, name: str, lora: Lora) -> None:
+        """Keep `lora` in an adapter slot for deployment `name` until `unpin_adapter(name)` (see AdapterSlots.pin);
+        raises UserError where it cannot."""
+        self.static.adapters.pin(name, lora)
+
+    def unpin_adapter(self, name: str) -> None:
+        self.static.adapters.unpin(name)
+
+    def pinned_adapters(self) -> dict[str, str]:
+        """Deployment -> the adapter it keeps in this batch's slots."""
+        return self.static.adapters.pinned_keys()
+
     @torch.no_grad()
     def admit(self, window: Window) -> int:
         """Prefill a window into a free slot and sample its first token; returns the slot. Raises UserError

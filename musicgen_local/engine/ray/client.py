@@ -83,7 +83,7 @@ class RayEngine:
         """The cluster is one piece of hardware to a deployment: Serve places its predictions on the replicas."""
         return [{"sku": "ray", "name": f"Ray cluster at {self.settings.ray_address}"}]
 
-    def keep(self, name: str, model_version: str, weights: str | None, device: str) -> Future:
+    def keep(self, name: str, model_version: str, weights: str | None, device: str, tune: str | None = None) -> Future:
         """Not carried to the replicas yet: a deployment here keeps nothing warm (min_instances 0)."""
         done: Future = Future()
         done.set_exception(
