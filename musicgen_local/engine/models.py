@@ -187,14 +187,21 @@ def _with_checkpoint(settings: Settings, host: HostCopy) -> Settings:
     return settings.with_(checkpoints={**settings.checkpoints, host.model_version: host.checkpoint})
 
 
+# One build at a time in the process: transformers' `from_pretrained` (audiocraft's T5 conditioner) swaps
+# process-wide state while it loads (PreTrainedModel.tie_weights made a no-op, the default dtype), so two device
+# loops building at once left one T5's tied embedding on the meta device ("Cannot copy out of meta tensor").
+_BUILDING = threading.Lock()
+
+
 def build_model(settings: Settings, host: HostCopy, device: str):
     """The device stage: the model on `device`, from the packages `read_checkpoint` read."""
     settings = _with_checkpoint(settings, host)
     W.configure_environment(settings.weights_dir)
-    if not registry.PRESETS[host.model_version].lm:
-        return load_codec(settings, device)
-    with _preloaded_packages(host):
-        return load_musicgen(settings, host.model_version, device)
+    with _BUILDING:
+        if not registry.PRESETS[host.model_version].lm:
+            return load_codec(settings, device)
+        with _preloaded_packages(host):
+            return load_musicgen(settings, host.model_version, device)
 
 
 def checkpoint_source(settings: Settings, model_version: str) -> str:

@@ -53,3 +53,44 @@ def test_a_running_batch_keeps_stepping_while_a_second_model_is_read(settings, m
     finally:
         release.set()
         engine.close()
+
+
+def test_two_devices_warm_up_the_same_model_at_once(settings):
+    """A server with two devices warms a model up on both as it starts, each loop building it on its own thread at
+    the same moment. transformers' `from_pretrained` (audiocraft's T5 conditioner) changes process-wide state while
+    it loads (it makes `tie_weights` a no-op), so two builds at once left one T5's tied embedding on the meta
+    device ("Cannot copy out of meta tensor"); both devices must end up holding the model and serving it."""
+    engine = local.LocalEngine(settings.with_(devices="cpu,cpu", warmup="large"))
+    try:
+        assert engine.wait_ready(300)
+        health = engine.health()
+        assert health["status"] == "READY", health
+        assert [d["resident_models"] for d in health["devices"]] == [["large"], ["large"]]
+        runs = [engine.submit(Request(model_version="large", prompt="piano", duration=1, seed=s)) for s in (1, 2)]
+        assert [type(list(run)[-1]) for run in runs] == [Done, Done]
+    finally:
+        engine.close()
+
+
+def test_models_built_at_once_on_several_threads_are_whole(settings):
+    """The device stage on three threads released together (as device loops may): each model decodes."""
+    from musicgen_local.engine import models
+    from musicgen_local.engine.residency import ModelKey
+
+    host = [models.read_checkpoint(settings, ModelKey("large")) for _ in range(3)]
+    start, built, errors = threading.Barrier(3), [], []
+
+    def build(i: int) -> None:
+        start.wait()
+        try:
+            built.append(models.build_model(settings, host[i], "cpu"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == [] and len(built) == 3
+    assert all(not p.is_meta for model in built for p in model.lm.parameters())
