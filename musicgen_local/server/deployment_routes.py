@@ -24,7 +24,7 @@ from .bodies import CREATE_FAILURES, created, json_body, problems
 from .bodies import Prediction as PredictionBody
 from .instances import Instances
 from .params import CancelAfter
-from .routes import Prefer
+from .routes import WaitFor
 
 router = APIRouter()
 MIN_DOC = (
@@ -274,13 +274,12 @@ async def delete_deployment(request: Request, owner: str, name: str) -> Response
     responses={**created(PredictionBody, located=True), **problems(400, 404, 413, 422, 429)},
 )
 async def create_deployment_prediction(
-    request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
+    request: Request, owner: str, name: str, wait_s: WaitFor, cancel_after: CancelAfter = None
 ) -> Response:
     """A prediction of the deployment's current version, waiting its turn under its max_instances."""
-    routes.wait_seconds(prefer)  # the request's headers are checked before its path, as for every other header
     release = found(request, owner, name).release
     return await routes._create(
-        request, f"{release.model}:{release.version}", cancel_after, prefer, deployment=f"{owner}/{name}"
+        request, f"{release.model}:{release.version}", cancel_after, wait_s, deployment=f"{owner}/{name}"
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 import pydantic
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
@@ -112,14 +112,13 @@ async def _create(
     request: Request,
     version_ref: str | None,
     cancel_after: float | None,
-    prefer: str | None,
+    wait_s: float,
     deployment: str | None = None,
 ) -> Response:
     """`deployment`: the deployment it is created through (its current version is `version_ref`)."""
     body = CreateBody.model_validate(await runs.read_json_object(request))
     version = resolve_version(request, body.version if version_ref is None else version_ref)
     parsed, sent = _checked_input(body, version)
-    wait_s = wait_seconds(prefer)
     webhook = await runs.checked_webhook(request, body)
     runs.refuse_while_draining(request, NOUN)
     _refuse_when_full(request)
@@ -162,7 +161,14 @@ PREFER_DOC = (
     "`wait` (60 s) or `wait=N` (N seconds, 1 to 60; anything else is a 422): answer once the prediction finishes, "
     "or then with status `starting`."
 )
-Prefer = Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)]
+
+
+def _prefer_wait(prefer: Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)] = None) -> float:
+    return wait_seconds(prefer)
+
+
+# Read once, before the handler runs (as FastAPI checks every header): a bad wait is a 422 whatever the path names.
+WaitFor = Annotated[float, Depends(_prefer_wait)]
 CREATE = {
     "status_code": 201,
     "openapi_extra": json_body("PredictionRequest"),
@@ -172,18 +178,17 @@ FOUND = {"responses": {200: {"model": PredictionBody}, **problems(404)}}
 
 
 @router.post("/predictions", **CREATE)
-async def create_prediction(request: Request, cancel_after: CancelAfter = None, prefer: Prefer = None) -> Response:
-    return await _create(request, None, cancel_after, prefer)
+async def create_prediction(request: Request, wait_s: WaitFor, cancel_after: CancelAfter = None) -> Response:
+    return await _create(request, None, cancel_after, wait_s)
 
 
 @router.post("/models/{owner}/{name}/predictions", **{**CREATE, "responses": {**CREATE["responses"], **problems(404)}})
 async def create_model_prediction(
-    request: Request, owner: str, name: str, cancel_after: CancelAfter = None, prefer: Prefer = None
+    request: Request, owner: str, name: str, wait_s: WaitFor, cancel_after: CancelAfter = None
 ) -> Response:
     """A model's latest version (meta/musicgen's, or the newest a training made)."""
-    wait_seconds(prefer)  # the request's headers are checked before its path, as for every other header
     model_routes.found_model(request, owner, name)  # a model that is not there is a 404, as the path names it
-    return await _create(request, f"{owner}/{name}", cancel_after, prefer)
+    return await _create(request, f"{owner}/{name}", cancel_after, wait_s)
 
 
 @router.get("/predictions/{pred_id}", **FOUND)
