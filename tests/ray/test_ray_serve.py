@@ -33,17 +33,23 @@ def decoding(steps: int):
     return lambda event: isinstance(event, Progress) and event.done >= steps
 
 
-def test_predictions_spread_over_the_two_replicas(ray_engine):
-    # A replica takes 4 runs at once (2 x MUSICGEN_MAX_BATCH): 6 at once cannot all go to one.
+def spread(ray_engine) -> list[list]:
+    """Six predictions at once, each run's events: a replica takes 4 runs at once (2 x MUSICGEN_MAX_BATCH), so six
+    cannot all go to one."""
     runs = [ray_engine.submit(Request(model_version="large", prompt=f"p{i}", duration=2, seed=i + 1)) for i in range(6)]
-    events = [list(run) for run in runs]
+    return [list(run) for run in runs]
+
+
+def test_predictions_spread_over_the_two_replicas(ray_engine):
+    events = spread(ray_engine)
     assert all(isinstance(e[-1], Done) for e in events)
     assert len({replicas_of(e)[0] for e in events}) == 2
 
 
 def test_metrics_carry_each_replicas_engine_series(ray_engine, ray_settings):
-    """After the predictions spread over both replicas (test above), /metrics shows each replica's decode steps,
-    labelled by replica, from the health they post every 5 s."""
+    """After predictions spread over both replicas, /metrics shows each replica's decode steps, labelled by
+    replica, from the health they post every 5 s. (It spreads its own: under pytest-xdist the test above may
+    have run on replicas that are gone.)"""
     from fastapi.testclient import TestClient
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,6 +64,7 @@ def test_metrics_carry_each_replicas_engine_series(ray_engine, ray_settings):
             if s.name == "musicgen_engine_decode_steps_total" and s.labels["model_version"] == "large"
         }
 
+    assert len({replicas_of(e)[0] for e in spread(ray_engine)}) == 2
     with TestClient(create_app(ray_settings, ray_engine)) as client:
         deadline = time.monotonic() + 30
         while len(steps := steps_by_replica(client)) < 2 and time.monotonic() < deadline:
