@@ -33,15 +33,29 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup): each file's tests stay on one worker
-# (its module fixtures are built once), and tests that share something outside their tmp_path run on one worker,
-# one after the other: Ray's local cluster, and the Cog servers, which write the tree's .cog/ schema.
+# `make test TEST_JOBS=2` runs the suite on two workers (pytest-xdist): each file's tests stay on one worker, in
+# order (its module fixtures are built once), and tests that share something outside their tmp_path run on one
+# worker, one after the other: Ray's local cluster, and the Cog servers, which write the tree's .cog/ schema.
+# (Through a scheduler of ours: xdist 3.8's `--dist loadgroup` marks its groups by rewriting `item._nodeid`, which
+# pytest 9 no longer reads, so every test became a group of its own.)
 COG = ("test_cog_server.py", "test_cog_looper.py", "test_cog_train.py", "test_cog_unhealthy.py", "test_cog_yaml.py")
 SHARED = {"ray": "ray", **dict.fromkeys(COG, "cog")}
 
 
 def _group(parts: tuple[str, ...]) -> str:
     return SHARED.get(parts[0]) or SHARED.get(parts[-1]) or "/".join(parts)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        """Whole groups to a worker (LoadScopeScheduling's units), the group found from the test's file."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(Path(nodeid.split("::", 1)[0]).parts[1:])  # "tests/ray/test_x.py::..." -> ray
+
+    return ByGroup(config, log)
 
 
 # The rings a newcomer can leave out (`make test-fast` runs none of them): by folder, so a new test file
@@ -55,7 +69,6 @@ def pytest_collection_modifyitems(config, items):
         ring = RINGS.get(parts[0]) if len(parts) > 1 else None
         if ring and not (ring == "clients" and item.get_closest_marker("browser")):
             item.add_marker(getattr(pytest.mark, ring))
-        item.add_marker(pytest.mark.xdist_group(_group(parts)))
     # The container ring builds and runs a 10 GB image: it runs only where -m names it (`make test-container`,
     # CI's second step), so that `make test`, `make test-fast` and `-m "not ray"` stay as quick as they were.
     if "container" not in (config.option.markexpr or ""):
