@@ -57,7 +57,7 @@ chromium:
 	@bash scripts/ensure-chromium.sh
 
 RUFF_PATHS := musicgen_local tests predict.py predict_looper.py train.py bench
-# pytest-xdist workers for `make test` and `make test-fast`: 0 runs one process (the default, and what CI runs);
+# pytest-xdist workers for `make test` and `make test-fast` (0: one process).
 # Two workers take about 15 minutes on two cores, one process (TEST_JOBS=0) about 25 (docs/development.md).
 TEST_JOBS ?= 2
 XDIST := -n $(TEST_JOBS) --dist loadscope

@@ -5,6 +5,7 @@ are tests/engine/test_pins.py; the official clients' are tests/e2e/test_deployme
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -222,7 +223,7 @@ def test_max_instances_caps_a_deployments_predictions_and_the_rest_wait_in_order
             statuses = _statuses(c, mine)
         assert [r.seed for r in engine.started if r.prompt == "x"] == [1, 2, 3]  # in order
         ended = [c.get(f"/v1/predictions/{p['id']}").json() for p in mine]
-        for before, after in zip(ended, ended[1:]):  # each started once the one before it had ended
+        for before, after in itertools.pairwise(ended):  # each started once the one before it had ended
             assert after["started_at"] >= before["completed_at"], (before, after)
 
 
