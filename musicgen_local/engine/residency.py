@@ -208,7 +208,7 @@ class Residency:
         return batch is not None
 
     def pin_refused(self, pin: Pin, error: Exception) -> None:
-        """Its model will not be resident here: the deployment keeps the pin it had, if any."""
+        """Its model (or its adapter) will not be kept here: the deployment keeps the pin it had, if any."""
         self.release(pin.key, pin=True)
         if self._asked.get(pin.name) is pin:
             del self._asked[pin.name]

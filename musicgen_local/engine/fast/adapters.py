@@ -151,7 +151,7 @@ class AdapterSlots:
 
     def pinned_keys(self) -> dict[str, str]:
         """Deployment -> the adapter it keeps (resident, or waiting for a slot)."""
-        return {name: lora.key for name, lora in self.pinned.items()}
+        return {name: lora.key for name, lora in list(self.pinned.items())}  # health asks from another thread
 
     def _load_pinned(self) -> None:
         for lora in list(self.pinned.values()):
