@@ -246,6 +246,18 @@ def new_plan(device: str, setting: int | None) -> DevicePlan:
     return DevicePlan(device, budget, margin, source)
 
 
+def estimate_of(host, dtype_bytes: int, prefix: int) -> Footprint | None:
+    """The footprint a read checkpoint will have on the device, before building it (None: unknown)."""
+    estimate = getattr(host, "footprint", None)
+    return estimate(dtype_bytes, prefix) if callable(estimate) else None
+
+
+def allocated(device: str) -> int:
+    import torch
+
+    return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
+
+
 def free_memory(device: str) -> int:
     import torch
 

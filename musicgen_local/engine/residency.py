@@ -329,13 +329,13 @@ class Residency:
     def _activate(self, key: ModelKey, host, say: Callable[[str], None]) -> bool | Exception:
         """Build, size, warm and check one model. False: not now (held models hold the room it needs)."""
         preset = registry.PRESETS[key.model_version]
-        estimate = _estimate(host, self.dtype_bytes, MELODY_PREFIX if preset.melody else 0)
+        estimate = memory.estimate_of(host, self.dtype_bytes, MELODY_PREFIX if preset.melody else 0)
         if estimate is not None and not self._room_for(key, estimate.total(1 if preset.lm else 0)):
             return self._cannot_place(key, estimate)
-        start, before = time.monotonic(), _allocated(self.device)
+        start, before = time.monotonic(), memory.allocated(self.device)
         model = self._build(host, self.device)
         self.model_loads += 1
-        fp = self._footprint(model, preset.lm, _allocated(self.device) - before)
+        fp = self._footprint(model, preset.lm, memory.allocated(self.device) - before)
         slots = self._slots_for(key, fp) if preset.lm else 0
         if preset.lm and slots == 0:
             del model
@@ -484,22 +484,9 @@ class Residency:
             "memory": self.memory.as_dict(),
             "evictions": self.evictions,
             "pinned": {name: str(key) for name, key in list(self.pins.items())},
-            "pinned_adapters": {  # deployment -> the adapter it keeps in its model's slots
-                name: key
-                for batch in set(list(self._adapter_pins.values()))
-                for name, key in batch.pinned_adapters().items()
-            },
+            # deployment -> the adapter it keeps in its model's slots
+            "pinned_adapters": {n: b.pinned_adapters().get(n) for n, b in list(self._adapter_pins.items())},
         }
-
-
-def _estimate(host, dtype_bytes: int, prefix: int) -> memory.Footprint | None:
-    """The footprint a read checkpoint will have on the device, before building it (None: unknown)."""
-    estimate = getattr(host, "footprint", None)
-    return estimate(dtype_bytes, prefix) if callable(estimate) else None
-
-
-def _allocated(device: str) -> int:
-    return torch.cuda.memory_allocated(torch.device(device)) if device.startswith("cuda") else 0
 
 
 def _prefix(model) -> int:
