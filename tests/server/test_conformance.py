@@ -69,7 +69,8 @@ def test_requests_the_document_says_are_valid_are_taken_and_others_refused(api, 
 def test_the_stream_sends_the_events_the_document_describes(api):
     schema, url = api
     created = httpx.post(f"{url}/v1/predictions", json={"version": V1, "input": {"duration": 1}}, timeout=30).json()
-    assert created["status"] == "starting"  # it fails (no prompt): its stream carries an `error`, then `done`
+    # It fails (no prompt), maybe before the create answers: its stream carries an `error`, then `done`.
+    assert created["status"] in ("starting", "failed")
     operation = schema["/v1/files/streams/{pred_id}"]["GET"]
     case = operation.Case(path_parameters={"pred_id": created["id"]}, headers={"Accept": "text/event-stream"})
     response = case.call_and_validate(checks=[response_schema_conformance])
