@@ -46,7 +46,7 @@ def test_models_are_created_listed_and_refused_twice(tmp_path):
 
 
 def test_a_training_makes_a_version_that_predictions_run_with_its_weights(tmp_path):
-    engine = FakeEngine()
+    engine = FakeEngine(step_delay_s=0.05)  # still running when its create answers, however loaded the machine
     with make_client(tmp_path, engine) as c:
         _model(c)
         created = c.post(TRAIN, json={"destination": "alice/my-sound", "input": INPUT})
