@@ -132,7 +132,6 @@ class Residency:
         self._holds: Counter[ModelKey] = Counter()
         self._pinned: Counter[ModelKey] = Counter()  # the holds that are pins (they last until let go)
         self.pins: dict[str, ModelKey] = {}  # deployment -> the model its placed pin keeps here
-        self._adapter_pins: dict[str, SlotBatch] = {}  # deployment -> the batch whose slots keep its adapter
         self._asked: dict[str, Pin] = {}  # deployment -> the latest pin asked for (placed or not yet)
         self._waiters: dict[ModelKey, list] = {}  # waiting for their model to be read, or placed
         self._unplaced: dict[ModelKey, Any] = {}  # read, waiting for room on the device
@@ -200,12 +199,15 @@ class Residency:
         batch = self.models[pin.key].batch if pin.lora is not None else None
         if batch is not None:
             batch.pin_adapter(pin.name, pin.lora)
-        before = self._adapter_pins.pop(pin.name, None)
+        before = self._pinned_batch(pin.name)
         if before is not None and before is not batch:
             before.unpin_adapter(pin.name)
-        if batch is not None:
-            self._adapter_pins[pin.name] = batch
         return batch is not None
+
+    def _pinned_batch(self, name: str) -> SlotBatch | None:
+        """The batch of the model the deployment's placed pin keeps (pinned models stay resident)."""
+        resident = self.models.get(self.pins.get(name))
+        return resident.batch if resident is not None else None
 
     def pin_refused(self, pin: Pin, error: Exception) -> None:
         """Its model (or its adapter) will not be kept here: the deployment keeps the pin it had, if any."""
@@ -227,7 +229,7 @@ class Residency:
     def unpin(self, name: str) -> None:
         """The deployment keeps nothing warm here any more; a pin of it still loading lets go once placed."""
         self._asked.pop(name, None)
-        batch = self._adapter_pins.pop(name, None)
+        batch = self._pinned_batch(name)
         if batch is not None:
             batch.unpin_adapter(name)
         key = self.pins.pop(name, None)
@@ -484,8 +486,9 @@ class Residency:
             "memory": self.memory.as_dict(),
             "evictions": self.evictions,
             "pinned": {name: str(key) for name, key in list(self.pins.items())},
-            # deployment -> the adapter it keeps in its model's slots
-            "pinned_adapters": {n: b.pinned_adapters().get(n) for n, b in list(self._adapter_pins.items())},
+            "pinned_adapters": {  # deployment -> the adapter it keeps in its model's slots
+                n: k for r in list(self.models.values()) if r.batch for n, k in r.batch.pinned_adapters().items()
+            },
         }
 
 
