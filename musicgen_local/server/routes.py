@@ -45,7 +45,13 @@ def resolve_version(request: Request, ref: str | None) -> Version:
         raise HTTPException(422, str(exc)) from None
 
 
-def wait_seconds(prefer: str | None) -> float:
+PREFER_DOC = (
+    "`wait` (60 s) or `wait=N` (N seconds, 1 to 60; anything else is a 422): answer once the prediction finishes, "
+    "or then with status `starting`."
+)
+
+
+def wait_seconds(prefer: Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)] = None) -> float:
     """`Prefer: wait` -> 60 s, `Prefer: wait=N` -> N s for N in 1-60 (Replicate's range), absent -> 0. Any other
     wait is a 422, read before the prediction is created (its digits are counted before they are made a number)."""
     match = _PREFER_WAIT.search(f" {prefer} ") if prefer else None
@@ -157,18 +163,8 @@ async def _wait(request: Request, pred: Prediction, wait_s: float) -> dict[str, 
     return out
 
 
-PREFER_DOC = (
-    "`wait` (60 s) or `wait=N` (N seconds, 1 to 60; anything else is a 422): answer once the prediction finishes, "
-    "or then with status `starting`."
-)
-
-
-def _prefer_wait(prefer: Annotated[str | None, Header(alias="Prefer", description=PREFER_DOC)] = None) -> float:
-    return wait_seconds(prefer)
-
-
 # Read once, before the handler runs (as FastAPI checks every header): a bad wait is a 422 whatever the path names.
-WaitFor = Annotated[float, Depends(_prefer_wait)]
+WaitFor = Annotated[float, Depends(wait_seconds)]
 CREATE = {
     "status_code": 201,
     "openapi_extra": json_body("PredictionRequest"),
