@@ -33,7 +33,7 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-# `make test TEST_JOBS=2` runs the suite on two workers (pytest-xdist): each file's tests stay on one worker, in
+# `make test` runs the suite on two workers (pytest-xdist, TEST_JOBS): each file's tests stay on one worker, in
 # order (its module fixtures are built once), and tests that share something outside their tmp_path run on one
 # worker, one after the other: Ray's local cluster, and the Cog servers, which write the tree's .cog/ schema.
 # (Through a scheduler of ours: xdist 3.8's `--dist loadgroup` marks its groups by rewriting `item._nodeid`, which
